@@ -1,0 +1,49 @@
+"""Flags and the entry-point wrapper shared by every converter (`python -m data_prep.<name>`).
+
+Each converter module defines `convert(input_dir, output_dir, *, num_query, num_gallery, seed, overwrite,
+progress=True) -> DatasetInfo`, which tests call directly, and ends with `common.run(convert)`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from fashionsearchnet_v2.data.schema import DatasetError
+
+INPUT_DIR = flags.DEFINE_string("input_dir", None, "Directory holding the dataset as distributed.")
+OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory to write dataset.json and shards to.")
+NUM_QUERY = flags.DEFINE_integer("num_query", 2000, "Query images (paper §4.2: 2,000).")
+NUM_GALLERY = flags.DEFINE_integer("num_gallery", 18000, "Gallery images (paper §4.2: 18,000).")
+SEED = flags.DEFINE_integer("seed", 0, "Seed of the split permutation.")
+OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
+
+
+def run(convert, needs_input: bool = True) -> None:
+    """Parses flags, calls `convert` and prints the report; a DatasetError exits 2 with its message."""
+
+    def main(argv):
+        del argv
+        if needs_input and not INPUT_DIR.value:
+            raise app.UsageError("--input_dir is required")
+        if not OUTPUT_DIR.value:
+            raise app.UsageError("--output_dir is required")
+        kwargs = dict(
+            num_query=NUM_QUERY.value,
+            num_gallery=NUM_GALLERY.value,
+            seed=SEED.value,
+            overwrite=OVERWRITE.value,
+        )
+        try:
+            if needs_input:
+                info = convert(INPUT_DIR.value, OUTPUT_DIR.value, **kwargs)
+            else:
+                info = convert(OUTPUT_DIR.value, **kwargs)
+        except DatasetError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        print(f"wrote {info.data_dir}: splits {info.splits}")
+        print(f"report: {info.report}")
+
+    app.run(main)

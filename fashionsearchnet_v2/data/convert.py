@@ -1,0 +1,229 @@
+"""The conversion engine every `data_prep` converter ends in: split protocol, validation, atomic write.
+
+A converter only parses its label files into `Example`s (metadata, no pixels) and calls
+`write_dataset`. That function
+- draws the paper's split (§4.2: 2,000 query, 18,000 gallery, the rest training) from a seeded
+  permutation, filling query, then gallery, then train with images that decode, so the asked sizes
+  are met exactly even when some images are missing or corrupt;
+- streams: one image is in memory at a time, records go straight to shards;
+- skips missing, empty, undecodable and truncated images, counting them by reason and listing them in
+  `conversion_report.txt`, never stopping halfway;
+- writes into a temporary sibling directory renamed at the end, so an interrupted conversion never
+  leaves something that looks complete, and refuses an existing output without `overwrite=True`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import cv2
+import numpy as np
+
+from fashionsearchnet_v2.data import records, schema
+from fashionsearchnet_v2.data.schema import DatasetError
+
+# Formats tf.io.decode_image reads; anything else that OpenCV can decode is re-encoded as PNG.
+_TF_MAGIC = {b"\xff\xd8\xff": "jpeg", b"\x89PNG": "png", b"GIF8": "gif", b"BM": "bmp"}
+
+
+@dataclasses.dataclass
+class Example:
+    """One row of a source dataset: where its image is and its labels (one int per attribute, -1 =
+    unlabelled). `where` is `file:line` for error messages; `load` replaces `path` for generated images;
+    `boxes` is the optional [A, 4] true region per attribute (synthetic data)."""
+
+    image_id: str
+    labels: Sequence[int]
+    path: str | None = None
+    load: Callable[[], bytes] | None = None
+    boxes: Sequence[Sequence[float]] | None = None
+    where: str = ""
+
+
+def image_format(data: bytes) -> str | None:
+    for magic, name in _TF_MAGIC.items():
+        if data.startswith(magic):
+            return name
+    return None
+
+
+def check_image(data: bytes) -> tuple[bytes | None, str]:
+    """Returns (bytes to store, "") or (None, reason). Keeps the bytes as found when TensorFlow can
+    decode their format; re-encodes other formats OpenCV reads (TIFF, WebP, ...) as PNG."""
+    if not data:
+        return None, "empty"
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if decoded is None or decoded.size == 0:
+        return None, "undecodable"
+    fmt = image_format(data)
+    if fmt == "jpeg" and b"\xff\xd9" not in data[-4096:]:
+        # OpenCV pads a truncated JPEG with grey; TensorFlow's decoder fails on it later.
+        return None, "truncated"
+    if fmt is None:
+        ok, png = cv2.imencode(".png", decoded)
+        return (png.tobytes(), "") if ok else (None, "undecodable")
+    return data, ""
+
+
+class Progress:
+    """Prints `done/total`, rate and ETA to stderr at most every `every` seconds."""
+
+    def __init__(self, total: int, what: str, unit: str = "images", every: float = 2.0, enabled=True):
+        self.total, self.what, self.unit, self.every, self.enabled = total, what, unit, every, enabled
+        self.start = self.last = time.time()
+
+    def update(self, done: int, extra: str = "", force: bool = False) -> None:
+        now = time.time()
+        if not self.enabled or (now - self.last < self.every and not force):
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        print(
+            f"\r{self.what}: {done}/{self.total} {self.unit} ({rate:.0f}/s, ETA {eta:.0f}s) {extra}",
+            end="" if not force else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def prepare_output_dir(output_dir: str, overwrite: bool) -> str:
+    """Refuses an existing non-empty output without `overwrite`; returns a fresh temporary sibling."""
+    output_dir = os.path.abspath(output_dir)
+    if os.path.exists(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise DatasetError(f"{output_dir} already exists and is not empty; pass --overwrite to replace it.")
+    tmp = f"{output_dir}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    return tmp
+
+
+def commit_output_dir(tmp: str, output_dir: str) -> None:
+    """Moves a finished temporary directory into place; the old output is removed only afterwards."""
+    output_dir = os.path.abspath(output_dir)
+    old = None
+    if os.path.exists(output_dir):
+        old = f"{output_dir}.old-{os.getpid()}"
+        os.replace(output_dir, old)
+    os.replace(tmp, output_dir)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_split_sizes(available: int, num_query: int, num_gallery: int, what: str) -> None:
+    need = num_query + num_gallery + 1
+    if available < need:
+        raise DatasetError(
+            f"{what}: {available} usable images, but the split asks for {num_query} query + "
+            f"{num_gallery} gallery + at least 1 training image = {need}. Set smaller "
+            f"--num_query and --num_gallery (the paper's protocol is 2000 and 18000)."
+        )
+
+
+def write_dataset(
+    examples: Sequence[Example],
+    attributes: Sequence[schema.Attribute],
+    *,
+    output_dir: str,
+    name: str,
+    source: str,
+    num_query: int = 2000,
+    num_gallery: int = 18000,
+    seed: int = 0,
+    overwrite: bool = False,
+    rows_read: int | None = None,
+    skipped: Sequence[tuple[str, str, str]] = (),
+    localized: dict[str, str] | None = None,
+    extra: dict | None = None,
+    per_shard: int = 2048,
+    progress: bool = True,
+) -> schema.DatasetInfo:
+    """Validates, splits and writes `examples` as a dataset directory; returns its description.
+
+    `skipped` lists rows the converter already dropped as (reason, image_id, detail); they are counted
+    and reported with the ones skipped here.
+    """
+    attributes = list(attributes)
+    if num_query < 0 or num_gallery < 0:
+        raise DatasetError("--num_query and --num_gallery must be >= 0")
+    tmp = prepare_output_dir(output_dir, overwrite)
+    try:
+        skips = list(skipped)
+        candidates = []
+        for ex in examples:
+            ex.labels = schema.validate_labels(ex.labels, attributes, ex.where or ex.image_id)
+            if ex.load is None:
+                if ex.path is None or not os.path.isfile(ex.path):
+                    skips.append(("missing", ex.image_id, ex.path or ""))
+                    continue
+                if os.path.getsize(ex.path) == 0:
+                    skips.append(("empty", ex.image_id, ex.path))
+                    continue
+            candidates.append(ex)
+        check_split_sizes(len(candidates), num_query, num_gallery, f"{name} ({source})")
+
+        order = np.random.default_rng(seed).permutation(len(candidates))
+        quota = {"query": num_query, "gallery": num_gallery}
+        writers = {s: records.ShardWriter(tmp, s, per_shard) for s in schema.SPLITS}
+        meter = Progress(len(candidates), f"converting {name}", enabled=progress)
+        has_boxes = any(ex.boxes is not None for ex in candidates[:1])
+        for done, idx in enumerate(order, 1):
+            ex = candidates[int(idx)]
+            if ex.load is not None:
+                data = ex.load()
+            else:
+                with open(ex.path, "rb") as f:
+                    data = f.read()
+            data, reason = check_image(data)
+            if data is None:
+                skips.append((reason, ex.image_id, ex.path or ""))
+                continue
+            split = next((s for s in ("query", "gallery") if writers[s].count < quota[s]), "train")
+            writers[split].write(records.serialize_example(data, ex.image_id, ex.labels, ex.boxes))
+            meter.update(done, f"skipped {len(skips)}")
+        meter.update(len(candidates), f"skipped {len(skips)}", force=True)
+
+        counts = {s: w.count for s, w in writers.items()}
+        if counts["query"] < num_query or counts["gallery"] < num_gallery or counts["train"] < 1:
+            check_split_sizes(sum(counts.values()), num_query, num_gallery, f"{name} after skipping")
+        shards = {s: w.finish() for s, w in writers.items()}
+
+        reasons = collections.Counter(r for r, _, _ in skips)
+        with open(os.path.join(tmp, schema.REPORT_TXT), "w", encoding="utf-8") as f:
+            f.write("reason\timage_id\tdetail\n")
+            for reason, image_id, detail in skips:
+                f.write(f"{reason}\t{image_id}\t{detail}\n")
+        report = {
+            "rows_read": rows_read if rows_read is not None else len(examples) + len(skipped),
+            "images_written": sum(counts.values()),
+            "images_skipped": len(skips),
+            "skipped_by_reason": dict(sorted(reasons.items())),
+            "report_file": schema.REPORT_TXT,
+        }
+        info = schema.DatasetInfo(
+            name=name,
+            attributes=attributes,
+            splits=counts,
+            seed=seed,
+            source=source,
+            shards=shards,
+            report=report,
+            has_boxes=has_boxes,
+            localized=dict(localized or {}),
+            extra=dict(extra or {}),
+        )
+        with open(os.path.join(tmp, schema.DATASET_JSON), "w", encoding="utf-8") as f:
+            json.dump(info.to_json(), f, indent=2)
+        commit_output_dir(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    info.data_dir = os.path.abspath(output_dir)
+    return info
