@@ -1,0 +1,123 @@
+"""Flags shared by every entry point and their translation into an ExperimentConfig.
+
+Only `experiments/` reads flags; the library gets the resolved config object, which is also written
+into the stage's work directory next to its checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+from absl import flags
+
+import fashionsearchnet_v2  # noqa: F401  (switches oneDNN on before TensorFlow loads)
+from fashionsearchnet_v2 import configs
+from fashionsearchnet_v2.data import schema
+
+# Registered datasets and the converter that makes each.
+DATASETS = {
+    "synthetic": "python -m data_prep.synthetic --output_dir={data_dir}",
+    "darn": "python -m data_prep.darn --input_dir=RAW_DARN --output_dir={data_dir}",
+    "shopping100k": "python -m data_prep.shopping100k --input_dir=RAW_SHOPPING100K --output_dir={data_dir}",
+    "imaterialist": "python -m data_prep.imaterialist --input_dir=RAW_IMATERIALIST --output_dir={data_dir}",
+    "celeba": "python -m data_prep.celeba --input_dir=RAW_CELEBA --output_dir={data_dir}",
+    "fashion_product": "python -m data_prep.fashion_product --input_dir=RAW_FPI --output_dir={data_dir}",
+}
+
+DATASET = flags.DEFINE_string("dataset", "synthetic", f"Registered dataset: {', '.join(DATASETS)}.")
+DATA_DIR = flags.DEFINE_string("data_dir", None, "Converted dataset directory (default data/<dataset>).")
+WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of this dataset (default work/<dataset>).")
+IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Input size (paper: 227; synthetic default 128).")
+BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size.")
+EPOCHS = flags.DEFINE_float("epochs", None, "Epochs of this stage (paper: 12, 12, 2).")
+LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "SGD learning rate (paper: 0.01).")
+MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Stop after this many steps (overrides --epochs).")
+ALEXNET_WEIGHTS = flags.DEFINE_string("alexnet_weights", None, "bvlc_alexnet.npy for conv1-conv4 (§4.1).")
+SEED = flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and triplet sampling.")
+STRATEGY = flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute.")
+QUICK = flags.DEFINE_bool("quick", False, "Shrink everything to a run of seconds (smoke checks).")
+SCHEDULE = flags.DEFINE_enum(
+    "schedule",
+    "default",
+    ["default", "paper"],
+    "'paper': 227 px, 12/12/2 epochs, batch 32, whatever the dataset.",
+)
+BOX_BACKEND = flags.DEFINE_enum("box_backend", None, ["skimage", "tf"], "AAM box extraction implementation.")
+FEATURE_FUSION = flags.DEFINE_bool(
+    "feature_fusion", False, "Use the feature-fusion model (Full w/ FF, §3.2)."
+)
+LAMBDA_C = flags.DEFINE_float("lambda_c", None, "Eq. 9 weight of L_C.")
+LAMBDA_T = flags.DEFINE_float("lambda_t", None, "Eq. 9 weight of L_T (paper: 1.5).")
+LAMBDA_TC = flags.DEFINE_float("lambda_tc", None, "Eq. 9 weight of L_TC.")
+
+
+class UsageError(SystemExit):
+    pass
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise UsageError(2)
+
+
+def resolve_dirs() -> tuple[str, str, str]:
+    dataset = DATASET.value
+    if dataset not in DATASETS:
+        fail(f"unknown --dataset={dataset!r}; registered datasets: {', '.join(DATASETS)}")
+    data_dir = DATA_DIR.value or os.path.join("data", dataset)
+    workdir = WORKDIR.value or os.path.join("work", dataset)
+    return dataset, data_dir, workdir
+
+
+def load_or_make_dataset(dataset: str, data_dir: str, quick: bool) -> schema.DatasetInfo:
+    """The converted dataset; the embedded default is generated on first use (no download)."""
+    if not os.path.isfile(os.path.join(data_dir, schema.DATASET_JSON)):
+        if dataset == "synthetic" and (not os.path.exists(data_dir) or not os.listdir(data_dir)):
+            from fashionsearchnet_v2.data import synthetic
+
+            kwargs = dict(num_images=400, num_query=40, num_gallery=120) if quick else {}
+            print(f"generating the embedded default dataset into {data_dir} ...", flush=True)
+            return synthetic.write_synthetic(data_dir, **kwargs)
+        try:
+            return schema.load_dataset_info(data_dir)
+        except schema.DatasetError as e:
+            fail(f"{e}\nFor --dataset={dataset}: {DATASETS[dataset].format(data_dir=data_dir)}")
+    try:
+        return schema.load_dataset_info(data_dir)
+    except schema.DatasetError as e:
+        fail(str(e))
+
+
+def build_config(stage: str, variant: str) -> tuple[configs.ExperimentConfig, schema.DatasetInfo]:
+    dataset, data_dir, workdir = resolve_dirs()
+    model, train, stage3 = configs.dataset_defaults(dataset)
+    if SCHEDULE.value == "paper":
+        model, train, stage3 = configs.ModelConfig(), configs.TrainConfig(), configs.Stage3Config()
+    cfg = configs.ExperimentConfig(
+        dataset=dataset, data_dir=data_dir, workdir=workdir, stage=stage, variant=variant,
+        model=model, train=train, stage3=stage3, alexnet_weights=ALEXNET_WEIGHTS.value,
+        strategy=STRATEGY.value,
+    )  # fmt: skip
+    if QUICK.value:
+        cfg = configs.quick(cfg)
+    m, t, s3 = {}, {}, {}
+    if IMAGE_SIZE.value:
+        m["image_size"] = IMAGE_SIZE.value
+    if BOX_BACKEND.value:
+        m["box_backend"] = BOX_BACKEND.value
+    for flag, key in ((BATCH_SIZE, "batch_size"), (EPOCHS, "epochs"), (LEARNING_RATE, "learning_rate"),
+                      (MAX_STEPS, "max_steps")):  # fmt: skip
+        if flag.value is not None:
+            t[key] = flag.value
+            s3[key] = flag.value
+    for flag, key in ((LAMBDA_C, "lambda_c"), (LAMBDA_T, "lambda_t"), (LAMBDA_TC, "lambda_tc")):
+        if flag.value is not None:
+            t[key] = flag.value
+    t["seed"] = s3["seed"] = SEED.value
+    cfg.model = dataclasses.replace(cfg.model, **m)
+    cfg.train = dataclasses.replace(cfg.train, **t)
+    cfg.stage3 = dataclasses.replace(cfg.stage3, **s3)
+    info = load_or_make_dataset(dataset, data_dir, cfg.quick)
+    return cfg, info

@@ -1,0 +1,179 @@
+"""Configs are code: one dataclass per concern, one `get_config` per stage, a `quick` switch.
+
+Every value the paper leaves open is decided here once (and listed in WORKSPACE.md's decisions
+table with its reason). Entry points in `experiments/` turn flags into these objects; library code
+only ever sees the objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+# Table 1 rows -> what each needs from stages 2 and 3 (§4.3, §4.5).
+STAGE2_VARIANTS = ("wo_rank", "rank", "rank_l", "rank_l_ff")
+STAGE3_VARIANTS = ("lg", "full")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The network of §3.1–3.3."""
+
+    image_size: int = 227  # AlexNet's input (§4.1)
+    width: float = 1.0  # multiplier on every conv width; tests use tiny models, weights need 1.0
+    conv5_filters: int = 384  # §4.1: conv5 has 384 maps
+    conv67_filters: int = 512  # §4.1: the added conv6 and conv7 have 512 maps
+    lrn: bool = True  # AlexNet's local response normalisation after conv1 and conv2
+    aam_threshold: float = 0.2  # §3.2: keep pixels above 20% of the map's maximum
+    box_backend: str = "skimage"  # "skimage" (design card) or "tf" (same boxes, in-graph, exportable)
+    localization: bool = True  # False: whole-image ROI (the Rank / w/o Rank rows)
+    feature_fusion: bool = False  # §3.2 FF: concatenate global conv5 features before fc8
+    roi_size: int = 4  # crop_and_resize output, cells (open in the paper)
+    fc_sizes: tuple[int, ...] = (512, 256)  # fc8_a, fc9_a (open in the paper)
+    fc10_size: int = 128  # D, the attribute representation (open in the paper)
+    dropout: float = 0.5  # §4.1: on all fully connected layers
+
+    def __post_init__(self):
+        self.fc_sizes = tuple(self.fc_sizes)
+        if self.box_backend not in ("skimage", "tf"):
+            raise ValueError(f"box_backend must be 'skimage' or 'tf', got {self.box_backend!r}")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation of one stage (§3.4, §4.1)."""
+
+    epochs: float = 12.0
+    batch_size: int = 32
+    learning_rate: float = 0.01  # §4.1
+    momentum: float = 0.9  # open in the paper; Caffe AlexNet's value
+    lambda_c: float = 1.0  # Eq. 9 weights (§3.4, stage 2)
+    lambda_t: float = 1.5
+    lambda_tc: float = 1.0
+    lambda_g: float = 1.0
+    squared_triplet: bool = False  # Eq. 6 uses d+; True gives (d+)^2 of Hoffer & Ailon
+    max_steps: int | None = None  # overrides epochs when set (quick runs)
+    log_every_steps: int = 20
+    checkpoint_every_steps: int = 200
+    heldout_images: int = 256  # gallery images used for held-out accuracy each epoch
+    summary_images: int = 4  # held-out images whose AAMs and boxes go to TensorBoard
+    shuffle_buffer: int = 4096
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class Stage3Config:
+    """Global representation learning (§3.3, Eq. 7–8)."""
+
+    r: int = 256  # dimension of the global representation (open in the paper)
+    update_memory: bool = False  # True = Full, False = Rank-LG
+    epochs: float = 2.0  # §4.1
+    batch_size: int = 64
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    squared_triplet: bool = False
+    max_steps: int | None = None
+    log_every_steps: int = 20
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """What an entry point resolved: dataset, directories, the stage's configs."""
+
+    dataset: str = "synthetic"
+    data_dir: str = ""
+    workdir: str = ""
+    stage: str = "stage1"
+    variant: str = "rank_l"
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    stage3: Stage3Config = dataclasses.field(default_factory=Stage3Config)
+    alexnet_weights: str | None = None
+    strategy: str = "default"
+    quick: bool = False
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict) -> ExperimentConfig:
+        obj = dict(obj)
+        obj["model"] = ModelConfig(**obj.get("model", {}))
+        obj["train"] = TrainConfig(**obj.get("train", {}))
+        obj["stage3"] = Stage3Config(**obj.get("stage3", {}))
+        return cls(**obj)
+
+    def write(self, directory: str, name: str = "config.json") -> str:
+        """Writes the resolved config next to the checkpoints (atomically)."""
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, name)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_json(), f, indent=2)
+        os.replace(tmp, path)
+        return path
+
+
+def variant_model_config(variant: str, base: ModelConfig) -> ModelConfig:
+    """The model switches of a stage-2 variant (Table 1): localization and feature fusion."""
+    if variant not in STAGE2_VARIANTS:
+        raise ValueError(f"unknown stage-2 variant {variant!r}; valid: {', '.join(STAGE2_VARIANTS)}")
+    return dataclasses.replace(
+        base,
+        localization=variant in ("rank_l", "rank_l_ff"),
+        feature_fusion=variant == "rank_l_ff",
+    )
+
+
+def variant_train_config(variant: str, base: TrainConfig) -> TrainConfig:
+    """w/o Rank trains with classification only (§4.5): lambda_t = 0."""
+    return dataclasses.replace(base, lambda_t=0.0) if variant == "wo_rank" else base
+
+
+# Defaults per dataset: the paper's settings for real data, a minutes-long schedule for the embedded one.
+def dataset_defaults(dataset: str) -> tuple[ModelConfig, TrainConfig, Stage3Config]:
+    if dataset == "synthetic":
+        return (
+            ModelConfig(image_size=128),
+            TrainConfig(epochs=2.0, batch_size=32, heldout_images=256),
+            Stage3Config(epochs=2.0),
+        )
+    return ModelConfig(), TrainConfig(), Stage3Config()
+
+
+def quick(config: ExperimentConfig) -> ExperimentConfig:
+    """Shrinks everything to a run of seconds (smoke checks; `--quick`)."""
+    config.quick = True
+    config.model = dataclasses.replace(
+        config.model,
+        image_size=64,
+        width=0.125,
+        conv5_filters=48,
+        conv67_filters=64,
+        fc_sizes=(32,),
+        fc10_size=16,
+        roi_size=2,
+    )
+    config.train = dataclasses.replace(
+        config.train,
+        batch_size=8,
+        max_steps=4,
+        log_every_steps=2,
+        checkpoint_every_steps=2,
+        heldout_images=16,
+        summary_images=2,
+        shuffle_buffer=64,
+    )
+    config.stage3 = dataclasses.replace(config.stage3, r=16, batch_size=16, max_steps=4, log_every_steps=2)
+    return config
+
+
+def read_config(directory: str) -> ExperimentConfig | None:
+    """The config a stage wrote into `directory`, or None when it has not run."""
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return ExperimentConfig.from_json(json.load(f))

@@ -1,0 +1,133 @@
+"""The backbone of §3.1: AlexNet conv1–conv5 (conv5 with 384 maps), no fully connected layers, then
+the added conv6 and conv7 (512 maps each), and the loader of ImageNet weights up to conv4 (§4.1).
+
+AlexNet's grouped convolutions (conv2, conv4, conv5) are written as split, two convolutions,
+concatenate: Keras' `groups=2` is about 2x slower on CPU and its gradient runs through XLA. Each half
+is its own layer (`conv2_g0`, `conv2_g1`), which is also how the Caffe weights are laid out.
+pool5 is not used: conv6/conv7 keep conv5's grid (13x13 at 227 px) so the AAMs keep its resolution.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# name, kernel, filters, stride, groups, padding; conv5/6/7 filters come from the config.
+_ALEXNET = (
+    ("conv1", 11, 96, 4, 1, "valid"),
+    ("conv2", 5, 256, 1, 2, "same"),
+    ("conv3", 3, 384, 1, 1, "same"),
+    ("conv4", 3, 384, 1, 2, "same"),
+)
+# Layers whose ImageNet weights are loaded (§4.1: "pre-trained ImageNet weights up until conv4").
+PRETRAINED_LAYERS = ("conv1", "conv2", "conv3", "conv4")
+
+
+@keras.saving.register_keras_serializable(package="fashionsearchnet_v2")
+class LocalResponseNorm(keras.layers.Layer):
+    """AlexNet's LRN (Caffe: size 5, alpha 1e-4, beta 0.75; TF divides alpha by the size)."""
+
+    def __init__(self, depth_radius=2, bias=1.0, alpha=2e-5, beta=0.75, **kwargs):
+        super().__init__(**kwargs)
+        self.depth_radius, self.bias, self.alpha, self.beta = depth_radius, bias, alpha, beta
+
+    def call(self, x):
+        return tf.nn.local_response_normalization(x, self.depth_radius, self.bias, self.alpha, self.beta)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "depth_radius": self.depth_radius,
+            "bias": self.bias,
+            "alpha": self.alpha,
+            "beta": self.beta,
+        }
+
+
+def _conv(x, name, kernel, filters, stride, groups, padding):
+    def layer(n, f):
+        return keras.layers.Conv2D(
+            f,
+            kernel,
+            strides=stride,
+            padding=padding,
+            activation="relu",
+            kernel_initializer="he_normal",
+            name=n,
+        )
+
+    if groups == 1:
+        return layer(name, filters)(x)
+    halves = keras.ops.split(x, groups, axis=-1)
+    outs = [layer(f"{name}_g{g}", filters // groups)(h) for g, h in enumerate(halves)]
+    return keras.layers.Concatenate(axis=-1, name=f"{name}_concat")(outs)
+
+
+def _scaled(filters: int, width: float) -> int:
+    return max(2, int(round(filters * width / 2)) * 2)  # even, so groups of 2 split evenly
+
+
+def build_backbone(x, width=1.0, conv5_filters=384, conv67_filters=512, lrn=True):
+    """Image tensor [B, S, S, 3] (BGR, mean-subtracted) -> dict of conv5 and conv7 [B, h, w, C]."""
+    for name, kernel, filters, stride, groups, padding in _ALEXNET:
+        x = _conv(x, name, kernel, _scaled(filters, width), stride, groups, padding)
+        if name in ("conv1", "conv2"):
+            if lrn:
+                x = LocalResponseNorm(name=f"norm{name[-1]}")(x)
+            x = keras.layers.MaxPooling2D(3, 2, name=f"pool{name[-1]}")(x)
+    conv5 = _conv(x, "conv5", 3, _scaled(conv5_filters, width), 1, 2, "same")
+    x = _conv(conv5, "conv6", 3, _scaled(conv67_filters, width), 1, 1, "same")
+    conv7 = _conv(x, "conv7", 3, _scaled(conv67_filters, width), 1, 1, "same")
+    return {"conv5": conv5, "conv7": conv7}
+
+
+def feature_grid_size(image_size: int) -> int:
+    """Side of the conv5/conv7 grid for a square input (13 at 227 px, 6 at 128 px)."""
+    s = (image_size - 11) // 4 + 1  # conv1, valid, stride 4
+    s = (s - 3) // 2 + 1  # pool1
+    return (s - 3) // 2 + 1  # pool2; conv2-7 keep the size
+
+
+class WeightsError(ValueError):
+    """The AlexNet weights file is missing or does not fit the network; the message says which layer."""
+
+
+def load_alexnet_weights(model: keras.Model, path: str, layers=PRETRAINED_LAYERS) -> list[str]:
+    """Loads conv1–conv4 of `bvlc_alexnet.npy` into `model`; returns the names of the layers set.
+
+    The file (Caffe AlexNet converted to numpy) holds a dict {"conv1": [W, b], ...} with W in
+    [kh, kw, in/groups, out] layout, e.g. conv2 W [5, 5, 48, 256] for 2 groups of 128 outputs.
+    """
+    try:
+        data = np.load(path, encoding="latin1", allow_pickle=True).item()
+    except FileNotFoundError as e:
+        raise WeightsError(f"--alexnet_weights: {path} does not exist") from e
+    except (OSError, ValueError, AttributeError) as e:
+        raise WeightsError(f"--alexnet_weights: {path} is not a bvlc_alexnet.npy dict ({e})") from e
+    if not isinstance(data, dict):
+        raise WeightsError(f"--alexnet_weights: {path} holds {type(data).__name__}, expected a dict")
+    names = {layer.name for layer in model.layers}
+    loaded = []
+    for name in layers:
+        if name not in data:
+            raise WeightsError(f"{path}: no entry {name!r}; found {sorted(data)}")
+        w, b = (np.asarray(v, np.float32) for v in data[name])
+        targets = [name] if name in names else [f"{name}_g0", f"{name}_g1"]
+        missing = [t for t in targets if t not in names]
+        if missing:
+            raise WeightsError(f"model has no layer {missing} to load {name!r} into")
+        w_parts = np.split(w, len(targets), axis=-1)
+        b_parts = np.split(b, len(targets), axis=-1)
+        for target, wp, bp in zip(targets, w_parts, b_parts):
+            layer = model.get_layer(target)
+            want = [tuple(v.shape) for v in layer.weights]
+            got = [wp.shape, bp.shape]
+            if want != got:
+                raise WeightsError(
+                    f"{path}: {name} gives {target} shapes {got}, the layer has {want} "
+                    "(weights need the full-width model at any input size)"
+                )
+            layer.set_weights([wp, bp])
+        loaded.append(name)
+    return loaded

@@ -1,0 +1,229 @@
+"""The paper's evaluation of one Table 1 variant (§4.4–4.5): embed, manipulate, rank, score, draw.
+
+Every variant is a stage-2 model plus, for the rows with global representation learning, a stage-3
+model. Without stage 3 the global representation is the plain concatenation of the fc10_a and a
+manipulation replaces the attribute's block with its memory prototype (the w/o Rank protocol, §4.5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from fashionsearchnet_v2 import configs
+from fashionsearchnet_v2.data import pipeline, records, schema
+from fashionsearchnet_v2.model import memory_block, network
+from fashionsearchnet_v2.retrieval import features, figures, metrics, search
+from fashionsearchnet_v2.training import checkpoints, stages
+
+# Table 1 rows: name -> (stage-2 variant, stage-3 variant or None), label as printed in the paper.
+VARIANTS = {
+    "wo_rank": ("wo_rank", None),
+    "rank": ("rank", None),
+    "rank_l": ("rank_l", None),
+    "rank_lg": ("rank_l", "lg"),
+    "full": ("rank_l", "full"),
+    "full_ff": ("rank_l_ff", "full"),
+}
+LABELS = {
+    "amnet": "AMNet",
+    "wo_rank": "w/o Rank",
+    "rank": "Rank",
+    "rank_l": "Rank-L",
+    "rank_lg": "Rank-LG",
+    "full": "Full",
+    "full_ff": "Full w/ FF",
+}
+
+
+def stage3_dir(workdir: str, stage2_variant: str, stage3_variant: str) -> str:
+    return stages.stage_dir(workdir, "stage3", f"{stage2_variant}_{stage3_variant}")
+
+
+def load_stage2(workdir: str, info: schema.DatasetInfo, stage2_variant: str):
+    """(model, checkpoint path, config) of a trained stage 2, every layer restored and checked."""
+    directory = stages.stage_dir(workdir, "stage2", stage2_variant)
+    cfg = configs.read_config(directory)
+    if cfg is None:
+        raise checkpoints.RestoreError(
+            f"{directory} has no config.json: run experiments.stage2 --variant={stage2_variant}"
+        )
+    model = network.build_network(info.num_values, info.attribute_names, cfg.model, "full")
+    names = sorted(checkpoints.layer_dict(model))
+    path = checkpoints.restore_layers(
+        model, os.path.join(directory, "ckpt"), names, f"stage 2 ({stage2_variant})"
+    )
+    return model, path, cfg
+
+
+def load_global_model(directory: str, num_values, dim: int):
+    cfg = configs.read_config(directory)
+    if cfg is None:
+        raise checkpoints.RestoreError(f"{directory} has no config.json: run experiments.stage3 first")
+    s3 = cfg.stage3
+    model = memory_block.build_global_model(num_values, dim, s3.r, update_memory=s3.update_memory)
+    path = checkpoints.restore_layers(
+        model, os.path.join(directory, "ckpt"), ["global_representation"], "stage 3"
+    )
+    return model, path
+
+
+def split_features(model, ckpt_path, info, split, image_size, workdir_stage2, progress=True):
+    return features.cached_extract(
+        model, info, split, image_size, os.path.join(workdir_stage2, "features"), ckpt_path, progress=progress
+    )
+
+
+class Representation:
+    """Maps (fc10 [N, A, D], manipulation t [N, C]) to global vectors [N, r] in chunks."""
+
+    def __init__(self, info, memory: np.ndarray | None = None, global_model=None):
+        self.num_values = info.num_values
+        self.global_model = global_model
+        if global_model is None:
+            dim = memory.shape[1]
+            self.layer = memory_block.GlobalRepresentation(self.num_values, dim, identity=True)
+            self.layer.build([(None, len(self.num_values), dim), (None, sum(self.num_values))])
+            self.layer.memory_block.assign(memory)
+        else:
+            self.layer = global_model.get_layer("global_representation")
+        self._fn = tf.function(lambda f, t: self.layer([f, t]), reduce_retracing=True)
+
+    @property
+    def memory(self) -> np.ndarray:
+        return self.layer.memory_block.numpy()
+
+    def __call__(self, fc10, t=None, chunk: int = 4096) -> np.ndarray:
+        fc10 = np.asarray(fc10, np.float32)
+        if t is None:
+            t = np.zeros((len(fc10), sum(self.num_values)), np.float32)
+        out = [self._fn(fc10[i : i + chunk], t[i : i + chunk]).numpy() for i in range(0, len(fc10), chunk)]
+        return np.concatenate(out) if out else np.zeros((0, self.layer.output_dim), np.float32)
+
+
+def read_images(info, split: str, positions, image_size: int) -> np.ndarray:
+    """uint8 RGB [n, S, S, 3] of the records at `positions` (file order) of `split`."""
+    wanted = {int(p): i for i, p in enumerate(positions)}
+    out = np.zeros((len(positions), image_size, image_size, 3), np.uint8)
+    ds = tf.data.TFRecordDataset(info.shard_paths(split))
+    for pos, serialized in enumerate(ds):
+        if pos in wanted:
+            ex = records.parse_example(serialized, info.num_attributes)
+            img = tf.image.resize(records.decode_image(ex["encoded"]), [image_size, image_size])
+            out[wanted[pos]] = np.clip(img.numpy(), 0, 255).astype(np.uint8)
+        if pos >= max(wanted, default=-1):
+            break
+    return out
+
+
+def manipulation_text(info, query_labels, attribute: int, value: int) -> str:
+    attr = info.attributes[attribute]
+    old = query_labels[attribute]
+    before = attr.values[old] if old >= 0 else "?"
+    return f"{attr.name}: {before} → {attr.values[value]}"
+
+
+def evaluate_variant(
+    workdir: str,
+    info: schema.DatasetInfo,
+    variant: str,
+    out_dir: str,
+    *,
+    ks=metrics.DEFAULT_KS,
+    figures_n: int = 6,
+    progress: bool = True,
+    log=print,
+) -> dict:
+    """Evaluates a Table 1 variant and writes results.json, table.md, topk.png, results_grid.png and
+    aam_queries.png into `out_dir`. Deterministic: same checkpoints, same numbers."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    t0 = time.time()
+    s2_variant, s3_variant = VARIANTS[variant]
+    model, ckpt, cfg = load_stage2(workdir, info, s2_variant)
+    s2_dir = stages.stage_dir(workdir, "stage2", s2_variant)
+    size = cfg.model.image_size
+    feats = {
+        s: split_features(model, ckpt, info, s, size, s2_dir, progress) for s in ("train", "query", "gallery")
+    }
+    if s3_variant is None:
+        memory, _ = memory_block.build_memory_block(
+            feats["train"]["fc10"], feats["train"]["labels"], info.num_values
+        )
+        rep = Representation(info, memory=memory)
+    else:
+        gm, _ = load_global_model(
+            stage3_dir(workdir, s2_variant, s3_variant), info.num_values, feats["train"]["fc10"].shape[-1]
+        )
+        rep = Representation(info, global_model=gm)
+    q, g = feats["query"], feats["gallery"]
+    manips = metrics.enumerate_manipulations(q["labels"], g["labels"], info.num_values)
+    gallery_vectors = rep(g["fc10"])
+    offsets = np.asarray(info.value_offsets())
+    c = info.total_values
+
+    def query_vectors(idx):
+        t = np.zeros((len(idx), c), np.float32)
+        t[np.arange(len(idx)), offsets[manips.attribute[idx]] + manips.value[idx]] = 1.0
+        return rep(q["fc10"][manips.query_index[idx]], t)
+
+    results = search.evaluate(query_vectors, gallery_vectors, g["labels"], manips, info.attribute_names, ks)
+    results.update(
+        dataset=info.name, variant=variant, label=LABELS[variant], stage2=s2_variant, stage3=s3_variant,
+        checkpoint=os.path.relpath(ckpt, workdir), num_query=len(q["labels"]), num_gallery=len(g["labels"]),
+        seconds=round(time.time() - t0, 1),
+    )  # fmt: skip
+    os.makedirs(out_dir, exist_ok=True)
+    write_json(os.path.join(out_dir, "results.json"), results)
+    table = figures.markdown_table({LABELS[variant]: results["topk"]["20"]}, info.attribute_names, k=20,
+                                   title=f"Top-20 retrieval accuracy on {info.name} ({results['searches']['total']} searches).")  # fmt: skip
+    figures._write_atomic(os.path.join(out_dir, "table.md"), table.encode())
+    figures.plot_topk_curves({LABELS[variant]: {k: v["avg"] for k, v in results["topk"].items()}},
+                             os.path.join(out_dir, "topk.png"), title=f"Top-K accuracy, {info.name}")  # fmt: skip
+    if figures_n > 0 and len(manips):
+        _draw(info, model, rep, q, g, manips, query_vectors, gallery_vectors, size, out_dir, figures_n)
+    log(table)
+    return results
+
+
+def _draw(info, model, rep, q, g, manips, query_vectors, gallery_vectors, size, out_dir, n):
+    """Figure 6 (query, manipulation, Top-4) and AAM overlays of the same queries."""
+    rng = np.random.default_rng(0)
+    chosen = np.sort(rng.choice(len(manips), size=min(n, len(manips)), replace=False))
+    idx, _ = metrics.search_topk(query_vectors(chosen), gallery_vectors, 4)
+    matched = metrics.target_hits(idx, manips.target[chosen], g["labels"])
+    qpos = manips.query_index[chosen]
+    q_images = read_images(info, "query", qpos, size)
+    uniq = np.unique(idx)
+    g_images = read_images(info, "gallery", uniq, size)
+    lookup = {int(p): i for i, p in enumerate(uniq)}
+    results = np.stack([[g_images[lookup[int(p)]] for p in row] for row in idx])
+    texts = [
+        manipulation_text(info, q["labels"][p], a, v)
+        for p, a, v in zip(qpos, manips.attribute[chosen], manips.value[chosen])
+    ]
+    figures.result_grid(q_images, texts, results, matched, os.path.join(out_dir, "results_grid.png"))
+    pre = records.preprocess_image(tf.constant(q_images), size)
+    out = model(pre, training=False)
+    panels = [figures.overlay_maps(img, m, b, info.attribute_names)
+              for img, m, b in zip(q_images[:3], out["maps"].numpy()[:3], out["boxes"].numpy()[:3])]  # fmt: skip
+    figures.write_png(os.path.join(out_dir, "aam_queries.png"), np.concatenate(panels, axis=0))
+
+
+def write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def log_stderr(msg):
+    print(msg, file=sys.stderr)
+
+
+__all__ = ["VARIANTS", "LABELS", "evaluate_variant", "load_stage2", "Representation", "pipeline"]

@@ -1,0 +1,67 @@
+"""Attribute representations of a whole split, computed once and cached beside the stage-2 checkpoint.
+
+Stage 3 trains on fixed features (§3.4: "due to memory efficiency we used fixed features") and the
+evaluation embeds the query and gallery splits; both read `<stage2 dir>/features/<split>.npz`, which is
+recomputed when the checkpoint it came from changes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+from fashionsearchnet_v2.data import pipeline, schema
+from fashionsearchnet_v2.data.convert import Progress
+
+KEYS = ("fc10", "labels", "ids", "boxes", "maps", "logits")
+
+
+def extract(
+    model,
+    info: schema.DatasetInfo,
+    split: str,
+    image_size: int,
+    batch_size: int = 64,
+    progress: bool = True,
+    keep_maps: bool = False,
+) -> dict[str, np.ndarray]:
+    """Runs the stage-2 network (inference) over `split`: fc10 [N, A, D], labels [N, A], ids [N],
+    boxes [N, A, 4], logits [N, C] (and maps [N, A, h, w] with keep_maps)."""
+    ds = pipeline.make_dataset(info, split, image_size, batch_size)
+    parts: dict[str, list] = {k: [] for k in KEYS}
+    meter = Progress(info.splits[split], f"embedding {split}", enabled=progress)
+    done = 0
+    for batch in ds:
+        out = model(batch["image"], training=False)
+        parts["fc10"].append(out["fc10"].numpy())
+        parts["boxes"].append(out["boxes"].numpy())
+        parts["logits"].append(out["fc10_logits"].numpy())
+        if keep_maps:
+            parts["maps"].append(out["maps"].numpy())
+        parts["labels"].append(batch["labels"].numpy())
+        parts["ids"].append(batch["id"].numpy().astype(str))
+        done += len(batch["labels"])
+        meter.update(done)
+    meter.update(done, force=True)
+    return {k: np.concatenate(v) for k, v in parts.items() if v}
+
+
+def cached_extract(model, info, split, image_size, cache_dir, checkpoint_path, batch_size=64, progress=True):
+    """`extract`, cached in `cache_dir/<split>.npz` and reused while `checkpoint_path` is unchanged."""
+    path = os.path.join(cache_dir, f"{split}.npz")
+    if os.path.isfile(path):
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["checkpoint"]) == str(checkpoint_path) and str(f["data_dir"]) == str(info.data_dir):
+                return {k: f[k] for k in f.files if k not in ("checkpoint", "data_dir")}
+    t0 = time.time()
+    feats = extract(model, info, split, image_size, batch_size, progress)
+    if progress:
+        print(f"embedded {len(feats['labels'])} {split} images in {time.time() - t0:.1f}s", file=sys.stderr)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, checkpoint=str(checkpoint_path), data_dir=str(info.data_dir), **feats)
+    os.replace(tmp, path)
+    return feats

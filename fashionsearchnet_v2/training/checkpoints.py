@@ -1,0 +1,54 @@
+"""Checkpoints by layer name: resumable stage checkpoints and the checked partial restore between stages.
+
+Every layer with weights is saved under its own name, so a stage-2 network (which shares stage 1's
+layer names) can restore exactly the stage-1 layers it needs, and the restore asserts that each of
+them was found with matching shapes instead of hoping names line up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import keras
+import tensorflow as tf
+
+
+class RestoreError(RuntimeError):
+    """A stage hand-off could not find what it needs; the message says which stage to run first."""
+
+
+def layer_dict(model: keras.Model, names: Iterable[str] | None = None) -> dict[str, keras.layers.Layer]:
+    """{layer name: layer} for the layers of `model` that hold weights (or only `names`)."""
+    if names is None:
+        return {layer.name: layer for layer in model.layers if layer.weights}
+    return {name: model.get_layer(name) for name in names}
+
+
+def latest(directory: str) -> str | None:
+    return tf.train.latest_checkpoint(directory) if os.path.isdir(directory) else None
+
+
+def restore_layers(model: keras.Model, checkpoint_dir: str, names: Iterable[str], what: str) -> str:
+    """Restores the layers `names` of `model` from the newest checkpoint in `checkpoint_dir`.
+
+    Raises RestoreError when there is no checkpoint or when any of the named layers (or any of their
+    variables) is missing from it; shape mismatches raise as well. Returns the checkpoint path.
+    """
+    path = latest(checkpoint_dir)
+    if path is None:
+        raise RestoreError(f"no checkpoint in {checkpoint_dir}: run {what} first")
+    names = list(names)
+    try:
+        status = tf.train.Checkpoint(**layer_dict(model, names)).read(path)
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise RestoreError(
+            f"{path} does not hold the layers {names} that this stage needs from {what}: {e}"
+        ) from e
+    return path
+
+
+def stage_checkpoint(model: keras.Model, optimizer, step: tf.Variable, **extra) -> tf.train.Checkpoint:
+    """What a stage saves to resume: its step, its optimizer's state and every layer by name."""
+    return tf.train.Checkpoint(step=step, optimizer=optimizer, **extra, **layer_dict(model))

@@ -1,0 +1,91 @@
+"""Runs a stage from a resolved config: picks the task, computes the schedule, starts the Trainer.
+
+Entry points (`experiments/stage*.py`) and the main job call these; tests call them on tiny configs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+
+from fashionsearchnet_v2 import configs
+from fashionsearchnet_v2.configs import ExperimentConfig
+from fashionsearchnet_v2.data import pipeline, schema
+from fashionsearchnet_v2.training import stages, trainer
+
+
+def schedule(train: configs.TrainConfig, info: schema.DatasetInfo) -> tuple[int, int]:
+    """(total steps, steps per epoch) of a stage."""
+    per_epoch = pipeline.steps_per_epoch(info, train.batch_size)
+    total = train.max_steps if train.max_steps else max(1, math.ceil(train.epochs * per_epoch))
+    return total, min(per_epoch, total)
+
+
+def _train(task, cfg: ExperimentConfig, info, workdir: str, strategy, out):
+    total, per_epoch = schedule(cfg.train, info)
+    cfg.write(workdir)
+    return trainer.Trainer(
+        task, workdir, strategy, total_steps=total, steps_per_epoch=per_epoch,
+        batch_size=cfg.train.batch_size, log_every=cfg.train.log_every_steps,
+        checkpoint_every=cfg.train.checkpoint_every_steps, seed=cfg.train.seed, out=out,
+    ).run()  # fmt: skip
+
+
+def run_stage1(cfg: ExperimentConfig, info: schema.DatasetInfo, strategy=None, out=sys.stdout):
+    """Stage 1 in `<workdir>/stage1`; returns the trained Keras model."""
+    strategy = strategy or trainer.make_strategy(cfg.strategy)
+    cfg = dataclasses.replace(cfg, stage="stage1")
+    workdir = stages.stage_dir(cfg.workdir, "stage1")
+    return _train(stages.Stage1Task(cfg, info, workdir, strategy), cfg, info, workdir, strategy, out)
+
+
+def run_stage2(cfg: ExperimentConfig, info: schema.DatasetInfo, strategy=None, out=sys.stdout):
+    """Stage 2 of `cfg.variant` in `<workdir>/stage2_<variant>`, starting from `<workdir>/stage1`."""
+    strategy = strategy or trainer.make_strategy(cfg.strategy)
+    cfg = dataclasses.replace(
+        cfg,
+        stage="stage2",
+        model=configs.variant_model_config(cfg.variant, cfg.model),
+        train=configs.variant_train_config(cfg.variant, cfg.train),
+    )
+    stage1_dir = stages.stage_dir(cfg.workdir, "stage1")
+    workdir = stages.stage_dir(cfg.workdir, "stage2", cfg.variant)
+    stage1_cfg = configs.read_config(stage1_dir)
+    task = stages.Stage2Task(cfg, info, workdir, strategy, stage1_dir, stage1_cfg)
+    return _train(task, cfg, info, workdir, strategy, out)
+
+
+def run_stage3(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout):
+    """Stage 3 on top of `<workdir>/stage2_<variant>` into `<workdir>/stage3_<variant>_<lg|full>`.
+
+    Fixed features: the stage-2 network embeds the training split once (cached); stage 3 runs on one
+    device whatever `--strategy` says, its model being a few matrices.
+    """
+    from fashionsearchnet_v2.model import memory_block
+    from fashionsearchnet_v2.retrieval import evaluation
+    from fashionsearchnet_v2.training import stage3
+
+    s3_variant = "full" if cfg.stage3.update_memory else "lg"
+    model, ckpt, s2_cfg = evaluation.load_stage2(cfg.workdir, info, cfg.variant)
+    s2_dir = stages.stage_dir(cfg.workdir, "stage2", cfg.variant)
+    feats = evaluation.split_features(model, ckpt, info, "train", s2_cfg.model.image_size, s2_dir)
+    memory, _ = memory_block.build_memory_block(feats["fc10"], feats["labels"], info.num_values)
+    cfg = dataclasses.replace(cfg, stage="stage3", model=s2_cfg.model)
+    workdir = evaluation.stage3_dir(cfg.workdir, cfg.variant, s3_variant)
+    s3 = cfg.stage3
+    per_epoch = max(1, len(feats["labels"]) // s3.batch_size)
+    total = s3.max_steps if s3.max_steps else max(1, math.ceil(s3.epochs * per_epoch))
+    cfg.write(workdir)
+    task = stage3.Stage3Task(cfg, info, feats, memory)
+    return trainer.Trainer(
+        task, workdir, tf_default_strategy(), total_steps=total, steps_per_epoch=min(per_epoch, total),
+        batch_size=s3.batch_size, log_every=s3.log_every_steps, checkpoint_every=max(1, per_epoch // 2),
+        seed=s3.seed, out=out,
+    ).run()  # fmt: skip
+
+
+def tf_default_strategy():
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy()

@@ -1,0 +1,238 @@
+"""One task object per stage (§3.4): stage 1 trains L_C; stage 2 trains λ_C L_C + λ_T L_T + λ_TC L_TC.
+
+The tasks read alike (build_model, build_optimizer, build_inputs, initialize, train_step, evaluate,
+summary_images) and differ only where the paper's stages differ. Which weights each loss updates:
+every loss updates every trainable weight of the stage's network (the paper back-propagates all
+losses, §4.1); boxes carry no gradient.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from fashionsearchnet_v2 import losses
+from fashionsearchnet_v2.configs import ExperimentConfig
+from fashionsearchnet_v2.data import pipeline, records, schema
+from fashionsearchnet_v2.model import aam, backbone, network
+from fashionsearchnet_v2.training import checkpoints
+
+# The model fields stage 2 must share with the stage 1 it restores.
+BACKBONE_FIELDS = ("image_size", "width", "conv5_filters", "conv67_filters", "lrn")
+
+
+def stage_dir(workdir: str, stage: str, variant: str | None = None) -> str:
+    """Where a stage writes: `<workdir>/stage1`, `<workdir>/stage2_<variant>`, `<workdir>/stage3_<variant>`."""
+    return os.path.join(workdir, stage if variant is None else f"{stage}_{variant}")
+
+
+def per_attribute_accuracy(logits, labels, num_values):
+    """logits [B, C], labels [B, A] -> (correct [A], labelled [A]) counts; unlabelled (-1) ignored."""
+    correct, labelled = [], []
+    for a, lg in enumerate(network.split_logits(logits, num_values)):
+        y = labels[:, a]
+        mask = tf.cast(y >= 0, tf.float32)
+        hit = tf.cast(tf.equal(tf.argmax(lg, -1, output_type=tf.int32), y), tf.float32)
+        correct.append(tf.reduce_sum(hit * mask))
+        labelled.append(tf.reduce_sum(mask))
+    return tf.stack(correct), tf.stack(labelled)
+
+
+class _ClassificationTask:
+    """What stages 1 and 2 share: data, optimizer, held-out accuracy and AAM pictures."""
+
+    name = "stage"
+    network_stage = "stage1"
+
+    def __init__(self, config: ExperimentConfig, info: schema.DatasetInfo, workdir: str, strategy):
+        self.config, self.info, self.workdir, self.strategy = config, info, workdir, strategy
+        self.num_values = info.num_values
+        self.names = info.attribute_names
+        self.global_batch = config.train.batch_size
+        self._heldout = None
+
+    # --- construction -------------------------------------------------------------------------
+    def build_model(self) -> keras.Model:
+        return network.build_network(
+            self.num_values, self.names, self.config.model, self.network_stage, seed=self.config.train.seed
+        )
+
+    def build_optimizer(self):
+        t = self.config.train
+        return keras.optimizers.SGD(learning_rate=t.learning_rate, momentum=t.momentum)
+
+    def trainable_variables(self, model):
+        return model.trainable_variables
+
+    def extra_checkpoint(self) -> dict:
+        return {}
+
+    def build_inputs(self, seed: int) -> tf.data.Dataset:
+        t = self.config.train
+        return pipeline.make_dataset(
+            self.info,
+            "train",
+            self.config.model.image_size,
+            t.batch_size,
+            training=True,
+            seed=seed,
+            shuffle_buffer=t.shuffle_buffer,
+        )
+
+    # --- logging ------------------------------------------------------------------------------
+    def scalars(self, sums: dict, steps: int) -> dict:
+        out = {k: float(v) / steps for k, v in sums.items() if k in ("loss", "L_C", "L_T", "L_TC")}
+        for prefix in ("", "fc10_"):
+            if f"{prefix}correct" in sums:
+                acc = sums[f"{prefix}correct"] / np.maximum(sums[f"{prefix}labelled"], 1)
+                for name, v in zip(self.names, acc):
+                    out[f"accuracy{'_' + prefix[:-1] if prefix else ''}/train/{name}"] = float(v)
+        return out
+
+    def _heldout_batch(self):
+        if self._heldout is None:
+            n = min(self.config.train.heldout_images, self.info.splits["gallery"])
+            ds = pipeline.make_dataset(self.info, "gallery", self.config.model.image_size, max(n, 1), take=n)
+            self._heldout = next(iter(ds)) if n else None
+        return self._heldout
+
+    def evaluate(self, model) -> dict:
+        batch = self._heldout_batch()
+        if batch is None:
+            return {}
+        out = model(batch["image"], training=False)
+        result = {}
+        heads = [("accuracy", "logits")] + (
+            [("accuracy_fc10", "fc10_logits")] if "fc10_logits" in out else []
+        )
+        for tag, key in heads:
+            correct, labelled = per_attribute_accuracy(out[key], batch["labels"], self.num_values)
+            acc = correct.numpy() / np.maximum(labelled.numpy(), 1)
+            result.update({f"{tag}/heldout/{n}": float(v) for n, v in zip(self.names, acc)})
+        return result
+
+    def summary_images(self, model):
+        """The paper's Figure 3 for a fixed handful of held-out images: AAMs with their boxes."""
+        from fashionsearchnet_v2.retrieval import figures
+
+        batch = self._heldout_batch()
+        if batch is None or self.config.train.summary_images <= 0:
+            return None
+        k = self.config.train.summary_images
+        images = batch["image"][:k]
+        out = model(images, training=False)
+        maps = out["maps"].numpy()
+        boxes = (
+            out["boxes"].numpy()
+            if "boxes" in out
+            else aam.boxes_from_maps(maps, self.config.model.aam_threshold)
+        )
+        pictures = [
+            figures.overlay_maps(img, m, b, self.names)
+            for img, m, b in zip(records.undo_preprocess(images.numpy()), maps, boxes)
+        ]
+        return np.stack(pictures).astype(np.float32) / 255.0
+
+
+class Stage1Task(_ClassificationTask):
+    """Stage 1 (§3.2, Eq. 1–2): the GAP classifiers w_a and the backbone, trained with L_C only."""
+
+    name = "stage1"
+    network_stage = "stage1"
+
+    def initialize(self, model) -> str:
+        path = self.config.alexnet_weights
+        if not path:
+            return "no --alexnet_weights: training from scratch (the paper starts from ImageNet up to conv4)"
+        loaded = backbone.load_alexnet_weights(model, path)
+        return f"loaded ImageNet weights for {', '.join(loaded)} from {path}; the rest starts fresh"
+
+    def train_step(self, model, optimizer, batch, step):
+        labels = batch["labels"]
+        with tf.GradientTape() as tape:
+            out = model(batch["image"], training=True)
+            l_c = losses.classification_loss(network.split_logits(out["logits"], self.num_values), labels)
+            total = self.config.train.lambda_c * l_c
+            loss = tf.nn.compute_average_loss(total, global_batch_size=self.global_batch)
+        variables = model.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        correct, labelled = per_attribute_accuracy(out["logits"], labels, self.num_values)
+        return {
+            "loss": loss,
+            "L_C": tf.nn.compute_average_loss(l_c, global_batch_size=self.global_batch),
+            "correct": correct,
+            "labelled": labelled,
+        }
+
+
+class Stage2Task(_ClassificationTask):
+    """Stage 2 (§3.2, §3.4): localization, ROI pooling and attribute branches; L_C + L_T + L_TC.
+
+    Starts from stage 1 through a checked partial restore of the backbone and the classifiers w_a.
+    """
+
+    name = "stage2"
+    network_stage = "full"
+
+    def __init__(
+        self, config, info, workdir, strategy, stage1_dir: str, stage1_config: ExperimentConfig | None
+    ):
+        super().__init__(config, info, workdir, strategy)
+        self.stage1_dir = stage1_dir
+        if stage1_config is not None:
+            mismatched = [
+                f"{f}: stage 1 {getattr(stage1_config.model, f)} vs {getattr(config.model, f)}"
+                for f in BACKBONE_FIELDS
+                if getattr(stage1_config.model, f) != getattr(config.model, f)
+            ]
+            if mismatched:
+                raise checkpoints.RestoreError(
+                    f"stage 2's model does not match stage 1 in {stage1_dir}: {'; '.join(mismatched)}. "
+                    "Run both stages with the same --image_size/--quick."
+                )
+
+    def stage1_layer_names(self) -> list[str]:
+        stage1 = network.build_network(self.num_values, self.names, self.config.model, "stage1")
+        return sorted(checkpoints.layer_dict(stage1))
+
+    def initialize(self, model) -> str:
+        names = self.stage1_layer_names()
+        path = checkpoints.restore_layers(model, os.path.join(self.stage1_dir, "ckpt"), names, "stage 1")
+        return f"restored {len(names)} stage-1 layers ({', '.join(names)}) from {path}"
+
+    def train_step(self, model, optimizer, batch, step):
+        t = self.config.train
+        labels = batch["labels"]
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        seed = tf.stack([tf.cast(step, tf.int32) + t.seed * 1000003, tf.cast(replica, tf.int32)])
+        with tf.GradientTape() as tape:
+            out = model(batch["image"], training=True)
+            l_c = losses.classification_loss(network.split_logits(out["logits"], self.num_values), labels)
+            l_tc = losses.classification_loss(
+                network.split_logits(out["fc10_logits"], self.num_values), labels
+            )
+            pos, neg, valid = losses.mine_triplets(labels, seed)
+            l_t = losses.attribute_ranking_loss(out["fc10"], pos, neg, valid, squared=t.squared_triplet)
+            total, parts = losses.joint_loss(
+                {"L_C": l_c, "L_T": l_t, "L_TC": l_tc},
+                {"L_C": t.lambda_c, "L_T": t.lambda_t, "L_TC": t.lambda_tc},
+            )
+            loss = tf.nn.compute_average_loss(total, global_batch_size=self.global_batch)
+        variables = model.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        correct, labelled = per_attribute_accuracy(out["logits"], labels, self.num_values)
+        fc10_correct, fc10_labelled = per_attribute_accuracy(out["fc10_logits"], labels, self.num_values)
+        result = {
+            k: tf.nn.compute_average_loss(v, global_batch_size=self.global_batch) for k, v in parts.items()
+        }
+        result.update(
+            loss=loss,
+            correct=correct,
+            labelled=labelled,
+            fc10_correct=fc10_correct,
+            fc10_labelled=fc10_labelled,
+        )
+        return result

@@ -1,0 +1,152 @@
+"""The one custom training loop all stages share: tf.distribute, tf.function steps, checkpoints,
+resume, progress and TensorBoard. What differs between stages lives in their task objects.
+
+A task provides `build_model`, `build_optimizer`, `build_inputs(seed)`, `initialize(model)` (weights
+for a fresh start: ImageNet or the previous stage), `train_step(model, optimizer, batch, step)`
+(one replica's step; returns per-replica sums already divided by the global batch), and optionally
+`evaluate(model)` and `summary_images(model)`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from fashionsearchnet_v2.training import checkpoints
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """`default` (one device), `mirrored` (all local GPUs, or CPUs), `multi_worker` (TF_CONFIG)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        cpus = tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in (gpus or cpus)])
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"--strategy must be default, mirrored or multi_worker, got {name!r}")
+
+
+def format_seconds(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Trainer:
+    """Runs `task` for `total_steps` in `workdir` (checkpoints in `ckpt/`, TensorBoard in `tb/`)."""
+
+    def __init__(
+        self,
+        task,
+        workdir: str,
+        strategy: tf.distribute.Strategy,
+        *,
+        total_steps: int,
+        steps_per_epoch: int,
+        batch_size: int,
+        log_every: int,
+        checkpoint_every: int,
+        seed: int = 0,
+        out=sys.stdout,
+    ):
+        self.task, self.workdir, self.strategy = task, workdir, strategy
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        self.batch_size, self.log_every, self.checkpoint_every = batch_size, log_every, checkpoint_every
+        self.seed, self.out = seed, out
+        self.ckpt_dir = os.path.join(workdir, "ckpt")
+        self.tb_dir = os.path.join(workdir, "tb")
+
+    def log(self, msg: str) -> None:
+        print(msg, file=self.out, flush=True)
+
+    def run(self):
+        os.makedirs(self.workdir, exist_ok=True)
+        with self.strategy.scope():
+            model = self.task.build_model()
+            optimizer = self.task.build_optimizer()
+            optimizer.build(self.task.trainable_variables(model))
+            step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        ckpt = checkpoints.stage_checkpoint(model, optimizer, step, **self.task.extra_checkpoint())
+        manager = tf.train.CheckpointManager(ckpt, self.ckpt_dir, max_to_keep=3)
+        if manager.latest_checkpoint:
+            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            self.log(f"[{self.task.name}] resumed from {manager.latest_checkpoint} at step {int(step)}")
+        else:
+            self.log(f"[{self.task.name}] {self.task.initialize(model)}")
+        start = int(step)
+        if start >= self.total_steps:
+            self.log(f"[{self.task.name}] already trained ({start}/{self.total_steps} steps): nothing to do")
+            return model
+        writer = tf.summary.create_file_writer(self.tb_dir)
+        # A resumed run reshuffles from a seed that depends on where it resumed.
+        dataset = self.task.build_inputs(self.seed + start)
+        iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
+
+        @tf.function
+        def distributed_step(batch):
+            results = self.strategy.run(self.task.train_step, args=(model, optimizer, batch, step))
+            reduced = {k: self.strategy.reduce("SUM", v, axis=None) for k, v in results.items()}
+            step.assign_add(1)
+            return reduced
+
+        t0 = time.time()
+        window_start, window_images = time.time(), 0
+        sums: dict[str, np.ndarray] = {}
+        for s in range(start, self.total_steps):
+            batch = next(iterator)
+            results = distributed_step(batch)
+            window_images += self.batch_size
+            for k, v in results.items():
+                sums[k] = sums.get(k, 0) + v.numpy()
+            done = s + 1
+            end_of_epoch = done % self.steps_per_epoch == 0 or done == self.total_steps
+            if done % self.log_every == 0 or end_of_epoch:
+                elapsed = time.time() - window_start
+                ips = window_images / max(elapsed, 1e-9)
+                n = max(1, window_images // self.batch_size)
+                scalars = self.task.scalars(sums, n)
+                eta = (self.total_steps - done) * self.batch_size / max(ips, 1e-9)
+                with writer.as_default(step=done):
+                    for k, v in scalars.items():
+                        tf.summary.scalar(k, v)
+                    tf.summary.scalar("images_per_second", ips)
+                    tf.summary.scalar("learning_rate", float(optimizer.learning_rate.numpy()))
+                shown = " ".join(f"{k} {v:.3f}" for k, v in scalars.items() if not k.startswith("accuracy/"))
+                epoch = done / self.steps_per_epoch
+                self.log(
+                    f"[{self.task.name}] step {done}/{self.total_steps} ({100 * done / self.total_steps:.0f}%) "
+                    f"epoch {epoch:.2f} {shown} | {ips:.1f} img/s | ETA {format_seconds(eta)}"
+                )
+                sums, window_start, window_images = {}, time.time(), 0
+            if done % self.checkpoint_every == 0 or end_of_epoch:
+                manager.save(checkpoint_number=done)
+            if end_of_epoch:
+                self._epoch_end(model, writer, done)
+        writer.flush()
+        self.log(
+            f"[{self.task.name}] done: {self.total_steps - start} steps in {format_seconds(time.time() - t0)}"
+        )
+        return model
+
+    def _epoch_end(self, model, writer, done):
+        heldout = self.task.evaluate(model)
+        images = self.task.summary_images(model)
+        with writer.as_default(step=done):
+            for k, v in heldout.items():
+                tf.summary.scalar(k, v)
+            if images is not None:
+                tf.summary.image("aam_boxes/heldout", images, step=done, max_outputs=len(images))
+        if heldout:
+            groups: dict[str, list[float]] = {}
+            for k, v in heldout.items():
+                groups.setdefault(k.rsplit("/", 1)[0], []).append(v)
+            parts = " ".join(f"{g} {np.mean(v):.3f}" for g, v in sorted(groups.items()))
+            self.log(f"[{self.task.name}] held-out mean accuracy: {parts}")
