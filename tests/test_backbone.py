@@ -1,0 +1,81 @@
+"""Backbone shapes, grouped convolutions and the bvlc_alexnet.npy loader on a small fake file."""
+
+import numpy as np
+import pytest
+
+from fashionsearchnet_v2.configs import ModelConfig
+from fashionsearchnet_v2.model import backbone, network
+
+NUM_VALUES = [3, 2, 4]
+NAMES = ["color", "sleeve length", "collar"]
+
+
+def test_grid_size_matches_the_model():
+    assert backbone.feature_grid_size(227) == 13  # AlexNet's conv5 grid
+    assert backbone.feature_grid_size(128) == 6
+    cfg = ModelConfig(
+        image_size=96, width=0.125, conv5_filters=32, conv67_filters=48, fc_sizes=(8,), fc10_size=4
+    )
+    model = network.build_network(NUM_VALUES, NAMES, cfg, "stage1")
+    out = model(np.zeros((2, 96, 96, 3), np.float32))
+    g = backbone.feature_grid_size(96)
+    assert out["logits"].shape == (2, 9) and out["maps"].shape == (2, 3, g, g)
+    # conv5 keeps the paper's grouping: two halves of 16 maps (width 0.125 of 384 is 48 -> config 32).
+    assert model.get_layer("conv5_g0").filters == 16 and model.get_layer("conv5_g1").filters == 16
+    assert model.get_layer("conv7").filters == 48
+
+
+def _fake_alexnet(path, conv2_shape=(5, 5, 48, 256)):
+    rng = np.random.default_rng(0)
+    shapes = {
+        "conv1": (11, 11, 3, 96),
+        "conv2": conv2_shape,
+        "conv3": (3, 3, 256, 384),
+        "conv4": (3, 3, 192, 384),
+        "conv5": (3, 3, 192, 256),
+        "fc6": (9216, 8),  # small stand-ins: fc layers are never loaded
+        "fc7": (8, 8),
+        "fc8": (8, 10),
+    }
+    data = {
+        k: [rng.normal(size=s).astype(np.float32), rng.normal(size=s[-1]).astype(np.float32)]
+        for k, s in shapes.items()
+    }
+    np.save(path, data, allow_pickle=True)
+    return data
+
+
+@pytest.fixture(scope="module")
+def full_width_model():
+    cfg = ModelConfig(image_size=67, fc_sizes=(8,), fc10_size=4)
+    return network.build_network(NUM_VALUES, NAMES, cfg, "stage1")
+
+
+def test_loader_sets_conv1_to_conv4_and_splits_groups(tmp_path, full_width_model):
+    path = str(tmp_path / "bvlc_alexnet.npy")
+    data = _fake_alexnet(path)
+    before = full_width_model.get_layer("conv5_g0").get_weights()[0].copy()
+    assert backbone.load_alexnet_weights(full_width_model, path) == ["conv1", "conv2", "conv3", "conv4"]
+    np.testing.assert_array_equal(full_width_model.get_layer("conv1").get_weights()[0], data["conv1"][0])
+    w2, b2 = data["conv2"]
+    np.testing.assert_array_equal(full_width_model.get_layer("conv2_g0").get_weights()[0], w2[..., :128])
+    np.testing.assert_array_equal(full_width_model.get_layer("conv2_g1").get_weights()[0], w2[..., 128:])
+    np.testing.assert_array_equal(
+        full_width_model.get_layer("conv4_g1").get_weights()[1], data["conv4"][1][192:]
+    )
+    # conv5 onwards is reinitialised, not loaded (§4.1).
+    np.testing.assert_array_equal(full_width_model.get_layer("conv5_g0").get_weights()[0], before)
+
+
+def test_loader_errors_name_file_layer_and_shapes(tmp_path, full_width_model):
+    with pytest.raises(backbone.WeightsError, match="does not exist"):
+        backbone.load_alexnet_weights(full_width_model, str(tmp_path / "nope.npy"))
+    path = str(tmp_path / "wrong.npy")
+    _fake_alexnet(path, conv2_shape=(5, 5, 96, 256))
+    with pytest.raises(
+        backbone.WeightsError, match=r"conv2 gives conv2_g0 shapes \[\(5, 5, 96, 128\), \(128,\)\]"
+    ):
+        backbone.load_alexnet_weights(full_width_model, path)
+    np.save(str(tmp_path / "list.npy"), np.zeros(3))
+    with pytest.raises(backbone.WeightsError, match="not a bvlc_alexnet.npy dict"):
+        backbone.load_alexnet_weights(full_width_model, str(tmp_path / "list.npy"))
