@@ -1,0 +1,92 @@
+"""ROI pooling of conv5 features with `tf.image.crop_and_resize` (paper §3.2 "Ranking with Triplets of
+Regions" and §4.1).
+
+Each attribute's box (from its AAM, `model/aam.py`) crops the conv5 map of its own image and resamples
+it bilinearly to a fixed size, giving one region feature per attribute for the fc layers f_{c10,a}.
+Boxes use crop_and_resize's normalised coordinates (y1, x1, y2, x2): normalised y reads feature row
+y · (H - 1), so (0, 0, 1, 1) is the whole map with corners aligned (the resize of the whole map with
+align_corners=True), and (r0/(H-1), c0/(W-1), r1/(H-1), c1/(W-1)) covers cells r0..r1, c0..c1.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+__all__ = ["RoiPooling"]
+
+
+def _pad_edges(features, boxes):
+    """Replicates the border cells once and maps the boxes onto the padded map.
+
+    crop_and_resize returns `extrapolation_value` (0) for a sample at y·(H-1) > H-1, and float rounding
+    puts the last sample of a box that ends on the bottom/right edge a few ulps past it for some box and
+    crop sizes — e.g. cells 5..12 of a 13-row map cropped to 8 rows: y1 = float32(5/12) rounds down,
+    the step (y2-y1)·12/7 comes out 1.0000001 and the last row reads 12.0000007, i.e. all zeros. With
+    one replicated cell on every side such a sample interpolates between two copies of the edge and
+    gets the edge value. In-range samples read the same cells as without padding, up to float rounding
+    of the remapped coordinates: y' = (y·(H-1) + 1) / (H+1).
+
+    Args:
+      features: `[batch, H, W, C]`.
+      boxes: float32 `[batch, A, 4]` (y1, x1, y2, x2) normalised to the unpadded map.
+
+    Returns:
+      `[batch, H+2, W+2, C]` features and float32 `[batch, A, 4]` boxes normalised to them.
+    """
+    size = tf.cast(tf.shape(features)[1:3], tf.float32) - 1.0  # (H-1, W-1)
+    size = tf.tile(size, [2])  # for (y1, x1, y2, x2)
+    # SYMMETRIC with a 1-cell pad repeats the border row/column itself.
+    features = tf.pad(features, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    return features, (boxes * size + 1.0) / (size + 2.0)
+
+
+@keras.saving.register_keras_serializable(package="fashionsearchnet_v2")
+class RoiPooling(keras.layers.Layer):
+    """Crops A boxes per image from a feature map and resizes each to `crop_size` (bilinear).
+
+    Inputs: `[features [batch, H, W, C], boxes [batch, A, 4]]`, boxes as (y1, x1, y2, x2) normalised.
+    Output: `[batch, A, crop_h, crop_w, C]` in the layer's compute dtype.
+
+    Boxes are meant to lie in [0, 1] (AAM boxes do); the border is replicated once before cropping so
+    that float rounding at the bottom/right edge cannot drop samples to zero (see `_pad_edges`).
+
+    Boxes are not differentiated (crop_and_resize has a box gradient, but the AAM boxes come from a
+    non-differentiable threshold/argmax, so the layer stops it); features are.
+    """
+
+    def __init__(self, crop_size=(7, 7), **kwargs):
+        # Keras would cast every floating input to the compute dtype; under mixed precision that would
+        # round box coordinates to float16 (7/12 -> 0.5835) and shift the sampled cells. Boxes are cast
+        # to float32 in `call` instead, and features are cast explicitly.
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        crop_size = tuple(int(s) for s in crop_size)
+        if len(crop_size) != 2 or min(crop_size) < 1:
+            raise ValueError(f"crop_size must be two positive ints, got {crop_size}")
+        self.crop_size = crop_size
+
+    def call(self, inputs):
+        features, boxes = inputs
+        features = tf.cast(features, self.compute_dtype)
+        boxes = tf.stop_gradient(tf.cast(boxes, tf.float32))
+        # Static sizes where known keep the output shape static for the fc layers that follow.
+        attributes = boxes.shape[1] if boxes.shape[1] is not None else tf.shape(boxes)[1]
+        channels = features.shape[-1] if features.shape[-1] is not None else tf.shape(features)[-1]
+        features, boxes = _pad_edges(features, boxes)
+        # Box k*A + a belongs to image k: box_indices = repeat(range(batch), A).
+        box_indices = tf.repeat(tf.range(tf.shape(boxes)[0], dtype=tf.int32), attributes)
+        crops = tf.image.crop_and_resize(
+            features, tf.reshape(boxes, [-1, 4]), box_indices, self.crop_size, method="bilinear"
+        )  # [batch * A, crop_h, crop_w, C], float32
+        crops = tf.reshape(crops, [-1, attributes, *self.crop_size, channels])
+        return tf.cast(crops, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        features_shape, boxes_shape = input_shape
+        return (boxes_shape[0], boxes_shape[1], *self.crop_size, features_shape[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config["crop_size"] = list(self.crop_size)
+        return config
