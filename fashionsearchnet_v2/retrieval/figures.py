@@ -1,0 +1,277 @@
+"""Tables and pictures of the paper's results: Table 1 (markdown), Figure 5 (Top-K curves), Figure 6
+(query, manipulation and Top-k results framed green/red) and attribute activation maps with their boxes.
+
+Images are RGB uint8 arrays `[H, W, 3]`. Every file is written atomically (a temporary file in the same
+directory, then os.replace) so a reader never sees half a PNG. Matplotlib is used through its Agg canvas
+only, never pyplot, so importing this module changes no global backend state; it also renders the text
+(Hershey fonts of cv2 cannot write "→").
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+import textwrap
+from collections.abc import Mapping, Sequence
+
+import cv2
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+GREEN = (0, 255, 0)  # RGB: every target attribute matches
+RED = (255, 0, 0)  # RGB: at least one target attribute differs
+WHITE = 255
+BOX_COLOR = (255, 255, 255)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> str:
+    """Write bytes to `path` through a temporary file in the same directory and os.replace."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+_write_atomic = write_atomic  # the name callers used before it was public
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> str:
+    """Write an RGB uint8 image [H, W, 3] as PNG, atomically; returns the path."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"PNG encoding failed for an image of shape {image.shape}")
+    return write_atomic(path, buf.tobytes())
+
+
+def _format(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.3f}"
+
+
+def markdown_table(
+    rows: Mapping[str, Mapping[str, float | None]],
+    attribute_names: Sequence[str],
+    k: int = 20,
+    title: str | None = None,
+) -> str:
+    """A Table-1-style markdown table: one row per variant, one column per attribute plus Avg.
+
+    Args:
+        rows: variant -> {attribute name: accuracy, "avg": accuracy}, e.g. `results["topk"]["20"]` of
+            `search.evaluate` per variant. Missing or None values print as "-".
+        attribute_names: the column order.
+        k: the K of the Top-K accuracy, for the default title.
+        title: the caption line; default "Top-{k} retrieval accuracy for each attribute."
+    Returns:
+        markdown text; the best value of each column is bold (every variant that ties with it after
+        rounding to the printed 3 decimals, as the paper bolds both 0.364 of Fastening).
+    """
+    columns = list(attribute_names) + ["avg"]
+    header = ["Approach"] + list(attribute_names) + ["Avg."]
+    cells = {variant: [_format(values.get(c)) for c in columns] for variant, values in rows.items()}
+    best = []
+    for j in range(len(columns)):
+        printed = [float(cells[v][j]) for v in cells if cells[v][j] != "-"]
+        best.append(max(printed) if printed else None)
+    lines = [title if title is not None else f"Top-{k} retrieval accuracy for each attribute.", ""]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" + "---:|" * len(columns))
+    for variant, texts in cells.items():
+        shown = [f"**{t}**" if t != "-" and float(t) == best[j] else t for j, t in enumerate(texts)]
+        lines.append("| " + " | ".join([variant] + shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_topk_curves(
+    curves: Mapping[str, Mapping[int | str, float]],
+    path: str | os.PathLike,
+    title: str = "Top-K retrieval accuracy",
+    size: tuple[int, int] = (640, 480),
+) -> str:
+    """Figure 5: Top-K accuracy against K, one line per variant, written as a PNG of `size` (w, h) px.
+
+    Args:
+        curves: label -> {K: accuracy}; K may be int or str (as in the JSON results).
+    Returns:
+        the path.
+    """
+    dpi = 100
+    fig = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for label, curve in curves.items():
+        points = sorted((int(k), v) for k, v in curve.items() if v is not None)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xlabel("K")
+    ax.set_ylabel("Top-K retrieval accuracy")
+    ax.set_title(title)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    if curves:
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return write_atomic(path, buf.getvalue())
+
+
+def _text_image(text: str, width: int, height: int, fontsize: float = 10.0) -> np.ndarray:
+    """`text` rendered black on white, wrapped to `width`, as an RGB uint8 image [height, width, 3]."""
+    dpi = 100
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
+    canvas = FigureCanvasAgg(fig)
+    chars_per_line = max(4, int(width / (0.62 * fontsize * dpi / 72)))
+    wrapped = "\n".join(textwrap.wrap(text, chars_per_line)) if text else ""
+    fig.text(0.5, 0.5, wrapped, ha="center", va="center", fontsize=fontsize, wrap=False)
+    canvas.draw()
+    rgb = np.asarray(canvas.buffer_rgba())[..., :3]
+    out = np.full((height, width, 3), WHITE, np.uint8)  # the canvas can be a pixel off after rounding
+    h, w = min(height, rgb.shape[0]), min(width, rgb.shape[1])
+    out[:h, :w] = rgb[:h, :w]
+    return out
+
+
+def result_grid(
+    query_images,
+    manipulation_texts: Sequence[str],
+    result_images,
+    matched,
+    path: str | os.PathLike,
+    frame: int = 4,
+    gap: int = 8,
+    text_width: int | None = None,
+) -> np.ndarray:
+    """Figure 6: per row the query, the manipulation as text (e.g. "color: red → black") and the Top-k
+    results, each framed green where every target attribute matches and red otherwise.
+
+    Layout (pixels): rows of height H + 2*frame separated and surrounded by `gap`; a row is
+    [query (white frame) | text (text_width) | k results (coloured frame)], so the canvas is
+    (gap + n*(H + 2*frame + gap)) x (gap + (k + 1)*(W + 2*frame + gap) + text_width + gap).
+
+    Args:
+        query_images: [n, H, W, 3] uint8 RGB.
+        manipulation_texts: n strings.
+        result_images: [n, k, H, W, 3] uint8 RGB, nearest first.
+        matched: [n, k] bool.
+        path: the PNG to write (atomically).
+        text_width: width of the text column; default max(2*W, 160).
+    Returns:
+        the canvas, [height, width, 3] uint8 RGB, as written.
+    """
+    query_images = np.asarray(query_images)
+    result_images = np.asarray(result_images)
+    matched = np.asarray(matched, bool)
+    if query_images.ndim != 4 or query_images.shape[-1] != 3 or query_images.dtype != np.uint8:
+        raise ValueError(
+            f"query_images must be uint8 [n, H, W, 3], got {query_images.dtype} {query_images.shape}"
+        )
+    n, h, w, _ = query_images.shape
+    if result_images.dtype != np.uint8 or result_images.ndim != 5 or result_images.shape[0] != n:
+        raise ValueError(f"result_images must be uint8 [n, k, H, W, 3], got {result_images.shape}")
+    k = result_images.shape[1]
+    if result_images.shape[2:] != (h, w, 3) or matched.shape != (n, k) or len(manipulation_texts) != n:
+        raise ValueError(
+            f"shapes disagree: queries {query_images.shape}, results {result_images.shape}, "
+            f"matched {matched.shape}, {len(manipulation_texts)} texts"
+        )
+    text_width = max(2 * w, 160) if text_width is None else text_width
+    tile_h, tile_w = h + 2 * frame, w + 2 * frame
+    height = gap + n * (tile_h + gap)
+    width = gap + (k + 1) * (tile_w + gap) + text_width + gap
+    canvas = np.full((height, width, 3), WHITE, np.uint8)
+    for i in range(n):
+        y = gap + i * (tile_h + gap)
+        x = gap
+        canvas[y + frame : y + frame + h, x + frame : x + frame + w] = query_images[i]
+        x += tile_w + gap
+        canvas[y : y + tile_h, x : x + text_width] = _text_image(manipulation_texts[i], text_width, tile_h)
+        x += text_width + gap
+        for j in range(k):
+            canvas[y : y + tile_h, x : x + tile_w] = GREEN if matched[i, j] else RED
+            canvas[y + frame : y + frame + h, x + frame : x + frame + w] = result_images[i, j]
+            x += tile_w + gap
+    write_png(path, canvas)
+    return canvas
+
+
+def _upsample_aligned(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize [h, w] -> [height, width] with corners aligned: map cell r sits at image row
+    r*(height-1)/(h-1), the grid convention of tf.image.crop_and_resize boxes."""
+    h, w = values.shape
+    xs = np.linspace(0, w - 1, width, dtype=np.float32)
+    ys = np.linspace(0, h - 1, height, dtype=np.float32)
+    map_x, map_y = np.meshgrid(xs, ys)
+    return cv2.remap(
+        values.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+
+
+def overlay_maps(
+    image,
+    maps,
+    boxes,
+    names: Sequence[str],
+    cols: int = 4,
+    alpha: float = 0.5,
+    gap: int = 6,
+    title_height: int = 22,
+    path: str | os.PathLike | None = None,
+) -> np.ndarray:
+    """Attribute activation maps as heat overlays on the image, each with its box, in a grid of panels.
+
+    Args:
+        image: [H, W, 3] uint8 RGB.
+        maps: [A, h, w] float, one activation map per attribute (each min-max scaled on its own).
+        boxes: [A, 4] (y1, x1, y2, x2) normalised on the map grid as in tf.image.crop_and_resize: map
+            cell r is at r/(h-1), so a coordinate c is image pixel c*(H-1).
+        names: A panel titles.
+        cols: panels per grid row.
+        path: if given, the grid is also written there as PNG.
+    Returns:
+        [rows*(title_height + H + gap) + gap, cols'*(W + gap) + gap, 3] uint8 RGB, cols' = min(cols, A).
+    """
+    image = np.asarray(image)
+    maps = np.asarray(maps, np.float32)
+    boxes = np.asarray(boxes, np.float32)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+    if maps.ndim != 3 or boxes.shape != (len(maps), 4) or len(names) != len(maps):
+        raise ValueError(f"maps {maps.shape}, boxes {boxes.shape} and {len(names)} names disagree")
+    big_h, big_w = image.shape[:2]
+    a = len(maps)
+    ncols = max(1, min(cols, a))
+    nrows = max(1, math.ceil(a / ncols))
+    panel_h = title_height + big_h
+    canvas = np.full((gap + nrows * (panel_h + gap), gap + ncols * (big_w + gap), 3), WHITE, np.uint8)
+    for i in range(a):
+        heat = _upsample_aligned(maps[i], big_h, big_w)
+        lo, hi = float(heat.min()), float(heat.max())
+        heat = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
+        colored = cv2.cvtColor(
+            cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB
+        )
+        panel = cv2.addWeighted(image, 1.0 - alpha, colored, alpha, 0.0)
+        y1, x1, y2, x2 = np.clip(boxes[i], 0.0, 1.0)
+        p1 = (round(float(x1) * (big_w - 1)), round(float(y1) * (big_h - 1)))
+        p2 = (round(float(x2) * (big_w - 1)), round(float(y2) * (big_h - 1)))
+        cv2.rectangle(panel, p1, p2, BOX_COLOR, 2)
+        y = gap + (i // ncols) * (panel_h + gap)
+        x = gap + (i % ncols) * (big_w + gap)
+        canvas[y : y + title_height, x : x + big_w] = _text_image(str(names[i]), big_w, title_height, 9.0)
+        canvas[y + title_height : y + panel_h, x : x + big_w] = panel
+    if path is not None:
+        write_png(path, canvas)
+    return canvas

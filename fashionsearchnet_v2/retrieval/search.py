@@ -1,0 +1,139 @@
+"""Attribute-manipulation search over a gallery and its evaluation (paper §4.4-4.5, Table 1, Figure 5).
+
+The model is kept out: it is represented by `query_vectors_fn`, which maps a chunk of search indices to
+the manipulated global representations F_{I,t} (Eq. 7) of those searches. This module ranks the gallery
+by Euclidean distance, marks which results have all target attributes and summarises the hits into the
+results dict that experiments write as JSON:
+
+    {"ks": [1, 5, ...], "topk": {"1": {"<attr>": acc | None, ..., "avg": acc, "all": acc}, ...},
+     "ndcg@30": {"<attr>": ..., "avg": ..., "all": ...}, "searches": {"<attr>": n, ..., "total": n}}
+
+An attribute without searches reports None (JSON null) and count 0, and is left out of "avg".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from fashionsearchnet_v2.retrieval import metrics
+from fashionsearchnet_v2.retrieval.metrics import DEFAULT_KS, Manipulations
+
+QueryVectorsFn = Callable[[np.ndarray], np.ndarray]
+
+
+def run_searches(
+    query_vectors_fn: QueryVectorsFn,
+    gallery_vectors,
+    gallery_labels,
+    manipulations: Manipulations,
+    k: int,
+    chunk_size: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rank the gallery for every search, chunk by chunk, and mark the relevant results.
+
+    Args:
+        query_vectors_fn: maps search indices [s] (into `manipulations`) to query vectors [s, r].
+        gallery_vectors: [G, r] float32.
+        gallery_labels: [G, A] int, -1 = unlabelled.
+        manipulations: the S searches; their `target` decides relevance.
+        k: results kept per search.
+        chunk_size: searches embedded and ranked at once; memory is O(chunk_size * G).
+    Returns:
+        indices [S, k] int64 gallery rows, nearest first; hits [S, k] bool.
+    """
+    gallery_vectors = np.asarray(gallery_vectors, np.float32)
+    gallery_labels = np.asarray(gallery_labels)
+    if len(gallery_vectors) != len(gallery_labels):
+        raise ValueError(f"{len(gallery_vectors)} gallery vectors but {len(gallery_labels)} label rows")
+    index = metrics.ExactIndex(gallery_vectors)
+    s = len(manipulations)
+    k = min(k, len(gallery_vectors))
+    indices = np.empty((s, k), np.int64)
+    hits = np.empty((s, k), bool)
+    for start in range(0, s, chunk_size):
+        chunk = np.arange(start, min(start + chunk_size, s))
+        queries = np.asarray(query_vectors_fn(chunk), np.float32)
+        if queries.shape != (len(chunk), gallery_vectors.shape[1]):
+            raise ValueError(
+                f"query_vectors_fn returned {queries.shape} for {len(chunk)} searches, "
+                f"expected {(len(chunk), gallery_vectors.shape[1])}"
+            )
+        idx, _ = index.search(queries, k, chunk_size=len(chunk))
+        indices[chunk] = idx
+        hits[chunk] = metrics.target_hits(idx, manipulations.target[chunk], gallery_labels)
+    return indices, hits
+
+
+def _num(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
+
+
+def summarize(
+    hits,
+    num_relevant,
+    attribute,
+    attribute_names: Sequence[str],
+    ks: Sequence[int] = DEFAULT_KS,
+    ndcg_k: int = 30,
+) -> dict:
+    """The results dict (module docstring) from ranked hits [S, K] and relevant counts [S]."""
+    names = list(attribute_names)
+    if len(set(names)) != len(names) or {"avg", "all", "total"} & set(names):
+        raise ValueError(f"attribute names must be distinct and not avg/all/total: {names}")
+    ks = sorted({int(k) for k in ks})
+    acc = metrics.topk_accuracy(hits, attribute, len(names), ks)
+    ndcg = metrics.per_attribute_mean(metrics.ndcg_at_k(hits, num_relevant, ndcg_k), attribute, len(names))
+
+    def table(per_attribute, avg, all_):
+        row = {name: _num(v) for name, v in zip(names, per_attribute)}
+        row["avg"], row["all"] = _num(avg), _num(all_)
+        return row
+
+    searches = {name: int(n) for name, n in zip(names, acc["count"])}
+    searches["total"] = int(acc["count"].sum())
+    return {
+        "ks": ks,
+        "topk": {str(k): table(acc["per_attribute"][k], acc["avg"][k], acc["all"][k]) for k in ks},
+        f"ndcg@{ndcg_k}": table(ndcg["per_attribute"], ndcg["avg"], ndcg["all"]),
+        "searches": searches,
+    }
+
+
+def evaluate(
+    query_vectors_fn: QueryVectorsFn,
+    gallery_vectors,
+    gallery_labels,
+    manipulations: Manipulations,
+    attribute_names: Sequence[str],
+    ks: Sequence[int] = DEFAULT_KS,
+    chunk_size: int = 1024,
+    ndcg_k: int = 30,
+) -> dict:
+    """Top-K accuracy and NDCG@k of attribute-manipulation search (Table 1 / Figure 5 numbers).
+
+    Args:
+        query_vectors_fn: search indices [s] -> manipulated global representations [s, r], called once
+            per chunk of `chunk_size` consecutive searches.
+        gallery_vectors: [G, r] float32 global representations of the gallery.
+        gallery_labels: [G, A] int, -1 = unlabelled.
+        manipulations: e.g. `metrics.enumerate_manipulations(query_labels, gallery_labels, num_values)`.
+        attribute_names: A names, the keys of the per-attribute numbers.
+        ks: the K of Top-K; max(max(ks), ndcg_k) results are ranked per search.
+        chunk_size: searches per block (memory O(chunk_size * G)).
+        ndcg_k: the k of NDCG@k (30 as in ADDE-M).
+    Returns:
+        the results dict of the module docstring.
+    """
+    if len(attribute_names) != np.shape(gallery_labels)[1]:
+        raise ValueError(
+            f"{len(attribute_names)} attribute names for {np.shape(gallery_labels)[1]} attributes"
+        )
+    k = max(max(ks), ndcg_k)
+    if k > len(gallery_vectors):
+        raise ValueError(f"cannot rank {k} results in a gallery of {len(gallery_vectors)}")
+    _, hits = run_searches(query_vectors_fn, gallery_vectors, gallery_labels, manipulations, k, chunk_size)
+    num_relevant = metrics.count_matches(manipulations.target, gallery_labels)
+    return summarize(hits, num_relevant, manipulations.attribute, attribute_names, ks, ndcg_k)

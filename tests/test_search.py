@@ -1,0 +1,106 @@
+"""Tests of `search.evaluate`: hits, Top-K and NDCG against brute force on a small random case."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fashionsearchnet_v2.retrieval import metrics, search
+
+NUM_VALUES = [3, 2, 4, 3]
+NAMES = ["color", "collar", "fit", "sleeve"]
+
+
+def make_case(seed=0, q=20, g=200, r=8):
+    rng = np.random.default_rng(seed)
+    labels = lambda n: np.where(  # noqa: E731
+        rng.random((n, 4)) < 0.2, -1, np.stack([rng.integers(0, v, n) for v in NUM_VALUES], 1)
+    )
+    query_labels, gallery_labels = labels(q), labels(g)
+    manipulations = metrics.enumerate_manipulations(query_labels, gallery_labels, NUM_VALUES)
+    base = rng.standard_normal((q, r)).astype(np.float32)
+    shift = rng.standard_normal((4, 4, r)).astype(np.float32)
+    gallery = rng.standard_normal((g, r)).astype(np.float32)
+
+    def query_vectors_fn(idx):
+        # A stand-in for the model: the query's vector moved by the manipulated attribute's new value.
+        return (
+            base[manipulations.query_index[idx]]
+            + shift[manipulations.attribute[idx], manipulations.value[idx]]
+        )
+
+    return query_vectors_fn, gallery, gallery_labels, manipulations
+
+
+def test_evaluate_against_brute_force():
+    fn, gallery, gallery_labels, m = make_case()
+    ks = (1, 5, 10, 20, 30)
+    out = search.evaluate(fn, gallery, gallery_labels, m, NAMES, ks=ks, chunk_size=7)
+    queries = fn(np.arange(len(m)))
+    d = ((queries[:, None].astype(np.float64) - gallery[None]) ** 2).sum(-1)
+    order = np.argsort(d, axis=1, kind="stable")
+    relevant = np.array(
+        [
+            [all(t < 0 or t == x for t, x in zip(m.target[s], row)) for row in gallery_labels]
+            for s in range(len(m))
+        ]
+    )
+    ranked = np.take_along_axis(relevant, order, axis=1)
+    for k in ks:
+        per = {}
+        for a, name in enumerate(NAMES):
+            rows = ranked[m.attribute == a, :k].any(1)
+            per[name] = rows.mean() if len(rows) else None
+            assert out["topk"][str(k)][name] == pytest.approx(per[name])
+        present = [v for v in per.values() if v is not None]
+        assert out["topk"][str(k)]["avg"] == pytest.approx(np.mean(present))
+        assert out["topk"][str(k)]["all"] == pytest.approx(ranked[:, :k].any(1).mean())
+    disc = 1 / np.log2(np.arange(30) + 2)
+    ndcg = [(ranked[s, :30] @ disc) / disc[: min(relevant[s].sum(), 30)].sum() for s in range(len(m))]
+    for a, name in enumerate(NAMES):
+        assert out["ndcg@30"][name] == pytest.approx(np.mean(np.array(ndcg)[m.attribute == a]))
+    assert out["searches"]["total"] == len(m)
+    assert sum(out["searches"][n] for n in NAMES) == len(m)
+    json.dumps(out, allow_nan=False)  # plain JSON: no numpy types, no NaN
+
+
+def test_chunk_size_does_not_change_results():
+    fn, gallery, gallery_labels, m = make_case(seed=1)
+    a = search.evaluate(fn, gallery, gallery_labels, m, NAMES, chunk_size=3)
+    b = search.evaluate(fn, gallery, gallery_labels, m, NAMES, chunk_size=10_000)
+    assert a == b
+
+
+def test_attribute_without_searches_is_null_and_left_out_of_avg():
+    fn, gallery, gallery_labels, m = make_case(seed=2)
+    m = m.subset(m.attribute != 1)
+    out = search.evaluate(fn, gallery, gallery_labels, m, NAMES, ks=(1, 30))
+    assert out["searches"]["collar"] == 0
+    assert out["topk"]["1"]["collar"] is None and out["ndcg@30"]["collar"] is None
+    others = [out["topk"]["1"][n] for n in NAMES if n != "collar"]
+    assert out["topk"]["1"]["avg"] == pytest.approx(sum(others) / 3)
+    assert not math.isnan(out["ndcg@30"]["avg"])
+
+
+def test_query_vectors_fn_is_called_chunk_by_chunk_and_checked():
+    fn, gallery, gallery_labels, m = make_case(seed=3)
+    calls = []
+
+    def recording_fn(idx):
+        calls.append(idx.copy())
+        return fn(idx)
+
+    search.evaluate(recording_fn, gallery, gallery_labels, m, NAMES, chunk_size=16)
+    np.testing.assert_array_equal(np.concatenate(calls), np.arange(len(m)))
+    assert max(len(c) for c in calls) == 16
+    with pytest.raises(ValueError, match="query_vectors_fn returned"):
+        search.evaluate(lambda idx: fn(idx)[:, :3], gallery, gallery_labels, m, NAMES)
+
+
+def test_run_searches_indices_are_the_exact_ranking():
+    fn, gallery, gallery_labels, m = make_case(seed=4)
+    idx, hits = search.run_searches(fn, gallery, gallery_labels, m, k=12, chunk_size=5)
+    ref, _ = metrics.search_topk(fn(np.arange(len(m))), gallery, 12)
+    np.testing.assert_array_equal(idx, ref)
+    np.testing.assert_array_equal(hits, metrics.target_hits(ref, m.target, gallery_labels))
