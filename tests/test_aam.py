@@ -240,3 +240,17 @@ def test_boxes_carry_no_gradient():
     with tf.GradientTape() as tape:
         out = tf.reduce_sum(aam.boxes_from_maps_tf(maps))
     assert tape.gradient(out, maps) is None
+
+
+def test_tf_path_exports_to_a_saved_model(tmp_path):
+    # Only stock TF ops (no numpy_function), so the exported graph runs wherever TF does.
+    module = tf.Module()
+    module.boxes = tf.function(
+        aam.boxes_from_maps_tf, input_signature=[tf.TensorSpec([None, 3, 13, 13], tf.float32)]
+    )
+    tf.saved_model.save(module, str(tmp_path / "boxes"))
+    ops = {op.type for op in module.boxes.get_concrete_function().graph.get_operations()}
+    assert not any("PyFunc" in op for op in ops)
+    maps = _smooth_maps(np.random.default_rng(7), 6, 13).reshape(2, 3, 13, 13)
+    loaded = tf.saved_model.load(str(tmp_path / "boxes"))
+    np.testing.assert_array_equal(loaded.boxes(tf.constant(maps)).numpy(), aam.boxes_from_maps(maps))
