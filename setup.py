@@ -15,6 +15,7 @@ setuptools.setup(
     package_data={"data_prep": ["*.csv"], "fashionsearchnet_v2": ["py.typed"]},
     install_requires=[
         "tensorflow>=2.21,<2.22",
+        "tensorboard>=2.21,<2.22",
         "numpy>=1.26,<3",
         "opencv-python-headless>=4.9,<5",
         "scikit-image>=0.22,<0.27",

@@ -10,7 +10,7 @@ import dataclasses
 import os
 import sys
 
-from absl import flags
+from absl import flags, logging
 
 import fashionsearchnet_v2  # noqa: F401  (switches oneDNN on before TensorFlow loads)
 from fashionsearchnet_v2 import configs
@@ -91,6 +91,7 @@ def load_or_make_dataset(dataset: str, data_dir: str, quick: bool) -> schema.Dat
 
 
 def build_config(stage: str, variant: str) -> tuple[configs.ExperimentConfig, schema.DatasetInfo]:
+    logging.set_verbosity(logging.WARNING)  # TensorFlow's per-save INFO lines drown the progress
     dataset, data_dir, workdir = resolve_dirs()
     model, train, stage3 = configs.dataset_defaults(dataset)
     if SCHEDULE.value == "paper":

@@ -3,7 +3,7 @@ Table-1-style markdown, Top-K curves (Figure 5), result grid (Figure 6) and AAM 
 
     python -m experiments.evaluate --dataset=synthetic [--variant=full] [--eval_dir=DIR]
 
-Writes `<workdir>/eval/` by default (results.json, table.md, topk.png, results_grid.png, aam_queries.png).
+Writes `<workdir>/eval/<variant>/` by default (results.json, table.md, topk.png, results_grid.png, aam_queries.png).
 """
 
 import os
@@ -14,13 +14,13 @@ from experiments import common
 from fashionsearchnet_v2.retrieval import evaluation
 
 VARIANT = flags.DEFINE_enum("variant", "full", list(evaluation.VARIANTS), "Table 1 row to evaluate.")
-EVAL_DIR = flags.DEFINE_string("eval_dir", None, "Output directory (default <workdir>/eval).")
+EVAL_DIR = flags.DEFINE_string("eval_dir", None, "Output directory (default <workdir>/eval/<variant>).")
 
 
 def main(argv):
     del argv
     cfg, info = common.build_config("evaluate", variant=VARIANT.value)
-    out_dir = EVAL_DIR.value or os.path.join(cfg.workdir, "eval")
+    out_dir = EVAL_DIR.value or os.path.join(cfg.workdir, "eval", VARIANT.value)
     try:
         evaluation.evaluate_variant(cfg.workdir, info, VARIANT.value, out_dir)
     except evaluation.checkpoints.RestoreError as e:

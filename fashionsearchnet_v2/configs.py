@@ -21,7 +21,7 @@ class ModelConfig:
     """The network of §3.1–3.3."""
 
     image_size: int = 227  # AlexNet's input (§4.1)
-    width: float = 1.0  # multiplier on every conv width; tests use tiny models, weights need 1.0
+    width: float = 1.0  # multiplier on conv1-conv4 widths; tests use tiny models, ImageNet weights need 1.0
     conv5_filters: int = 384  # §4.1: conv5 has 384 maps
     conv67_filters: int = 512  # §4.1: the added conv6 and conv7 have 512 maps
     lrn: bool = True  # AlexNet's local response normalisation after conv1 and conv2

@@ -69,16 +69,20 @@ def _scaled(filters: int, width: float) -> int:
 
 
 def build_backbone(x, width=1.0, conv5_filters=384, conv67_filters=512, lrn=True):
-    """Image tensor [B, S, S, 3] (BGR, mean-subtracted) -> dict of conv5 and conv7 [B, h, w, C]."""
+    """Image tensor [B, S, S, 3] (BGR, mean-subtracted) -> dict of conv5 and conv7 [B, h, w, C].
+
+    `width` multiplies the filters of conv1-conv4 (AlexNet's part); conv5-conv7 take their counts as given.
+    """
     for name, kernel, filters, stride, groups, padding in _ALEXNET:
         x = _conv(x, name, kernel, _scaled(filters, width), stride, groups, padding)
         if name in ("conv1", "conv2"):
             if lrn:
                 x = LocalResponseNorm(name=f"norm{name[-1]}")(x)
             x = keras.layers.MaxPooling2D(3, 2, name=f"pool{name[-1]}")(x)
-    conv5 = _conv(x, "conv5", 3, _scaled(conv5_filters, width), 1, 2, "same")
-    x = _conv(conv5, "conv6", 3, _scaled(conv67_filters, width), 1, 1, "same")
-    conv7 = _conv(x, "conv7", 3, _scaled(conv67_filters, width), 1, 1, "same")
+    # conv5-7 widths come from the config as given (the paper's 384/512), `width` scales AlexNet's part.
+    conv5 = _conv(x, "conv5", 3, _scaled(conv5_filters, 1.0), 1, 2, "same")
+    x = _conv(conv5, "conv6", 3, _scaled(conv67_filters, 1.0), 1, 1, "same")
+    conv7 = _conv(x, "conv7", 3, _scaled(conv67_filters, 1.0), 1, 1, "same")
     return {"conv5": conv5, "conv7": conv7}
 
 

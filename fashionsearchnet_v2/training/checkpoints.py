@@ -42,6 +42,7 @@ def restore_layers(model: keras.Model, checkpoint_dir: str, names: Iterable[str]
     try:
         status = tf.train.Checkpoint(**layer_dict(model, names)).read(path)
         status.assert_existing_objects_matched()
+        status.expect_partial()  # the optimizer and other stages' layers are left behind on purpose
     except (AssertionError, ValueError, tf.errors.OpError) as e:
         raise RestoreError(
             f"{path} does not hold the layers {names} that this stage needs from {what}: {e}"

@@ -119,7 +119,7 @@ class Trainer:
                         tf.summary.scalar(k, v)
                     tf.summary.scalar("images_per_second", ips)
                     tf.summary.scalar("learning_rate", float(optimizer.learning_rate.numpy()))
-                shown = " ".join(f"{k} {v:.3f}" for k, v in scalars.items() if not k.startswith("accuracy/"))
+                shown = " ".join(f"{k} {v:.3f}" for k, v in scalars.items() if not k.startswith("accuracy"))
                 epoch = done / self.steps_per_epoch
                 self.log(
                     f"[{self.task.name}] step {done}/{self.total_steps} ({100 * done / self.total_steps:.0f}%) "
