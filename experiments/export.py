@@ -1,0 +1,53 @@
+"""Exports a trained Table 1 variant as a SavedModel with the `embed` and `manipulate` signatures.
+
+    python -m experiments.export --dataset=synthetic --export_dir=exports/synthetic/1 [--variant=full]
+        [--workdir=work/synthetic] [--data_dir=data/synthetic] [--overwrite]
+
+The dataset flags only locate the vocabulary (and, for variants without stage 3, the train split whose
+means fill the memory block). The export loads with TensorFlow alone (`tf.saved_model.load`,
+`saved_model_cli show --all --dir DIR`, TensorFlow Serving); see docs/serving.md.
+"""
+
+import os
+
+from absl import app, flags
+
+from experiments import common
+from fashionsearchnet_v2 import export
+from fashionsearchnet_v2.retrieval import evaluation
+from fashionsearchnet_v2.training import checkpoints
+
+EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Directory to write the SavedModel into.")
+VARIANT = flags.DEFINE_enum("variant", "full", list(evaluation.VARIANTS), "Table 1 row to export.")
+OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing export directory.")
+flags.mark_flag_as_required("export_dir")
+
+
+def main(argv):
+    del argv
+    try:  # refuse before minutes of loading
+        export.check_destination(EXPORT_DIR.value, OVERWRITE.value)
+    except export.ExportError as e:
+        common.fail(str(e))
+    dataset, data_dir, workdir = common.resolve_dirs()
+    info = common.load_or_make_dataset(dataset, data_dir, common.QUICK.value)
+    try:
+        net, layer, model_cfg, metadata = export.load_variant(workdir, info, VARIANT.value)
+    except checkpoints.RestoreError as e:
+        common.fail(str(e))
+    vocabulary = export.Vocabulary.from_info(info)
+    module = export.ServingModule(net, layer, vocabulary, model_cfg.image_size)
+    metadata["data_dir"] = os.path.abspath(data_dir)
+    try:
+        out = export.save(module, vocabulary, EXPORT_DIR.value, OVERWRITE.value, metadata)
+    except export.ExportError as e:
+        common.fail(str(e))
+    a, d, r = len(vocabulary.names), layer.dim, layer.output_dim
+    print(f"wrote {out}: variant {VARIANT.value}, {model_cfg.image_size} px, A={a} D={d} r={r}")
+    print(f"  embed(images uint8 [N,H,W,3]) -> {', '.join(export.EMBED_OUTPUTS)}")
+    print("  manipulate(attribute_representations, attributes, values) -> global_representation")
+    print(f"  inspect: saved_model_cli show --all --dir {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

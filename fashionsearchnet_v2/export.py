@@ -1,0 +1,476 @@
+"""A trained FashionSearchNet-v2 variant as a self-contained SavedModel for serving, and its client side.
+
+The export is a `tf.Module` saved with two named signatures (shapes: N images or queries, A attributes,
+D = fc10 size, r = global dimension, C = all values of all attributes, M manipulation slots):
+
+    embed(images: uint8 [N, H, W, 3] RGB, any H and W)
+        -> attribute_representations float32 [N, A, D]   fc10_a of every attribute (§3.2)
+           global_representation     float32 [N, r]      Eq. 7 without manipulation (gallery vectors)
+           predicted_values          int32   [N, A]      argmax of each attribute's fc10 classifier (cls_a)
+           predicted_probabilities   float32 [N, A]      softmax probability of that value
+           boxes                     float32 [N, A, 4]   ROI per attribute (y1, x1, y2, x2), crop_and_resize
+           maps                      float32 [N, A, h, w] attribute activation maps (Eq. 3)
+    manipulate(attribute_representations float32 [N, A, D], attributes int32 [N, M], values int32 [N, M])
+        -> global_representation float32 [N, r]         Eq. 7 with fc10_a := memory prototype of value v
+                                                         for every slot (a, v); a = -1 marks unused slots
+
+`embed` preprocesses inside the graph exactly as training did (`records.preprocess_image`: bilinear
+squash to S x S, RGB -> BGR, minus the ImageNet mean), so a client sends decoded RGB pixels and nothing
+else. Predictions come from the stage-2 attribute classifiers cls_a on fc10_a (`fc10_logits`), not from
+the stage-1 GAP classifiers: cls_a sees exactly the localized representation that the search uses, and
+was trained last (L_TC), so its value is the one a result's representation stands for.
+
+The network is rebuilt with the pure-TF box backend (the scikit-image one is a `tf.numpy_function`, which
+a SavedModel cannot hold; both give identical boxes), so the export loads with TensorFlow alone: no code
+of this project is needed to serve it. The vocabulary (attribute names and value names, in label order)
+travels as a SavedModel asset (`assets/vocabulary.json`) and as `vocabulary.json` at the export's top
+level; `export.json` beside it records where the weights came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from fashionsearchnet_v2 import configs
+from fashionsearchnet_v2.data import records, schema
+from fashionsearchnet_v2.model import memory_block, network
+
+VOCABULARY_JSON = "vocabulary.json"
+EXPORT_JSON = "export.json"
+SIGNATURES = ("embed", "manipulate")
+EMBED_OUTPUTS = (
+    "attribute_representations",
+    "global_representation",
+    "predicted_values",
+    "predicted_probabilities",
+    "boxes",
+    "maps",
+)
+
+
+class ExportError(RuntimeError):
+    """An export cannot be written or read; the message says where and what to do."""
+
+
+class VocabularyError(ValueError):
+    """An attribute or value name that the export does not know; the message lists the valid names."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+    """Attribute names and their value names in label order: what the integer outputs mean."""
+
+    attributes: tuple[schema.Attribute, ...]
+
+    @classmethod
+    def from_info(cls, info: schema.DatasetInfo) -> Vocabulary:
+        return cls(tuple(info.attributes))
+
+    @classmethod
+    def from_json(cls, obj: dict) -> Vocabulary:
+        return cls(tuple(schema.Attribute(a["name"], tuple(a["values"])) for a in obj["attributes"]))
+
+    @classmethod
+    def load(cls, export_dir: str) -> Vocabulary:
+        path = os.path.join(export_dir, VOCABULARY_JSON)
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.from_json(json.load(f))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ExportError(f"{path}: cannot read the export's vocabulary ({e})") from e
+
+    def to_json(self) -> dict:
+        return {"attributes": [{"name": a.name, "values": list(a.values)} for a in self.attributes]}
+
+    @property
+    def names(self) -> list[str]:
+        return [a.name for a in self.attributes]
+
+    @property
+    def num_values(self) -> list[int]:
+        return [a.num_values for a in self.attributes]
+
+    def attribute_index(self, name: str) -> int:
+        if name not in self.names:
+            raise VocabularyError(f"unknown attribute {name!r}; valid attributes: {', '.join(self.names)}")
+        return self.names.index(name)
+
+    def value_index(self, attribute: str, value: str) -> int:
+        attr = self.attributes[self.attribute_index(attribute)]
+        if value not in attr.values:
+            raise VocabularyError(
+                f"unknown value {value!r} for attribute {attribute!r}; valid values: {', '.join(attr.values)}"
+            )
+        return attr.values.index(value)
+
+    def value_name(self, attribute: int, value: int) -> str | None:
+        """The name of `value` of attribute number `attribute`; None for -1 (unknown)."""
+        return None if value < 0 else self.attributes[attribute].values[value]
+
+    def parse_manipulations(self, settings: Sequence[str]) -> list[tuple[int, int]]:
+        """["color=black", "sleeve_length=long"] -> [(attribute, value), ...] in the order given.
+
+        Raises VocabularyError for a malformed setting, an unknown name (listing the valid ones) or an
+        attribute set twice (a query has one value per attribute).
+        """
+        out, seen = [], {}
+        for setting in settings:
+            name, sep, value = setting.partition("=")
+            name, value = name.strip(), value.strip()
+            if not sep or not name or not value:
+                raise VocabularyError(
+                    f"manipulation {setting!r} is not ATTRIBUTE=VALUE; valid attributes: {', '.join(self.names)}"
+                )
+            a = self.attribute_index(name)
+            if a in seen:
+                raise VocabularyError(f"attribute {name!r} is set twice ({seen[a]!r} and {setting!r})")
+            seen[a] = setting
+            out.append((a, self.value_index(name, value)))
+        return out
+
+
+def manipulation_arrays(manipulations: Sequence[Sequence[tuple[int, int]]], slots: int | None = None):
+    """Per query a list of (attribute, value) -> (attributes, values) int32 [N, M], padded with -1.
+
+    M is `slots` or the longest list (at least 1, so a query without manipulation is one unused slot).
+    """
+    m = max([len(x) for x in manipulations] + [1]) if slots is None else slots
+    attributes = np.full((len(manipulations), m), -1, np.int32)
+    values = np.full((len(manipulations), m), -1, np.int32)
+    for i, pairs in enumerate(manipulations):
+        if len(pairs) > m:
+            raise ValueError(f"query {i} has {len(pairs)} manipulations but only {m} slots")
+        for j, (a, v) in enumerate(pairs):
+            attributes[i, j], values[i, j] = a, v
+    return attributes, values
+
+
+def exportable_network(
+    model, model_cfg: configs.ModelConfig, vocabulary: Vocabulary
+) -> tuple[object, configs.ModelConfig]:
+    """The full network rebuilt with the pure-TF box backend, every weighted layer copied by name.
+
+    Returns (network, its ModelConfig). Raises ExportError when a layer of either model has no
+    counterpart of the same shapes in the other (a model that does not match its config).
+    """
+    cfg = dataclasses.replace(model_cfg, box_backend="tf")
+    if model_cfg.box_backend == "tf":
+        return model, cfg
+    rebuilt = network.build_network(vocabulary.num_values, vocabulary.names, cfg, "full")
+    source = {layer.name: layer for layer in model.layers if layer.weights}
+    target = {layer.name: layer for layer in rebuilt.layers if layer.weights}
+    if sorted(source) != sorted(target):
+        raise ExportError(
+            f"the rebuilt network's weighted layers {sorted(target)} differ from the trained {sorted(source)}"
+        )
+    for name, layer in target.items():
+        weights = source[name].get_weights()
+        if [w.shape for w in weights] != [tuple(v.shape) for v in layer.weights]:
+            raise ExportError(f"layer {name}: shapes differ between the trained and the rebuilt network")
+        layer.set_weights(weights)
+    return rebuilt, cfg
+
+
+class ServingModule(tf.Module):
+    """The two serving signatures over a full network and a `GlobalRepresentation` layer.
+
+    Args:
+        model: the full network (`build_network(..., stage="full")`) with the "tf" box backend.
+        global_layer: built `memory_block.GlobalRepresentation` (stage 3's, or the identity one with the
+            memory block of the training means for the variants without stage 3).
+        vocabulary: the attribute and value names, in the model's order.
+        image_size: S, the network's input size.
+    """
+
+    def __init__(self, model, global_layer, vocabulary: Vocabulary, image_size: int, mean_bgr=None):
+        super().__init__(name="fashionsearchnet_v2")
+        if getattr(global_layer, "num_values", None) != vocabulary.num_values:
+            raise ExportError(
+                f"global representation has values {getattr(global_layer, 'num_values', None)}, "
+                f"the vocabulary {vocabulary.num_values}"
+            )
+        self.model = model
+        self.global_layer = global_layer
+        self.num_values = list(vocabulary.num_values)
+        self.image_size = int(image_size)
+        self.mean_bgr = tuple(records.IMAGENET_MEAN_BGR if mean_bgr is None else mean_bgr)
+        a, d = len(self.num_values), int(global_layer.dim)
+        self.embed = tf.function(
+            self._embed, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
+        )
+        self.manipulate = tf.function(
+            self._manipulate,
+            input_signature=[
+                tf.TensorSpec([None, a, d], tf.float32, name="attribute_representations"),
+                tf.TensorSpec([None, None], tf.int32, name="attributes"),
+                tf.TensorSpec([None, None], tf.int32, name="values"),
+            ],
+        )
+
+    def _global(self, fc10, t):
+        return tf.cast(self.global_layer([fc10, t]), tf.float32)
+
+    def _embed(self, images):
+        # One call of preprocess_image on the batch equals calling it image by image: resize, channel
+        # reversal and mean subtraction are all per image.
+        x = records.preprocess_image(images, self.image_size, self.mean_bgr)
+        out = self.model(x, training=False)
+        fc10 = tf.cast(out["fc10"], tf.float32)
+        t = tf.zeros([tf.shape(fc10)[0], sum(self.num_values)], tf.float32)
+        probs = [
+            tf.nn.softmax(tf.cast(lg, tf.float32), axis=-1)
+            for lg in network.split_logits(out["fc10_logits"], self.num_values)
+        ]
+        return {
+            "attribute_representations": fc10,
+            "global_representation": self._global(fc10, t),
+            "predicted_values": tf.stack([tf.argmax(p, -1, output_type=tf.int32) for p in probs], axis=1),
+            "predicted_probabilities": tf.stack([tf.reduce_max(p, -1) for p in probs], axis=1),
+            "boxes": tf.cast(out["boxes"], tf.float32),
+            "maps": tf.cast(out["maps"], tf.float32),
+        }
+
+    def _manipulate(self, attribute_representations, attributes, values):
+        a_count, c = len(self.num_values), sum(self.num_values)
+        offsets = np.concatenate([[0], np.cumsum(self.num_values)[:-1]]).astype(np.int32)
+        used = attributes >= 0
+        safe = tf.where(used, attributes, 0)
+        # Bad indices must fail loudly: one_hot would silently turn them into "no manipulation".
+        checks = [
+            tf.debugging.assert_less(
+                attributes, a_count, message=f"attributes must be -1 (unused) or in 0..{a_count - 1}"
+            ),
+            tf.debugging.assert_greater_equal(
+                attributes, -1, message=f"attributes must be -1 (unused) or in 0..{a_count - 1}"
+            ),
+            tf.debugging.assert_equal(
+                tf.shape(attributes), tf.shape(values), message="attributes and values must have one shape"
+            ),
+            tf.debugging.assert_equal(
+                tf.shape(attributes)[0],
+                tf.shape(attribute_representations)[0],
+                message="attributes need one row per query",
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            limit = tf.gather(tf.constant(self.num_values, tf.int32), safe)
+            value_ok = tf.logical_or(tf.logical_not(used), (values >= 0) & (values < limit))
+            per_attribute = tf.reduce_sum(tf.one_hot(tf.where(used, attributes, -1), a_count), axis=1)
+            checks2 = [
+                tf.debugging.assert_equal(
+                    tf.reduce_all(value_ok), True, message="a value lies outside the values of its attribute"
+                ),
+                tf.debugging.assert_less_equal(
+                    per_attribute, 1.0, message="an attribute is manipulated twice in one query"
+                ),
+            ]
+        with tf.control_dependencies(checks2):
+            index = tf.where(used, tf.gather(tf.constant(offsets), safe) + values, -1)
+            t = tf.reduce_sum(tf.one_hot(index, c, dtype=tf.float32), axis=1)  # multi-hot [N, C]
+            return {"global_representation": self._global(attribute_representations, t)}
+
+
+def check_destination(export_dir: str, overwrite: bool) -> str:
+    """Absolute `export_dir`; raises ExportError if it exists and `overwrite` is false."""
+    export_dir = os.path.abspath(export_dir)
+    if os.path.lexists(export_dir) and not overwrite:
+        raise ExportError(f"{export_dir} already exists; pass --overwrite to replace it")
+    return export_dir
+
+
+def save(
+    module: ServingModule,
+    vocabulary: Vocabulary,
+    export_dir: str,
+    overwrite: bool = False,
+    metadata: dict | None = None,
+) -> str:
+    """Writes the SavedModel to a temporary sibling of `export_dir`, then renames it into place.
+
+    A reader therefore sees either the old export or the complete new one, never a half-written one.
+    Returns the absolute export directory.
+    """
+    export_dir = check_destination(export_dir, overwrite)
+    parent = os.path.dirname(export_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(export_dir)}.tmp-")
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a server often runs as another user
+        vocab_path = os.path.join(tmp, VOCABULARY_JSON)
+        with open(vocab_path, "w", encoding="utf-8") as f:
+            json.dump(vocabulary.to_json(), f, indent=2)
+        module.vocabulary_file = tf.saved_model.Asset(vocab_path)  # copied into assets/ by save
+        tf.saved_model.save(module, tmp, signatures={"embed": module.embed, "manipulate": module.manipulate})
+        info = {
+            "format_version": 1,
+            "signatures": list(SIGNATURES),
+            "image_size": module.image_size,
+            "mean_bgr": list(module.mean_bgr),
+            "num_values": module.num_values,
+            "attribute_dim": int(module.global_layer.dim),
+            "global_dim": int(module.global_layer.output_dim),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **(metadata or {}),
+        }
+        with open(os.path.join(tmp, EXPORT_JSON), "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=2)
+        _replace_dir(tmp, export_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return export_dir
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _replace_dir(src: str, dst: str, overwrite: bool) -> None:
+    # A directory cannot be renamed over a non-empty one: move the old one aside first, then drop it.
+    old = None
+    if os.path.lexists(dst):
+        if not overwrite:
+            raise ExportError(f"{dst} already exists; pass --overwrite to replace it")
+        old = tempfile.mkdtemp(dir=os.path.dirname(dst), prefix=f".{os.path.basename(dst)}.old-")
+        os.rmdir(old)
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        if os.path.isdir(old) and not os.path.islink(old):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.remove(old)
+
+
+def load_variant(workdir: str, info: schema.DatasetInfo, variant: str, progress: bool = True):
+    """A trained Table 1 variant, ready to export.
+
+    Returns (network with the "tf" box backend, GlobalRepresentation layer, ModelConfig, metadata).
+    Variants without stage 3 get the identity global layer with the memory block of the training
+    means (§3.3), computed from the cached stage-2 features of the train split.
+    Raises checkpoints.RestoreError when a stage has not been trained.
+    """
+    from fashionsearchnet_v2.retrieval import evaluation  # heavy imports only where needed
+    from fashionsearchnet_v2.training import stages
+
+    if variant not in evaluation.VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(evaluation.VARIANTS)}")
+    s2_variant, s3_variant = evaluation.VARIANTS[variant]
+    model, ckpt, cfg = evaluation.load_stage2(workdir, info, s2_variant)
+    dim = cfg.model.fc10_size
+    metadata = {"variant": variant, "workdir": os.path.abspath(workdir), "stage2_checkpoint": ckpt}
+    if s3_variant is None:
+        s2_dir = stages.stage_dir(workdir, "stage2", s2_variant)
+        feats = evaluation.split_features(model, ckpt, info, "train", cfg.model.image_size, s2_dir, progress)
+        memory, _ = memory_block.build_memory_block(feats["fc10"], feats["labels"], info.num_values)
+        layer = identity_global_layer(memory, info.num_values)
+    else:
+        gm, s3_ckpt = evaluation.load_global_model(
+            evaluation.stage3_dir(workdir, s2_variant, s3_variant), info.num_values, dim
+        )
+        layer = gm.get_layer("global_representation")
+        metadata["stage3_checkpoint"] = s3_ckpt
+    vocabulary = Vocabulary.from_info(info)
+    net, model_cfg = exportable_network(model, cfg.model, vocabulary)
+    metadata["dataset"] = info.name
+    return net, layer, model_cfg, metadata
+
+
+def identity_global_layer(memory: np.ndarray, num_values: Sequence[int]):
+    """The plain-concatenation global layer (variants without stage 3) holding memory block M [C, D]."""
+    memory = np.asarray(memory, np.float32)
+    layer = memory_block.GlobalRepresentation(
+        num_values, memory.shape[1], identity=True, name="global_representation"
+    )
+    layer.build([(None, len(num_values), memory.shape[1]), (None, sum(num_values))])
+    layer.memory_block.assign(memory)
+    return layer
+
+
+# ----------------------------------------------------------------------------------------------------
+# Client side: what experiments.index and experiments.search use (TensorFlow only, like a server).
+
+
+class ExportedModel:
+    """A loaded export: its signatures, vocabulary and metadata.
+
+    `embed` accepts images of different sizes: images are batched only with others of the same shape,
+    since one tensor holds one size (resizing on the client would change the pixels the model sees).
+    """
+
+    def __init__(self, export_dir: str):
+        self.export_dir = os.path.abspath(export_dir)
+        if not os.path.isfile(os.path.join(self.export_dir, "saved_model.pb")):
+            raise ExportError(
+                f"{self.export_dir} holds no saved_model.pb; write one with `python -m experiments.export`"
+            )
+        self.vocabulary = Vocabulary.load(self.export_dir)
+        try:
+            with open(os.path.join(self.export_dir, EXPORT_JSON), encoding="utf-8") as f:
+                self.metadata = json.load(f)
+        except (OSError, ValueError):
+            self.metadata = {}
+        try:
+            self.fingerprint = tf.saved_model.experimental.read_fingerprint(self.export_dir).singleprint()
+        except (ValueError, tf.errors.OpError):
+            self.fingerprint = ""
+        self.loaded = tf.saved_model.load(self.export_dir)
+        missing = [s for s in SIGNATURES if s not in self.loaded.signatures]
+        if missing:
+            raise ExportError(f"{self.export_dir} lacks the signatures {missing}")
+        self._embed = self.loaded.signatures["embed"]
+        self._manipulate = self.loaded.signatures["manipulate"]
+
+    def embed(self, images: Sequence[np.ndarray], batch_size: int = 32) -> dict[str, np.ndarray]:
+        """uint8 RGB images [H_i, W_i, 3] -> the `embed` outputs stacked in input order, [N, ...]."""
+        groups: dict[tuple, list[int]] = {}
+        for i, img in enumerate(images):
+            groups.setdefault(np.shape(img), []).append(i)
+        out: dict[str, np.ndarray] = {}
+        for positions in groups.values():
+            for start in range(0, len(positions), batch_size):
+                chunk = positions[start : start + batch_size]
+                batch = np.stack([np.asarray(images[i], np.uint8) for i in chunk])
+                result = self._embed(images=tf.constant(batch))
+                for key, value in result.items():
+                    value = value.numpy()
+                    if key not in out:
+                        out[key] = np.zeros((len(images),) + value.shape[1:], value.dtype)
+                    out[key][chunk] = value
+        return out
+
+    def manipulate(self, attribute_representations, attributes, values) -> np.ndarray:
+        """[N, A, D], int [N, M], int [N, M] (-1 = unused) -> global representations [N, r]."""
+        out = self._manipulate(
+            attribute_representations=tf.constant(np.asarray(attribute_representations, np.float32)),
+            attributes=tf.constant(np.asarray(attributes, np.int32)),
+            values=tf.constant(np.asarray(values, np.int32)),
+        )
+        return out["global_representation"].numpy()
+
+
+def rest_request(signature_name: str, inputs: dict, columnar: bool = True) -> dict:
+    """The JSON body of a TensorFlow Serving REST `:predict` request for one signature.
+
+    Columnar (`"inputs": {name: batch}`) sends each named input as a whole batch; row format
+    (`"instances": [{name: item}, ...]`) sends one object per query (all inputs share the batch size).
+    """
+    inputs = {k: np.asarray(v) for k, v in inputs.items()}
+    if columnar:
+        return {"signature_name": signature_name, "inputs": {k: v.tolist() for k, v in inputs.items()}}
+    n = {len(v) for v in inputs.values()}
+    if len(n) != 1:
+        raise ValueError(f"row format needs one batch size for every input, got {sorted(n)}")
+    instances = [{k: v[i].tolist() for k, v in inputs.items()} for i in range(n.pop())]
+    return {"signature_name": signature_name, "instances": instances}

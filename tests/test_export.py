@@ -1,0 +1,203 @@
+"""The serving export: a fresh TensorFlow-only process reproduces `embed` and `manipulate`, the vocabulary
+travels as asset and json, overwriting needs consent, manipulation equals the library's Eq. 7, and a
+TensorFlow Serving REST body decodes into the tensors the signatures take."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fashionsearchnet_v2 import configs, export
+from fashionsearchnet_v2.data import records, schema
+from fashionsearchnet_v2.model import memory_block, network
+
+VOCAB = export.Vocabulary(
+    (
+        schema.Attribute("color", ("red", "blue", "black")),
+        schema.Attribute("sleeve length", ("none", "short", "long", "3/4")),
+        schema.Attribute("pattern", ("solid", "dots")),
+    )
+)
+TINY = configs.ModelConfig(image_size=64, width=0.125, conv5_filters=48, conv67_filters=64, fc_sizes=(32,),
+                           fc10_size=16, roi_size=2, box_backend="skimage")  # fmt: skip
+
+
+def _module():
+    """Tiny random network (scikit-image boxes, so the export must rebuild it) and a random Eq. 7 layer."""
+    keras_seed = 3
+    tf.keras.utils.set_random_seed(keras_seed)
+    model = network.build_network(VOCAB.num_values, VOCAB.names, TINY, "full")
+    net, cfg = export.exportable_network(model, TINY, VOCAB)
+    layer = memory_block.GlobalRepresentation(VOCAB.num_values, 16, r=8, name="global_representation")
+    layer.build([(None, 3, 16), (None, 9)])
+    rng = np.random.default_rng(0)
+    layer.memory_block.assign(rng.normal(size=(9, 16)).astype(np.float32))
+    layer.lambdas.assign(rng.uniform(0.5, 1.5, size=3).astype(np.float32))
+    return model, export.ServingModule(net, layer, VOCAB, cfg.image_size), layer
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model, module, layer = _module()
+    out = export.save(
+        module, VOCAB, str(tmp_path_factory.mktemp("exp") / "fsn" / "1"), metadata={"marker": 1}
+    )
+    return model, module, layer, out
+
+
+def _images(n=3, h=50, w=70, seed=1):
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+FRESH = textwrap.dedent(
+    """
+    import json, sys
+    # This project must not be needed: any import of it fails.
+    for name in ("fashionsearchnet_v2", "experiments"):
+        sys.modules[name] = None
+    import numpy as np
+    import tensorflow as tf
+    export_dir, inputs, outputs = sys.argv[1:4]
+    loaded = tf.saved_model.load(export_dir)
+    x = np.load(inputs)
+    out = {"embed/" + k: v.numpy() for k, v in loaded.signatures["embed"](images=tf.constant(x["images"])).items()}
+    m = loaded.signatures["manipulate"](
+        attribute_representations=tf.constant(x["fc10"]), attributes=tf.constant(x["attributes"]),
+        values=tf.constant(x["values"]))
+    out["manipulate/global_representation"] = m["global_representation"].numpy()
+    with open(loaded.vocabulary_file.asset_path.numpy().decode(), encoding="utf-8") as f:
+        out["vocabulary"] = np.asarray(json.dumps(json.load(f)))
+    loaded_project = [k for k, v in sys.modules.items() if k.startswith("fashionsearchnet_v2") and v is not None]
+    out["project_modules"] = np.asarray(json.dumps(loaded_project))
+    np.savez(outputs, **out)
+    """
+)
+
+
+def test_fresh_process_reproduces_embed_and_manipulate(exported, tmp_path):
+    model, module, layer, out_dir = exported
+    images = _images()
+    attributes = np.array([[0, 1], [2, -1], [-1, -1]], np.int32)
+    values = np.array([[2, 3], [1, -1], [-1, -1]], np.int32)
+    ours = {k: v.numpy() for k, v in module.embed(tf.constant(images)).items()}
+    ours_m = module.manipulate(tf.constant(ours["attribute_representations"]), attributes, values)
+    np.savez(tmp_path / "in.npz", images=images, fc10=ours["attribute_representations"], attributes=attributes,
+             values=values)  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-c", FRESH, out_dir, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                   cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)  # fmt: skip
+    theirs = np.load(tmp_path / "out.npz")
+    assert json.loads(str(theirs["project_modules"])) == []
+    assert json.loads(str(theirs["vocabulary"])) == VOCAB.to_json()
+    assert set(export.EMBED_OUTPUTS) == set(ours)
+    for key in export.EMBED_OUTPUTS:
+        assert theirs["embed/" + key].dtype == ours[key].dtype
+        np.testing.assert_allclose(theirs["embed/" + key], ours[key], rtol=0, atol=1e-5, err_msg=key)
+    np.testing.assert_allclose(theirs["manipulate/global_representation"], ours_m["global_representation"],
+                               rtol=0, atol=1e-5)  # fmt: skip
+    # The export is the trained network: scikit-image boxes and the rebuilt "tf" network agree.
+    ref = model(records.preprocess_image(tf.constant(images), 64), training=False)
+    np.testing.assert_array_equal(ours["boxes"], ref["boxes"].numpy())
+    np.testing.assert_allclose(ours["attribute_representations"], ref["fc10"].numpy(), atol=1e-5)
+    probs = tf.nn.softmax(network.split_logits(ref["fc10_logits"], VOCAB.num_values)[1]).numpy()
+    np.testing.assert_array_equal(ours["predicted_values"][:, 1], probs.argmax(-1))
+    np.testing.assert_allclose(ours["predicted_probabilities"][:, 1], probs.max(-1), atol=1e-6)
+    assert ours["maps"].shape[:2] == (3, 3) and ours["global_representation"].shape == (3, 8)
+
+
+def test_vocabulary_asset_json_and_metadata(exported):
+    _, _, _, out_dir = exported
+    with open(os.path.join(out_dir, "assets", export.VOCABULARY_JSON), encoding="utf-8") as f:
+        asset = json.load(f)
+    with open(os.path.join(out_dir, export.VOCABULARY_JSON), encoding="utf-8") as f:
+        beside = json.load(f)
+    expected = {"attributes": [{"name": "color", "values": ["red", "blue", "black"]},
+                               {"name": "sleeve length", "values": ["none", "short", "long", "3/4"]},
+                               {"name": "pattern", "values": ["solid", "dots"]}]}  # fmt: skip
+    assert asset == beside == expected
+    assert export.Vocabulary.load(out_dir) == VOCAB
+    with open(os.path.join(out_dir, export.EXPORT_JSON), encoding="utf-8") as f:
+        meta = json.load(f)
+    assert meta["image_size"] == 64 and meta["global_dim"] == 8 and meta["attribute_dim"] == 16
+    assert meta["marker"] == 1 and meta["num_values"] == [3, 4, 2]
+
+
+def test_refuses_to_overwrite_without_consent(exported):
+    _, module, _, out_dir = exported
+    before = open(os.path.join(out_dir, "saved_model.pb"), "rb").read()
+    with pytest.raises(export.ExportError, match="already exists; pass --overwrite"):
+        export.save(module, VOCAB, out_dir)
+    assert open(os.path.join(out_dir, "saved_model.pb"), "rb").read() == before
+    export.save(module, VOCAB, out_dir, overwrite=True, metadata={"marker": 2})
+    with open(os.path.join(out_dir, export.EXPORT_JSON), encoding="utf-8") as f:
+        assert json.load(f)["marker"] == 2
+    assert sorted(os.listdir(os.path.dirname(out_dir))) == ["1"]  # no temporary or old copy left behind
+    assert export.ExportedModel(out_dir).embed([_images(1)[0]])["global_representation"].shape == (1, 8)
+
+
+def test_manipulate_two_attributes_equals_library_eq7(exported):
+    _, module, layer, out_dir = exported
+    loaded = export.ExportedModel(out_dir)
+    fc10 = np.random.default_rng(2).normal(size=(2, 3, 16)).astype(np.float32)
+    pairs = [[(0, 2), (1, 3)], [(2, 1)]]
+    attributes, values = export.manipulation_arrays(pairs)
+    assert attributes.tolist() == [[0, 1], [2, -1]]
+    got = loaded.manipulate(fc10, attributes, values)
+    t = np.stack([memory_block.manipulation_vector(p, VOCAB.num_values) for p in pairs])
+    want = layer([tf.constant(fc10), tf.constant(t)]).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    # Order of the slots does not matter; all -1 is the plain representation.
+    np.testing.assert_allclose(loaded.manipulate(fc10[:1], [[1, 0]], [[3, 2]]), want[:1], atol=1e-5)
+    plain = loaded.manipulate(fc10, [[-1], [-1]], [[-1], [-1]])
+    np.testing.assert_allclose(plain, layer([tf.constant(fc10), tf.zeros((2, 9))]).numpy(), atol=1e-5)
+    for bad_a, bad_v, message in (([[0]], [[3]], "outside the values of its attribute"),
+                                  ([[3]], [[0]], "must be -1"),
+                                  ([[0, 0]], [[1, 2]], "manipulated twice")):  # fmt: skip
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            loaded.manipulate(fc10[:1], bad_a, bad_v)
+
+
+def test_vocabulary_parses_manipulations_and_lists_valid_names():
+    assert VOCAB.parse_manipulations(["pattern=dots", "sleeve length = 3/4"]) == [(2, 1), (1, 3)]
+    with pytest.raises(export.VocabularyError, match="valid attributes: color, sleeve length, pattern"):
+        VOCAB.parse_manipulations(["colour=red"])
+    with pytest.raises(export.VocabularyError, match="valid values: red, blue, black"):
+        VOCAB.parse_manipulations(["color=green"])
+    with pytest.raises(export.VocabularyError, match="set twice"):
+        VOCAB.parse_manipulations(["color=red", "color=blue"])
+
+
+def test_tf_serving_rest_body_feeds_the_signatures(exported):
+    _, module, _, out_dir = exported
+    loaded = tf.saved_model.load(out_dir)
+    images = _images(2, 30, 40, seed=5)
+    direct = loaded.signatures["embed"](images=tf.constant(images))
+    for columnar in (True, False):
+        body = json.loads(json.dumps(export.rest_request("embed", {"images": images}, columnar)))
+        assert body["signature_name"] == "embed"
+        # What TensorFlow Serving does with the body: each named input becomes one tensor of its dtype.
+        if columnar:
+            batch = np.asarray(body["inputs"]["images"], np.uint8)
+        else:
+            batch = np.stack([np.asarray(row["images"], np.uint8) for row in body["instances"]])
+        out = loaded.signatures[body["signature_name"]](images=tf.constant(batch))
+        for key in export.EMBED_OUTPUTS:
+            np.testing.assert_array_equal(out[key].numpy(), direct[key].numpy())
+    fc10 = direct["attribute_representations"].numpy()
+    body = json.loads(json.dumps(export.rest_request(
+        "manipulate", {"attribute_representations": fc10, "attributes": [[0, 1], [-1, -1]],
+                       "values": [[2, 0], [-1, -1]]})))  # fmt: skip
+    inputs = body["inputs"]
+    got = loaded.signatures["manipulate"](
+        attribute_representations=tf.constant(np.asarray(inputs["attribute_representations"], np.float32)),
+        attributes=tf.constant(np.asarray(inputs["attributes"], np.int32)),
+        values=tf.constant(np.asarray(inputs["values"], np.int32)),
+    )["global_representation"].numpy()
+    np.testing.assert_allclose(got[1], direct["global_representation"].numpy()[1], atol=1e-5)
+    want = module.manipulate(tf.constant(fc10), [[0, 1], [-1, -1]], [[2, 0], [-1, -1]])
+    np.testing.assert_allclose(got, want["global_representation"].numpy(), atol=1e-6)
