@@ -1,0 +1,82 @@
+"""Embeds a dataset split or a folder of images through an export into an index file for search.
+
+    python -m experiments.index --export_dir=exports/synthetic/1 --split=gallery --dataset=synthetic \\
+        --index=indexes/gallery.npz [--backend=exact|faiss] [--overwrite]
+    python -m experiments.index --export_dir=exports/synthetic/1 --images=FOLDER --index=indexes/shop.npz
+
+Exact search (numpy, the paper's protocol) is the default. --backend=faiss also writes `<index>.faiss`
+(IVF-Flat by default, or HNSW) for catalogues too large to scan per query; it needs `pip install -e .[faiss]`.
+Unreadable images in a folder are skipped and listed; the index file is written atomically.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+from experiments import common
+from fashionsearchnet_v2 import export
+from fashionsearchnet_v2.data import schema
+from fashionsearchnet_v2.retrieval import index as index_lib
+
+EXPORT_DIR = flags.DEFINE_string("export_dir", None, "SavedModel written by experiments.export.")
+INDEX = flags.DEFINE_string("index", None, "Index file (.npz) to write.")
+SPLIT = flags.DEFINE_enum("split", None, list(schema.SPLITS), "Dataset split to index (with dataset flags).")
+IMAGES = flags.DEFINE_string("images", None, "Folder of images to index instead of a split (recursive).")
+BACKEND = flags.DEFINE_enum("backend", "exact", list(index_lib.BACKENDS), "Search backend of the index.")
+FAISS_KIND = flags.DEFINE_enum("faiss_kind", "ivf_flat", list(index_lib.FAISS_KINDS), "FAISS index type.")
+NLIST = flags.DEFINE_integer("nlist", None, "IVF cells (default about sqrt(N)).")
+NPROBE = flags.DEFINE_integer("nprobe", 16, "IVF cells scanned per query (recorded as the search default).")
+HNSW_M = flags.DEFINE_integer("hnsw_m", 32, "HNSW links per node.")
+BATCH = flags.DEFINE_integer("embed_batch", 32, "Images per `embed` call.")
+OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing index file.")
+flags.mark_flags_as_required(["export_dir", "index"])
+
+
+def main(argv):
+    del argv
+    if (SPLIT.value is None) == (IMAGES.value is None):
+        common.fail("give exactly one of --split (a dataset split) or --images (a folder)")
+    if BACKEND.value == "faiss":
+        try:
+            index_lib.import_faiss()
+        except index_lib.FaissUnavailable as e:
+            common.fail(str(e))
+    try:
+        if not OVERWRITE.value and os.path.lexists(INDEX.value):
+            raise index_lib.IndexFileError(f"{INDEX.value} already exists; pass --overwrite to replace it")
+        model = export.ExportedModel(EXPORT_DIR.value)
+        if IMAGES.value is not None:
+            index, skipped = index_lib.index_folder(model, IMAGES.value, BATCH.value)
+            for path, reason in skipped[:20]:
+                print(f"skipped {path}: {reason}", file=sys.stderr)
+            if len(skipped) > 20:
+                print(f"... and {len(skipped) - 20} more (listed in the index metadata)", file=sys.stderr)
+        else:
+            _, data_dir, _ = common.resolve_dirs()
+            info = schema.load_dataset_info(data_dir)
+            index = index_lib.index_split(model, info, SPLIT.value, BATCH.value)
+        if len(index) == 0:
+            common.fail("no image could be embedded; nothing to index")
+        faiss_index = None
+        if BACKEND.value == "faiss":
+            params = {"kind": FAISS_KIND.value}
+            if FAISS_KIND.value == "ivf_flat":
+                params["nlist"] = NLIST.value or index_lib.default_nlist(len(index))
+                params["nprobe"] = min(NPROBE.value, params["nlist"])
+            else:
+                params["hnsw_m"] = HNSW_M.value
+            faiss_index = index_lib.build_faiss(
+                index.vectors, FAISS_KIND.value, nlist=params.get("nlist"), hnsw_m=HNSW_M.value
+            )
+            index.metadata["faiss"] = params
+        path = index.save(INDEX.value, OVERWRITE.value, faiss_index)
+    except (export.ExportError, index_lib.IndexFileError, schema.DatasetError) as e:
+        common.fail(str(e))
+    extra = f" + {path}{index_lib.FAISS_SUFFIX}" if faiss_index is not None else ""
+    print(f"wrote {path}{extra}: {len(index)} vectors of dimension {index.vectors.shape[1]}, "
+          f"backend {index.backend}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,243 @@
+"""Index files and search: a folder or a dataset split embedded through an export, exact search equal to
+brute force, FAISS against exact, refusal to overwrite, and the search command's answers and errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from fashionsearchnet_v2 import configs, export
+from fashionsearchnet_v2.data import convert, records, schema
+from fashionsearchnet_v2.model import network
+from fashionsearchnet_v2.retrieval import index as index_lib
+
+VOCAB = export.Vocabulary(
+    (
+        schema.Attribute("color", ("red", "blue", "black")),
+        schema.Attribute("sleeve_length", ("short", "long")),
+    )
+)
+TINY = configs.ModelConfig(image_size=64, width=0.125, conv5_filters=48, conv67_filters=64, fc_sizes=(32,),
+                           fc10_size=16, roi_size=2, box_backend="tf")  # fmt: skip
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    """A tiny random export with the identity global layer (a variant without stage 3): r = A * D = 32."""
+    tf.keras.utils.set_random_seed(7)
+    net = network.build_network(VOCAB.num_values, VOCAB.names, TINY, "full")
+    memory = np.random.default_rng(0).normal(size=(5, 16)).astype(np.float32)
+    module = export.ServingModule(net, export.identity_global_layer(memory, VOCAB.num_values), VOCAB, 64)
+    return export.save(module, VOCAB, str(tmp_path_factory.mktemp("export") / "1"))
+
+
+@pytest.fixture(scope="module")
+def model(export_dir):
+    return export.ExportedModel(export_dir)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """9 readable images of three sizes (PNG and JPEG, one in a subfolder), one broken, one non-image."""
+    root = tmp_path_factory.mktemp("images")
+    os.makedirs(root / "sub")
+    rng = np.random.default_rng(3)
+    for i in range(9):
+        h, w = [(40, 50), (64, 64), (33, 71)][i % 3]
+        img = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (5, 5), 0)
+        cv2.imwrite(str(root / ("sub" if i == 4 else ".") / f"img{i}.{'png' if i % 2 else 'jpg'}"), img)
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (root / "notes.txt").write_text("not an image")
+    return str(root)
+
+
+def _brute_force(vectors, queries, k):
+    d = np.linalg.norm(queries[:, None, :] - vectors[None], axis=-1)
+    order = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(d, order, axis=1)
+
+
+def test_folder_index_embeds_each_image_and_exact_search_is_brute_force(model, folder, tmp_path):
+    index, skipped = index_lib.index_folder(model, folder, batch_size=2, chunk=4, progress=False)
+    assert [p for p, _ in skipped] == ["broken.png"] and "not a decodable" in skipped[0][1]
+    assert list(index.ids) == sorted(index.ids) and len(index) == 9 and "sub/img4.jpg" in list(index.ids)
+    assert (index.labels == -1).all() and index.vectors.shape == (9, 32)
+    # Grouping images by size inside a batch must not change any vector: compare with one call each.
+    for i in (0, 4, 8):
+        one = model.embed([index_lib.read_image(str(index.paths[i]))])
+        np.testing.assert_allclose(index.vectors[i], one["global_representation"][0], atol=1e-5)
+        np.testing.assert_array_equal(index.predicted_values[i], one["predicted_values"][0])
+    path = index.save(str(tmp_path / "idx.npz"))
+    loaded = index_lib.SearchIndex.load(path)
+    np.testing.assert_array_equal(loaded.vectors, index.vectors)
+    assert (
+        loaded.metadata["source"]["kind"] == "folder"
+        and loaded.metadata["skipped"][0]["path"] == "broken.png"
+    )
+    assert loaded.vocabulary == VOCAB.to_json() and loaded.backend == "exact"
+    emb = model.embed([index_lib.read_image(str(index.paths[1]))] * 2)
+    queries = np.concatenate(
+        [
+            emb["global_representation"][:1],
+            model.manipulate(emb["attribute_representations"][1:], [[0, 1]], [[2, 0]]),
+        ]
+    )
+    rows, dist = loaded.search(queries, k=5)
+    want_rows, want_dist = _brute_force(index.vectors, queries, 5)
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_allclose(dist, want_dist, rtol=1e-5, atol=1e-4)
+    assert rows[0, 0] == 1 and dist[0, 0] < 1e-2  # an indexed image finds itself first
+    assert loaded.search(queries, k=50)[0].shape == (2, 9)  # k is clipped to the catalogue
+
+
+def test_index_file_is_not_replaced_without_consent(model, folder, tmp_path):
+    index, _ = index_lib.index_folder(model, folder, progress=False)
+    path = index.save(str(tmp_path / "idx.npz"))
+    with pytest.raises(index_lib.IndexFileError, match="pass --overwrite"):
+        index.save(path)
+    index.save(path, overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["idx.npz"]
+
+
+def test_split_index_keeps_ids_labels_and_checks_the_vocabulary(model, tmp_path):
+    rng = np.random.default_rng(4)
+    examples = []
+    for i in range(12):
+        p = str(tmp_path / f"{i}.png")
+        cv2.imwrite(p, rng.integers(0, 256, (30 + i, 40, 3), dtype=np.uint8))
+        examples.append(convert.Example(f"id{i}", [i % 3, i % 2 if i % 4 else -1], path=p))
+    info = convert.write_dataset(examples, list(VOCAB.attributes), output_dir=str(tmp_path / "data"), name="t",
+                                 source="test", num_query=2, num_gallery=6, seed=0, progress=False)  # fmt: skip
+    index = index_lib.index_split(model, info, "gallery", batch_size=4, chunk=5, progress=False)
+    want = {}
+    for s in tf.data.TFRecordDataset(info.shard_paths("gallery")):
+        ex = records.parse_example(s, 2)
+        want[ex["id"].numpy().decode()] = ex["labels"].numpy().tolist()
+    assert list(index.ids) == list(want) and index.labels.tolist() == list(want.values())
+    assert index.metadata["source"] == {"kind": "split", "data_dir": info.data_dir, "split": "gallery",
+                                        "dataset": "t"}  # fmt: skip
+    row = int(np.flatnonzero(index.labels[:, 1] == -1)[0]) if (index.labels[:, 1] == -1).any() else 0
+    attrs = index.attributes(row)
+    assert attrs["color"] == {"value": VOCAB.attributes[0].values[index.labels[row, 0]], "source": "label"}
+    path = index.save(str(tmp_path / "g.npz"))
+    images = index_lib.result_images(index_lib.SearchIndex.load(path), [2, 0])
+    one = index_lib.result_images(index_lib.SearchIndex.load(path), [2])[0]
+    np.testing.assert_array_equal(images[0], one)
+    np.testing.assert_allclose(index.vectors[2], model.embed([one])["global_representation"][0], atol=1e-5)
+    other = dict(info.__dict__)
+    other["attributes"] = [schema.Attribute("colour", ("red", "blue", "black")), VOCAB.attributes[1]]
+    with pytest.raises(index_lib.IndexFileError, match="differ from the export's"):
+        index_lib.index_split(model, schema.DatasetInfo(**other), "gallery", progress=False)
+
+
+def test_faiss_matches_exact_where_it_scans_everything(tmp_path, model):
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(8, 32)).astype(np.float32) * 4
+    vectors = (centers[rng.integers(0, 8, 800)] + rng.normal(size=(800, 32))).astype(np.float32)
+    queries = (centers[rng.integers(0, 8, 20)] + rng.normal(size=(20, 32))).astype(np.float32)
+    want_rows, want_dist = _brute_force(vectors, queries, 10)
+    ivf = index_lib.build_faiss(vectors, "ivf_flat", nlist=8)
+    rows, dist = index_lib.faiss_search(ivf, queries, 10, nprobe=8)  # every cell: exact
+    np.testing.assert_array_equal(np.sort(rows, 1), np.sort(want_rows, 1))
+    np.testing.assert_allclose(dist, want_dist, rtol=1e-4, atol=1e-3)
+    hnsw = index_lib.build_faiss(vectors, "hnsw", hnsw_m=16)
+    rows, _ = index_lib.faiss_search(hnsw, queries, 10, ef_search=400)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, want_rows)])
+    assert recall > 0.95
+    n = 800
+    index = index_lib.SearchIndex(vectors, np.arange(n).astype(str), np.full(n, ""), np.full((n, 2), -1),
+                                  np.zeros((n, 2)), np.zeros((n, 2)),
+                                  {"vocabulary": VOCAB.to_json(), "source": {"kind": "folder"},
+                                   "faiss": {"kind": "ivf_flat", "nlist": 8, "nprobe": 8}})  # fmt: skip
+    path = index.save(str(tmp_path / "f.npz"), faiss_index=ivf)
+    loaded = index_lib.SearchIndex.load(path)
+    assert loaded.backend == "faiss" and os.path.isfile(path + ".faiss")
+    np.testing.assert_array_equal(np.sort(loaded.search(queries, 10)[0], 1), np.sort(want_rows, 1))
+    np.testing.assert_array_equal(loaded.search(queries, 10, backend="exact")[0], want_rows)
+    index_lib.import_faiss().write_index(index_lib.build_faiss(vectors[:100], "hnsw"), path + ".faiss")
+    with pytest.raises(index_lib.IndexFileError, match="does not belong|holds 100 vectors"):
+        index_lib.SearchIndex.load(path).search(queries, 10)
+
+
+def test_missing_faiss_fails_with_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    with pytest.raises(index_lib.FaissUnavailable, match=r"pip install -e \.\[faiss\].*--backend=exact"):
+        index_lib.import_faiss()
+
+
+def test_unreadable_images_name_path_and_reason(tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    cases = {str(tmp_path / "missing.jpg"): "No such file", str(empty): "empty", str(tmp_path): "directory"}
+    for path, reason in cases.items():
+        with pytest.raises(index_lib.ImageReadError, match=reason) as e:
+            index_lib.read_image(path)
+        assert str(e.value).startswith(f"cannot read image {path}: ")
+
+
+def _search_cli(capsys, *argv):
+    """Runs experiments.search in this process; returns (exit code, stdout, stderr)."""
+    from experiments import search as search_cli
+
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["search", *argv])
+    code = 0
+    try:
+        search_cli.main([])
+    except SystemExit as e:
+        code = e.code
+    finally:
+        flags.FLAGS.unparse_flags()
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_index_and_search_commands(export_dir, model, folder, tmp_path, capsys):
+    path = str(tmp_path / "cli.npz")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.index", f"--export_dir={export_dir}", f"--images={folder}",
+         f"--index={path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "skipped broken.png" in done.stderr and "9 vectors of dimension 32" in done.stdout
+
+    query = os.path.join(folder, "img3.png")
+    base = [f"--export_dir={export_dir}", f"--index={path}", f"--image={query}"]
+    code, out, err = _search_cli(capsys, *base, "--set=color=black", "--set=sleeve_length=long", "--top_k=4",
+                                 "--format=json", f"--grid={tmp_path / 'grid.png'}")  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert [m["attribute"] for m in result["manipulations"]] == ["color", "sleeve_length"]
+    emb = model.embed([index_lib.read_image(query)])
+    q = model.manipulate(emb["attribute_representations"], [[0, 1]], [[2, 1]])
+    index = index_lib.SearchIndex.load(path)
+    want_rows, want_dist = _brute_force(index.vectors, q, 4)
+    assert [r["id"] for r in result["results"]] == [str(index.ids[i]) for i in want_rows[0]]
+    np.testing.assert_allclose([r["distance"] for r in result["results"]], want_dist[0], rtol=1e-5, atol=1e-4)
+    assert result["results"][0]["attributes"]["color"]["source"] == "predicted"
+    grid = cv2.imread(str(tmp_path / "grid.png"))
+    assert grid is not None and grid.shape[0] > 128
+
+    code, out, _ = _search_cli(capsys, *base, "--top_k=3")
+    assert code == 0 and out.splitlines()[3].split()[:3] == ["rank", "id", "distance"]
+    assert out.splitlines()[4].split()[1] == "img3.png"  # unmanipulated: the image itself comes first
+
+    code, _, err = _search_cli(capsys, *base, "--set=colour=black")
+    assert code == 2 and "unknown attribute 'colour'; valid attributes: color, sleeve_length" in err
+    code, _, err = _search_cli(capsys, *base, "--set=color=green")
+    assert code == 2 and "unknown value 'green' for attribute 'color'; valid values: red, blue, black" in err
+    broken = os.path.join(folder, "broken.png")
+    code, _, err = _search_cli(capsys, f"--export_dir={export_dir}", f"--index={path}", f"--image={broken}")
+    assert code == 2 and f"cannot read image {broken}: not a decodable" in err
+    missing = str(tmp_path / "nope.jpg")
+    code, _, err = _search_cli(capsys, f"--export_dir={export_dir}", f"--index={path}", f"--image={missing}")
+    assert code == 2 and f"cannot read image {missing}: No such file or directory" in err
