@@ -25,6 +25,7 @@ class ModelConfig:
     conv5_filters: int = 384  # §4.1: conv5 has 384 maps
     conv67_filters: int = 512  # §4.1: the added conv6 and conv7 have 512 maps
     lrn: bool = True  # AlexNet's local response normalisation after conv1 and conv2
+    batch_norm: bool = False  # not in the paper: BN before each conv ReLU, for fast training from scratch
     aam_threshold: float = 0.2  # §3.2: keep pixels above 20% of the map's maximum
     box_backend: str = "skimage"  # "skimage" (design card) or "tf" (same boxes, in-graph, exportable)
     localization: bool = True  # False: whole-image ROI (the Rank / w/o Rank rows)
@@ -136,7 +137,7 @@ def variant_train_config(variant: str, base: TrainConfig) -> TrainConfig:
 def dataset_defaults(dataset: str) -> tuple[ModelConfig, TrainConfig, Stage3Config]:
     if dataset == "synthetic":
         return (
-            ModelConfig(image_size=128),
+            ModelConfig(image_size=128, batch_norm=True, lrn=False),
             TrainConfig(epochs=2.0, batch_size=32, heldout_images=256),
             Stage3Config(epochs=2.0),
         )

@@ -56,7 +56,10 @@ def test_loader_sets_conv1_to_conv4_and_splits_groups(tmp_path, full_width_model
     data = _fake_alexnet(path)
     before = full_width_model.get_layer("conv5_g0").get_weights()[0].copy()
     assert backbone.load_alexnet_weights(full_width_model, path) == ["conv1", "conv2", "conv3", "conv4"]
-    np.testing.assert_array_equal(full_width_model.get_layer("conv1").get_weights()[0], data["conv1"][0])
+    # conv1 sees input / PIXEL_STD, so its kernel is scaled up: the same function of the pixels.
+    np.testing.assert_allclose(
+        full_width_model.get_layer("conv1").get_weights()[0], data["conv1"][0] * backbone.PIXEL_STD, rtol=1e-6
+    )
     w2, b2 = data["conv2"]
     np.testing.assert_array_equal(full_width_model.get_layer("conv2_g0").get_weights()[0], w2[..., :128])
     np.testing.assert_array_equal(full_width_model.get_layer("conv2_g1").get_weights()[0], w2[..., 128:])

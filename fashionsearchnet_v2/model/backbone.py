@@ -45,44 +45,62 @@ class LocalResponseNorm(keras.layers.Layer):
         }
 
 
-def _conv(x, name, kernel, filters, stride, groups, padding):
+# Mean-subtracted pixels have a standard deviation of about 60, not 1. The network divides its input
+# by PIXEL_STD (layer `input_scale`) and the loader multiplies conv1's ImageNet kernel by it, so the
+# function computed is unchanged for pretrained weights, while training from scratch starts with
+# unit-scale activations and gradients instead of diverging at lr 0.01.
+PIXEL_STD = 60.0
+
+
+def _conv(x, name, kernel, filters, stride, groups, padding, batch_norm=False):
+    """Conv + ReLU, or Conv + BatchNorm + ReLU; grouped convs as split, two convs, concatenate."""
+
     def layer(n, f):
         return keras.layers.Conv2D(
             f,
             kernel,
             strides=stride,
             padding=padding,
-            activation="relu",
+            activation=None if batch_norm else "relu",
             kernel_initializer="he_normal",
             name=n,
         )
 
     if groups == 1:
-        return layer(name, filters)(x)
-    halves = keras.ops.split(x, groups, axis=-1)
-    outs = [layer(f"{name}_g{g}", filters // groups)(h) for g, h in enumerate(halves)]
-    return keras.layers.Concatenate(axis=-1, name=f"{name}_concat")(outs)
+        x = layer(name, filters)(x)
+    else:
+        halves = keras.ops.split(x, groups, axis=-1)
+        outs = [layer(f"{name}_g{g}", filters // groups)(h) for g, h in enumerate(halves)]
+        x = keras.layers.Concatenate(axis=-1, name=f"{name}_concat")(outs)
+    if batch_norm:
+        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    return x
 
 
 def _scaled(filters: int, width: float) -> int:
     return max(2, int(round(filters * width / 2)) * 2)  # even, so groups of 2 split evenly
 
 
-def build_backbone(x, width=1.0, conv5_filters=384, conv67_filters=512, lrn=True):
+def build_backbone(x, width=1.0, conv5_filters=384, conv67_filters=512, lrn=True, batch_norm=False):
     """Image tensor [B, S, S, 3] (BGR, mean-subtracted) -> dict of conv5 and conv7 [B, h, w, C].
 
-    `width` multiplies the filters of conv1-conv4 (AlexNet's part); conv5-conv7 take their counts as given.
+    `width` multiplies the filters of conv1-conv4 (AlexNet's part); conv5-conv7 take their counts as
+    given. `batch_norm` (not in the paper) puts BatchNormalization before every ReLU: training from
+    scratch then converges in the minutes the embedded default has; the paper's network is the default.
     """
+    bn = batch_norm
+    x = keras.layers.Rescaling(1.0 / PIXEL_STD, name="input_scale")(x)
     for name, kernel, filters, stride, groups, padding in _ALEXNET:
-        x = _conv(x, name, kernel, _scaled(filters, width), stride, groups, padding)
+        x = _conv(x, name, kernel, _scaled(filters, width), stride, groups, padding, bn)
         if name in ("conv1", "conv2"):
             if lrn:
                 x = LocalResponseNorm(name=f"norm{name[-1]}")(x)
             x = keras.layers.MaxPooling2D(3, 2, name=f"pool{name[-1]}")(x)
     # conv5-7 widths come from the config as given (the paper's 384/512), `width` scales AlexNet's part.
-    conv5 = _conv(x, "conv5", 3, _scaled(conv5_filters, 1.0), 1, 2, "same")
-    x = _conv(conv5, "conv6", 3, _scaled(conv67_filters, 1.0), 1, 1, "same")
-    conv7 = _conv(x, "conv7", 3, _scaled(conv67_filters, 1.0), 1, 1, "same")
+    conv5 = _conv(x, "conv5", 3, _scaled(conv5_filters, 1.0), 1, 2, "same", bn)
+    x = _conv(conv5, "conv6", 3, _scaled(conv67_filters, 1.0), 1, 1, "same", bn)
+    conv7 = _conv(x, "conv7", 3, _scaled(conv67_filters, 1.0), 1, 1, "same", bn)
     return {"conv5": conv5, "conv7": conv7}
 
 
@@ -117,6 +135,8 @@ def load_alexnet_weights(model: keras.Model, path: str, layers=PRETRAINED_LAYERS
         if name not in data:
             raise WeightsError(f"{path}: no entry {name!r}; found {sorted(data)}")
         w, b = (np.asarray(v, np.float32) for v in data[name])
+        if name == "conv1":
+            w = w * PIXEL_STD  # the network feeds conv1 input / PIXEL_STD
         targets = [name] if name in names else [f"{name}_g0", f"{name}_g1"]
         missing = [t for t in targets if t not in names]
         if missing:

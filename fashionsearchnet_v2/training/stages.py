@@ -21,7 +21,7 @@ from fashionsearchnet_v2.model import aam, backbone, network
 from fashionsearchnet_v2.training import checkpoints
 
 # The model fields stage 2 must share with the stage 1 it restores.
-BACKBONE_FIELDS = ("image_size", "width", "conv5_filters", "conv67_filters", "lrn")
+BACKBONE_FIELDS = ("image_size", "width", "conv5_filters", "conv67_filters", "lrn", "batch_norm")
 
 
 def stage_dir(workdir: str, stage: str, variant: str | None = None) -> str:
