@@ -46,10 +46,12 @@ class AttributeClassifier(keras.layers.Layer):
 
     def build(self, input_shape):
         k = int(input_shape[-1])
-        self.kernels = [
-            self.add_weight(name=name, shape=(k, n), initializer="glorot_uniform")
-            for name, n in zip(self.weight_names, self.num_values)
-        ]
+        self.kernels = []
+        for i, (name, n) in enumerate(zip(self.weight_names, self.num_values)):
+            w = self.add_weight(name=name, shape=(k, n), initializer="glorot_uniform")
+            # One attribute per kernel: tf.train.Checkpoint tracks attributes, not Keras' lists.
+            setattr(self, f"kernel_{i}", w)
+            self.kernels.append(w)
 
     def call(self, conv7):
         gap = tf.reduce_mean(conv7, axis=[1, 2])  # Eq. 1 (mean instead of sum: a constant scale)

@@ -39,6 +39,16 @@ def restore_layers(model: keras.Model, checkpoint_dir: str, names: Iterable[str]
     if path is None:
         raise RestoreError(f"no checkpoint in {checkpoint_dir}: run {what} first")
     names = list(names)
+    saved = [name for name, _ in tf.train.list_variables(path)]
+    for name in names:
+        n_saved = sum(
+            1 for v in saved if v.startswith(f"{name}/") and v.endswith("/.ATTRIBUTES/VARIABLE_VALUE")
+        )
+        n_model = len(model.get_layer(name).weights)
+        if n_saved != n_model:
+            raise RestoreError(
+                f"{path}: layer {name!r} has {n_saved} saved variables, the model's has {n_model} ({what})"
+            )
     try:
         status = tf.train.Checkpoint(**layer_dict(model, names)).read(path)
         status.assert_existing_objects_matched()

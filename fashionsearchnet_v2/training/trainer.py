@@ -78,10 +78,12 @@ class Trainer:
         manager = tf.train.CheckpointManager(ckpt, self.ckpt_dir, max_to_keep=3)
         if manager.latest_checkpoint:
             ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            self.log(f"[{self.task.name}] resumed from {manager.latest_checkpoint} at step {int(step)}")
+            self.log(
+                f"[{self.task.name}] resumed from {manager.latest_checkpoint} at step {int(step.numpy())}"
+            )
         else:
             self.log(f"[{self.task.name}] {self.task.initialize(model)}")
-        start = int(step)
+        start = int(step.numpy())
         if start >= self.total_steps:
             self.log(f"[{self.task.name}] already trained ({start}/{self.total_steps} steps): nothing to do")
             return model

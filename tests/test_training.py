@@ -1,0 +1,121 @@
+"""Stages 1-3 on a tiny generated dataset: hand-off (checked partial restore), resume, TensorBoard tags,
+the config guard between stages, and MirroredStrategy over two logical CPUs against one device."""
+
+import dataclasses
+import glob
+import io
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from fashionsearchnet_v2 import configs
+from fashionsearchnet_v2.data import synthetic
+from fashionsearchnet_v2.training import checkpoints, run, stages, trainer
+
+
+@pytest.fixture(scope="module")
+def info(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("data") / "synthetic")
+    return synthetic.write_synthetic(
+        out, num_images=120, image_size=64, num_query=12, num_gallery=36, progress=False
+    )
+
+
+def _config(workdir, **train):
+    cfg = configs.quick(configs.ExperimentConfig(dataset="synthetic", workdir=str(workdir)))
+    cfg.train = dataclasses.replace(cfg.train, **train)
+    return cfg
+
+
+def _tags(directory):
+    acc = event_accumulator.EventAccumulator(directory, size_guidance={"tensors": 0})
+    acc.Reload()
+    return set(acc.Tags()["tensors"])
+
+
+def test_stage1_writes_checkpoints_and_tensorboard_and_resumes(info, tmp_path):
+    log = io.StringIO()
+    run.run_stage1(_config(tmp_path, max_steps=2), info, out=log)
+    s1 = os.path.join(tmp_path, "stage1")
+    assert checkpoints.latest(os.path.join(s1, "ckpt")).endswith("ckpt-2")
+    assert configs.read_config(s1).model.image_size == 64
+    tags = _tags(os.path.join(s1, "tb"))
+    assert {"L_C", "loss", "learning_rate", "images_per_second", "accuracy/train/color"} <= tags
+    assert {"accuracy/heldout/color", "aam_boxes/heldout"} <= tags
+    # A longer rerun (as after a kill) resumes at step 2 instead of starting over.
+    log = io.StringIO()
+    run.run_stage1(_config(tmp_path, max_steps=4), info, out=log)
+    assert "resumed from" in log.getvalue() and "at step 2" in log.getvalue()
+    assert "step 4/4" in log.getvalue() and "step 2/4" not in log.getvalue()
+    assert checkpoints.latest(os.path.join(s1, "ckpt")).endswith("ckpt-4")
+    # A finished stage is not retrained.
+    log = io.StringIO()
+    run.run_stage1(_config(tmp_path, max_steps=4), info, out=log)
+    assert "already trained" in log.getvalue()
+
+
+def test_stage2_restores_stage1_layers_and_trains_all_losses(info, tmp_path):
+    cfg = _config(tmp_path, max_steps=2)
+    with pytest.raises(checkpoints.RestoreError, match="run stage 1 first"):
+        run.run_stage2(cfg, info, out=io.StringIO())
+    stage1 = run.run_stage1(cfg, info, out=io.StringIO())
+    log = io.StringIO()
+    run.run_stage2(cfg, info, out=log)
+    assert "restored 11 stage-1 layers" in log.getvalue()
+    tags = _tags(os.path.join(tmp_path, "stage2_rank_l", "tb"))
+    assert {"L_C", "L_T", "L_TC", "accuracy_fc10/heldout/color"} <= tags
+    # The hand-off copies exactly stage 1's weights into a fresh full network.
+    task = stages.Stage2Task(cfg, info, str(tmp_path / "x"), tf.distribute.get_strategy(),
+                             os.path.join(tmp_path, "stage1"), None)  # fmt: skip
+    fresh = task.build_model()
+    task.initialize(fresh)
+    for name in ("conv1", "conv5_g1", "attribute_classifier"):
+        for a, b in zip(stage1.get_layer(name).get_weights(), fresh.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_stage2_refuses_a_stage1_of_another_shape(info, tmp_path):
+    cfg = _config(tmp_path, max_steps=1)
+    run.run_stage1(cfg, info, out=io.StringIO())
+    other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, conv67_filters=32))
+    with pytest.raises(checkpoints.RestoreError, match="conv67_filters: stage 1 64 vs 32"):
+        run.run_stage2(other, info, out=io.StringIO())
+
+
+def test_stage3_trains_global_representation(info, tmp_path):
+    cfg = _config(tmp_path, max_steps=1)
+    run.run_stage1(cfg, info, out=io.StringIO())
+    run.run_stage2(cfg, info, out=io.StringIO())
+    cfg.stage3 = dataclasses.replace(cfg.stage3, update_memory=True, max_steps=3)
+    log = io.StringIO()
+    model = run.run_stage3(cfg, info, out=log)
+    assert "trained (Full)" in log.getvalue()
+    layer = model.get_layer("global_representation")
+    assert layer.memory_block.trainable and layer.w_r.shape == (info.num_attributes * 16, 16)
+    assert "L_G" in _tags(os.path.join(tmp_path, "stage3_rank_l_full", "tb"))
+    assert glob.glob(os.path.join(tmp_path, "stage2_rank_l", "features", "train.npz"))
+
+
+def _weights_after_steps(info, workdir, strategy):
+    keras.utils.set_random_seed(0)
+    cfg = _config(workdir, max_steps=3, heldout_images=0, summary_images=0, shuffle_buffer=1)
+    cfg.model = dataclasses.replace(cfg.model, batch_norm=False)
+    task = stages.Stage1Task(cfg, info, os.path.join(workdir, "stage1"), strategy)
+    model = trainer.Trainer(task, os.path.join(workdir, "stage1"), strategy, total_steps=3, steps_per_epoch=3,
+                            batch_size=8, log_every=3, checkpoint_every=3, out=io.StringIO()).run()  # fmt: skip
+    return [v.numpy() for v in model.trainable_variables]
+
+
+def test_mirrored_strategy_matches_one_device(info, tmp_path):
+    cpus = tf.config.list_logical_devices("CPU")
+    if len(cpus) < 2:
+        pytest.skip("two logical CPUs must be configured before TensorFlow starts (tests/conftest.py does)")
+    single = _weights_after_steps(info, str(tmp_path / "one"), tf.distribute.get_strategy())
+    mirrored = _weights_after_steps(info, str(tmp_path / "two"), trainer.make_strategy("mirrored"))
+    assert trainer.make_strategy("mirrored").num_replicas_in_sync == 2
+    for a, b in zip(single, mirrored):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
