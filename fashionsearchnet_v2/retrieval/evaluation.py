@@ -17,8 +17,8 @@ import tensorflow as tf
 
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.data import pipeline, records, schema
-from fashionsearchnet_v2.model import memory_block, network
-from fashionsearchnet_v2.retrieval import features, figures, metrics, search
+from fashionsearchnet_v2.model import backbone, memory_block, network
+from fashionsearchnet_v2.retrieval import features, figures, localization, metrics, search
 from fashionsearchnet_v2.training import checkpoints, stages
 
 # Table 1 rows: name -> (stage-2 variant, stage-3 variant or None), label as printed in the paper.
@@ -178,6 +178,15 @@ def evaluate_variant(
         checkpoint=os.path.relpath(ckpt, workdir), num_query=len(q["labels"]), num_gallery=len(g["labels"]),
         seconds=round(time.time() - t0, 1),
     )  # fmt: skip
+    if "true_boxes" in q:
+        grid = backbone.feature_grid_size(size)
+        results["localization"] = localization.localization_report(
+            q["boxes"], q["true_boxes"], grid, info.attribute_names
+        )
+        loc = results["localization"]["mean"]
+        log(
+            f"AAM boxes on the true regions: {loc['hit_rate']:.3f} of query images (chance {loc['chance']:.3f})"
+        )
     os.makedirs(out_dir, exist_ok=True)
     write_json(os.path.join(out_dir, "results.json"), results)
     table = figures.markdown_table({LABELS[variant]: results["topk"]["20"]}, info.attribute_names, k=20,

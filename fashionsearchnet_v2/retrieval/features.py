@@ -16,7 +16,7 @@ import numpy as np
 from fashionsearchnet_v2.data import pipeline, schema
 from fashionsearchnet_v2.data.convert import Progress
 
-KEYS = ("fc10", "labels", "ids", "boxes", "maps", "logits")
+KEYS = ("fc10", "labels", "ids", "boxes", "maps", "logits", "true_boxes")
 
 
 def extract(
@@ -29,8 +29,9 @@ def extract(
     keep_maps: bool = False,
 ) -> dict[str, np.ndarray]:
     """Runs the stage-2 network (inference) over `split`: fc10 [N, A, D], labels [N, A], ids [N],
-    boxes [N, A, 4], logits [N, C] (and maps [N, A, h, w] with keep_maps)."""
-    ds = pipeline.make_dataset(info, split, image_size, batch_size)
+    boxes [N, A, 4], logits [N, C] (and maps [N, A, h, w] with keep_maps; true_boxes [N, A, 4] where the
+    records carry true regions)."""
+    ds = pipeline.make_dataset(info, split, image_size, batch_size, with_boxes=True)
     parts: dict[str, list] = {k: [] for k in KEYS}
     meter = Progress(info.splits[split], f"embedding {split}", enabled=progress)
     done = 0
@@ -42,6 +43,8 @@ def extract(
         if keep_maps:
             parts["maps"].append(out["maps"].numpy())
         parts["labels"].append(batch["labels"].numpy())
+        if "boxes" in batch:  # true attribute regions (synthetic data)
+            parts["true_boxes"].append(batch["boxes"].numpy())
         parts["ids"].append(batch["id"].numpy().astype(str))
         done += len(batch["labels"])
         meter.update(done)
