@@ -140,7 +140,7 @@ def build_network(
 ) -> keras.Model:
     """Builds the stage-1 (`stage="stage1"`) or full network; outputs are a dict of named tensors.
 
-    Outputs: logits [B, C] (GAP classifiers, C = sum of values), maps [B, A, h, w]; and for the full
+    Outputs: logits [B, C] (GAP classifiers, C = sum of values), maps [B, A, h, w], gap [B, K]; and for the full
     network boxes [B, A, 4], fc10 [B, A, D] (attribute representations) and fc10_logits [B, C].
     """
     if stage not in ("stage1", "full"):
@@ -155,7 +155,8 @@ def build_network(
     logits, maps = AttributeClassifier(
         num_values, [f"w_{f}" for f in fragments], name="attribute_classifier"
     )(feats["conv7"])
-    outputs = {"logits": logits, "maps": maps}
+    gap = keras.layers.GlobalAveragePooling2D(name="gap")(feats["conv7"])  # image feature (AMNet's input)
+    outputs = {"logits": logits, "maps": maps, "gap": gap}
     if stage == "full":
         boxes = AamBoxes(cfg.aam_threshold, cfg.box_backend, cfg.localization, name="aam_boxes")(maps)
         size = (cfg.roi_size, cfg.roi_size)

@@ -17,12 +17,13 @@ import tensorflow as tf
 
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.data import pipeline, records, schema
-from fashionsearchnet_v2.model import backbone, memory_block, network
+from fashionsearchnet_v2.model import aam, backbone, memory_block, network
 from fashionsearchnet_v2.retrieval import features, figures, localization, metrics, search
 from fashionsearchnet_v2.training import checkpoints, stages
 
 # Table 1 rows: name -> (stage-2 variant, stage-3 variant or None), label as printed in the paper.
 VARIANTS = {
+    "amnet": ("stage1", "amnet"),
     "wo_rank": ("wo_rank", None),
     "rank": ("rank", None),
     "rank_l": ("rank_l", None),
@@ -59,6 +60,17 @@ def load_stage2(workdir: str, info: schema.DatasetInfo, stage2_variant: str):
         model, os.path.join(directory, "ckpt"), names, f"stage 2 ({stage2_variant})"
     )
     return model, path, cfg
+
+
+def load_stage1(workdir: str, info: schema.DatasetInfo):
+    """(model, checkpoint path, config) of the trained stage 1."""
+    directory = stages.stage_dir(workdir, "stage1")
+    cfg = configs.read_config(directory)
+    if cfg is None:
+        raise checkpoints.RestoreError(f"{directory} has no config.json: run experiments.stage1 first")
+    model = network.build_network(info.num_values, info.attribute_names, cfg.model, "stage1")
+    names = sorted(checkpoints.layer_dict(model))
+    return model, checkpoints.restore_layers(model, os.path.join(directory, "ckpt"), names, "stage 1"), cfg
 
 
 def load_global_model(directory: str, num_values, dim: int):
@@ -128,6 +140,87 @@ def manipulation_text(info, query_labels, attribute: int, value: int) -> str:
     return f"{attr.name}: {before} → {attr.values[value]}"
 
 
+class Searcher:
+    """A trained variant ready to search: embedded query/gallery splits and the vectors to rank.
+
+    `query_vectors(query rows, attributes, values)` -> manipulated global representations [s, r];
+    `gallery_vectors()` -> unmanipulated ones [G, r].
+    """
+
+    def __init__(self, model, checkpoint, image_size, feats, vectors, manipulation):
+        self.model, self.checkpoint, self.image_size = model, checkpoint, image_size
+        self.query, self.gallery, self.train = feats["query"], feats["gallery"], feats["train"]
+        self._vectors, self._manipulation, self._key = (
+            vectors,
+            manipulation,
+            "fc10" if "fc10" in feats["query"] else "gap",
+        )
+
+    def gallery_vectors(self) -> np.ndarray:
+        return self._vectors(self.gallery[self._key], None)
+
+    def query_vectors(self, rows, attributes, values) -> np.ndarray:
+        t = self._manipulation(self.query["labels"][rows], np.asarray(attributes), np.asarray(values))
+        return self._vectors(self.query[self._key][rows], t)
+
+
+def build_searcher(workdir: str, info: schema.DatasetInfo, variant: str, progress: bool = True) -> Searcher:
+    """Loads the variant's checkpoints and embeds train, query and gallery (cached)."""
+    offsets = np.asarray(info.value_offsets())
+    c = info.total_values
+
+    def one_hot(labels, attributes, values):
+        t = np.zeros((len(attributes), c), np.float32)
+        t[np.arange(len(attributes)), offsets[attributes] + values] = 1.0
+        return t
+
+    if variant == "amnet":
+        from fashionsearchnet_v2.model import amnet
+        from fashionsearchnet_v2.training import amnet as amnet_training
+
+        model, ckpt, cfg = load_stage1(workdir, info)
+        s1_dir = stages.stage_dir(workdir, "stage1")
+        size = cfg.model.image_size
+        feats = {
+            s: split_features(model, ckpt, info, s, size, s1_dir, progress)
+            for s in ("train", "query", "gallery")
+        }
+        am = amnet.build_amnet(info.num_values, feats["train"]["gap"].shape[-1])
+        am_ckpt = checkpoints.restore_layers(am, os.path.join(workdir, "amnet", "ckpt"),
+                                             sorted(checkpoints.layer_dict(am)), "the AMNet stage")  # fmt: skip
+        fn = tf.function(
+            lambda f, t: am({"features": f, "manipulation": t})["embedding"], reduce_retracing=True
+        )
+
+        def vectors(x, t):
+            t = np.zeros((len(x), c), np.float32) if t is None else t
+            out = [fn(x[i : i + 4096], t[i : i + 4096]).numpy() for i in range(0, len(x), 4096)]
+            return np.concatenate(out)
+
+        def signed(labels, attributes, values):
+            return amnet_training.signed_manipulation(labels, attributes, values, info.num_values)
+
+        return Searcher(model, am_ckpt, size, feats, vectors, signed)
+
+    s2_variant, s3_variant = VARIANTS[variant]
+    model, ckpt, cfg = load_stage2(workdir, info, s2_variant)
+    s2_dir = stages.stage_dir(workdir, "stage2", s2_variant)
+    size = cfg.model.image_size
+    feats = {
+        s: split_features(model, ckpt, info, s, size, s2_dir, progress) for s in ("train", "query", "gallery")
+    }
+    if s3_variant is None:
+        memory, _ = memory_block.build_memory_block(
+            feats["train"]["fc10"], feats["train"]["labels"], info.num_values
+        )
+        rep = Representation(info, memory=memory)
+    else:
+        directory = stage3_dir(workdir, s2_variant, s3_variant)
+        gm, ckpt = load_global_model(directory, info.num_values, feats["train"]["fc10"].shape[-1])
+        rep = Representation(info, global_model=gm)
+    return Searcher(model, ckpt, size, feats, rep, one_hot)
+
+
 def evaluate_variant(
     workdir: str,
     info: schema.DatasetInfo,
@@ -144,41 +237,20 @@ def evaluate_variant(
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
     t0 = time.time()
-    s2_variant, s3_variant = VARIANTS[variant]
-    model, ckpt, cfg = load_stage2(workdir, info, s2_variant)
-    s2_dir = stages.stage_dir(workdir, "stage2", s2_variant)
-    size = cfg.model.image_size
-    feats = {
-        s: split_features(model, ckpt, info, s, size, s2_dir, progress) for s in ("train", "query", "gallery")
-    }
-    if s3_variant is None:
-        memory, _ = memory_block.build_memory_block(
-            feats["train"]["fc10"], feats["train"]["labels"], info.num_values
-        )
-        rep = Representation(info, memory=memory)
-    else:
-        gm, _ = load_global_model(
-            stage3_dir(workdir, s2_variant, s3_variant), info.num_values, feats["train"]["fc10"].shape[-1]
-        )
-        rep = Representation(info, global_model=gm)
-    q, g = feats["query"], feats["gallery"]
+    searcher = build_searcher(workdir, info, variant, progress)
+    model, q, g, size = searcher.model, searcher.query, searcher.gallery, searcher.image_size
     manips = metrics.enumerate_manipulations(q["labels"], g["labels"], info.num_values)
-    gallery_vectors = rep(g["fc10"])
-    offsets = np.asarray(info.value_offsets())
-    c = info.total_values
+    gallery_vectors = searcher.gallery_vectors()
 
     def query_vectors(idx):
-        t = np.zeros((len(idx), c), np.float32)
-        t[np.arange(len(idx)), offsets[manips.attribute[idx]] + manips.value[idx]] = 1.0
-        return rep(q["fc10"][manips.query_index[idx]], t)
+        return searcher.query_vectors(manips.query_index[idx], manips.attribute[idx], manips.value[idx])
 
     results = search.evaluate(query_vectors, gallery_vectors, g["labels"], manips, info.attribute_names, ks)
     results.update(
-        dataset=info.name, variant=variant, label=LABELS[variant], stage2=s2_variant, stage3=s3_variant,
-        checkpoint=os.path.relpath(ckpt, workdir), num_query=len(q["labels"]), num_gallery=len(g["labels"]),
+        dataset=info.name, variant=variant, label=LABELS[variant], checkpoint=os.path.relpath(searcher.checkpoint, workdir), num_query=len(q["labels"]), num_gallery=len(g["labels"]),
         seconds=round(time.time() - t0, 1),
     )  # fmt: skip
-    if "true_boxes" in q:
+    if "true_boxes" in q and "boxes" in q:
         grid = backbone.feature_grid_size(size)
         results["localization"] = localization.localization_report(
             q["boxes"], q["true_boxes"], grid, info.attribute_names
@@ -195,12 +267,12 @@ def evaluate_variant(
     figures.plot_topk_curves({LABELS[variant]: {k: v["avg"] for k, v in results["topk"].items()}},
                              os.path.join(out_dir, "topk.png"), title=f"Top-K accuracy, {info.name}")  # fmt: skip
     if figures_n > 0 and len(manips):
-        _draw(info, model, rep, q, g, manips, query_vectors, gallery_vectors, size, out_dir, figures_n)
+        _draw(info, model, q, g, manips, query_vectors, gallery_vectors, size, out_dir, figures_n)
     log(table)
     return results
 
 
-def _draw(info, model, rep, q, g, manips, query_vectors, gallery_vectors, size, out_dir, n):
+def _draw(info, model, q, g, manips, query_vectors, gallery_vectors, size, out_dir, n):
     """Figure 6 (query, manipulation, Top-4) and AAM overlays of the same queries."""
     rng = np.random.default_rng(0)
     chosen = np.sort(rng.choice(len(manips), size=min(n, len(manips)), replace=False))
@@ -219,8 +291,11 @@ def _draw(info, model, rep, q, g, manips, query_vectors, gallery_vectors, size, 
     figures.result_grid(q_images, texts, results, matched, os.path.join(out_dir, "results_grid.png"))
     pre = records.preprocess_image(tf.constant(q_images), size)
     out = model(pre, training=False)
-    panels = [figures.overlay_maps(img, m, b, info.attribute_names)
-              for img, m, b in zip(q_images[:3], out["maps"].numpy()[:3], out["boxes"].numpy()[:3])]  # fmt: skip
+    maps = out["maps"].numpy()[:3]
+    boxes = out["boxes"].numpy()[:3] if "boxes" in out else aam.boxes_from_maps(maps)  # stage 1 (AMNet)
+    panels = [
+        figures.overlay_maps(img, m, b, info.attribute_names) for img, m, b in zip(q_images[:3], maps, boxes)
+    ]
     figures.write_png(os.path.join(out_dir, "aam_queries.png"), np.concatenate(panels, axis=0))
 
 

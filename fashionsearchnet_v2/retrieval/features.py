@@ -16,7 +16,7 @@ import numpy as np
 from fashionsearchnet_v2.data import pipeline, schema
 from fashionsearchnet_v2.data.convert import Progress
 
-KEYS = ("fc10", "labels", "ids", "boxes", "maps", "logits", "true_boxes")
+KEYS = ("fc10", "labels", "ids", "boxes", "maps", "logits", "true_boxes", "gap")
 
 
 def extract(
@@ -28,7 +28,8 @@ def extract(
     progress: bool = True,
     keep_maps: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Runs the stage-2 network (inference) over `split`: fc10 [N, A, D], labels [N, A], ids [N],
+    """Runs a stage-1 or stage-2 network (inference) over `split`: gap [N, K], labels [N, A], ids [N],
+    and for stage 2 fc10 [N, A, D],
     boxes [N, A, 4], logits [N, C] (and maps [N, A, h, w] with keep_maps; true_boxes [N, A, 4] where the
     records carry true regions)."""
     ds = pipeline.make_dataset(info, split, image_size, batch_size, with_boxes=True)
@@ -37,9 +38,10 @@ def extract(
     done = 0
     for batch in ds:
         out = model(batch["image"], training=False)
-        parts["fc10"].append(out["fc10"].numpy())
-        parts["boxes"].append(out["boxes"].numpy())
-        parts["logits"].append(out["fc10_logits"].numpy())
+        for key in ("fc10", "boxes", "gap"):
+            if key in out:
+                parts[key].append(out[key].numpy())
+        parts["logits"].append(out["fc10_logits" if "fc10_logits" in out else "logits"].numpy())
         if keep_maps:
             parts["maps"].append(out["maps"].numpy())
         parts["labels"].append(batch["labels"].numpy())

@@ -28,6 +28,10 @@ def train_variant(cfg: ExperimentConfig, info, variant: str, out=sys.stdout) -> 
     s2, s3 = evaluation.VARIANTS[variant]
     _say("stage 1: GAP classifiers and AAMs (L_C)", out)
     run.run_stage1(cfg, info, out=out)
+    if variant == "amnet":
+        _say("AMNet baseline: memory + fusion on stage-1 features", out)
+        run.run_amnet(cfg, info, out=out)
+        return
     _say(f"stage 2 ({s2}): attribute representations", out)
     run.run_stage2(dataclasses.replace(cfg, variant=s2), info, out=out)
     if s3 is not None:

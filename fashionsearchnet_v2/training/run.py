@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.configs import ExperimentConfig
 from fashionsearchnet_v2.data import pipeline, schema
-from fashionsearchnet_v2.training import stages, trainer
+from fashionsearchnet_v2.training import checkpoints, stages, trainer
 
 
 def schedule(train: configs.TrainConfig, info: schema.DatasetInfo) -> tuple[int, int]:
@@ -22,8 +23,27 @@ def schedule(train: configs.TrainConfig, info: schema.DatasetInfo) -> tuple[int,
     return total, min(per_epoch, total)
 
 
+def check_same_model(cfg: ExperimentConfig, workdir: str) -> None:
+    """Resuming needs the model the checkpoints were made with; say so instead of failing in restore."""
+    old = configs.read_config(workdir)
+    if old is None or not os.path.isdir(os.path.join(workdir, "ckpt")):
+        return
+    diff = {
+        f.name: (getattr(old.model, f.name), getattr(cfg.model, f.name))
+        for f in dataclasses.fields(cfg.model)
+        if getattr(old.model, f.name) != getattr(cfg.model, f.name)
+    }
+    if diff:
+        shown = "; ".join(f"{k}: {a} there vs {b} now" for k, a, b in ((k, *v) for k, v in diff.items()))
+        raise checkpoints.RestoreError(
+            f"{workdir} holds checkpoints of another model ({shown}). Use another --workdir, the same flags "
+            "as before, or delete that directory to start over."
+        )
+
+
 def _train(task, cfg: ExperimentConfig, info, workdir: str, strategy, out):
     total, per_epoch = schedule(cfg.train, info)
+    check_same_model(cfg, workdir)
     cfg.write(workdir)
     return trainer.Trainer(
         task, workdir, strategy, total_steps=total, steps_per_epoch=per_epoch,
@@ -89,3 +109,24 @@ def tf_default_strategy():
     import tensorflow as tf
 
     return tf.distribute.get_strategy()
+
+
+def run_amnet(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout):
+    """The AMNet baseline on fixed stage-1 features, into `<workdir>/amnet` (stage-3 schedule)."""
+    from fashionsearchnet_v2.retrieval import evaluation
+    from fashionsearchnet_v2.training import amnet
+
+    model, ckpt, s1_cfg = evaluation.load_stage1(cfg.workdir, info)
+    s1_dir = stages.stage_dir(cfg.workdir, "stage1")
+    feats = evaluation.split_features(model, ckpt, info, "train", s1_cfg.model.image_size, s1_dir)
+    cfg = dataclasses.replace(cfg, stage="amnet", variant="amnet", model=s1_cfg.model)
+    workdir = os.path.join(cfg.workdir, "amnet")
+    s3 = cfg.stage3
+    per_epoch = max(1, len(feats["labels"]) // s3.batch_size)
+    total = s3.max_steps if s3.max_steps else max(1, math.ceil(s3.epochs * per_epoch))
+    cfg.write(workdir)
+    return trainer.Trainer(
+        amnet.AmnetTask(cfg, info, feats), workdir, tf_default_strategy(), total_steps=total,
+        steps_per_epoch=min(per_epoch, total), batch_size=s3.batch_size, log_every=s3.log_every_steps,
+        checkpoint_every=max(1, per_epoch // 2), seed=s3.seed, out=out,
+    ).run()  # fmt: skip

@@ -1,0 +1,68 @@
+"""AMNet, the baseline of Table 1 (Zhao et al., CVPR 2017, "Memory-augmented attribute manipulation
+networks for interactive fashion search"), on this project's backbone and data pipeline.
+
+AMNet keeps a memory of attribute-value prototypes, reads it with a manipulation vector and fuses what
+it reads with the query image's feature into the representation used for retrieval:
+
+    f      = image feature                                  [B, F]   (here: GAP(conv7) of stage 1)
+    t      = manipulation indicator, +1 desired value,
+             -1 the value to remove, 0 elsewhere             [B, C]
+    r      = t M                                            [B, Dm]  (memory read; M learned)
+    e      = ReLU(W_f [f ; r] + b)                           [B, De]  (fusion; e for retrieval)
+    logits = W_c e                                          [B, C]   (attribute prediction)
+
+trained with a triplet ranking loss on e (anchor: manipulated query, positive: an image with the target
+attributes, negative: a random image) plus attribute prediction of the target attributes. Gallery
+images are embedded with t = 0. What this reproduction had to assume is listed in WORKSPACE.md.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="fashionsearchnet_v2")
+class AmnetMemory(keras.layers.Layer):
+    """r = t M: the memory block of attribute prototypes [C, Dm], read with a signed indicator t."""
+
+    def __init__(self, num_values, dim=256, **kwargs):
+        super().__init__(**kwargs)
+        self.num_values, self.dim = [int(n) for n in num_values], int(dim)
+
+    def build(self, input_shape):
+        self.memory = self.add_weight(
+            name="memory",
+            shape=(sum(self.num_values), self.dim),
+            initializer=keras.initializers.RandomNormal(0.0, 0.1),
+        )
+
+    def call(self, t):
+        return tf.matmul(t, self.memory)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.dim)
+
+    def get_config(self):
+        return {**super().get_config(), "num_values": self.num_values, "dim": self.dim}
+
+
+def build_amnet(num_values, feature_dim: int, memory_dim: int = 256, embedding_dim: int = 256) -> keras.Model:
+    """{features [B, F], manipulation [B, C]} -> {"embedding": [B, De], "logits": [B, C]}."""
+    features = keras.Input((feature_dim,), name="features")
+    t = keras.Input((sum(num_values),), name="manipulation")
+    r = AmnetMemory(num_values, memory_dim, name="amnet_memory")(t)
+    fused = keras.layers.Concatenate(name="amnet_concat")([features, r])
+    e = keras.layers.Dense(embedding_dim, activation="relu", name="amnet_fusion")(fused)
+    logits = keras.layers.Dense(sum(num_values), name="amnet_attributes")(e)
+    return keras.Model(
+        {"features": features, "manipulation": t}, {"embedding": e, "logits": logits}, name="amnet"
+    )
+
+
+def margin_triplet(anchor, positive, negative, margin: float = 0.2):
+    """max(0, m + ‖a−p‖² − ‖a−n‖²) on L2-normalised [B, D] embeddings -> [B] (AMNet's ranking loss)."""
+    a, p, n = (tf.math.l2_normalize(x, axis=-1) for x in (anchor, positive, negative))
+    d_ap = tf.reduce_sum(tf.square(a - p), -1)
+    d_an = tf.reduce_sum(tf.square(a - n), -1)
+    return tf.nn.relu(margin + d_ap - d_an)
