@@ -72,6 +72,11 @@ FRESH = textwrap.dedent(
     out["manipulate/global_representation"] = m["global_representation"].numpy()
     with open(loaded.vocabulary_file.asset_path.numpy().decode(), encoding="utf-8") as f:
         out["vocabulary"] = np.asarray(json.dumps(json.load(f)))
+    # What `saved_model_cli show` lists: each signature's named inputs (dtype, shape) and outputs.
+    sigs = {name: {"inputs": {k: [v.dtype.name, v.shape.as_list()]
+                              for k, v in fn.structured_input_signature[1].items()},
+                   "outputs": sorted(fn.structured_outputs)} for name, fn in loaded.signatures.items()}
+    out["signatures"] = np.asarray(json.dumps(sigs))
     loaded_project = [k for k, v in sys.modules.items() if k.startswith("fashionsearchnet_v2") and v is not None]
     out["project_modules"] = np.asarray(json.dumps(loaded_project))
     np.savez(outputs, **out)
@@ -93,6 +98,12 @@ def test_fresh_process_reproduces_embed_and_manipulate(exported, tmp_path):
                    cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)  # fmt: skip
     theirs = np.load(tmp_path / "out.npz")
     assert json.loads(str(theirs["project_modules"])) == []
+    assert json.loads(str(theirs["signatures"])) == {
+        "embed": {"inputs": {"images": ["uint8", [None, None, None, 3]]}, "outputs": sorted(export.EMBED_OUTPUTS)},
+        "manipulate": {"inputs": {"attribute_representations": ["float32", [None, 3, 16]],
+                                  "attributes": ["int32", [None, None]], "values": ["int32", [None, None]]},
+                       "outputs": ["global_representation"]},
+    }  # fmt: skip
     assert json.loads(str(theirs["vocabulary"])) == VOCAB.to_json()
     assert set(export.EMBED_OUTPUTS) == set(ours)
     for key in export.EMBED_OUTPUTS:
