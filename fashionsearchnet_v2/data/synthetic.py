@@ -3,19 +3,25 @@
 Each image shows one flat-lay top (a T-shirt-like silhouette) on a cluttered background. Six attributes,
 drawn independently and uniformly:
 
-- global: `color` (8 clearly distinct hues) and `pattern` (solid / stripes / dots / checks) of the fabric;
+- global: `color` (8 clearly distinct colours) and `pattern` (solid / stripes / dots / checks) of the fabric;
 - localized, each drawn only inside a region of the garment reserved for it:
   `collar` at the top, `sleeve_length` at the sides, `front` (buttons, zipper, pockets) in the middle and
   `hem` at the bottom.
 
 Why the clutter (paper §3.2): FashionSearchNet-v2 finds, per attribute, the region that decides it
 (attribute activation maps) and pools features from that region only. For that to matter, features
-pooled over the whole image must be misleading. So the background holds fragments cut from the same
+pooled over the whole image must be misleading. So the background holds 4-8 fragments cut from the same
 garment vocabulary -- a collar on a piece of shoulder, a single sleeve, a hem, a button placket, a zipper,
-pockets, fabric swatches -- in palette colours and patterns, drawn exactly like the garment and at the
-garment's scale. A global descriptor sees "red", "stripes", "long sleeve", "zigzag" from a distractor as
-much as from the garment; the garment's own regions do not. The garment stays identifiable: it is the one
-big, complete, upright shape, always drawn in front, and fragments are at most about half its height.
+pockets, fabric swatches -- in palette colours and patterns, drawn exactly like the garment and at its
+scale, and a third of the backdrops are a muted palette colour. A whole-image descriptor sees collars,
+sleeves, hems, stripes and dots from distractors as much as from the garment. Measured with linear probes
+on simple features (12x12 thumbnail, colour and gradient histograms), 4,000 training images at 96 px:
+pooled over the whole image they reach 0.27 / 0.47 / 0.33 / 0.37 accuracy on collar / sleeve_length /
+front / hem (chance 0.25 / 0.33 / 0.25 / 0.25) and 0.60 on pattern; pooled from the attribute's box
+0.96 / 0.98 / 0.94 / 0.97, and 0.87 on pattern from the garment's box. Colour stays easy either way
+(0.98 / 1.00): the garment is the largest coloured shape. The garment stays identifiable: it is the one
+big, complete, upright, outlined shape, always drawn in front; fragments are at most about half its
+height.
 
 Every image is a pure function of its `Params`, which come from `np.random.default_rng([seed, index])`, so
 images do not depend on generation order and the same seed gives the same bytes. Changing a localized
@@ -497,7 +503,7 @@ def _compile(ops: list) -> _Piece:
 
 # Background fragments: a base piece of garment with one attribute value drawn on it, so that each one is
 # evidence for that value. (kind, piece, centre of its ink in garment units).
-def _fragment_catalogue() -> list[tuple[str, list, np.ndarray]]:
+def _fragment_catalogue() -> list[tuple[str, _Piece, np.ndarray]]:
     shoulders = _p(
         (-0.09, _NECK_Y), (0.09, _NECK_Y), _SHOULDER, (0.235, 0.32), (-0.235, 0.32), (-0.235, 0.135)
     )
@@ -599,8 +605,6 @@ _R_KIND, _R_CHOICE, _R_HALF_X, _R_HALF_Y, _R_ROUND, _R_SCALE, _R_UPRIGHT, _R_ANG
 _R_PLACES = range(8, 16)  # four (x, y) tries
 _R_PALETTE, _R_COLOR, _R_SHADE, _R_PATTERN, _R_PERIOD, _R_PHASE_X, _R_PHASE_Y, _R_DIRECTION = range(16, 24)
 _R_RGB = range(24, 27)
-
-
 _MAX_DISTRACTORS = 8
 
 
@@ -663,6 +667,7 @@ _SHAPE_ATTRIBUTES = ("sleeve_length", "hem", "collar", "front")
 
 
 def _draw(params: Params, size: int) -> np.ndarray:
+    """The image of `params`: backdrop, distractors, then the garment in front."""
     u = np.random.default_rng(params.clutter_seed).random(12 + 27 * _MAX_DISTRACTORS).tolist()
     img = _background(u[:11], size)
     (sx, _, ox), (_, sy, oy) = _garment_matrix(params, size).tolist()
@@ -674,7 +679,7 @@ def _draw(params: Params, size: int) -> np.ndarray:
     _draw_clutter(img, rows, size, (gx0, gy0, gx1, gy1), garment_px)
 
     look = _Look(
-        primary=_PALETTE[params.labels[0]] * params.brightness,
+        primary=_PALETTE[params.labels[ATTRIBUTE_NAMES.index("color")]] * params.brightness,
         pattern=params.value("pattern"),
         period_px=params.pattern_period * garment_px,
         phase=params.pattern_phase,
@@ -735,8 +740,10 @@ def generate(
 
 
 def encode(image: np.ndarray) -> bytes:
-    """JPEG quality 95 without chroma subsampling: ~6x faster to encode and ~2x to decode than PNG here,
-    a third of the size, and ~41 dB PSNR (4:2:0 would smear the colour of 2-pixel details)."""
+    """JPEG quality 95 without chroma subsampling. Against PNG (lossless): ~6x faster to encode (0.12 vs
+    0.77 ms at 128 px; PNG alone would add ~15 s to 20,000 images), ~2x faster to decode, ~70% of the
+    size; ~39 dB PSNR at 128 px through `tf.io.decode_image` (mean error < 2 of 255). 4:2:0 subsampling
+    would smear the colour of 2-pixel details (34.7 dB)."""
     ok, data = cv2.imencode(
         ".jpg",
         cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
