@@ -4,7 +4,7 @@
         --index=indexes/gallery.npz [--backend=exact|faiss] [--overwrite]
     python -m experiments.index --export_dir=exports/synthetic/1 --images=FOLDER --index=indexes/shop.npz
 
-Exact search (numpy, the paper's protocol) is the default. --backend=faiss also writes `<index>.faiss`
+Exact search (numpy, the paper's protocol) is the default. --backend=faiss also writes `<index>.<token>.faiss`
 (IVF-Flat by default, or HNSW) for catalogues too large to scan per query; it needs `pip install -e .[faiss]`.
 Unreadable images in a folder are skipped and listed; the index file is written atomically.
 """
@@ -28,6 +28,9 @@ FAISS_KIND = flags.DEFINE_enum("faiss_kind", "ivf_flat", list(index_lib.FAISS_KI
 NLIST = flags.DEFINE_integer("nlist", None, "IVF cells (default about sqrt(N)).")
 NPROBE = flags.DEFINE_integer("nprobe", 16, "IVF cells scanned per query (recorded as the search default).")
 HNSW_M = flags.DEFINE_integer("hnsw_m", 32, "HNSW links per node.")
+EF_SEARCH = flags.DEFINE_integer(
+    "ef_search", 128, "HNSW candidates per query (recorded as the search default)."
+)
 BATCH = flags.DEFINE_integer("embed_batch", 32, "Images per `embed` call.")
 OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing index file.")
 flags.mark_flags_as_required(["export_dir", "index"])
@@ -65,7 +68,7 @@ def main(argv):
                 params["nlist"] = NLIST.value or index_lib.default_nlist(len(index))
                 params["nprobe"] = min(NPROBE.value, params["nlist"])
             else:
-                params["hnsw_m"] = HNSW_M.value
+                params["hnsw_m"], params["ef_search"] = HNSW_M.value, EF_SEARCH.value
             faiss_index = index_lib.build_faiss(
                 index.vectors, FAISS_KIND.value, nlist=params.get("nlist"), hnsw_m=HNSW_M.value
             )
@@ -73,7 +76,7 @@ def main(argv):
         path = index.save(INDEX.value, OVERWRITE.value, faiss_index)
     except (export.ExportError, index_lib.IndexFileError, schema.DatasetError) as e:
         common.fail(str(e))
-    extra = f" + {path}{index_lib.FAISS_SUFFIX}" if faiss_index is not None else ""
+    extra = f" + {index.metadata['faiss']['file']}" if faiss_index is not None else ""
     print(f"wrote {path}{extra}: {len(index)} vectors of dimension {index.vectors.shape[1]}, "
           f"backend {index.backend}")  # fmt: skip
 

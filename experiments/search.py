@@ -32,6 +32,7 @@ GRID = flags.DEFINE_string("grid", None, "Write a PNG of the query, manipulation
 GRID_K = flags.DEFINE_integer("grid_k", 10, "Results shown in --grid (at most --top_k).")
 BACKEND = flags.DEFINE_enum("backend", None, list(index_lib.BACKENDS), "Override the index's backend.")
 NPROBE = flags.DEFINE_integer("nprobe", None, "FAISS IVF cells scanned per query (default: the index's).")
+EF_SEARCH = flags.DEFINE_integer("ef_search", None, "FAISS HNSW candidates per query (default: the index's).")
 flags.mark_flags_as_required(["export_dir", "index", "image"])
 
 
@@ -74,7 +75,9 @@ def main(argv):
         emb = model.embed([image])
         attributes, values = export.manipulation_arrays([manipulations])
         query = model.manipulate(emb["attribute_representations"], attributes, values)
-        rows, distances = index.search(query, TOP_K.value, BACKEND.value, nprobe=NPROBE.value)
+        rows, distances = index.search(
+            query, TOP_K.value, BACKEND.value, nprobe=NPROBE.value, ef_search=EF_SEARCH.value
+        )
     except (export.VocabularyError, export.ExportError, index_lib.ImageReadError, index_lib.IndexFileError,
             index_lib.FaissUnavailable) as e:  # fmt: skip
         common.fail(str(e))

@@ -159,10 +159,17 @@ def test_faiss_matches_exact_where_it_scans_everything(tmp_path, model):
                                    "faiss": {"kind": "ivf_flat", "nlist": 8, "nprobe": 8}})  # fmt: skip
     path = index.save(str(tmp_path / "f.npz"), faiss_index=ivf)
     loaded = index_lib.SearchIndex.load(path)
-    assert loaded.backend == "faiss" and os.path.isfile(path + ".faiss")
+    partner = os.path.join(tmp_path, loaded.metadata["faiss"]["file"])
+    assert loaded.backend == "faiss" and index_lib.faiss_partners(path) == [partner]
     np.testing.assert_array_equal(np.sort(loaded.search(queries, 10)[0], 1), np.sort(want_rows, 1))
     np.testing.assert_array_equal(loaded.search(queries, 10, backend="exact")[0], want_rows)
-    index_lib.import_faiss().write_index(index_lib.build_faiss(vectors[:100], "hnsw"), path + ".faiss")
+    index.save(path, overwrite=True, faiss_index=ivf)  # a rebuild replaces the partner, leaves no stale one
+    partner = index_lib.faiss_partners(path)
+    assert (
+        len(partner) == 1
+        and os.path.basename(partner[0]) == index_lib.SearchIndex.load(path).metadata["faiss"]["file"]
+    )
+    index_lib.import_faiss().write_index(index_lib.build_faiss(vectors[:100], "hnsw"), partner[0])
     with pytest.raises(index_lib.IndexFileError, match="does not belong|holds 100 vectors"):
         index_lib.SearchIndex.load(path).search(queries, 10)
 

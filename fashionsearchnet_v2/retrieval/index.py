@@ -12,7 +12,7 @@ embeds a query, manipulates it and ranks the index. An index file is an .npz, wr
     predicted_probabilities  float32 [N, A]
     metadata                 str             JSON: source, export dir and metadata, vocabulary, backend
 
-With the FAISS backend, `<FILE>.faiss` beside it holds an approximate index over the same vectors
+With the FAISS backend, `<FILE>.<token>.faiss` beside it (named in the metadata) holds an approximate index over the same vectors
 (IVF-Flat or HNSW). Exact search (`metrics.ExactIndex`, numpy) is the default and the reference: the
 paper ranks by exact Euclidean distance. FAISS is for catalogues where a full scan per query is too slow;
 `benchmarks/bench_index.py` measures what it costs in recall. FAISS is an optional extra
@@ -29,6 +29,7 @@ import math
 import os
 import re
 import tempfile
+import uuid
 from collections.abc import Sequence
 
 import cv2
@@ -231,9 +232,12 @@ class SearchIndex:
         meta = dict(
             self.metadata, format_version=FORMAT_VERSION, count=len(self), dim=int(self.vectors.shape[1])
         )
-        faiss_path = path + FAISS_SUFFIX
+        # The FAISS partner gets a fresh name each time and the .npz, written last, names it: an index
+        # file always points at the .faiss written with it, even if a rebuild is interrupted halfway.
+        faiss_path = None
         if faiss_index is not None:
             faiss = import_faiss()
+            faiss_path = f"{path}.{uuid.uuid4().hex[:12]}{FAISS_SUFFIX}"
             tmp = _temp_path(faiss_path)
             try:
                 faiss.write_index(faiss_index, tmp)
@@ -242,9 +246,8 @@ class SearchIndex:
                 if os.path.exists(tmp):
                     os.remove(tmp)
             meta["backend"] = "faiss"
-            # The .npz is written last and records what it expects of the .faiss, so a stale or
-            # half-replaced pair is detected at load time.
-            meta.setdefault("faiss", {}).update(
+            meta["faiss"] = dict(
+                meta.get("faiss", {}),
                 file=os.path.basename(faiss_path),
                 ntotal=int(faiss_index.ntotal),
                 bytes=os.path.getsize(faiss_path),
@@ -269,8 +272,9 @@ class SearchIndex:
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-        if faiss_index is None and os.path.exists(faiss_path):
-            os.remove(faiss_path)  # an exact index replacing a FAISS one leaves no stale partner
+        for stale in faiss_partners(path):  # earlier partners of this file, no longer named by it
+            if stale != faiss_path:
+                os.remove(stale)
         self.metadata, self.path, self._faiss = meta, path, faiss_index
         return path
 
@@ -332,7 +336,9 @@ class SearchIndex:
                 self._exact = metrics.ExactIndex(self.vectors)
             return metrics.search_topk(queries, self._exact, k)
         if backend == "faiss":
-            nprobe = nprobe if nprobe is not None else self.metadata.get("faiss", {}).get("nprobe")
+            params = self.metadata.get("faiss", {})
+            nprobe = nprobe if nprobe is not None else params.get("nprobe")
+            ef_search = ef_search if ef_search is not None else params.get("ef_search")
             return faiss_search(self.faiss_index(), queries, k, nprobe, ef_search)
         raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
 
@@ -356,6 +362,13 @@ class SearchIndex:
     def known_values(self) -> np.ndarray:
         """[N, A] int: labels where known, predictions elsewhere."""
         return np.where(self.labels >= 0, self.labels, self.predicted_values)
+
+
+def faiss_partners(path: str) -> list[str]:
+    """The `<path>.<token>.faiss` files beside index file `path`."""
+    directory, name = os.path.split(os.path.abspath(path))
+    pattern = re.compile(re.escape(name) + r"\.[0-9a-f]{12}" + re.escape(FAISS_SUFFIX) + "$")
+    return sorted(os.path.join(directory, f) for f in os.listdir(directory) if pattern.match(f))
 
 
 def _temp_path(path: str) -> str:
