@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
 from fashionsearchnet_v2 import configs, export
 from fashionsearchnet_v2.data import convert, records, schema
@@ -190,24 +189,29 @@ def test_unreadable_images_name_path_and_reason(tmp_path):
         assert str(e.value).startswith(f"cannot read image {path}: ")
 
 
-def _search_cli(capsys, *argv):
-    """Runs experiments.search in this process; returns (exit code, stdout, stderr)."""
-    from experiments import search as search_cli
-
+# experiments.search runs in a process of its own: its absl flags (via experiments.common) would collide
+# with those other test modules define in this one (data_prep's --seed). One process runs every case.
+SEARCH_DRIVER = """
+import contextlib, io, json, sys
+from absl import flags
+from experiments import search
+results = []
+for argv in json.loads(sys.argv[1]):
+    out, err, code = io.StringIO(), io.StringIO(), 0
     flags.FLAGS.unparse_flags()
-    flags.FLAGS(["search", *argv])
-    code = 0
-    try:
-        search_cli.main([])
-    except SystemExit as e:
-        code = e.code
-    finally:
-        flags.FLAGS.unparse_flags()
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            flags.FLAGS(["search", *argv])
+            search.main([])
+        except SystemExit as e:
+            code = e.code
+    results.append([code, out.getvalue(), err.getvalue()])
+with open(sys.argv[2], "w") as f:
+    json.dump(results, f)
+"""
 
 
-def test_index_and_search_commands(export_dir, model, folder, tmp_path, capsys):
+def test_index_and_search_commands(export_dir, model, folder, tmp_path):
     path = str(tmp_path / "cli.npz")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
@@ -218,9 +222,24 @@ def test_index_and_search_commands(export_dir, model, folder, tmp_path, capsys):
     assert "skipped broken.png" in done.stderr and "9 vectors of dimension 32" in done.stdout
 
     query = os.path.join(folder, "img3.png")
-    base = [f"--export_dir={export_dir}", f"--index={path}", f"--image={query}"]
-    code, out, err = _search_cli(capsys, *base, "--set=color=black", "--set=sleeve_length=long", "--top_k=4",
-                                 "--format=json", f"--grid={tmp_path / 'grid.png'}")  # fmt: skip
+    broken, missing = os.path.join(folder, "broken.png"), str(tmp_path / "nope.jpg")
+    base = [f"--export_dir={export_dir}", f"--index={path}"]
+    cases = [
+        [*base, f"--image={query}", "--set=color=black", "--set=sleeve_length=long", "--top_k=4", "--format=json",
+         f"--grid={tmp_path / 'grid.png'}"],
+        [*base, f"--image={query}", "--top_k=3"],
+        [*base, f"--image={query}", "--set=colour=black"],
+        [*base, f"--image={query}", "--set=color=green"],
+        [*base, f"--image={broken}"],
+        [*base, f"--image={missing}"],
+    ]  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", SEARCH_DRIVER, json.dumps(cases), str(tmp_path / "runs.json")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(tmp_path / "runs.json") as f:
+        runs = json.load(f)
+
+    code, out, err = runs[0]
     assert code == 0, err
     result = json.loads(out)
     assert [m["attribute"] for m in result["manipulations"]] == ["color", "sleeve_length"]
@@ -234,17 +253,15 @@ def test_index_and_search_commands(export_dir, model, folder, tmp_path, capsys):
     grid = cv2.imread(str(tmp_path / "grid.png"))
     assert grid is not None and grid.shape[0] > 128
 
-    code, out, _ = _search_cli(capsys, *base, "--top_k=3")
+    code, out, _ = runs[1]
     assert code == 0 and out.splitlines()[3].split()[:3] == ["rank", "id", "distance"]
     assert out.splitlines()[4].split()[1] == "img3.png"  # unmanipulated: the image itself comes first
 
-    code, _, err = _search_cli(capsys, *base, "--set=colour=black")
+    code, _, err = runs[2]
     assert code == 2 and "unknown attribute 'colour'; valid attributes: color, sleeve_length" in err
-    code, _, err = _search_cli(capsys, *base, "--set=color=green")
+    code, _, err = runs[3]
     assert code == 2 and "unknown value 'green' for attribute 'color'; valid values: red, blue, black" in err
-    broken = os.path.join(folder, "broken.png")
-    code, _, err = _search_cli(capsys, f"--export_dir={export_dir}", f"--index={path}", f"--image={broken}")
+    code, _, err = runs[4]
     assert code == 2 and f"cannot read image {broken}: not a decodable" in err
-    missing = str(tmp_path / "nope.jpg")
-    code, _, err = _search_cli(capsys, f"--export_dir={export_dir}", f"--index={path}", f"--image={missing}")
+    code, _, err = runs[5]
     assert code == 2 and f"cannot read image {missing}: No such file or directory" in err
