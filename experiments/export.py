@@ -14,11 +14,10 @@ from absl import app, flags
 
 from experiments import common
 from fashionsearchnet_v2 import export
-from fashionsearchnet_v2.retrieval import evaluation
 from fashionsearchnet_v2.training import checkpoints
 
 EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Directory to write the SavedModel into.")
-VARIANT = flags.DEFINE_enum("variant", "full", list(evaluation.VARIANTS), "Table 1 row to export.")
+VARIANT = flags.DEFINE_enum("variant", "full", export.exportable_variants(), "Table 1 row to export.")
 OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing export directory.")
 flags.mark_flag_as_required("export_dir")
 

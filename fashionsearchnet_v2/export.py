@@ -353,6 +353,14 @@ def _replace_dir(src: str, dst: str, overwrite: bool) -> None:
             os.remove(old)
 
 
+def exportable_variants() -> list[str]:
+    """The Table 1 rows that are FashionSearchNet-v2 networks (a stage-2 model, maybe a stage 3); the
+    AMNet baseline is another architecture and is not exported."""
+    from fashionsearchnet_v2.retrieval import evaluation
+
+    return [v for v, (s2, _) in evaluation.VARIANTS.items() if s2 in configs.STAGE2_VARIANTS]
+
+
 def load_variant(workdir: str, info: schema.DatasetInfo, variant: str, progress: bool = True):
     """A trained Table 1 variant, ready to export.
 
@@ -364,8 +372,8 @@ def load_variant(workdir: str, info: schema.DatasetInfo, variant: str, progress:
     from fashionsearchnet_v2.retrieval import evaluation  # heavy imports only where needed
     from fashionsearchnet_v2.training import stages
 
-    if variant not in evaluation.VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(evaluation.VARIANTS)}")
+    if variant not in exportable_variants():
+        raise ValueError(f"cannot export variant {variant!r}; exportable: {', '.join(exportable_variants())}")
     s2_variant, s3_variant = evaluation.VARIANTS[variant]
     model, ckpt, cfg = evaluation.load_stage2(workdir, info, s2_variant)
     dim = cfg.model.fc10_size
