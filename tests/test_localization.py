@@ -23,5 +23,13 @@ def test_report_counts_hits_and_chance():
     # image 1 -> cell (3, 3) (centre 7/8, 7/8): hit. Swapped (chance): both miss.
     pred = np.array([[[0, 0, 0, 0], [0, 0, 1, 1]], [[1, 1, 1, 1], [0, 0, 1, 1]]], np.float64)
     report = localization.localization_report(pred, true, 4, ["collar", "color"])
-    assert report["collar"] == {"hit_rate": 1.0, "chance": 0.0, "images": 2}
+    # The true regions' centres (1/4, 1/4) and (3/4, 3/4) lie on the edges of the one-cell boxes
+    # [0, 1/4] and [3/4, 1] (bounds inclusive): covered; swapped, they are not.
+    assert report["collar"] == {
+        "hit_rate": 1.0,
+        "chance": 0.0,
+        "covers": 1.0,
+        "covers_chance": 0.0,
+        "images": 2,
+    }
     assert "color" not in report and report["mean"]["hit_rate"] == 1.0

@@ -1,9 +1,11 @@
 """How well AAM boxes find the attribute regions, on data whose records carry true regions (synthetic).
 
 A predicted box is given on the conv grid in crop_and_resize coordinates (cell r ↦ r/(h-1)); in the
-image, cells r0..r1 cover [r0/h, (r1+1)/h]. A box *hits* when its centre lies inside the true region of
-that attribute. Chance is the same boxes scored against the regions of other images (a fixed
-derangement), which keeps the boxes' sizes and the regions' sizes and positions as they are.
+image, cells r0..r1 cover [r0/h, (r1+1)/h]. Two scores per localized attribute:
+- `hit_rate`: the box's centre lies inside the attribute's true region (the box is centred on it);
+- `covers`: the true region's centre lies inside the box (the box lands on the region).
+Chance is the same boxes scored against the regions of other images (a fixed derangement), which keeps
+the boxes' sizes and the regions' sizes and positions as they are.
 """
 
 from __future__ import annotations
@@ -40,19 +42,22 @@ def localization_report(pred_boxes, true_boxes, grid_size: int, attribute_names)
     shift = np.roll(np.arange(n), max(1, n // 2))  # a derangement for n > 1
     hits = centre_hits(pred, true)
     chance = centre_hits(pred, true[shift])
+    covers = centre_hits(true, pred)
+    covers_chance = centre_hits(true[shift], pred)
     report = {}
     for a, name in enumerate(attribute_names):
         localized = true[:, a, 0] >= 0
         if not localized.any():
             continue
+        both = localized & localized[shift]
         report[name] = {
             "hit_rate": float(hits[localized, a].mean()),
-            "chance": float(chance[localized & localized[shift], a].mean()),
+            "chance": float(chance[both, a].mean()),
+            "covers": float(covers[localized, a].mean()),
+            "covers_chance": float(covers_chance[both, a].mean()),
             "images": int(localized.sum()),
         }
     if report:
-        report["mean"] = {
-            "hit_rate": float(np.mean([r["hit_rate"] for r in report.values()])),
-            "chance": float(np.mean([r["chance"] for r in report.values()])),
-        }
+        keys = ("hit_rate", "chance", "covers", "covers_chance")
+        report["mean"] = {k: float(np.mean([r[k] for r in report.values()])) for k in keys}
     return report
