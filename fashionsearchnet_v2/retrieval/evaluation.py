@@ -257,7 +257,8 @@ def evaluate_variant(
         )
         loc = results["localization"]["mean"]
         log(
-            f"AAM boxes on the true regions: {loc['hit_rate']:.3f} of query images (chance {loc['chance']:.3f})"
+            f"AAM boxes: centred on the true region {loc['hit_rate']:.3f} (chance {loc['chance']:.3f}), "
+            f"covering its centre {loc['covers']:.3f} (chance {loc['covers_chance']:.3f})"
         )
     os.makedirs(out_dir, exist_ok=True)
     write_json(os.path.join(out_dir, "results.json"), results)
