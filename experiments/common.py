@@ -44,6 +44,11 @@ SCHEDULE = flags.DEFINE_enum(
     ["default", "paper"],
     "'paper': 227 px, 12/12/2 epochs, batch 32, whatever the dataset.",
 )
+BATCH_NORM = flags.DEFINE_bool(
+    "batch_norm",
+    None,
+    "BatchNorm before each conv ReLU, LRN off (not in the paper; default only for synthetic).",
+)
 BOX_BACKEND = flags.DEFINE_enum("box_backend", None, ["skimage", "tf"], "AAM box extraction implementation.")
 FEATURE_FUSION = flags.DEFINE_bool(
     "feature_fusion", False, "Use the feature-fusion model (Full w/ FF, §3.2)."
@@ -108,6 +113,8 @@ def build_config(stage: str, variant: str) -> tuple[configs.ExperimentConfig, sc
         m["image_size"] = IMAGE_SIZE.value
     if BOX_BACKEND.value:
         m["box_backend"] = BOX_BACKEND.value
+    if BATCH_NORM.value is not None:
+        m["batch_norm"], m["lrn"] = BATCH_NORM.value, not BATCH_NORM.value
     for flag, key in ((BATCH_SIZE, "batch_size"), (EPOCHS, "epochs"), (LEARNING_RATE, "learning_rate"),
                       (MAX_STEPS, "max_steps")):  # fmt: skip
         if flag.value is not None:
