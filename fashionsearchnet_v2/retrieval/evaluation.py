@@ -147,8 +147,9 @@ class Searcher:
     `gallery_vectors()` -> unmanipulated ones [G, r].
     """
 
-    def __init__(self, model, checkpoint, image_size, feats, vectors, manipulation):
+    def __init__(self, model, checkpoint, image_size, feats, vectors, manipulation, localization=False):
         self.model, self.checkpoint, self.image_size = model, checkpoint, image_size
+        self.localization = localization  # whether the boxes come from AAMs (else whole image)
         self.query, self.gallery, self.train = feats["query"], feats["gallery"], feats["train"]
         self._vectors, self._manipulation, self._key = (
             vectors,
@@ -218,7 +219,7 @@ def build_searcher(workdir: str, info: schema.DatasetInfo, variant: str, progres
         directory = stage3_dir(workdir, s2_variant, s3_variant)
         gm, ckpt = load_global_model(directory, info.num_values, feats["train"]["fc10"].shape[-1])
         rep = Representation(info, global_model=gm)
-    return Searcher(model, ckpt, size, feats, rep, one_hot)
+    return Searcher(model, ckpt, size, feats, rep, one_hot, localization=cfg.model.localization)
 
 
 def evaluate_variant(
@@ -250,7 +251,7 @@ def evaluate_variant(
         dataset=info.name, variant=variant, label=LABELS[variant], checkpoint=os.path.relpath(searcher.checkpoint, workdir), num_query=len(q["labels"]), num_gallery=len(g["labels"]),
         seconds=round(time.time() - t0, 1),
     )  # fmt: skip
-    if "true_boxes" in q and "boxes" in q:
+    if "true_boxes" in q and "boxes" in q and searcher.localization:
         grid = backbone.feature_grid_size(size)
         results["localization"] = localization.localization_report(
             q["boxes"], q["true_boxes"], grid, info.attribute_names
