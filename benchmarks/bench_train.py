@@ -1,0 +1,484 @@
+"""Training speed and peak memory: a stage-2 step against the bare backbone's step, same run, same batch.
+
+Issue 3, item 12: on a 2-core CPU with oneDNN on, the localization (AAMs + boxes), ROI pooling and the
+per-attribute branches of stage 2 should cost at most 30% on top of the bare backbone's training step,
+and training at the paper's settings (227 px, batch 32) should peak under 8 GiB.
+
+Rows (each in its own subprocess, so the peak memory is the row's own; the parent prints the table):
+
+* baseline: image -> `build_backbone` (conv1..conv7) -> GAP -> one Dense per attribute -> softmax CE,
+  trained by `Stage1Task.train_step` (L_C and the accuracy counts), SGD momentum 0.9. This is what a
+  plain AlexNet-style attribute classifier costs.
+* stage 1: `build_network(..., "stage1")` with `Stage1Task.train_step` (a sanity row: it adds only the
+  AAMs of Eq. 3 to the baseline).
+* stage 2: `build_network(..., "full")` with `Stage2Task.train_step`: AAMs, boxes (`--box_backend`),
+  ROI pooling, fc8/fc9/fc10 branches, L_C + 1.5 L_T (`losses.mine_triplets`) + L_TC.
+* stage 2 with the other box backend (skimage <-> tf), and stage 2 with feature fusion (§3.2 FF).
+
+Every step runs inside `tf.function` exactly as `training.trainer.Trainer` runs it (`strategy.run` of the
+task's step, sums reduced, step counter incremented) and is synchronised by reading the loss. Reported:
+images/s from the median step time after `--warmup` steps, ms/step, the ratio to the baseline measured
+in the same invocation with the same input, and the row's peak RSS (`ru_maxrss`).
+
+Inputs: `--input=memory` (default) feeds one random batch held in memory (mean-subtracted-pixel scale,
+random labels of `--num_attributes` attributes with DARN-like value counts). `--input=pipeline` writes a
+small synthetic TFRecord dataset (256 images, 6 attributes) and reads it through
+`data.pipeline.make_dataset(..., training=True)`; it adds an input-only row (the pipeline's own
+throughput) and the baseline and stage-2 rows on memory input with the same attributes, and reports the
+time each step waited for its batch, which shows whether the pipeline keeps ahead of training.
+
+Run it on an otherwise idle machine (the paper's settings are the defaults):
+
+    python benchmarks/bench_train.py                        # 227 px, batch 32, 20 steps after 3 warm-up
+    python benchmarks/bench_train.py --input=pipeline
+    python benchmarks/bench_train.py --batch_norm --rows=baseline,stage2
+    python benchmarks/bench_train.py --image_size=96 --batch_size=4 --steps=3 --warmup=1   # smoke run
+
+`fashionsearchnet_v2` is imported before TensorFlow so that its oneDNN switch (`TF_ENABLE_ONEDNN_OPTS=1`)
+is in place when TensorFlow loads; the environment is printed with the table.
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+# Before any TensorFlow import (here and in the row subprocesses): sets TF_ENABLE_ONEDNN_OPTS=1.
+import fashionsearchnet_v2  # noqa: F401
+
+# DARN's attributes have these many values (clothes category, button, color, length, pattern, shape,
+# collar, sleeve length, sleeve shape); other --num_attributes cycle through them.
+DARN_VALUES = (20, 13, 55, 7, 28, 11, 26, 8, 17)
+MAX_RATIO = 1.30
+MAX_PEAK_GIB = 8.0
+ROWS = ("baseline", "stage1", "stage2", "stage2_alt", "stage2_ff")
+RESULT_TAG = "BENCH_TRAIN_RESULT "
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--image_size", type=int, default=227)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per row, after the warm-up")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per row (the first one traces)")
+    p.add_argument("--num_attributes", type=int, default=9, help="memory input only")
+    p.add_argument(
+        "--num_values",
+        default="",
+        help="comma-separated values per attribute (memory input); default: DARN's counts, cycled",
+    )
+    p.add_argument("--box_backend", choices=("skimage", "tf"), default="skimage")
+    p.add_argument("--batch_norm", action="store_true", help="BN before each conv ReLU (not in the paper)")
+    p.add_argument("--no_lrn", action="store_true", help="drop AlexNet's LRN (the synthetic default)")
+    p.add_argument(
+        "--learning_rate",
+        type=float,
+        default=0.01,
+        help="the paper's 0.01; random weights on random data may diverge at it (reported, not fatal)",
+    )
+    p.add_argument("--input", choices=("memory", "pipeline"), default="memory")
+    p.add_argument(
+        "--rows",
+        default=",".join(ROWS),
+        help=f"comma-separated subset of {','.join(ROWS)} (stage2_alt = stage 2 with the other box backend)",
+    )
+    p.add_argument("--intra_op_threads", type=int, default=0, help="0: TensorFlow's default (all cores)")
+    p.add_argument("--inter_op_threads", type=int, default=0, help="0: TensorFlow's default")
+    p.add_argument("--shuffle_buffer", type=int, default=256, help="pipeline input")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default="", help="also write the results to this JSON file")
+    # Internal: one row in this process (the parent starts these).
+    p.add_argument("--_row", default="", help=argparse.SUPPRESS)
+    p.add_argument("--_data_dir", default="", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        p.error(f"unknown rows {unknown}; valid: {', '.join(ROWS)}")
+    if args.steps < 1 or args.warmup < 1 or args.batch_size < 2:
+        p.error("need --steps >= 1, --warmup >= 1 (the first step traces) and --batch_size >= 2")
+    args.row_list = rows
+    return args
+
+
+def memory_num_values(args) -> list[int]:
+    if args.num_values:
+        return [int(v) for v in args.num_values.split(",")]
+    return [DARN_VALUES[i % len(DARN_VALUES)] for i in range(args.num_attributes)]
+
+
+def other_backend(backend: str) -> str:
+    return "tf" if backend == "skimage" else "skimage"
+
+
+def row_label(row: str, args) -> str:
+    return {
+        "input_only": "input pipeline alone",
+        "baseline": "baseline: bare backbone + GAP classifiers",
+        "stage1": "stage 1 (AAM classifiers)",
+        "stage2": f"stage 2, boxes {args.box_backend}",
+        "stage2_alt": f"stage 2, boxes {other_backend(args.box_backend)}",
+        "stage2_ff": f"stage 2 + feature fusion, boxes {args.box_backend}",
+    }[row]
+
+
+# --------------------------------------------------------------------------------------------------
+# One row, in a child process.
+# --------------------------------------------------------------------------------------------------
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
+
+
+def _environment(tf) -> dict:
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        built_with_onednn = bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        built_with_onednn = None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "tf_version": tf.__version__,
+        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        "built_with_onednn": built_with_onednn,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "cores": cores,
+    }
+
+
+def run_row(args, row: str, input_kind: str) -> dict:
+    import dataclasses
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from fashionsearchnet_v2 import configs
+    from fashionsearchnet_v2.data import pipeline, schema
+    from fashionsearchnet_v2.model import backbone
+    from fashionsearchnet_v2.training import stages
+
+    if args.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+    if args.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+    keras.utils.set_random_seed(args.seed)
+    b, s = args.batch_size, args.image_size
+
+    if args._data_dir:
+        info = schema.load_dataset_info(args._data_dir)
+    else:
+        info = schema.DatasetInfo(
+            name="bench",
+            attributes=[
+                schema.Attribute(f"attr{i}", tuple(f"v{j}" for j in range(n)))
+                for i, n in enumerate(memory_num_values(args))
+            ],
+            splits={},
+            seed=args.seed,
+            source="random tensors",
+        )
+    num_values = info.num_values
+
+    # Input: one random batch in memory, or the training pipeline over the synthetic records.
+    if input_kind == "pipeline":
+        ds = pipeline.make_dataset(
+            info, "train", s, b, training=True, seed=args.seed, shuffle_buffer=args.shuffle_buffer
+        )
+        iterator = iter(ds)
+
+        def next_batch():
+            return next(iterator)
+    else:
+        rng = np.random.default_rng(args.seed)
+        batch = {
+            # Mean-subtracted BGR pixels have a standard deviation of about 60 (backbone.PIXEL_STD).
+            "image": tf.constant(rng.normal(0.0, backbone.PIXEL_STD, (b, s, s, 3)).astype(np.float32)),
+            "labels": tf.constant(
+                np.stack([rng.integers(0, n, b) for n in num_values], axis=1).astype(np.int32)
+            ),
+        }
+
+        def next_batch():
+            return batch
+
+    result = {"row": row, "input": input_kind, "num_values": num_values, **_environment(tf)}
+    total = args.warmup + args.steps
+
+    if row == "input_only":
+        waits = []
+        for _ in range(total):
+            t0 = time.perf_counter()
+            x = next_batch()
+            x["image"].numpy()  # the batch is really there
+            waits.append(time.perf_counter() - t0)
+        step_s = statistics.median(waits[args.warmup :])
+        result.update(step_ms=1e3 * step_s, wait_ms=1e3 * step_s, images_per_s=b / step_s, params=0)
+        result["peak_rss_gib"] = _peak_rss_gib()
+        return result
+
+    model_cfg = configs.ModelConfig(
+        image_size=s,
+        batch_norm=args.batch_norm,
+        lrn=not args.no_lrn,
+        box_backend=other_backend(args.box_backend) if row == "stage2_alt" else args.box_backend,
+        feature_fusion=row == "stage2_ff",
+    )
+    # Momentum 0.9 and λ_C, λ_T, λ_TC = 1, 1.5, 1 as in training; lr 0.01 (§4.1) unless --learning_rate.
+    train_cfg = configs.TrainConfig(batch_size=b, seed=args.seed, learning_rate=args.learning_rate)
+    config = configs.ExperimentConfig(dataset=info.name, model=model_cfg, train=train_cfg)
+    strategy = tf.distribute.get_strategy()
+
+    class BaselineTask(stages.Stage1Task):
+        """Stage 1's step (L_C, SGD momentum) on the bare backbone with one Dense per attribute on GAP."""
+
+        name = "baseline"
+
+        def build_model(self):
+            cfg = self.config.model
+            image = keras.Input((cfg.image_size, cfg.image_size, 3), name="image")
+            feats = backbone.build_backbone(
+                image, cfg.width, cfg.conv5_filters, cfg.conv67_filters, cfg.lrn, cfg.batch_norm
+            )
+            gap = keras.layers.GlobalAveragePooling2D(name="gap")(feats["conv7"])
+            logits = [keras.layers.Dense(n, name=f"fc_{i}")(gap) for i, n in enumerate(self.num_values)]
+            out = keras.layers.Concatenate(name="logits")(logits)
+            return keras.Model(image, {"logits": out}, name="bare_backbone")
+
+    if row == "baseline":
+        task = BaselineTask(config, info, "", strategy)
+    elif row == "stage1":
+        task = stages.Stage1Task(config, info, "", strategy)
+    else:
+        task = stages.Stage2Task(config, info, "", strategy, stage1_dir="", stage1_config=None)
+
+    # As training.trainer.Trainer builds and runs it.
+    with strategy.scope():
+        model = task.build_model()
+        optimizer = task.build_optimizer()
+        optimizer.build(task.trainable_variables(model))
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+
+    @tf.function
+    def distributed_step(batch):
+        results = strategy.run(task.train_step, args=(model, optimizer, batch, step))
+        reduced = {k: strategy.reduce("SUM", v, axis=None) for k, v in results.items()}
+        step.assign_add(1)
+        return reduced
+
+    waits, steps, losses = [], [], []
+    for i in range(total):
+        t0 = time.perf_counter()
+        x = next_batch()
+        t1 = time.perf_counter()
+        out = distributed_step(x)
+        loss = float(out["loss"].numpy())  # synchronises: the step has run
+        t2 = time.perf_counter()
+        if i == 0:
+            result["first_step_s"] = t2 - t0  # tracing + first run
+        waits.append(t1 - t0)
+        steps.append(t2 - t0)
+        losses.append(loss)
+    # Speed does not depend on the values, but NaNs can change what runs (e.g. whole-image fallback boxes).
+    result["finite_loss"] = bool(np.all(np.isfinite(losses)))
+    result["diverged"] = not result["finite_loss"] or losses[-1] > 10 * max(losses[0], 1e-6)
+    step_s = statistics.median(steps[args.warmup :])
+    result.update(
+        step_ms=1e3 * step_s,
+        wait_ms=1e3 * statistics.median(waits[args.warmup :]),
+        images_per_s=b / step_s,
+        params=int(sum(np.prod(v.shape) for v in model.trainable_variables)),
+        loss_first=losses[0],
+        loss_last=losses[-1],
+        model_config=dataclasses.asdict(model_cfg),
+    )
+    result["peak_rss_gib"] = _peak_rss_gib()
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Parent: write the records (pipeline input), run the rows, print the table.
+# --------------------------------------------------------------------------------------------------
+def child_command(args, row: str, input_kind: str, data_dir: str) -> list[str]:
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        f"--_row={row}:{input_kind}",
+        f"--image_size={args.image_size}",
+        f"--batch_size={args.batch_size}",
+        f"--steps={args.steps}",
+        f"--warmup={args.warmup}",
+        f"--num_attributes={args.num_attributes}",
+        f"--box_backend={args.box_backend}",
+        f"--input={input_kind}",
+        f"--learning_rate={args.learning_rate}",
+        f"--intra_op_threads={args.intra_op_threads}",
+        f"--inter_op_threads={args.inter_op_threads}",
+        f"--shuffle_buffer={args.shuffle_buffer}",
+        f"--seed={args.seed}",
+    ]
+    if args.num_values:
+        cmd.append(f"--num_values={args.num_values}")
+    if args.batch_norm:
+        cmd.append("--batch_norm")
+    if args.no_lrn:
+        cmd.append("--no_lrn")
+    if data_dir:
+        cmd.append(f"--_data_dir={data_dir}")
+    return cmd
+
+
+def run_child(args, row: str, input_kind: str, data_dir: str) -> dict:
+    t = time.perf_counter()
+    proc = subprocess.run(
+        child_command(args, row, input_kind, data_dir), capture_output=True, text=True, check=False
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            result = json.loads(line[len(RESULT_TAG) :])
+            result["wall_s"] = time.perf_counter() - t
+            return result
+    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+    return {"row": row, "input": input_kind, "error": f"exit {proc.returncode}\n{tail}"}
+
+
+def write_records(args, tmp: str) -> str:
+    from fashionsearchnet_v2.data import synthetic
+
+    data_dir = os.path.join(tmp, "synthetic")
+    t = time.perf_counter()
+    synthetic.write_synthetic(
+        data_dir,
+        num_images=256,
+        image_size=args.image_size,
+        num_query=8,
+        num_gallery=8,
+        seed=args.seed,
+        progress=False,
+    )
+    print(
+        f"wrote 256 synthetic images ({args.image_size} px) in {time.perf_counter() - t:.1f} s to {data_dir}"
+    )
+    return data_dir
+
+
+def plan(args) -> list[tuple[str, str]]:
+    rows = args.row_list
+    if args.input == "memory":
+        return [(r, "memory") for r in ["baseline", *[r for r in rows if r != "baseline"]]]
+    # Pipeline: the pipeline alone, every row on it, and the baseline and stage 2 on memory input with
+    # the same (dataset's) attributes for the comparison.
+    runs = [("input_only", "pipeline")]
+    runs += [(r, "pipeline") for r in ["baseline", *[r for r in rows if r != "baseline"]]]
+    runs += [("baseline", "memory")] + ([("stage2", "memory")] if "stage2" in rows else [])
+    return runs
+
+
+def format_table(args, results: list[dict]) -> str:
+    baseline = {r["input"]: r for r in results if r["row"] == "baseline" and "error" not in r}
+    head = (
+        "| row | input | image size | batch | images/s | ms/step | input wait ms/step | "
+        "ratio vs baseline | peak memory (GiB) | ratio ≤ 1.30 | peak < 8 GiB |"
+    )
+    lines = [head, "|" + "---|" * 11]
+    for r in results:
+        label = row_label(r["row"], args)
+        if "error" in r:
+            lines.append(
+                f"| {label} | {r['input']} | {args.image_size} | {args.batch_size} | failed |" + " |" * 6
+            )
+            continue
+        base = baseline.get(r["input"])
+        if r["row"] == "input_only" or base is None:
+            ratio, ratio_ok = "", ""
+        else:
+            x = r["step_ms"] / base["step_ms"]
+            ratio, ratio_ok = f"{x:.2f}", ("yes" if x <= MAX_RATIO else "NO")
+        peak = r["peak_rss_gib"]
+        lines.append(
+            f"| {label} | {r['input']} | {args.image_size} | {args.batch_size} | {r['images_per_s']:.1f} | "
+            f"{r['step_ms']:.1f} | {r['wait_ms']:.2f} | {ratio} | {peak:.2f} | {ratio_ok} | "
+            f"{'yes' if peak < MAX_PEAK_GIB else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args._row:
+        row, input_kind = args._row.split(":")
+        print(RESULT_TAG + json.dumps(run_row(args, row, input_kind)), flush=True)
+        return 0
+
+    tmp = tempfile.mkdtemp(prefix="bench_train_")
+    try:
+        data_dir = write_records(args, tmp) if args.input == "pipeline" else ""
+        results = []
+        for row, input_kind in plan(args):
+            # Memory rows in pipeline mode use the dataset's attributes too (same model as the pipeline rows).
+            r = run_child(args, row, input_kind, data_dir)
+            results.append(r)
+            if "error" in r:
+                print(f"{row} ({input_kind}): FAILED {r['error']}", flush=True)
+            else:
+                print(
+                    f"{row} ({input_kind}): {r['images_per_s']:.1f} images/s, {r['step_ms']:.1f} ms/step "
+                    f"(input wait {r['wait_ms']:.2f} ms), peak {r['peak_rss_gib']:.2f} GiB, "
+                    f"first step {r.get('first_step_s', 0):.1f} s, loss {r.get('loss_first', 0):.4g} -> "
+                    f"{r.get('loss_last', 0):.4g}, {r['wall_s']:.0f} s in all",
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    ok = [r for r in results if "error" not in r]
+    if ok:
+        env = ok[0]
+        print()
+        print(
+            f"TensorFlow {env['tf_version']}, TF_ENABLE_ONEDNN_OPTS={env['TF_ENABLE_ONEDNN_OPTS']} "
+            f"(built with oneDNN: {env['built_with_onednn']}), intra-op threads {env['intra_op_threads']}, "
+            f"inter-op threads {env['inter_op_threads']} (0 = TensorFlow's default), {env['cores']} cores; "
+            f"attributes {len(env['num_values'])} with values {env['num_values']}; "
+            f"median of {args.steps} steps after {args.warmup} warm-up; "
+            f"model: lrn {not args.no_lrn}, batch_norm {args.batch_norm}"
+        )
+        params = {r["row"]: r["params"] for r in ok if r["row"] != "input_only"}
+        print("trainable parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()))
+    print()
+    print(format_table(args, results))
+    diverged = [f"{row_label(r['row'], args)} ({r['input']})" for r in ok if r.get("diverged")]
+    if diverged:
+        print(
+            f"\nnote: the loss diverged in: {'; '.join(diverged)} (random weights, random data, "
+            f"lr {args.learning_rate}); their timings may not represent training. Try --learning_rate=0.001."
+        )
+    pipe = {r["row"]: r for r in ok if r["input"] == "pipeline"}
+    if "input_only" in pipe:
+        train_rows = [r for k, r in pipe.items() if k != "input_only"]
+        worst = max(train_rows, key=lambda r: r["wait_ms"] / r["step_ms"], default=None)
+        if worst is not None:
+            print(
+                f"\ninput pipeline alone: {pipe['input_only']['images_per_s']:.0f} images/s; training waited at "
+                f"most {100 * worst['wait_ms'] / worst['step_ms']:.1f}% of a step for its batch "
+                f"({row_label(worst['row'], args)})"
+            )
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(
+                {"args": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": results},
+                f,
+                indent=2,
+            )
+    return 1 if len(ok) < len(results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
