@@ -167,8 +167,10 @@ def build_network(
             g = roi.RoiPooling(size, name="global_pooling")([feats["conv5"], whole])
             global_feats = keras.layers.Flatten(name="global_flat")(g)
         fc10s, cls = [], []
+        # One unstack instead of A slices: each slice's gradient would build a full-size zero tensor.
+        per_attribute = keras.ops.unstack(pooled, num=len(num_values), axis=1)
         for a, (fragment, n) in enumerate(zip(fragments, num_values)):
-            x = keras.layers.Flatten(name=f"roi_flat_{fragment}")(pooled[:, a])
+            x = keras.layers.Flatten(name=f"roi_flat_{fragment}")(per_attribute[a])
             if global_feats is not None:
                 x = keras.layers.Concatenate(name=f"fusion_{fragment}")([x, global_feats])
             f, c = attribute_branch(x, a, fragment, n, cfg, seed)
