@@ -138,7 +138,7 @@ def dataset_defaults(dataset: str) -> tuple[ModelConfig, TrainConfig, Stage3Conf
     if dataset == "synthetic":
         return (
             ModelConfig(image_size=128, batch_norm=True, lrn=False),
-            TrainConfig(epochs=1.5, batch_size=32, heldout_images=256),
+            TrainConfig(epochs=1.25, batch_size=32, heldout_images=256),
             Stage3Config(epochs=2.0),
         )
     return ModelConfig(), TrainConfig(), Stage3Config()
