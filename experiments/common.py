@@ -31,7 +31,8 @@ DATA_DIR = flags.DEFINE_string("data_dir", None, "Converted dataset directory (d
 WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of this dataset (default work/<dataset>).")
 IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Input size (paper: 227; synthetic default 128).")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size.")
-EPOCHS = flags.DEFINE_float("epochs", None, "Epochs of this stage (paper: 12, 12, 2).")
+EPOCHS = flags.DEFINE_float("epochs", None, "Epochs of stages 1 and 2 (paper: 12 each).")
+STAGE3_EPOCHS = flags.DEFINE_float("stage3_epochs", None, "Epochs of stage 3 and AMNet (paper: 2).")
 LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "SGD learning rate (paper: 0.01).")
 MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Stop after this many steps (overrides --epochs).")
 ALEXNET_WEIGHTS = flags.DEFINE_string("alexnet_weights", None, "bvlc_alexnet.npy for conv1-conv4 (§4.1).")
@@ -119,7 +120,10 @@ def build_config(stage: str, variant: str) -> tuple[configs.ExperimentConfig, sc
                       (MAX_STEPS, "max_steps")):  # fmt: skip
         if flag.value is not None:
             t[key] = flag.value
-            s3[key] = flag.value
+            if key != "epochs":  # stage 3 has its own (--stage3_epochs; paper: 2)
+                s3[key] = flag.value
+    if STAGE3_EPOCHS.value is not None:
+        s3["epochs"] = STAGE3_EPOCHS.value
     for flag, key in ((LAMBDA_C, "lambda_c"), (LAMBDA_T, "lambda_t"), (LAMBDA_TC, "lambda_tc")):
         if flag.value is not None:
             t[key] = flag.value
