@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.data import synthetic
+from fashionsearchnet_v2.retrieval import evaluation
 from fashionsearchnet_v2.training import checkpoints, run, stages, trainer
 
 
@@ -98,6 +99,19 @@ def test_stage3_trains_global_representation(info, tmp_path):
     assert layer.memory_block.trainable and layer.w_r.shape == (info.num_attributes * 16, 16)
     assert "L_G" in _tags(os.path.join(tmp_path, "stage3_rank_l_full", "tb"))
     assert glob.glob(os.path.join(tmp_path, "stage2_rank_l", "features", "train.npz"))
+    # The evaluation is deterministic: twice on the same checkpoints, the same numbers.
+    first = evaluation.evaluate_variant(
+        str(tmp_path), info, "full", str(tmp_path / "e1"), figures_n=0, log=str
+    )
+    for f in glob.glob(os.path.join(tmp_path, "stage2_rank_l", "features", "*.npz")):
+        os.remove(f)  # recompute the features too
+    second = evaluation.evaluate_variant(
+        str(tmp_path), info, "full", str(tmp_path / "e2"), figures_n=0, log=str
+    )
+    assert first["searches"]["total"] > 0
+    assert {k: v for k, v in first.items() if k != "seconds"} == {
+        k: v for k, v in second.items() if k != "seconds"
+    }
 
 
 def _weights_after_steps(info, workdir, strategy):

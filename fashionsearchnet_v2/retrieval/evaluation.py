@@ -246,7 +246,12 @@ def evaluate_variant(
     def query_vectors(idx):
         return searcher.query_vectors(manips.query_index[idx], manips.attribute[idx], manips.value[idx])
 
-    results = search.evaluate(query_vectors, gallery_vectors, g["labels"], manips, info.attribute_names, ks)
+    # A gallery smaller than K (tiny test sets) reports the Ks it can rank.
+    ks = tuple(k for k in ks if k <= len(g["labels"])) or (len(g["labels"]),)
+    results = search.evaluate(
+        query_vectors, gallery_vectors, g["labels"], manips, info.attribute_names, ks,
+        ndcg_k=min(30, len(g["labels"])),
+    )  # fmt: skip
     results.update(
         dataset=info.name, variant=variant, label=LABELS[variant], checkpoint=os.path.relpath(searcher.checkpoint, workdir), num_query=len(q["labels"]), num_gallery=len(g["labels"]),
         seconds=round(time.time() - t0, 1),

@@ -83,7 +83,7 @@ def run_ablation(cfg: ExperimentConfig, info, variants, out_dir: str, out=sys.st
         "variants": list(results),
         "top20": {v: r["topk"]["20"] for v, r in results.items()},
         "topk_avg": {v: {k: x["avg"] for k, x in r["topk"].items()} for v, r in results.items()},
-        "ndcg@30": {v: r["ndcg@30"]["avg"] for v, r in results.items()},
+        "ndcg@30": {v: r.get("ndcg@30", {}).get("avg") for v, r in results.items()},
         "searches": searches,
         "seconds": round(time.time() - t0, 1),
     }
