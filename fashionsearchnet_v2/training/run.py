@@ -93,22 +93,24 @@ def run_stage3(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout):
     memory, _ = memory_block.build_memory_block(feats["fc10"], feats["labels"], info.num_values)
     cfg = dataclasses.replace(cfg, stage="stage3", model=s2_cfg.model)
     workdir = evaluation.stage3_dir(cfg.workdir, cfg.variant, s3_variant)
+    return _train_on_features(
+        stage3.Stage3Task(cfg, info, feats, memory), cfg, workdir, len(feats["labels"]), out
+    )
+
+
+def _train_on_features(task, cfg: ExperimentConfig, workdir: str, num_examples: int, out):
+    """Stage 3 and AMNet: small models on fixed features, stage 3's schedule, one device."""
+    import tensorflow as tf
+
     s3 = cfg.stage3
-    per_epoch = max(1, len(feats["labels"]) // s3.batch_size)
+    per_epoch = max(1, num_examples // s3.batch_size)
     total = s3.max_steps if s3.max_steps else max(1, math.ceil(s3.epochs * per_epoch))
     cfg.write(workdir)
-    task = stage3.Stage3Task(cfg, info, feats, memory)
     return trainer.Trainer(
-        task, workdir, tf_default_strategy(), total_steps=total, steps_per_epoch=min(per_epoch, total),
+        task, workdir, tf.distribute.get_strategy(), total_steps=total, steps_per_epoch=min(per_epoch, total),
         batch_size=s3.batch_size, log_every=s3.log_every_steps, checkpoint_every=max(1, per_epoch // 2),
         seed=s3.seed, out=out,
     ).run()  # fmt: skip
-
-
-def tf_default_strategy():
-    import tensorflow as tf
-
-    return tf.distribute.get_strategy()
 
 
 def run_amnet(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout):
@@ -121,12 +123,4 @@ def run_amnet(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout):
     feats = evaluation.split_features(model, ckpt, info, "train", s1_cfg.model.image_size, s1_dir)
     cfg = dataclasses.replace(cfg, stage="amnet", variant="amnet", model=s1_cfg.model)
     workdir = os.path.join(cfg.workdir, "amnet")
-    s3 = cfg.stage3
-    per_epoch = max(1, len(feats["labels"]) // s3.batch_size)
-    total = s3.max_steps if s3.max_steps else max(1, math.ceil(s3.epochs * per_epoch))
-    cfg.write(workdir)
-    return trainer.Trainer(
-        amnet.AmnetTask(cfg, info, feats), workdir, tf_default_strategy(), total_steps=total,
-        steps_per_epoch=min(per_epoch, total), batch_size=s3.batch_size, log_every=s3.log_every_steps,
-        checkpoint_every=max(1, per_epoch // 2), seed=s3.seed, out=out,
-    ).run()  # fmt: skip
+    return _train_on_features(amnet.AmnetTask(cfg, info, feats), cfg, workdir, len(feats["labels"]), out)
