@@ -13,5 +13,5 @@ try:
     tf.config.set_logical_device_configuration(
         _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
     )
-except RuntimeError:  # already initialised by an earlier import; the mirrored test then skips
+except RuntimeError:  # already initialised by an earlier import; the mirrored test then fails and says why
     pass

@@ -126,8 +126,7 @@ def _weights_after_steps(info, workdir, strategy):
 
 def test_mirrored_strategy_matches_one_device(info, tmp_path):
     cpus = tf.config.list_logical_devices("CPU")
-    if len(cpus) < 2:
-        pytest.skip("two logical CPUs must be configured before TensorFlow starts (tests/conftest.py does)")
+    assert len(cpus) >= 2, "tests/conftest.py configures two logical CPUs before TensorFlow starts"
     single = _weights_after_steps(info, str(tmp_path / "one"), tf.distribute.get_strategy())
     mirrored = _weights_after_steps(info, str(tmp_path / "two"), trainer.make_strategy("mirrored"))
     assert trainer.make_strategy("mirrored").num_replicas_in_sync == 2
