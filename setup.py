@@ -23,7 +23,7 @@ setuptools.setup(
         "matplotlib>=3.8,<4",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "ruff>=0.6,<1"],
+        "test": ["pytest>=8,<10", "ruff>=0.6,<1", "faiss-cpu>=1.8"],
         "faiss": ["faiss-cpu>=1.8"],
     },
 )
