@@ -124,11 +124,10 @@ class GlobalRepresentation(keras.layers.Layer):
     def call(self, inputs):
         fc10, t = inputs
         x = manipulate(fc10, t, self.memory_block, self.value_attr)
+        if not self.identity:
+            x = x * self.lambdas[None, :, None]
         flat = tf.reshape(x, [-1, len(self.num_values) * self.dim])
-        if self.identity:
-            return flat
-        x = x * self.lambdas[None, :, None]
-        return tf.matmul(tf.reshape(x, [-1, len(self.num_values) * self.dim]), self.w_r)
+        return flat if self.identity else tf.matmul(flat, self.w_r)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0], self.output_dim)
