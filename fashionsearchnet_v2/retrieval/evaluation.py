@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import numpy as np
 import tensorflow as tf
 
 from fashionsearchnet_v2 import configs
-from fashionsearchnet_v2.data import pipeline, records, schema
+from fashionsearchnet_v2.data import records, schema
 from fashionsearchnet_v2.model import aam, backbone, memory_block, network
 from fashionsearchnet_v2.retrieval import features, figures, localization, metrics, search
 from fashionsearchnet_v2.training import checkpoints, stages
@@ -270,7 +269,7 @@ def evaluate_variant(
     write_json(os.path.join(out_dir, "results.json"), results)
     table = figures.markdown_table({LABELS[variant]: results["topk"]["20"]}, info.attribute_names, k=20,
                                    title=f"Top-20 retrieval accuracy on {info.name} ({results['searches']['total']} searches).")  # fmt: skip
-    figures._write_atomic(os.path.join(out_dir, "table.md"), table.encode())
+    figures.write_atomic(os.path.join(out_dir, "table.md"), table.encode())
     figures.plot_topk_curves({LABELS[variant]: {k: v["avg"] for k, v in results["topk"].items()}},
                              os.path.join(out_dir, "topk.png"), title=f"Top-K accuracy, {info.name}")  # fmt: skip
     if figures_n > 0 and len(manips):
@@ -311,10 +310,3 @@ def write_json(path: str, obj) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2)
     os.replace(tmp, path)
-
-
-def log_stderr(msg):
-    print(msg, file=sys.stderr)
-
-
-__all__ = ["VARIANTS", "LABELS", "evaluate_variant", "load_stage2", "Representation", "pipeline"]

@@ -77,7 +77,7 @@ def run_ablation(cfg: ExperimentConfig, info, variants, out_dir: str, out=sys.st
         title=f"Top-20 retrieval accuracy on {info.name} ({searches} searches per variant).",
     )  # fmt: skip
     os.makedirs(out_dir, exist_ok=True)
-    figures._write_atomic(os.path.join(out_dir, "table.md"), table.encode())
+    figures.write_atomic(os.path.join(out_dir, "table.md"), table.encode())
     summary = {
         "dataset": info.name,
         "variants": list(results),
