@@ -25,8 +25,8 @@ import time
 
 import numpy as np
 
-from fashionsearchnet_v2.retrieval import index as index_lib
 from fashionsearchnet_v2.retrieval import metrics
+from fashionsearchnet_v2.serving import index as index_lib
 
 GIB = 1024**3
 

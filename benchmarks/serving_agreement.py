@@ -20,9 +20,9 @@ import tensorflow as tf
 
 import fashionsearchnet_v2  # noqa: F401  (oneDNN on before TensorFlow loads)
 from fashionsearchnet_v2.data import records, schema
-from fashionsearchnet_v2.export import ExportedModel
 from fashionsearchnet_v2.retrieval import metrics
-from fashionsearchnet_v2.retrieval.index import SearchIndex
+from fashionsearchnet_v2.serving.export import ExportedModel
+from fashionsearchnet_v2.serving.index import SearchIndex
 
 
 def query_images(info, split="query"):

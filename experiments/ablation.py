@@ -10,17 +10,17 @@ import os
 from absl import app, flags
 
 from experiments import common
-from fashionsearchnet_v2.retrieval import evaluation
+from fashionsearchnet_v2 import configs
 
-VARIANTS = flags.DEFINE_list("variants", list(evaluation.VARIANTS), "Table 1 rows to train and evaluate.")
+VARIANTS = flags.DEFINE_list("variants", list(configs.VARIANTS), "Table 1 rows to train and evaluate.")
 OUT_DIR = flags.DEFINE_string("out_dir", None, "Output directory (default <workdir>/ablation).")
 
 
 def main(argv):
     del argv
-    unknown = [v for v in VARIANTS.value if v not in evaluation.VARIANTS]
+    unknown = [v for v in VARIANTS.value if v not in configs.VARIANTS]
     if unknown:
-        common.fail(f"unknown --variants {unknown}; valid: {', '.join(evaluation.VARIANTS)}")
+        common.fail(f"unknown --variants {unknown}; valid: {', '.join(configs.VARIANTS)}")
     cfg, info = common.build_config("ablation", variant="rank_l")
     from fashionsearchnet_v2.training import ablation
 

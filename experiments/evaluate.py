@@ -11,9 +11,11 @@ import os
 from absl import app, flags
 
 from experiments import common
+from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.retrieval import evaluation
+from fashionsearchnet_v2.trained import checkpoints
 
-VARIANT = flags.DEFINE_enum("variant", "full", list(evaluation.VARIANTS), "Table 1 row to evaluate.")
+VARIANT = flags.DEFINE_enum("variant", "full", list(configs.VARIANTS), "Table 1 row to evaluate.")
 EVAL_DIR = flags.DEFINE_string("eval_dir", None, "Output directory (default <workdir>/eval/<variant>).")
 
 
@@ -23,7 +25,7 @@ def main(argv):
     out_dir = EVAL_DIR.value or os.path.join(cfg.workdir, "eval", VARIANT.value)
     try:
         evaluation.evaluate_variant(cfg.workdir, info, VARIANT.value, out_dir)
-    except evaluation.checkpoints.RestoreError as e:
+    except checkpoints.RestoreError as e:
         common.fail(str(e))
     print(f"wrote {out_dir}")
 

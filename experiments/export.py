@@ -13,8 +13,8 @@ import os
 from absl import app, flags
 
 from experiments import common
-from fashionsearchnet_v2 import export
-from fashionsearchnet_v2.training import checkpoints
+from fashionsearchnet_v2.serving import export
+from fashionsearchnet_v2.trained import checkpoints
 
 EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Directory to write the SavedModel into.")
 VARIANT = flags.DEFINE_enum("variant", "full", export.exportable_variants(), "Table 1 row to export.")

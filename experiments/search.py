@@ -18,9 +18,9 @@ import sys
 from absl import app, flags
 
 from experiments import common
-from fashionsearchnet_v2 import export
 from fashionsearchnet_v2.data import schema
-from fashionsearchnet_v2.retrieval import index as index_lib
+from fashionsearchnet_v2.serving import export
+from fashionsearchnet_v2.serving import index as index_lib
 
 EXPORT_DIR = flags.DEFINE_string("export_dir", None, "SavedModel written by experiments.export.")
 INDEX = flags.DEFINE_string("index", None, "Index file written by experiments.index.")

@@ -14,6 +14,26 @@ import os
 # Table 1 rows -> what each needs from stages 2 and 3 (§4.3, §4.5).
 STAGE2_VARIANTS = ("wo_rank", "rank", "rank_l", "rank_l_ff")
 STAGE3_VARIANTS = ("lg", "full")
+# Table 1 rows: name -> (stage-2 variant, stage-3 variant or None); AMNet is the baseline of §4.3 built on
+# stage 1. LABELS are the row names as printed in the paper.
+VARIANTS = {
+    "amnet": ("stage1", "amnet"),
+    "wo_rank": ("wo_rank", None),
+    "rank": ("rank", None),
+    "rank_l": ("rank_l", None),
+    "rank_lg": ("rank_l", "lg"),
+    "full": ("rank_l", "full"),
+    "full_ff": ("rank_l_ff", "full"),
+}
+LABELS = {
+    "amnet": "AMNet",
+    "wo_rank": "w/o Rank",
+    "rank": "Rank",
+    "rank_l": "Rank-L",
+    "rank_lg": "Rank-LG",
+    "full": "Full",
+    "full_ff": "Full w/ FF",
+}
 
 
 @dataclasses.dataclass

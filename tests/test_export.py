@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fashionsearchnet_v2 import configs, export
+from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.data import records, schema
 from fashionsearchnet_v2.model import memory_block, network
+from fashionsearchnet_v2.serving import export
 
 VOCAB = export.Vocabulary(
     (

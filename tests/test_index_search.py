@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fashionsearchnet_v2 import configs, export
+from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.data import convert, records, schema
 from fashionsearchnet_v2.model import network
-from fashionsearchnet_v2.retrieval import index as index_lib
+from fashionsearchnet_v2.serving import export
+from fashionsearchnet_v2.serving import index as index_lib
 
 VOCAB = export.Vocabulary(
     (

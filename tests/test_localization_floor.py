@@ -9,7 +9,8 @@ import keras
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.data import synthetic
 from fashionsearchnet_v2.model import aam, backbone
-from fashionsearchnet_v2.retrieval import features, localization
+from fashionsearchnet_v2.retrieval import localization
+from fashionsearchnet_v2.trained import features
 from fashionsearchnet_v2.training import run
 
 

@@ -15,7 +15,8 @@ from tensorboard.backend.event_processing import event_accumulator
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.data import synthetic
 from fashionsearchnet_v2.retrieval import evaluation
-from fashionsearchnet_v2.training import checkpoints, run, stages, trainer
+from fashionsearchnet_v2.trained import checkpoints
+from fashionsearchnet_v2.training import run, stages, trainer
 
 
 @pytest.fixture(scope="module")

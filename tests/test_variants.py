@@ -6,7 +6,6 @@ import pytest
 
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.model import amnet, memory_block, network
-from fashionsearchnet_v2.retrieval import evaluation
 
 NUM_VALUES = [3, 4, 2]
 NAMES = ["color", "collar", "hem"]
@@ -24,8 +23,8 @@ def _layer_types(model):
 
 
 def test_every_table1_row_is_a_variant():
-    assert list(evaluation.VARIANTS) == ["amnet", "wo_rank", "rank", "rank_l", "rank_lg", "full", "full_ff"]
-    assert evaluation.VARIANTS["rank_lg"] == ("rank_l", "lg") and evaluation.VARIANTS["full_ff"] == (
+    assert list(configs.VARIANTS) == ["amnet", "wo_rank", "rank", "rank_l", "rank_lg", "full", "full_ff"]
+    assert configs.VARIANTS["rank_lg"] == ("rank_l", "lg") and configs.VARIANTS["full_ff"] == (
         "rank_l_ff",
         "full",
     )

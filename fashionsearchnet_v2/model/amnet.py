@@ -19,7 +19,21 @@ images are embedded with t = 0. What this reproduction had to assume is listed i
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
+
+
+def signed_manipulation(labels, attributes, values, num_values) -> np.ndarray:
+    """AMNet's t [B, C]: +1 at each search's new value, -1 at the query's current value of that attribute."""
+    offsets = np.concatenate([[0], np.cumsum(num_values)[:-1]])
+    b = len(attributes)
+    t = np.zeros((b, sum(num_values)), np.float32)
+    rows = np.arange(b)
+    t[rows, offsets[attributes] + values] = 1.0
+    old = np.asarray(labels)[rows, attributes]
+    known = old >= 0
+    t[rows[known], offsets[attributes[known]] + old[known]] = -1.0
+    return t
 
 
 @keras.saving.register_keras_serializable(package="fashionsearchnet_v2")

@@ -8,7 +8,7 @@
 
 `build_network(..., stage="stage1")` is the classification network of stage 1; `stage="full"` adds the
 localization and the attribute branches. Both name their layers alike, so stage 2 restores stage 1's
-layers by name (`training.checkpoints.restore_layers`).
+layers by name (`trained.checkpoints.restore_layers`).
 """
 
 from __future__ import annotations

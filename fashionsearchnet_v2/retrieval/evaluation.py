@@ -14,80 +14,11 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from fashionsearchnet_v2 import configs
+from fashionsearchnet_v2.configs import LABELS, VARIANTS
 from fashionsearchnet_v2.data import records, schema
-from fashionsearchnet_v2.model import aam, backbone, memory_block, network
-from fashionsearchnet_v2.retrieval import features, figures, localization, metrics, search
-from fashionsearchnet_v2.training import checkpoints, stages
-
-# Table 1 rows: name -> (stage-2 variant, stage-3 variant or None), label as printed in the paper.
-VARIANTS = {
-    "amnet": ("stage1", "amnet"),
-    "wo_rank": ("wo_rank", None),
-    "rank": ("rank", None),
-    "rank_l": ("rank_l", None),
-    "rank_lg": ("rank_l", "lg"),
-    "full": ("rank_l", "full"),
-    "full_ff": ("rank_l_ff", "full"),
-}
-LABELS = {
-    "amnet": "AMNet",
-    "wo_rank": "w/o Rank",
-    "rank": "Rank",
-    "rank_l": "Rank-L",
-    "rank_lg": "Rank-LG",
-    "full": "Full",
-    "full_ff": "Full w/ FF",
-}
-
-
-def stage3_dir(workdir: str, stage2_variant: str, stage3_variant: str) -> str:
-    return stages.stage_dir(workdir, "stage3", f"{stage2_variant}_{stage3_variant}")
-
-
-def load_stage2(workdir: str, info: schema.DatasetInfo, stage2_variant: str):
-    """(model, checkpoint path, config) of a trained stage 2, every layer restored and checked."""
-    directory = stages.stage_dir(workdir, "stage2", stage2_variant)
-    cfg = configs.read_config(directory)
-    if cfg is None:
-        raise checkpoints.RestoreError(
-            f"{directory} has no config.json: run experiments.stage2 --variant={stage2_variant}"
-        )
-    model = network.build_network(info.num_values, info.attribute_names, cfg.model, "full")
-    names = sorted(checkpoints.layer_dict(model))
-    path = checkpoints.restore_layers(
-        model, os.path.join(directory, "ckpt"), names, f"stage 2 ({stage2_variant})"
-    )
-    return model, path, cfg
-
-
-def load_stage1(workdir: str, info: schema.DatasetInfo):
-    """(model, checkpoint path, config) of the trained stage 1."""
-    directory = stages.stage_dir(workdir, "stage1")
-    cfg = configs.read_config(directory)
-    if cfg is None:
-        raise checkpoints.RestoreError(f"{directory} has no config.json: run experiments.stage1 first")
-    model = network.build_network(info.num_values, info.attribute_names, cfg.model, "stage1")
-    names = sorted(checkpoints.layer_dict(model))
-    return model, checkpoints.restore_layers(model, os.path.join(directory, "ckpt"), names, "stage 1"), cfg
-
-
-def load_global_model(directory: str, num_values, dim: int):
-    cfg = configs.read_config(directory)
-    if cfg is None:
-        raise checkpoints.RestoreError(f"{directory} has no config.json: run experiments.stage3 first")
-    s3 = cfg.stage3
-    model = memory_block.build_global_model(num_values, dim, s3.r, update_memory=s3.update_memory)
-    path = checkpoints.restore_layers(
-        model, os.path.join(directory, "ckpt"), ["global_representation"], "stage 3"
-    )
-    return model, path
-
-
-def split_features(model, ckpt_path, info, split, image_size, workdir_stage2, progress=True):
-    return features.cached_extract(
-        model, info, split, image_size, os.path.join(workdir_stage2, "features"), ckpt_path, progress=progress
-    )
+from fashionsearchnet_v2.model import aam, backbone, memory_block
+from fashionsearchnet_v2.retrieval import figures, localization, metrics, search
+from fashionsearchnet_v2.trained import checkpoints, loading
 
 
 class Representation:
@@ -176,13 +107,12 @@ def build_searcher(workdir: str, info: schema.DatasetInfo, variant: str, progres
 
     if variant == "amnet":
         from fashionsearchnet_v2.model import amnet
-        from fashionsearchnet_v2.training import amnet as amnet_training
 
-        model, ckpt, cfg = load_stage1(workdir, info)
-        s1_dir = stages.stage_dir(workdir, "stage1")
+        model, ckpt, cfg = loading.load_stage1(workdir, info)
+        s1_dir = loading.stage_dir(workdir, "stage1")
         size = cfg.model.image_size
         feats = {
-            s: split_features(model, ckpt, info, s, size, s1_dir, progress)
+            s: loading.split_features(model, ckpt, info, s, size, s1_dir, progress)
             for s in ("train", "query", "gallery")
         }
         am = amnet.build_amnet(info.num_values, feats["train"]["gap"].shape[-1])
@@ -198,16 +128,17 @@ def build_searcher(workdir: str, info: schema.DatasetInfo, variant: str, progres
             return np.concatenate(out)
 
         def signed(labels, attributes, values):
-            return amnet_training.signed_manipulation(labels, attributes, values, info.num_values)
+            return amnet.signed_manipulation(labels, attributes, values, info.num_values)
 
         return Searcher(model, am_ckpt, size, feats, vectors, signed)
 
     s2_variant, s3_variant = VARIANTS[variant]
-    model, ckpt, cfg = load_stage2(workdir, info, s2_variant)
-    s2_dir = stages.stage_dir(workdir, "stage2", s2_variant)
+    model, ckpt, cfg = loading.load_stage2(workdir, info, s2_variant)
+    s2_dir = loading.stage_dir(workdir, "stage2", s2_variant)
     size = cfg.model.image_size
     feats = {
-        s: split_features(model, ckpt, info, s, size, s2_dir, progress) for s in ("train", "query", "gallery")
+        s: loading.split_features(model, ckpt, info, s, size, s2_dir, progress)
+        for s in ("train", "query", "gallery")
     }
     if s3_variant is None:
         memory, _ = memory_block.build_memory_block(
@@ -215,8 +146,8 @@ def build_searcher(workdir: str, info: schema.DatasetInfo, variant: str, progres
         )
         rep = Representation(info, memory=memory)
     else:
-        directory = stage3_dir(workdir, s2_variant, s3_variant)
-        gm, ckpt = load_global_model(directory, info.num_values, feats["train"]["fc10"].shape[-1])
+        directory = loading.stage3_dir(workdir, s2_variant, s3_variant)
+        gm, ckpt = loading.load_global_model(directory, info.num_values, feats["train"]["fc10"].shape[-1])
         rep = Representation(info, global_model=gm)
     return Searcher(model, ckpt, size, feats, rep, one_hot, localization=cfg.model.localization)
 

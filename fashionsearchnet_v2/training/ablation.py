@@ -14,9 +14,11 @@ import os
 import sys
 import time
 
+from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.configs import ExperimentConfig
 from fashionsearchnet_v2.retrieval import evaluation, figures
-from fashionsearchnet_v2.training import checkpoints, run, stages
+from fashionsearchnet_v2.trained import checkpoints, loading
+from fashionsearchnet_v2.training import run
 
 
 def _say(msg: str, out=sys.stdout) -> None:
@@ -25,7 +27,7 @@ def _say(msg: str, out=sys.stdout) -> None:
 
 def train_variant(cfg: ExperimentConfig, info, variant: str, out=sys.stdout) -> None:
     """Stage 1 (shared), the variant's stage 2 and, where it has one, its stage 3."""
-    s2, s3 = evaluation.VARIANTS[variant]
+    s2, s3 = configs.VARIANTS[variant]
     _say("stage 1: GAP classifiers and AAMs (L_C)", out)
     run.run_stage1(cfg, info, out=out)
     if variant == "amnet":
@@ -41,8 +43,8 @@ def train_variant(cfg: ExperimentConfig, info, variant: str, out=sys.stdout) -> 
 
 
 def _current_checkpoint(workdir: str, variant: str) -> str | None:
-    s2, s3 = evaluation.VARIANTS[variant]
-    directory = evaluation.stage3_dir(workdir, s2, s3) if s3 else stages.stage_dir(workdir, "stage2", s2)
+    s2, s3 = configs.VARIANTS[variant]
+    directory = loading.stage3_dir(workdir, s2, s3) if s3 else loading.stage_dir(workdir, "stage2", s2)
     return checkpoints.latest(os.path.join(directory, "ckpt"))
 
 
@@ -56,7 +58,7 @@ def evaluate_cached(workdir: str, info, variant: str, out_dir: str, out=sys.stdo
                 with open(path, encoding="utf-8") as g:
                     print(f"[evaluate] {variant}: reusing {path}", file=out)
                     return json.load(g)
-    _say(f"evaluate {evaluation.LABELS[variant]}", out)
+    _say(f"evaluate {configs.LABELS[variant]}", out)
     results = evaluation.evaluate_variant(workdir, info, variant, out_dir, log=lambda m: print(m, file=out))
     with open(path + ".stamp", "w", encoding="utf-8") as f:
         f.write(str(stamp))
@@ -70,7 +72,7 @@ def run_ablation(cfg: ExperimentConfig, info, variants, out_dir: str, out=sys.st
     for variant in variants:
         train_variant(cfg, info, variant, out)
         results[variant] = evaluate_cached(cfg.workdir, info, variant, os.path.join(out_dir, variant), out)
-    rows = {evaluation.LABELS[v]: r["topk"]["20"] for v, r in results.items()}
+    rows = {configs.LABELS[v]: r["topk"]["20"] for v, r in results.items()}
     searches = next(iter(results.values()))["searches"]["total"] if results else 0
     table = figures.markdown_table(
         rows, info.attribute_names, k=20,
@@ -89,7 +91,7 @@ def run_ablation(cfg: ExperimentConfig, info, variants, out_dir: str, out=sys.st
     }
     evaluation.write_json(os.path.join(out_dir, "table.json"), summary)
     figures.plot_topk_curves(
-        {evaluation.LABELS[v]: c for v, c in summary["topk_avg"].items()},
+        {configs.LABELS[v]: c for v, c in summary["topk_avg"].items()},
         os.path.join(out_dir, "topk_curves.png"),
         title=f"Top-K retrieval accuracy, {info.name}",
     )

@@ -15,19 +15,6 @@ from fashionsearchnet_v2.model import amnet, network
 from fashionsearchnet_v2.training.stage3 import GlobalTripletSampler
 
 
-def signed_manipulation(labels, attributes, values, num_values) -> np.ndarray:
-    """AMNet's t [B, C]: +1 at each search's new value, -1 at the query's current value of that attribute."""
-    offsets = np.concatenate([[0], np.cumsum(num_values)[:-1]])
-    b = len(attributes)
-    t = np.zeros((b, sum(num_values)), np.float32)
-    rows = np.arange(b)
-    t[rows, offsets[attributes] + values] = 1.0
-    old = np.asarray(labels)[rows, attributes]
-    known = old >= 0
-    t[rows[known], offsets[attributes[known]] + old[known]] = -1.0
-    return t
-
-
 class AmnetTask:
     """Trains AMNet's memory, fusion and attribute layers: margin triplet + λ · attribute prediction."""
 
@@ -70,7 +57,7 @@ class AmnetTask:
             if len(ok) < b:
                 continue
             anchors, attrs, values, positives = cand[ok], a[ok], v[ok], p[ok]
-            t = signed_manipulation(self.labels[anchors], attrs, values, self.num_values)
+            t = amnet.signed_manipulation(self.labels[anchors], attrs, values, self.num_values)
             target = self.labels[anchors].copy()
             target[np.arange(b), attrs] = values
             negatives = rng.integers(n, size=b)

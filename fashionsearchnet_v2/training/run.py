@@ -13,7 +13,8 @@ import sys
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.configs import ExperimentConfig
 from fashionsearchnet_v2.data import pipeline, schema
-from fashionsearchnet_v2.training import checkpoints, stages, trainer
+from fashionsearchnet_v2.trained import checkpoints, loading
+from fashionsearchnet_v2.training import stages, trainer
 
 
 def schedule(train: configs.TrainConfig, info: schema.DatasetInfo) -> tuple[int, int]:
@@ -56,7 +57,7 @@ def run_stage1(cfg: ExperimentConfig, info: schema.DatasetInfo, strategy=None, o
     """Stage 1 in `<workdir>/stage1`; returns the trained Keras model."""
     strategy = strategy or trainer.make_strategy(cfg.strategy)
     cfg = dataclasses.replace(cfg, stage="stage1")
-    workdir = stages.stage_dir(cfg.workdir, "stage1")
+    workdir = loading.stage_dir(cfg.workdir, "stage1")
     return _train(stages.Stage1Task(cfg, info, workdir, strategy), cfg, info, workdir, strategy, out)
 
 
@@ -69,8 +70,8 @@ def run_stage2(cfg: ExperimentConfig, info: schema.DatasetInfo, strategy=None, o
         model=configs.variant_model_config(cfg.variant, cfg.model),
         train=configs.variant_train_config(cfg.variant, cfg.train),
     )
-    stage1_dir = stages.stage_dir(cfg.workdir, "stage1")
-    workdir = stages.stage_dir(cfg.workdir, "stage2", cfg.variant)
+    stage1_dir = loading.stage_dir(cfg.workdir, "stage1")
+    workdir = loading.stage_dir(cfg.workdir, "stage2", cfg.variant)
     stage1_cfg = configs.read_config(stage1_dir)
     task = stages.Stage2Task(cfg, info, workdir, strategy, stage1_dir, stage1_cfg)
     return _train(task, cfg, info, workdir, strategy, out)
@@ -83,16 +84,15 @@ def run_stage3(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout):
     device whatever `--strategy` says, its model being a few matrices.
     """
     from fashionsearchnet_v2.model import memory_block
-    from fashionsearchnet_v2.retrieval import evaluation
     from fashionsearchnet_v2.training import stage3
 
     s3_variant = "full" if cfg.stage3.update_memory else "lg"
-    model, ckpt, s2_cfg = evaluation.load_stage2(cfg.workdir, info, cfg.variant)
-    s2_dir = stages.stage_dir(cfg.workdir, "stage2", cfg.variant)
-    feats = evaluation.split_features(model, ckpt, info, "train", s2_cfg.model.image_size, s2_dir)
+    model, ckpt, s2_cfg = loading.load_stage2(cfg.workdir, info, cfg.variant)
+    s2_dir = loading.stage_dir(cfg.workdir, "stage2", cfg.variant)
+    feats = loading.split_features(model, ckpt, info, "train", s2_cfg.model.image_size, s2_dir)
     memory, _ = memory_block.build_memory_block(feats["fc10"], feats["labels"], info.num_values)
     cfg = dataclasses.replace(cfg, stage="stage3", model=s2_cfg.model)
-    workdir = evaluation.stage3_dir(cfg.workdir, cfg.variant, s3_variant)
+    workdir = loading.stage3_dir(cfg.workdir, cfg.variant, s3_variant)
     return _train_on_features(
         stage3.Stage3Task(cfg, info, feats, memory), cfg, workdir, len(feats["labels"]), out
     )
@@ -115,12 +115,11 @@ def _train_on_features(task, cfg: ExperimentConfig, workdir: str, num_examples: 
 
 def run_amnet(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout):
     """The AMNet baseline on fixed stage-1 features, into `<workdir>/amnet` (stage-3 schedule)."""
-    from fashionsearchnet_v2.retrieval import evaluation
     from fashionsearchnet_v2.training import amnet
 
-    model, ckpt, s1_cfg = evaluation.load_stage1(cfg.workdir, info)
-    s1_dir = stages.stage_dir(cfg.workdir, "stage1")
-    feats = evaluation.split_features(model, ckpt, info, "train", s1_cfg.model.image_size, s1_dir)
+    model, ckpt, s1_cfg = loading.load_stage1(cfg.workdir, info)
+    s1_dir = loading.stage_dir(cfg.workdir, "stage1")
+    feats = loading.split_features(model, ckpt, info, "train", s1_cfg.model.image_size, s1_dir)
     cfg = dataclasses.replace(cfg, stage="amnet", variant="amnet", model=s1_cfg.model)
     workdir = os.path.join(cfg.workdir, "amnet")
     return _train_on_features(amnet.AmnetTask(cfg, info, feats), cfg, workdir, len(feats["labels"]), out)

@@ -18,15 +18,10 @@ from fashionsearchnet_v2 import losses
 from fashionsearchnet_v2.configs import ExperimentConfig
 from fashionsearchnet_v2.data import pipeline, records, schema
 from fashionsearchnet_v2.model import aam, backbone, network
-from fashionsearchnet_v2.training import checkpoints
+from fashionsearchnet_v2.trained import checkpoints
 
 # The model fields stage 2 must share with the stage 1 it restores.
 BACKBONE_FIELDS = ("image_size", "width", "conv5_filters", "conv67_filters", "lrn", "batch_norm")
-
-
-def stage_dir(workdir: str, stage: str, variant: str | None = None) -> str:
-    """Where a stage writes: `<workdir>/stage1`, `<workdir>/stage2_<variant>`, `<workdir>/stage3_<variant>`."""
-    return os.path.join(workdir, stage if variant is None else f"{stage}_{variant}")
 
 
 def per_attribute_accuracy(logits, labels, num_values):

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from fashionsearchnet_v2.training import checkpoints
+from fashionsearchnet_v2.trained import checkpoints
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:

@@ -356,9 +356,7 @@ def _replace_dir(src: str, dst: str, overwrite: bool) -> None:
 def exportable_variants() -> list[str]:
     """The Table 1 rows that are FashionSearchNet-v2 networks (a stage-2 model, maybe a stage 3); the
     AMNet baseline is another architecture and is not exported."""
-    from fashionsearchnet_v2.retrieval import evaluation
-
-    return [v for v, (s2, _) in evaluation.VARIANTS.items() if s2 in configs.STAGE2_VARIANTS]
+    return [v for v, (s2, _) in configs.VARIANTS.items() if s2 in configs.STAGE2_VARIANTS]
 
 
 def load_variant(workdir: str, info: schema.DatasetInfo, variant: str, progress: bool = True):
@@ -369,23 +367,22 @@ def load_variant(workdir: str, info: schema.DatasetInfo, variant: str, progress:
     means (§3.3), computed from the cached stage-2 features of the train split.
     Raises checkpoints.RestoreError when a stage has not been trained.
     """
-    from fashionsearchnet_v2.retrieval import evaluation  # heavy imports only where needed
-    from fashionsearchnet_v2.training import stages
+    from fashionsearchnet_v2.trained import loading  # heavy imports only where needed
 
     if variant not in exportable_variants():
         raise ValueError(f"cannot export variant {variant!r}; exportable: {', '.join(exportable_variants())}")
-    s2_variant, s3_variant = evaluation.VARIANTS[variant]
-    model, ckpt, cfg = evaluation.load_stage2(workdir, info, s2_variant)
+    s2_variant, s3_variant = configs.VARIANTS[variant]
+    model, ckpt, cfg = loading.load_stage2(workdir, info, s2_variant)
     dim = cfg.model.fc10_size
     metadata = {"variant": variant, "workdir": os.path.abspath(workdir), "stage2_checkpoint": ckpt}
     if s3_variant is None:
-        s2_dir = stages.stage_dir(workdir, "stage2", s2_variant)
-        feats = evaluation.split_features(model, ckpt, info, "train", cfg.model.image_size, s2_dir, progress)
+        s2_dir = loading.stage_dir(workdir, "stage2", s2_variant)
+        feats = loading.split_features(model, ckpt, info, "train", cfg.model.image_size, s2_dir, progress)
         memory, _ = memory_block.build_memory_block(feats["fc10"], feats["labels"], info.num_values)
         layer = identity_global_layer(memory, info.num_values)
     else:
-        gm, s3_ckpt = evaluation.load_global_model(
-            evaluation.stage3_dir(workdir, s2_variant, s3_variant), info.num_values, dim
+        gm, s3_ckpt = loading.load_global_model(
+            loading.stage3_dir(workdir, s2_variant, s3_variant), info.num_values, dim
         )
         layer = gm.get_layer("global_representation")
         metadata["stage3_checkpoint"] = s3_ckpt

@@ -1,7 +1,7 @@
 """Index files of global representations, embedded through an export, and exact or FAISS search on them.
 
 This is the serving-side catalogue: `experiments.index` embeds a dataset split or a folder of images with
-an exported SavedModel (`fashionsearchnet_v2.export`) and writes one index file; `experiments.search`
+an exported SavedModel (`fashionsearchnet_v2.serving.export`) and writes one index file; `experiments.search`
 embeds a query, manipulates it and ranks the index. An index file is an .npz, written atomically:
 
     vectors                  float32 [N, r]  `embed`'s global_representation (no manipulation)

@@ -1,0 +1,76 @@
+"""Trained stages on disk: where each stage writes and how a later step loads it, checked.
+
+Stage 3, the evaluation and the export all start from a trained stage; they load it through these
+functions, which sit below all three (they need only the configs, the model and the checkpoints).
+"""
+
+from __future__ import annotations
+
+import os
+
+from fashionsearchnet_v2 import configs
+from fashionsearchnet_v2.data import schema
+from fashionsearchnet_v2.model import memory_block, network
+from fashionsearchnet_v2.trained import checkpoints, features
+
+
+def stage_dir(workdir: str, stage: str, variant: str | None = None) -> str:
+    """Where a stage writes: `<workdir>/stage1`, `<workdir>/stage2_<variant>`, `<workdir>/stage3_<variant>`."""
+    return os.path.join(workdir, stage if variant is None else f"{stage}_{variant}")
+
+
+def stage3_dir(workdir: str, stage2_variant: str, stage3_variant: str) -> str:
+    return stage_dir(workdir, "stage3", f"{stage2_variant}_{stage3_variant}")
+
+
+def load_stage2(workdir: str, info: schema.DatasetInfo, stage2_variant: str):
+    """(model, checkpoint path, config) of a trained stage 2, every layer restored and checked."""
+    directory = stage_dir(workdir, "stage2", stage2_variant)
+    cfg = configs.read_config(directory)
+    if cfg is None:
+        raise checkpoints.RestoreError(
+            f"{directory} has no config.json: run experiments.stage2 --variant={stage2_variant}"
+        )
+    model = network.build_network(info.num_values, info.attribute_names, cfg.model, "full")
+    names = sorted(checkpoints.layer_dict(model))
+    path = checkpoints.restore_layers(
+        model, os.path.join(directory, "ckpt"), names, f"stage 2 ({stage2_variant})"
+    )
+    return model, path, cfg
+
+
+def load_stage1(workdir: str, info: schema.DatasetInfo):
+    """(model, checkpoint path, config) of the trained stage 1."""
+    directory = stage_dir(workdir, "stage1")
+    cfg = configs.read_config(directory)
+    if cfg is None:
+        raise checkpoints.RestoreError(f"{directory} has no config.json: run experiments.stage1 first")
+    model = network.build_network(info.num_values, info.attribute_names, cfg.model, "stage1")
+    names = sorted(checkpoints.layer_dict(model))
+    return model, checkpoints.restore_layers(model, os.path.join(directory, "ckpt"), names, "stage 1"), cfg
+
+
+def load_global_model(directory: str, num_values, dim: int):
+    """(global-representation model, checkpoint path) of a trained stage 3 in `directory`."""
+    cfg = configs.read_config(directory)
+    if cfg is None:
+        raise checkpoints.RestoreError(f"{directory} has no config.json: run experiments.stage3 first")
+    s3 = cfg.stage3
+    model = memory_block.build_global_model(num_values, dim, s3.r, update_memory=s3.update_memory)
+    path = checkpoints.restore_layers(
+        model, os.path.join(directory, "ckpt"), ["global_representation"], "stage 3"
+    )
+    return model, path
+
+
+def split_features(model, ckpt_path, info, split, image_size, stage_directory, progress=True):
+    """The cached features of `split` under `<stage_directory>/features` (see `features.cached_extract`)."""
+    return features.cached_extract(
+        model,
+        info,
+        split,
+        image_size,
+        os.path.join(stage_directory, "features"),
+        ckpt_path,
+        progress=progress,
+    )
