@@ -28,7 +28,11 @@ DATASETS = {
 
 DATASET = flags.DEFINE_string("dataset", "synthetic", f"Registered dataset: {', '.join(DATASETS)}.")
 DATA_DIR = flags.DEFINE_string("data_dir", None, "Converted dataset directory (default data/<dataset>).")
-WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of this dataset (default work/<dataset>).")
+WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Work directory of this dataset (default work/<dataset>); a seed trains in <workdir>/seed<N>.",
+)
 IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Input size (paper: 227; synthetic default 128).")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size.")
 EPOCHS = flags.DEFINE_float("epochs", None, "Epochs of stages 1 and 2 (paper: 12 each).")
@@ -36,7 +40,9 @@ STAGE3_EPOCHS = flags.DEFINE_float("stage3_epochs", None, "Epochs of stage 3 and
 LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "SGD learning rate (paper: 0.01).")
 MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Stop after this many steps (overrides --epochs).")
 ALEXNET_WEIGHTS = flags.DEFINE_string("alexnet_weights", None, "bvlc_alexnet.npy for conv1-conv4 (§4.1).")
-SEED = flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and triplet sampling.")
+SEED = flags.DEFINE_integer(
+    "seed", 0, "Seed of everything random in training; the run lives in <workdir>/seed<N>."
+)
 STRATEGY = flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute.")
 QUICK = flags.DEFINE_bool("quick", False, "Shrink everything to a run of seconds (smoke checks).")
 SCHEDULE = flags.DEFINE_enum(
@@ -68,7 +74,13 @@ def fail(message: str) -> None:
     raise UsageError(2)
 
 
+def seed_workdir(workdir: str, seed: int) -> str:
+    """One work directory per seed: `<workdir>/seed<N>` (stages, checkpoints, evaluations of that seed)."""
+    return os.path.join(workdir, f"seed{seed}")
+
+
 def resolve_dirs() -> tuple[str, str, str]:
+    """(dataset, data directory, the dataset's work directory); a seed's runs go to `seed_workdir`."""
     dataset = DATASET.value
     if dataset not in DATASETS:
         fail(f"unknown --dataset={dataset!r}; registered datasets: {', '.join(DATASETS)}")
@@ -96,9 +108,14 @@ def load_or_make_dataset(dataset: str, data_dir: str, quick: bool) -> schema.Dat
         fail(str(e))
 
 
-def build_config(stage: str, variant: str) -> tuple[configs.ExperimentConfig, schema.DatasetInfo]:
+def build_config(
+    stage: str, variant: str, seed: int | None = None
+) -> tuple[configs.ExperimentConfig, schema.DatasetInfo]:
+    """The resolved config of one seed's run (`--seed` unless `seed` is given) and its dataset."""
     logging.set_verbosity(logging.WARNING)  # TensorFlow's per-save INFO lines drown the progress
+    seed = SEED.value if seed is None else seed
     dataset, data_dir, workdir = resolve_dirs()
+    workdir = seed_workdir(workdir, seed)
     model, train, stage3 = configs.dataset_defaults(dataset)
     if SCHEDULE.value == "paper":
         model, train, stage3 = configs.ModelConfig(), configs.TrainConfig(), configs.Stage3Config()
@@ -127,7 +144,7 @@ def build_config(stage: str, variant: str) -> tuple[configs.ExperimentConfig, sc
     for flag, key in ((LAMBDA_C, "lambda_c"), (LAMBDA_T, "lambda_t"), (LAMBDA_TC, "lambda_tc")):
         if flag.value is not None:
             t[key] = flag.value
-    t["seed"] = s3["seed"] = SEED.value
+    t["seed"] = s3["seed"] = seed
     cfg.model = dataclasses.replace(cfg.model, **m)
     cfg.train = dataclasses.replace(cfg.train, **t)
     cfg.stage3 = dataclasses.replace(cfg.stage3, **s3)

@@ -29,6 +29,7 @@ def main(argv):
     except export.ExportError as e:
         common.fail(str(e))
     dataset, data_dir, workdir = common.resolve_dirs()
+    workdir = common.seed_workdir(workdir, common.SEED.value)
     info = common.load_or_make_dataset(dataset, data_dir, common.QUICK.value)
     try:
         net, layer, model_cfg, metadata = export.load_variant(workdir, info, VARIANT.value)
