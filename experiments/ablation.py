@@ -1,8 +1,10 @@
 """The paper's Table 1 on one dataset: every variant trained (what is missing) and evaluated alike.
 
-    python -m experiments.ablation --dataset=synthetic [--variants=wo_rank,rank,rank_l,rank_lg,full,full_ff]
+    python -m experiments.ablation --dataset=synthetic [--seeds=0,1,2]
+        [--variants=amnet,wo_rank,rank,rank_l,rank_lg,full,full_ff]
 
-Writes `<workdir>/ablation/`: table.md, table.json, topk_curves.png and one folder per variant.
+Each seed trains in `<workdir>/seed<N>`; writes `<workdir>/ablation/`: table.md (mean ± std over seeds,
+with the manipulation gain), table.json and topk_curves.png.
 """
 
 import os
@@ -21,10 +23,11 @@ def main(argv):
     unknown = [v for v in VARIANTS.value if v not in configs.VARIANTS]
     if unknown:
         common.fail(f"unknown --variants {unknown}; valid: {', '.join(configs.VARIANTS)}")
-    cfg, info = common.build_config("ablation", variant="rank_l")
+    cfgs, info = common.build_configs("ablation", variant="rank_l")
     from fashionsearchnet_v2.training import ablation
 
-    ablation.run_ablation(cfg, info, VARIANTS.value, OUT_DIR.value or os.path.join(cfg.workdir, "ablation"))
+    out_dir = OUT_DIR.value or os.path.join(os.path.dirname(cfgs[0].workdir), "ablation")
+    ablation.run_ablation(cfgs, info, VARIANTS.value, out_dir)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,12 @@ ALEXNET_WEIGHTS = flags.DEFINE_string("alexnet_weights", None, "bvlc_alexnet.npy
 SEED = flags.DEFINE_integer(
     "seed", 0, "Seed of everything random in training; the run lives in <workdir>/seed<N>."
 )
+SEEDS = flags.DEFINE_list(
+    "seeds",
+    None,
+    "main/ablation: train and evaluate every seed listed (e.g. 0,1,2), one work directory each, and print "
+    "mean ± std per cell (default: --seed).",
+)
 STRATEGY = flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute.")
 QUICK = flags.DEFINE_bool("quick", False, "Shrink everything to a run of seconds (smoke checks).")
 SCHEDULE = flags.DEFINE_enum(
@@ -56,6 +62,11 @@ BATCH_NORM = flags.DEFINE_bool(
     None,
     "BatchNorm before each conv ReLU, LRN off (not in the paper; default only for synthetic).",
 )
+DETERMINISTIC_OPS = flags.DEFINE_bool(
+    "deterministic_ops",
+    False,
+    "TensorFlow op determinism (bitwise-equal reruns on any hardware; same-machine runs repeat without it).",
+)
 BOX_BACKEND = flags.DEFINE_enum("box_backend", None, ["skimage", "tf"], "AAM box extraction implementation.")
 FEATURE_FUSION = flags.DEFINE_bool(
     "feature_fusion", False, "Use the feature-fusion model (Full w/ FF, §3.2)."
@@ -63,6 +74,19 @@ FEATURE_FUSION = flags.DEFINE_bool(
 LAMBDA_C = flags.DEFINE_float("lambda_c", None, "Eq. 9 weight of L_C.")
 LAMBDA_T = flags.DEFINE_float("lambda_t", None, "Eq. 9 weight of L_T (paper: 1.5).")
 LAMBDA_TC = flags.DEFINE_float("lambda_tc", None, "Eq. 9 weight of L_TC.")
+
+
+def seed_list() -> list[int]:
+    """`--seeds` as ints (default: [--seed]); a malformed list is a usage error."""
+    if not SEEDS.value:
+        return [SEED.value]
+    try:
+        seeds = [int(s) for s in SEEDS.value]
+    except ValueError:
+        fail(f"--seeds must be comma-separated integers, got {','.join(SEEDS.value)!r}")
+    if len(set(seeds)) != len(seeds):
+        fail(f"--seeds lists a seed twice: {seeds}")
+    return seeds
 
 
 class UsageError(SystemExit):
@@ -145,8 +169,18 @@ def build_config(
         if flag.value is not None:
             t[key] = flag.value
     t["seed"] = s3["seed"] = seed
+    t["deterministic_ops"] = DETERMINISTIC_OPS.value
     cfg.model = dataclasses.replace(cfg.model, **m)
     cfg.train = dataclasses.replace(cfg.train, **t)
     cfg.stage3 = dataclasses.replace(cfg.stage3, **s3)
     info = load_or_make_dataset(dataset, data_dir, cfg.quick)
     return cfg, info
+
+
+def build_configs(stage: str, variant: str) -> tuple[list[configs.ExperimentConfig], schema.DatasetInfo]:
+    """One resolved config per seed of `--seeds` (default `--seed`), and the dataset."""
+    cfgs = []
+    for seed in seed_list():
+        cfg, info = build_config(stage, variant, seed)
+        cfgs.append(cfg)
+    return cfgs, info

@@ -1,11 +1,14 @@
 """The main job: the whole paper on one dataset, from data to Table 1 (README's first command).
 
     python -m experiments.main                       # embedded default, minutes on 2 CPU cores
+    python -m experiments.main --seeds=0,1,2         # three seeds, mean ± std per cell
     python -m experiments.main --schedule=paper      # the paper's 227 px, 12/12/2 epochs
 
 Generates the embedded dataset if needed, trains stage 1, stage 2 and stage 3 (Full), trains the
-w/o Rank baseline, evaluates both with the paper's protocol and prints the Table-1-style result.
-Everything lands in `<workdir>` (default work/<dataset>): checkpoints, TensorBoard logs, eval/.
+w/o Rank baseline, evaluates both with the paper's protocol (with the manipulation gain: the same searches
+with the query not manipulated) and prints the Table-1-style result. Each seed runs in
+`<workdir>/seed<N>` (checkpoints, TensorBoard logs, per-seed evaluations); the table over seeds goes to
+`<workdir>/eval/`.
 """
 
 import os
@@ -19,12 +22,13 @@ VARIANTS = flags.DEFINE_list("variants", ["wo_rank", "full"], "Table 1 rows to p
 
 def main(argv):
     del argv
-    cfg, info = common.build_config("main", variant="rank_l")
+    cfgs, info = common.build_configs("main", variant="rank_l")
     from fashionsearchnet_v2.training import ablation
 
-    out_dir = os.path.join(cfg.workdir, "eval")
-    ablation.run_ablation(cfg, info, VARIANTS.value, out_dir)
-    print(f"results, figures and tables: {out_dir}   TensorBoard: tensorboard --logdir {cfg.workdir}")
+    base = os.path.dirname(cfgs[0].workdir)
+    out_dir = os.path.join(base, "eval")
+    ablation.run_ablation(cfgs, info, VARIANTS.value, out_dir)
+    print(f"results, figures and tables: {out_dir}   TensorBoard: tensorboard --logdir {base}")
 
 
 if __name__ == "__main__":

@@ -81,6 +81,10 @@ class TrainConfig:
     summary_images: int = 4  # held-out images whose AAMs and boxes go to TensorBoard
     shuffle_buffer: int = 4096
     seed: int = 0
+    # TensorFlow's op determinism (tf.config.experimental.enable_op_determinism): bitwise-equal results
+    # even where a kernel's reduction order could vary. Not needed for same-machine reproducibility here
+    # (tested without it); offered for other hardware.
+    deterministic_ops: bool = False
 
 
 @dataclasses.dataclass

@@ -4,6 +4,7 @@ import os
 
 import cv2
 import numpy as np
+import pytest
 
 from fashionsearchnet_v2.retrieval import figures
 
@@ -108,3 +109,22 @@ def test_upsample_aligned_puts_map_corners_on_image_corners():
     up = figures._upsample_aligned(values, 5, 3)
     np.testing.assert_allclose(up[[0, 0, -1, -1], [0, -1, 0, -1]], [0, 1, 2, 3])
     np.testing.assert_allclose(up[2, 1], 1.5)
+
+
+def test_markdown_table_seed_cells_and_gain_column():
+    rows = {
+        "Full": {"x": [0.40, 0.42, 0.44], "avg": [0.5, 0.5]},
+        "Rank": {"x": [0.30, None], "avg": None},
+    }
+    text = figures.markdown_table(rows, ["x"], gain={"Full": [0.1, 0.3], "Rank": -0.05})
+    lines = text.strip().splitlines()
+    assert lines[2] == "| Approach | x | Avg. | Gain |"
+    # mean ± sample std (ddof 1): std(0.40, 0.42, 0.44) = 0.02; None seeds are left out.
+    assert lines[4] == "| Full | **0.420 ± 0.020** | **0.500 ± 0.000** | **+0.200 ± 0.141** |"
+    assert lines[5] == "| Rank | 0.300 | - | -0.050 |"
+
+
+def test_seed_stats():
+    assert figures.seed_stats([1.0, 3.0]) == (2.0, pytest.approx(2**0.5), 2)
+    assert figures.seed_stats(0.5) == (0.5, 0.0, 1)
+    assert figures.seed_stats([None, float("nan")]) is None

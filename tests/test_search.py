@@ -104,3 +104,38 @@ def test_run_searches_indices_are_the_exact_ranking():
     ref, _ = metrics.search_topk(fn(np.arange(len(m))), gallery, 12)
     np.testing.assert_array_equal(idx, ref)
     np.testing.assert_array_equal(hits, metrics.target_hits(ref, m.target, gallery_labels))
+
+
+def test_gain_is_manipulated_minus_unmanipulated_on_the_same_searches():
+    fn, gallery, gallery_labels, m = make_case(seed=5)
+    rng = np.random.default_rng(0)
+    own = rng.standard_normal((int(m.query_index.max()) + 1, gallery.shape[1])).astype(np.float32)
+
+    def unmanipulated(idx):
+        return own[m.query_index[idx]]
+
+    out = search.evaluate(
+        fn, gallery, gallery_labels, m, NAMES, ks=(1, 20), unmanipulated_vectors_fn=unmanipulated
+    )
+    alone = search.evaluate(unmanipulated, gallery, gallery_labels, m, NAMES, ks=(1, 20))
+    # The unmanipulated block is exactly an evaluation of the same searches with the query's own vectors.
+    assert out["unmanipulated"]["topk"] == alone["topk"]
+    assert out["unmanipulated"]["ndcg@30"] == alone["ndcg@30"]
+    for k in ("1", "20"):
+        for name in NAMES + ["avg", "all"]:
+            assert out["gain"]["topk"][k][name] == pytest.approx(
+                out["topk"][k][name] - alone["topk"][k][name]
+            )
+    # Brute force for one cell: Top-20 of "color" searches ranked by the unmanipulated vectors.
+    q = unmanipulated(np.arange(len(m)))
+    order = np.argsort(((q[:, None].astype(np.float64) - gallery[None]) ** 2).sum(-1), axis=1, kind="stable")
+    hits = metrics.target_hits(order[:, :20], m.target, gallery_labels).any(1)
+    assert out["unmanipulated"]["topk"]["20"]["color"] == pytest.approx(hits[m.attribute == 0].mean())
+    json.dumps(out, allow_nan=False)
+
+
+def test_gain_is_zero_when_the_manipulation_changes_nothing():
+    fn, gallery, gallery_labels, m = make_case(seed=6)
+    out = search.evaluate(fn, gallery, gallery_labels, m, NAMES, ks=(5,), unmanipulated_vectors_fn=fn)
+    assert all(v in (0.0, None) for v in out["gain"]["topk"]["5"].values())
+    assert all(v in (0.0, None) for v in out["gain"]["ndcg@30"].values())

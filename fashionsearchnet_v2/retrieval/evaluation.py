@@ -94,6 +94,10 @@ class Searcher:
         t = self._manipulation(self.query["labels"][rows], np.asarray(attributes), np.asarray(values))
         return self._vectors(self.query[self._key][rows], t)
 
+    def unmanipulated_query_vectors(self, rows) -> np.ndarray:
+        """The queries' own representations (no manipulation): the baseline of the manipulation gain."""
+        return self._vectors(self.query[self._key][rows], None)
+
 
 def build_searcher(workdir: str, info: schema.DatasetInfo, variant: str, progress: bool = True) -> Searcher:
     """Loads the variant's checkpoints and embeds train, query and gallery (cached)."""
@@ -176,11 +180,14 @@ def evaluate_variant(
     def query_vectors(idx):
         return searcher.query_vectors(manips.query_index[idx], manips.attribute[idx], manips.value[idx])
 
+    def unmanipulated_vectors(idx):
+        return searcher.unmanipulated_query_vectors(manips.query_index[idx])
+
     # A gallery smaller than K (tiny test sets) reports the Ks it can rank.
     ks = tuple(k for k in ks if k <= len(g["labels"])) or (len(g["labels"]),)
     results = search.evaluate(
         query_vectors, gallery_vectors, g["labels"], manips, info.attribute_names, ks,
-        ndcg_k=min(30, len(g["labels"])),
+        ndcg_k=min(30, len(g["labels"])), unmanipulated_vectors_fn=unmanipulated_vectors,
     )  # fmt: skip
     results.update(
         dataset=info.name, variant=variant, label=LABELS[variant], checkpoint=os.path.relpath(searcher.checkpoint, workdir), num_query=len(q["labels"]), num_gallery=len(g["labels"]),
@@ -198,8 +205,8 @@ def evaluate_variant(
         )
     os.makedirs(out_dir, exist_ok=True)
     write_json(os.path.join(out_dir, "results.json"), results)
-    table = figures.markdown_table({LABELS[variant]: results["topk"]["20"]}, info.attribute_names, k=20,
-                                   title=f"Top-20 retrieval accuracy on {info.name} ({results['searches']['total']} searches).")  # fmt: skip
+    table = figures.results_tables({LABELS[variant]: [results]}, info.attribute_names, k=20,
+                                   where=f" on {info.name} ({results['searches']['total']} searches)")  # fmt: skip
     figures.write_atomic(os.path.join(out_dir, "table.md"), table.encode())
     figures.plot_topk_curves({LABELS[variant]: {k: v["avg"] for k, v in results["topk"].items()}},
                              os.path.join(out_dir, "topk.png"), title=f"Top-K accuracy, {info.name}")  # fmt: skip

@@ -55,44 +55,110 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> str:
     return write_atomic(path, buf.tobytes())
 
 
-def _format(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.3f}"
+Cell = float | None | Sequence[float | None]  # one value, or one per seed
+
+
+def seed_stats(value: Cell) -> tuple[float, float, int] | None:
+    """(mean, sample std, n) of a cell's finite values (std 0 for one value); None when it has none."""
+    values = value if isinstance(value, (list, tuple, np.ndarray)) else [value]
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite:
+        return None
+    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+    return float(np.mean(finite)), std, len(finite)
+
+
+def _format(value: Cell, signed: bool = False) -> tuple[str, float | None]:
+    """The printed cell and the rounded mean it is compared by: "0.449", "+0.312" or "0.449 ± 0.012"."""
+    stats = seed_stats(value)
+    if stats is None:
+        return "-", None
+    mean, std, n = stats
+    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    if n > 1:
+        text += f" ± {std:.3f}"
+    return text, round(mean, 3)
 
 
 def markdown_table(
-    rows: Mapping[str, Mapping[str, float | None]],
+    rows: Mapping[str, Mapping[str, Cell]],
     attribute_names: Sequence[str],
     k: int = 20,
     title: str | None = None,
+    gain: Mapping[str, Cell] | None = None,
+    signed: bool = False,
 ) -> str:
     """A Table-1-style markdown table: one row per variant, one column per attribute plus Avg.
 
     Args:
         rows: variant -> {attribute name: accuracy, "avg": accuracy}, e.g. `results["topk"]["20"]` of
-            `search.evaluate` per variant. Missing or None values print as "-".
+            `search.evaluate` per variant. A cell may hold one value per seed: it prints as
+            "mean ± std" (sample std). Missing or None values print as "-".
         attribute_names: the column order.
         k: the K of the Top-K accuracy, for the default title.
         title: the caption line; default "Top-{k} retrieval accuracy for each attribute."
+        gain: variant -> average manipulation gain (or one per seed), printed as a last "Gain" column.
+        signed: print the attribute columns with a sign (tables of gains).
     Returns:
-        markdown text; the best value of each column is bold (every variant that ties with it after
+        markdown text; the best (mean) value of each column is bold (every variant that ties with it after
         rounding to the printed 3 decimals, as the paper bolds both 0.364 of Fastening).
     """
     columns = list(attribute_names) + ["avg"]
-    header = ["Approach"] + list(attribute_names) + ["Avg."]
-    cells = {variant: [_format(values.get(c)) for c in columns] for variant, values in rows.items()}
+    header = ["Approach"] + list(attribute_names) + ["Avg."] + (["Gain"] if gain is not None else [])
+    cells = {}
+    for variant, values in rows.items():
+        cells[variant] = [_format(values.get(c), signed) for c in columns]
+        if gain is not None:
+            cells[variant].append(_format(gain.get(variant), signed=True))
     best = []
-    for j in range(len(columns)):
-        printed = [float(cells[v][j]) for v in cells if cells[v][j] != "-"]
+    for j in range(len(header) - 1):
+        printed = [cells[v][j][1] for v in cells if cells[v][j][1] is not None]
         best.append(max(printed) if printed else None)
     lines = [title if title is not None else f"Top-{k} retrieval accuracy for each attribute.", ""]
     lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" + "---:|" * len(columns))
+    lines.append("|" + "---|" + "---:|" * (len(header) - 1))
     for variant, texts in cells.items():
-        shown = [f"**{t}**" if t != "-" and float(t) == best[j] else t for j, t in enumerate(texts)]
+        shown = [f"**{t}**" if m is not None and m == best[j] else t for j, (t, m) in enumerate(texts)]
         lines.append("| " + " | ".join([variant] + shown) + " |")
     return "\n".join(lines) + "\n"
+
+
+def results_tables(
+    per_variant: Mapping[str, Sequence[Mapping]],
+    attribute_names: Sequence[str],
+    k: int = 20,
+    where: str = "",
+) -> str:
+    """Table 1 with its "Gain" column, then the manipulation gain of every attribute, in markdown.
+
+    Args:
+        per_variant: row label -> the results dicts of `search.evaluate` (with "gain"), one per seed; cells
+            print as mean ± std over seeds when there are several.
+        attribute_names: the column order.
+        k: the K reported.
+        where: appended to the captions (dataset, search count, seeds).
+    """
+
+    names = list(attribute_names) + ["avg"]
+
+    def cells(block) -> dict:  # label -> {column: one value per seed}
+        tables = {label: [block(r)["topk"][str(k)] for r in runs] for label, runs in per_variant.items()}
+        return {label: {n: [t.get(n) for t in ts] for n in names} for label, ts in tables.items()}
+
+    accuracy = cells(lambda r: r)
+    has_gain = all("gain" in r for runs in per_variant.values() for r in runs)
+    gain = cells(lambda r: r["gain"]) if has_gain else None
+    text = markdown_table(
+        accuracy, attribute_names, k, title=f"Top-{k} retrieval accuracy{where}.",
+        gain={label: g["avg"] for label, g in gain.items()} if gain else None,
+    )  # fmt: skip
+    if gain:
+        text += "\n" + markdown_table(
+            gain, attribute_names, k, signed=True,
+            title=f"Manipulation gain at Top-{k}: the same searches minus their score with the query "
+            f"not manipulated{where}.",
+        )  # fmt: skip
+    return text
 
 
 def plot_topk_curves(
@@ -114,7 +180,10 @@ def plot_topk_curves(
     ax = fig.add_subplot(1, 1, 1)
     for label, curve in curves.items():
         points = sorted((int(k), v) for k, v in curve.items() if v is not None)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        ks = [p[0] for p in points]
+        # Every K is drawn; markers only at the Ks the paper's Figure 5 ticks, so 50 points stay legible.
+        marks = [i for i, k in enumerate(ks) if k in (1, 10, 20, 30, 40, 50)] if len(ks) > 10 else None
+        ax.plot(ks, [p[1] for p in points], marker="o", markevery=marks, markersize=4, label=label)
     ax.set_xlabel("K")
     ax.set_ylabel("Top-K retrieval accuracy")
     ax.set_title(title)

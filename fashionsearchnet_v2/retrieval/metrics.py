@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 UNLABELLED = -1
-DEFAULT_KS = (1, 5, 10, 20, 30, 40, 50)
+DEFAULT_KS = tuple(range(1, 51))  # Figure 5 plots K = 1..50
 
 
 @dataclasses.dataclass(frozen=True)

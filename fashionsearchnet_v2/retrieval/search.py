@@ -5,10 +5,17 @@ the manipulated global representations F_{I,t} (Eq. 7) of those searches. This m
 by Euclidean distance, marks which results have all target attributes and summarises the hits into the
 results dict that experiments write as JSON:
 
-    {"ks": [1, 5, ...], "topk": {"1": {"<attr>": acc | None, ..., "avg": acc, "all": acc}, ...},
-     "ndcg@30": {"<attr>": ..., "avg": ..., "all": ...}, "searches": {"<attr>": n, ..., "total": n}}
+    {"ks": [1, 2, ...], "topk": {"1": {"<attr>": acc | None, ..., "avg": acc, "all": acc}, ...},
+     "ndcg@30": {"<attr>": ..., "avg": ..., "all": ...}, "searches": {"<attr>": n, ..., "total": n},
+     "unmanipulated": {"topk": ..., "ndcg@30": ...},      # the same searches, query NOT manipulated
+     "gain": {"topk": ..., "ndcg@30": ...}}               # manipulated - unmanipulated
 
 An attribute without searches reports None (JSON null) and count 0, and is left out of "avg".
+
+The manipulation gain is the number that says whether a manipulation does anything: the same searches
+(same queries, same targets, same relevance) are ranked a second time with the query's own, unmanipulated
+representation. A model that ignores an attribute retrieves look-alikes of the query, whose value of that
+attribute is often the target by chance; its Top-K can look good while its gain is zero.
 """
 
 from __future__ import annotations
@@ -102,6 +109,18 @@ def summarize(
     }
 
 
+def difference(a: dict, b: dict) -> dict:
+    """a - b for two results tables of the same shape ({K: {attr: x}} or {attr: x}); None stays None."""
+    out = {}
+    for key, x in a.items():
+        y = b.get(key)
+        if isinstance(x, dict):
+            out[key] = difference(x, y)
+        else:
+            out[key] = None if x is None or y is None else float(x) - float(y)
+    return out
+
+
 def evaluate(
     query_vectors_fn: QueryVectorsFn,
     gallery_vectors,
@@ -111,6 +130,7 @@ def evaluate(
     ks: Sequence[int] = DEFAULT_KS,
     chunk_size: int = 1024,
     ndcg_k: int = 30,
+    unmanipulated_vectors_fn: QueryVectorsFn | None = None,
 ) -> dict:
     """Top-K accuracy and NDCG@k of attribute-manipulation search (Table 1 / Figure 5 numbers).
 
@@ -124,6 +144,8 @@ def evaluate(
         ks: the K of Top-K; max(max(ks), ndcg_k) results are ranked per search.
         chunk_size: searches per block (memory O(chunk_size * G)).
         ndcg_k: the k of NDCG@k (30 as in ADDE-M).
+        unmanipulated_vectors_fn: search indices [s] -> the queries' own representations [s, r]; when
+            given, the same searches are ranked with them too ("unmanipulated") and "gain" is added.
     Returns:
         the results dict of the module docstring.
     """
@@ -134,6 +156,16 @@ def evaluate(
     k = max(max(ks), ndcg_k)
     if k > len(gallery_vectors):
         raise ValueError(f"cannot rank {k} results in a gallery of {len(gallery_vectors)}")
-    _, hits = run_searches(query_vectors_fn, gallery_vectors, gallery_labels, manipulations, k, chunk_size)
     num_relevant = metrics.count_matches(manipulations.target, gallery_labels)
-    return summarize(hits, num_relevant, manipulations.attribute, attribute_names, ks, ndcg_k)
+
+    def score(fn):
+        _, hits = run_searches(fn, gallery_vectors, gallery_labels, manipulations, k, chunk_size)
+        return summarize(hits, num_relevant, manipulations.attribute, attribute_names, ks, ndcg_k)
+
+    results = score(query_vectors_fn)
+    if unmanipulated_vectors_fn is not None:
+        base = score(unmanipulated_vectors_fn)
+        scores = ("topk", f"ndcg@{ndcg_k}")
+        results["unmanipulated"] = {key: base[key] for key in scores}
+        results["gain"] = {key: difference(results[key], base[key]) for key in scores}
+    return results

@@ -1,9 +1,12 @@
-"""Trains what a set of Table 1 variants needs, evaluates each with the same protocol and queries, and
-writes the dataset's Table 1 (Top-20 per attribute) and the Figure-5 curves of all of them.
+"""Trains what a set of Table 1 variants needs, for one or several seeds, evaluates each with the same
+protocol and queries, and writes the dataset's Table 1 (Top-20 per attribute, mean ± std over seeds, with
+the manipulation gain) and the Figure-5 curves of all of them.
 
-Stages already trained are reused (the trainer sees a finished step count and returns); an
-interrupted run resumes from the last checkpoint of the stage it was in; an evaluation whose
-results.json came from the same checkpoints is reused.
+Each seed trains in its own work directory (`<workdir>/seed<N>`) and its evaluations stay there
+(`<seed dir>/eval/<variant>/`); the aggregated table goes to the caller's `out_dir`. Stages already
+trained are reused (the trainer sees a finished step count and returns); an interrupted run resumes from
+the last checkpoint of the stage it was in; an evaluation whose results.json came from the same
+checkpoints is reused.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
+
+import numpy as np
 
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.configs import ExperimentConfig
@@ -28,7 +34,7 @@ def _say(msg: str, out=sys.stdout) -> None:
 def train_variant(cfg: ExperimentConfig, info, variant: str, out=sys.stdout) -> None:
     """Stage 1 (shared), the variant's stage 2 and, where it has one, its stage 3."""
     s2, s3 = configs.VARIANTS[variant]
-    _say("stage 1: GAP classifiers and AAMs (L_C)", out)
+    _say(f"stage 1: GAP classifiers and AAMs (L_C), seed {cfg.train.seed}", out)
     run.run_stage1(cfg, info, out=out)
     if variant == "amnet":
         _say("AMNet baseline: memory + fusion on stage-1 features", out)
@@ -45,6 +51,8 @@ def train_variant(cfg: ExperimentConfig, info, variant: str, out=sys.stdout) -> 
 def _current_checkpoint(workdir: str, variant: str) -> str | None:
     s2, s3 = configs.VARIANTS[variant]
     directory = loading.stage3_dir(workdir, s2, s3) if s3 else loading.stage_dir(workdir, "stage2", s2)
+    if variant == "amnet":
+        directory = os.path.join(workdir, "amnet")
     return checkpoints.latest(os.path.join(directory, "ckpt"))
 
 
@@ -56,44 +64,93 @@ def evaluate_cached(workdir: str, info, variant: str, out_dir: str, out=sys.stdo
         with open(path + ".stamp", encoding="utf-8") as f:
             if f.read() == str(stamp):
                 with open(path, encoding="utf-8") as g:
+                    results = json.load(g)
+                if "gain" in results:  # results of older versions lack the baseline: evaluate again
                     print(f"[evaluate] {variant}: reusing {path}", file=out)
-                    return json.load(g)
-    _say(f"evaluate {configs.LABELS[variant]}", out)
+                    return results
+    _say(f"evaluate {configs.LABELS[variant]} ({workdir})", out)
     results = evaluation.evaluate_variant(workdir, info, variant, out_dir, log=lambda m: print(m, file=out))
     with open(path + ".stamp", "w", encoding="utf-8") as f:
         f.write(str(stamp))
     return results
 
 
-def run_ablation(cfg: ExperimentConfig, info, variants, out_dir: str, out=sys.stdout) -> dict:
-    """Trains and evaluates `variants`; writes table.md, table.json and topk_curves.png to `out_dir`."""
+def _mean_std(values: Sequence[float | None]) -> dict:
+    stats = figures.seed_stats(list(values))
+    return {"mean": None, "std": None} if stats is None else {"mean": stats[0], "std": stats[1]}
+
+
+def aggregate(per_seed: dict[int, dict[str, dict]], attribute_names: Sequence[str], k: int = 20) -> dict:
+    """Per variant, mean and sample std over seeds of Top-k, the unmanipulated Top-k and the gain.
+
+    Args:
+        per_seed: seed -> variant -> results dict of `evaluation.evaluate_variant`.
+    Returns:
+        {variant: {"topk" | "unmanipulated" | "gain": {attribute | "avg": {"mean", "std", "values"}}}}.
+    """
+    variants = list(next(iter(per_seed.values())))
+    columns = list(attribute_names) + ["avg"]
+    blocks = {"topk": lambda r: r["topk"], "unmanipulated": lambda r: r["unmanipulated"]["topk"],
+              "gain": lambda r: r["gain"]["topk"]}  # fmt: skip
+    out = {}
+    for v in variants:
+        runs = [per_seed[s][v] for s in sorted(per_seed)]
+        out[v] = {}
+        for name, block in blocks.items():
+            table = {}
+            for c in columns:
+                values = [block(r)[str(k)].get(c) for r in runs]
+                table[c] = {**_mean_std(values), "values": values}
+            out[v][name] = table
+    return out
+
+
+def run_ablation(
+    cfgs: Sequence[ExperimentConfig], info, variants, out_dir: str, eval_name: str = "eval", out=sys.stdout
+) -> dict:
+    """Trains and evaluates `variants` for each config (one per seed); writes the aggregated table.md,
+    table.json and topk_curves.png to `out_dir`. Returns the summary written to table.json."""
     t0 = time.time()
-    results = {}
-    for variant in variants:
-        train_variant(cfg, info, variant, out)
-        results[variant] = evaluate_cached(cfg.workdir, info, variant, os.path.join(out_dir, variant), out)
-    rows = {configs.LABELS[v]: r["topk"]["20"] for v, r in results.items()}
-    searches = next(iter(results.values()))["searches"]["total"] if results else 0
-    table = figures.markdown_table(
-        rows, info.attribute_names, k=20,
-        title=f"Top-20 retrieval accuracy on {info.name} ({searches} searches per variant).",
-    )  # fmt: skip
+    per_seed: dict[int, dict[str, dict]] = {}
+    for cfg in cfgs:
+        seed = cfg.train.seed
+        per_seed[seed] = {}
+        for variant in variants:
+            train_variant(cfg, info, variant, out)
+            eval_dir = os.path.join(cfg.workdir, eval_name, variant)
+            per_seed[seed][variant] = evaluate_cached(cfg.workdir, info, variant, eval_dir, out)
+    seeds = sorted(per_seed)
+    first = per_seed[seeds[0]]
+    searches = next(iter(first.values()))["searches"]["total"] if first else 0
+    where = f" on {info.name} ({searches} searches per variant; " + (
+        f"mean ± std over seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else f"seed {seeds[0]})"
+    )
+    per_variant = {configs.LABELS[v]: [per_seed[s][v] for s in seeds] for v in variants}
+    table = figures.results_tables(per_variant, info.attribute_names, k=20, where=where)
     os.makedirs(out_dir, exist_ok=True)
     figures.write_atomic(os.path.join(out_dir, "table.md"), table.encode())
+    ks = [int(k) for k in first[variants[0]]["topk"]] if variants else []
+    curves = {
+        v: {k: float(np.mean([per_seed[s][v]["topk"][str(k)]["avg"] for s in seeds])) for k in ks}
+        for v in variants
+    }
     summary = {
         "dataset": info.name,
-        "variants": list(results),
-        "top20": {v: r["topk"]["20"] for v, r in results.items()},
-        "topk_avg": {v: {k: x["avg"] for k, x in r["topk"].items()} for v, r in results.items()},
-        "ndcg@30": {v: r.get("ndcg@30", {}).get("avg") for v, r in results.items()},
+        "variants": list(variants),
+        "seeds": seeds,
         "searches": searches,
+        "top20": aggregate(per_seed, info.attribute_names, 20),
+        "topk_avg": curves,
+        "ndcg@30": {v: _mean_std([per_seed[s][v]["ndcg@30"]["avg"] for s in seeds]) for v in variants},
+        "workdirs": {str(cfg.train.seed): cfg.workdir for cfg in cfgs},
         "seconds": round(time.time() - t0, 1),
     }
     evaluation.write_json(os.path.join(out_dir, "table.json"), summary)
     figures.plot_topk_curves(
-        {configs.LABELS[v]: c for v, c in summary["topk_avg"].items()},
+        {configs.LABELS[v]: c for v, c in curves.items()},
         os.path.join(out_dir, "topk_curves.png"),
-        title=f"Top-K retrieval accuracy, {info.name}",
+        title=f"Top-K retrieval accuracy, {info.name}"
+        + (f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""),
     )
     _say(f"Table 1 on {info.name} ({out_dir}/table.md)", out)
     print(table, file=out, flush=True)

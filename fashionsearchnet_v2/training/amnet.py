@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from fashionsearchnet_v2 import losses
 from fashionsearchnet_v2.model import amnet, network
-from fashionsearchnet_v2.training.stage3 import GlobalTripletSampler
+from fashionsearchnet_v2.training.stage3 import GlobalTripletSampler, primed
 
 
 class AmnetTask:
@@ -51,12 +51,7 @@ class AmnetTask:
         rng = np.random.default_rng(seed + 1)
         n, b = len(self.labels), self.s3.batch_size
         while True:
-            cand = rng.integers(n, size=2 * b)
-            a, v, p = sampler.sample(cand)
-            ok = np.flatnonzero(p >= 0)[:b]
-            if len(ok) < b:
-                continue
-            anchors, attrs, values, positives = cand[ok], a[ok], v[ok], p[ok]
+            anchors, attrs, values, positives = sampler.batch(rng, b)
             t = amnet.signed_manipulation(self.labels[anchors], attrs, values, self.num_values)
             target = self.labels[anchors].copy()
             target[np.arange(b), attrs] = values
@@ -83,7 +78,7 @@ class AmnetTask:
             "negative",
             "negative_labels",
         )
-        ds = tf.data.Dataset.from_generator(lambda: self._batches(seed), output_signature=spec)
+        ds = tf.data.Dataset.from_generator(primed(self._batches(seed)), output_signature=spec)
         return ds.map(lambda *x: dict(zip(keys, x))).prefetch(2)
 
     def train_step(self, model, optimizer, batch, step):

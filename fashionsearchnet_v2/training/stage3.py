@@ -69,6 +69,40 @@ class GlobalTripletSampler:
                     break
         return attr, value, pos
 
+    def batch(self, rng: np.random.Generator, size: int, max_draws: int = 200):
+        """`size` (anchor, attribute, value, positive) rows, drawn from random anchors until enough have a
+        positive; arrays [size] int. Raises ValueError when `max_draws` rounds of candidates do not give
+        `size` (a training split too small for its attribute combinations would otherwise hang)."""
+        n = len(self.labels)
+        found: list[np.ndarray] = []
+        count = 0
+        for _ in range(max_draws):
+            cand = rng.integers(n, size=2 * size)
+            a, v, p = self.sample(cand)
+            ok = p >= 0
+            found.append(np.stack([cand[ok], a[ok], v[ok], p[ok]], axis=1))
+            count += int(ok.sum())
+            if count >= size:
+                rows = np.concatenate(found)[:size]
+                return rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]
+        raise ValueError(
+            f"only {count} of {max_draws * 2 * size} random training anchors have a training image with "
+            f"the attributes of a manipulation; a batch of {size} triplets cannot be drawn (the training "
+            "split is too small for its attribute combinations)"
+        )
+
+
+def primed(generator):
+    """A generator function for tf.data that first yields the already drawn first item of `generator`, so
+    errors of the first draw surface in Python (with their message) instead of inside tf.data."""
+    first = next(generator)
+
+    def gen():
+        yield first
+        yield from generator
+
+    return gen
+
 
 class Stage3Task:
     """Trains the GlobalRepresentation layer (λ, w_r, optionally M) with L_G on fixed fc10 features."""
@@ -112,18 +146,7 @@ class Stage3Task:
         c = sum(self.num_values)
         offsets = np.concatenate([[0], np.cumsum(self.num_values)[:-1]])
         while True:
-            anchors, attrs, values, positives = [], [], [], []
-            while len(anchors) < b:
-                cand = rng.integers(n, size=2 * b)
-                a, v, p = sampler.sample(cand)
-                ok = p >= 0
-                anchors += list(cand[ok])
-                attrs += list(a[ok])
-                values += list(v[ok])
-                positives += list(p[ok])
-            anchors, attrs, values, positives = (
-                np.asarray(x[:b]) for x in (anchors, attrs, values, positives)
-            )
+            anchors, attrs, values, positives = sampler.batch(rng, b)
             t = np.zeros((b, c), np.float32)
             t[np.arange(b), offsets[attrs] + values] = 1.0
             negatives = rng.integers(n, size=b)
@@ -139,7 +162,7 @@ class Stage3Task:
             tf.TensorSpec((b, a, d), tf.float32),
             tf.TensorSpec((b, a, d), tf.float32),
         )
-        ds = tf.data.Dataset.from_generator(lambda: self._batches(seed), output_signature=spec)
+        ds = tf.data.Dataset.from_generator(primed(self._batches(seed)), output_signature=spec)
         return ds.map(
             lambda q, t, p, n: {"anchor": q, "manipulation": t, "positive": p, "negative": n}
         ).prefetch(2)

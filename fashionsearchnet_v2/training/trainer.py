@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -55,12 +56,13 @@ class Trainer:
         log_every: int,
         checkpoint_every: int,
         seed: int = 0,
+        deterministic_ops: bool = False,
         out=sys.stdout,
     ):
         self.task, self.workdir, self.strategy = task, workdir, strategy
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         self.batch_size, self.log_every, self.checkpoint_every = batch_size, log_every, checkpoint_every
-        self.seed, self.out = seed, out
+        self.seed, self.deterministic_ops, self.out = seed, deterministic_ops, out
         self.ckpt_dir = os.path.join(workdir, "ckpt")
         self.tb_dir = os.path.join(workdir, "tb")
 
@@ -69,6 +71,13 @@ class Trainer:
 
     def run(self):
         os.makedirs(self.workdir, exist_ok=True)
+        # Everything random in a stage derives from its seed: weight initialisers (Keras' global seed
+        # generator, in layer order), dropout masks (per-layer seeds from the config), the input order
+        # (tf.data shuffles with the seed), in-batch triplets (stateless, from seed and step) and stage 3's
+        # samplers (numpy generators from the seed). Same seed, same command: the same checkpoints.
+        keras.utils.set_random_seed(self.seed)
+        if self.deterministic_ops:
+            tf.config.experimental.enable_op_determinism()  # process-wide, like TensorFlow's own switch
         with self.strategy.scope():
             model = self.task.build_model()
             optimizer = self.task.build_optimizer()
