@@ -262,7 +262,7 @@ def run_row(args, row: str, input_kind: str) -> dict:
     # As training.trainer.Trainer builds and runs it.
     with strategy.scope():
         model = task.build_model()
-        optimizer = task.build_optimizer()
+        optimizer = task.build_optimizer(args.warmup + args.steps)
         optimizer.build(task.trainable_variables(model))
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
 

@@ -50,13 +50,18 @@ class ModelConfig:
     box_backend: str = "skimage"  # "skimage" (design card) or "tf" (same boxes, in-graph, exportable)
     localization: bool = True  # False: whole-image ROI (the Rank / w/o Rank rows)
     feature_fusion: bool = False  # §3.2 FF: concatenate global conv5 features before fc8
-    roi_size: int = 4  # crop_and_resize output, cells (open in the paper)
+    roi_size: int = 4  # ROI pooling output bins per side (open in the paper)
+    roi_pooling: str = (
+        "max"  # "max": Fast R-CNN-style, every cell of the box read; "bilinear": roi_size² samples
+    )
     fc_sizes: tuple[int, ...] = (512, 256)  # fc8_a, fc9_a (open in the paper)
     fc10_size: int = 128  # D, the attribute representation (open in the paper)
     dropout: float = 0.5  # §4.1: on all fully connected layers
 
     def __post_init__(self):
         self.fc_sizes = tuple(self.fc_sizes)
+        if self.roi_pooling not in ("max", "bilinear"):
+            raise ValueError(f"roi_pooling must be 'max' or 'bilinear', got {self.roi_pooling!r}")
         if self.box_backend not in ("skimage", "tf"):
             raise ValueError(f"box_backend must be 'skimage' or 'tf', got {self.box_backend!r}")
 
@@ -69,6 +74,7 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 0.01  # §4.1
     momentum: float = 0.9  # open in the paper; Caffe AlexNet's value
+    lr_schedule: str = "constant"  # §4.1 gives one rate; "cosine" decays it to 0 over the stage
     lambda_c: float = 1.0  # Eq. 9 weights (§3.4, stage 2)
     lambda_t: float = 1.5
     lambda_tc: float = 1.0
@@ -97,6 +103,7 @@ class Stage3Config:
     batch_size: int = 64
     learning_rate: float = 0.01
     momentum: float = 0.9
+    lr_schedule: str = "constant"
     squared_triplet: bool = False
     max_steps: int | None = None
     log_every_steps: int = 20

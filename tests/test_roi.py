@@ -144,3 +144,46 @@ def test_tf_function_with_dynamic_batch():
         np.testing.assert_allclose(got, layer([feats, boxes]).numpy(), rtol=1e-6)
         assert got.shape == (b, 3, 2, 3, 4)
     assert pool.experimental_get_tracing_count() == 1
+
+
+def test_samples_per_bin_covers_every_cell():
+    from fashionsearchnet_v2.model.roi import samples_per_bin
+
+    assert samples_per_bin(13, 4) == 4 and samples_per_bin(6, 4) == 2 and samples_per_bin(4, 4) == 1
+    assert samples_per_bin(3, 4) == 1
+
+
+@pytest.mark.parametrize("grid,crop", [(13, 4), (6, 4), (6, 2), (13, 3)])
+def test_max_pooling_reads_every_cell_of_a_whole_image_box(grid, crop):
+    # Fast R-CNN style: every conv5 cell of a box can reach the pooled output. Channel k of the map is a
+    # spike at cell k (grid * grid channels), so each channel's bins must find its spike: the gradient of
+    # the pooled output then reaches every cell, in that cell's own channel.
+    from fashionsearchnet_v2.model.roi import samples_per_bin
+
+    layer = RoiPooling((crop, crop), samples_per_bin(grid, crop))
+    whole = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
+    spikes = tf.Variable(np.eye(grid * grid, dtype=np.float32).reshape(1, grid, grid, grid * grid))
+    with tf.GradientTape() as tape:
+        pooled = layer([spikes, whole])
+        out = tf.reduce_sum(pooled)
+    grad = tape.gradient(out, spikes).numpy()[0].reshape(grid * grid, grid * grid)
+    assert np.all(np.diag(grad) > 0), "some cells never reach the pooled output"
+    assert np.all(pooled.numpy().reshape(-1, grid * grid).max(0) > 0)  # every spike is seen
+    if (grid, crop) == (13, 4):
+        # Plain crop_and_resize to 4x4 samples rows/cols 0, 4, 8, 12 only: 16 of the 169 cells.
+        with tf.GradientTape() as tape:
+            out = tf.reduce_sum(RoiPooling((crop, crop), 1)([spikes, whole]))
+        weights = np.diag(tape.gradient(out, spikes).numpy()[0].reshape(169, 169))
+        assert (weights > 1e-3).sum() == 16  # (float rounding leaves ~1e-6 on a few neighbours)
+
+
+def test_max_pooling_of_a_region_is_the_max_of_its_cells():
+    # A cell-aligned box over rows 2..5, cols 1..4 of a 13x13 ramp, 2x2 bins, 4 samples per bin: the
+    # bins' maxima are the max of the box's cells in each quadrant's sampled range; the last bin's max is
+    # the box's bottom-right cell (the ramp grows with row and col).
+    feats = _ramp(b=1, h=13, w=13, c=1)
+    box = np.array([[[2 / 12, 1 / 12, 5 / 12, 4 / 12]]], np.float32)
+    out = RoiPooling((2, 2), 4)([feats, box]).numpy()[0, 0, :, :, 0]
+    assert abs(out[1, 1] - feats[0, 5, 4, 0]) < 1e-3
+    assert out[0, 0] < out[0, 1] < out[1, 1] and out[0, 0] < out[1, 0]
+    assert abs(out.max() - feats[0, 2:6, 1:5].max()) < 1e-3

@@ -160,11 +160,15 @@ def build_network(
     if stage == "full":
         boxes = AamBoxes(cfg.aam_threshold, cfg.box_backend, cfg.localization, name="aam_boxes")(maps)
         size = (cfg.roi_size, cfg.roi_size)
-        pooled = roi.RoiPooling(size, name="roi_pooling")([feats["conv5"], boxes])  # [B, A, r, r, C5]
+        grid = backbone.feature_grid_size(cfg.image_size)
+        samples = roi.samples_per_bin(grid, cfg.roi_size) if cfg.roi_pooling == "max" else 1
+        pooled = roi.RoiPooling(size, samples, name="roi_pooling")(
+            [feats["conv5"], boxes]
+        )  # [B, A, r, r, C5]
         global_feats = None
         if cfg.feature_fusion:
             whole = WholeImageBoxes(1, name="whole_image_boxes")(feats["conv5"])
-            g = roi.RoiPooling(size, name="global_pooling")([feats["conv5"], whole])
+            g = roi.RoiPooling(size, samples, name="global_pooling")([feats["conv5"], whole])
             global_feats = keras.layers.Flatten(name="global_flat")(g)
         fc10s, cls = [], []
         # One unstack instead of A slices: each slice's gradient would build a full-size zero tensor.

@@ -1,8 +1,14 @@
 """ROI pooling of conv5 features with `tf.image.crop_and_resize` (paper §3.2 "Ranking with Triplets of
 Regions" and §4.1).
 
-Each attribute's box (from its AAM, `model/aam.py`) crops the conv5 map of its own image and resamples
-it bilinearly to a fixed size, giving one region feature per attribute for the fc layers f_{c10,a}.
+Each attribute's box (from its AAM, `model/aam.py`) crops the conv5 map of its own image, giving one
+region feature per attribute for the fc layers f_{c10,a}. The paper uses "a structure similar to ROI
+pooling [Fast R-CNN]" built on crop_and_resize. Fast R-CNN max-pools every cell of the region into a
+fixed grid of bins; crop_and_resize alone samples only crop_size points. So the box is first sampled
+bilinearly at `crop_size * samples` points per axis, at least one per conv5 cell for any box on the map
+(`samples = ceil(grid / crop_size)`), and then max-pooled `samples x samples` into the `crop_size` bins:
+every cell of a box can reach the fc layers (tested through the gradient). `samples = 1` is plain
+crop_and_resize to `crop_size` (bilinear sampling only, the earlier behaviour).
 Boxes use crop_and_resize's normalised coordinates (y1, x1, y2, x2): normalised y reads feature row
 y · (H - 1), so (0, 0, 1, 1) is the whole map with corners aligned (the resize of the whole map with
 align_corners=True), and (r0/(H-1), c0/(W-1), r1/(H-1), c1/(W-1)) covers cells r0..r1, c0..c1.
@@ -10,10 +16,12 @@ align_corners=True), and (r0/(H-1), c0/(W-1), r1/(H-1), c1/(W-1)) covers cells r
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 
-__all__ = ["RoiPooling"]
+__all__ = ["RoiPooling", "samples_per_bin"]
 
 
 def _pad_edges(features, boxes):
@@ -43,7 +51,8 @@ def _pad_edges(features, boxes):
 
 @keras.saving.register_keras_serializable(package="fashionsearchnet_v2")
 class RoiPooling(keras.layers.Layer):
-    """Crops A boxes per image from a feature map and resizes each to `crop_size` (bilinear).
+    """Crops A boxes per image from a feature map into `crop_size` bins: bilinear samples, `samples` x
+    `samples` per bin, max-pooled (Fast R-CNN style; `samples=1`: one bilinear sample per bin).
 
     Inputs: `[features [batch, H, W, C], boxes [batch, A, 4]]`, boxes as (y1, x1, y2, x2) normalised.
     Output: `[batch, A, crop_h, crop_w, C]` in the layer's compute dtype.
@@ -55,7 +64,7 @@ class RoiPooling(keras.layers.Layer):
     non-differentiable threshold/argmax, so the layer stops it); features are.
     """
 
-    def __init__(self, crop_size=(7, 7), **kwargs):
+    def __init__(self, crop_size=(7, 7), samples=1, **kwargs):
         # Keras would cast every floating input to the compute dtype; under mixed precision that would
         # round box coordinates to float16 (7/12 -> 0.5835) and shift the sampled cells. Boxes are cast
         # to float32 in `call` instead, and features are cast explicitly.
@@ -65,6 +74,9 @@ class RoiPooling(keras.layers.Layer):
         if len(crop_size) != 2 or min(crop_size) < 1:
             raise ValueError(f"crop_size must be two positive ints, got {crop_size}")
         self.crop_size = crop_size
+        self.samples = int(samples)
+        if self.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
 
     def call(self, inputs):
         features, boxes = inputs
@@ -76,9 +88,13 @@ class RoiPooling(keras.layers.Layer):
         features, boxes = _pad_edges(features, boxes)
         # Box k*A + a belongs to image k: box_indices = repeat(range(batch), A).
         box_indices = tf.repeat(tf.range(tf.shape(boxes)[0], dtype=tf.int32), attributes)
+        m = self.samples
+        sampled = (self.crop_size[0] * m, self.crop_size[1] * m)
         crops = tf.image.crop_and_resize(
-            features, tf.reshape(boxes, [-1, 4]), box_indices, self.crop_size, method="bilinear"
-        )  # [batch * A, crop_h, crop_w, C], float32
+            features, tf.reshape(boxes, [-1, 4]), box_indices, sampled, method="bilinear"
+        )  # [batch * A, crop_h * m, crop_w * m, C], float32
+        if m > 1:  # each bin keeps the largest of its m x m samples
+            crops = tf.nn.max_pool2d(crops, ksize=m, strides=m, padding="VALID")
         crops = tf.reshape(crops, [-1, attributes, *self.crop_size, channels])
         return tf.cast(crops, self.compute_dtype)
 
@@ -89,4 +105,10 @@ class RoiPooling(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config["crop_size"] = list(self.crop_size)
+        config["samples"] = self.samples
         return config
+
+
+def samples_per_bin(grid: int, crop: int) -> int:
+    """Samples per bin and axis so that `crop` bins sample a `grid`-cell map at least once per cell."""
+    return max(1, math.ceil(grid / crop))

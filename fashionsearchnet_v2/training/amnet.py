@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from fashionsearchnet_v2 import losses
 from fashionsearchnet_v2.model import amnet, network
+from fashionsearchnet_v2.training import trainer
 from fashionsearchnet_v2.training.stage3 import GlobalTripletSampler, primed
 
 
@@ -32,10 +33,8 @@ class AmnetTask:
     def build_model(self):
         return amnet.build_amnet(self.num_values, self.features.shape[-1])
 
-    def build_optimizer(self):
-        import keras
-
-        return keras.optimizers.SGD(learning_rate=self.s3.learning_rate, momentum=self.s3.momentum)
+    def build_optimizer(self, total_steps: int):
+        return trainer.sgd(self.s3.learning_rate, self.s3.momentum, self.s3.lr_schedule, total_steps)
 
     def trainable_variables(self, model):
         return model.trainable_variables

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from fashionsearchnet_v2 import losses
 from fashionsearchnet_v2.model import memory_block
+from fashionsearchnet_v2.training import trainer
 
 
 class GlobalTripletSampler:
@@ -123,10 +124,8 @@ class Stage3Task:
             self.num_values, self.fc10.shape[-1], self.s3.r, update_memory=self.s3.update_memory
         )
 
-    def build_optimizer(self):
-        import keras
-
-        return keras.optimizers.SGD(learning_rate=self.s3.learning_rate, momentum=self.s3.momentum)
+    def build_optimizer(self, total_steps: int):
+        return trainer.sgd(self.s3.learning_rate, self.s3.momentum, self.s3.lr_schedule, total_steps)
 
     def trainable_variables(self, model):
         return model.trainable_variables

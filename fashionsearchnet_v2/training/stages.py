@@ -19,6 +19,7 @@ from fashionsearchnet_v2.configs import ExperimentConfig
 from fashionsearchnet_v2.data import pipeline, records, schema
 from fashionsearchnet_v2.model import aam, backbone, network
 from fashionsearchnet_v2.trained import checkpoints
+from fashionsearchnet_v2.training import trainer
 
 # The model fields stage 2 must share with the stage 1 it restores.
 BACKBONE_FIELDS = ("image_size", "width", "conv5_filters", "conv67_filters", "lrn", "batch_norm")
@@ -55,9 +56,9 @@ class _ClassificationTask:
             self.num_values, self.names, self.config.model, self.network_stage, seed=self.config.train.seed
         )
 
-    def build_optimizer(self):
+    def build_optimizer(self, total_steps: int):
         t = self.config.train
-        return keras.optimizers.SGD(learning_rate=t.learning_rate, momentum=t.momentum)
+        return trainer.sgd(t.learning_rate, t.momentum, t.lr_schedule, total_steps)
 
     def trainable_variables(self, model):
         return model.trainable_variables

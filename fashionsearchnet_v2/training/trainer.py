@@ -1,7 +1,7 @@
 """The one custom training loop all stages share: tf.distribute, tf.function steps, checkpoints,
 resume, progress and TensorBoard. What differs between stages lives in their task objects.
 
-A task provides `build_model`, `build_optimizer`, `build_inputs(seed)`, `initialize(model)` (weights
+A task provides `build_model`, `build_optimizer(total_steps)`, `build_inputs(seed)`, `initialize(model)` (weights
 for a fresh start: ImageNet or the previous stage), `train_step(model, optimizer, batch, step)`
 (one replica's step; returns per-replica sums already divided by the global batch), and optionally
 `evaluate(model)` and `summary_images(model)`.
@@ -32,6 +32,15 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"--strategy must be default, mirrored or multi_worker, got {name!r}")
+
+
+def sgd(learning_rate: float, momentum: float, schedule: str, total_steps: int):
+    """The stages' optimiser: SGD (§4.1) at a constant rate, or decayed to 0 by a cosine over the stage."""
+    if schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, total_steps))
+    elif schedule != "constant":
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
+    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
 
 
 def format_seconds(s: float) -> str:
@@ -80,7 +89,7 @@ class Trainer:
             tf.config.experimental.enable_op_determinism()  # process-wide, like TensorFlow's own switch
         with self.strategy.scope():
             model = self.task.build_model()
-            optimizer = self.task.build_optimizer()
+            optimizer = self.task.build_optimizer(self.total_steps)
             optimizer.build(self.task.trainable_variables(model))
             step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         ckpt = checkpoints.stage_checkpoint(model, optimizer, step, **self.task.extra_checkpoint())
