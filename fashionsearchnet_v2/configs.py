@@ -46,6 +46,9 @@ class ModelConfig:
     conv67_filters: int = 512  # §4.1: the added conv6 and conv7 have 512 maps
     lrn: bool = True  # AlexNet's local response normalisation after conv1 and conv2
     batch_norm: bool = False  # not in the paper: BN before each conv ReLU, for fast training from scratch
+    # Multiplies the mean-subtracted input: 1/60 from scratch (unit-scale activations); 1.0, the paper's
+    # network, when starting from ImageNet weights (`imagenet_init`). See backbone.PIXEL_STD.
+    input_scale: float = 1.0 / 60.0
     aam_threshold: float = 0.2  # §3.2: keep pixels above 20% of the map's maximum
     box_backend: str = "skimage"  # "skimage" (design card) or "tf" (same boxes, in-graph, exportable)
     localization: bool = True  # False: whole-image ROI (the Rank / w/o Rank rows)

@@ -1,5 +1,6 @@
 """Backbone shapes, grouped convolutions and the bvlc_alexnet.npy loader on a small fake file."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -56,7 +57,7 @@ def test_loader_sets_conv1_to_conv4_and_splits_groups(tmp_path, full_width_model
     data = _fake_alexnet(path)
     before = full_width_model.get_layer("conv5_g0").get_weights()[0].copy()
     assert backbone.load_alexnet_weights(full_width_model, path) == ["conv1", "conv2", "conv3", "conv4"]
-    # conv1 sees input / PIXEL_STD, so its kernel is scaled up: the same function of the pixels.
+    # conv1 sees input / PIXEL_STD (from-scratch scale), so its kernel is scaled up: the same function.
     np.testing.assert_allclose(
         full_width_model.get_layer("conv1").get_weights()[0], data["conv1"][0] * backbone.PIXEL_STD, rtol=1e-6
     )
@@ -82,3 +83,22 @@ def test_loader_errors_name_file_layer_and_shapes(tmp_path, full_width_model):
     np.save(str(tmp_path / "list.npy"), np.zeros(3))
     with pytest.raises(backbone.WeightsError, match="not a bvlc_alexnet.npy dict"):
         backbone.load_alexnet_weights(full_width_model, str(tmp_path / "list.npy"))
+
+
+def test_loaded_network_computes_the_imagenet_function_at_either_input_scale(tmp_path):
+    # The paper's network (input scale 1) and the from-scratch scale (1/60, kernel x 60) give the same
+    # conv1 outputs for the same pixels; only the learning dynamics differ.
+    path = str(tmp_path / "bvlc_alexnet.npy")
+    data = _fake_alexnet(path)
+    pixels = np.random.default_rng(1).normal(0, 60, (2, 67, 67, 3)).astype(np.float32)
+    outs = []
+    for scale in (1.0, 1 / backbone.PIXEL_STD):
+        model = network.build_network(
+            NUM_VALUES, NAMES, ModelConfig(image_size=67, input_scale=scale), "stage1"
+        )
+        backbone.load_alexnet_weights(model, path)
+        probe = keras.Model(model.input, model.get_layer("conv1").output)
+        outs.append(probe(pixels).numpy())
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-3)
+    w = data["conv1"][0]
+    assert np.abs(outs[0]).max() > 0 and w.shape == (11, 11, 3, 96)

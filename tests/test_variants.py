@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from fashionsearchnet_v2 import configs
@@ -76,6 +77,15 @@ def test_amnet_has_memory_and_fusion_but_no_localization():
     assert "AmnetMemory" in types and not {"RoiPooling", "AamBoxes", "GlobalRepresentation"} & types
     assert model.get_layer("amnet_memory").memory.shape == (9, 256)
     assert model.get_layer("amnet_fusion").kernel.shape == (16 + 256, 256)
+    # What is searched is what the margin triplet ranks: unit vectors.
+    rng = np.random.default_rng(0)
+    out = model(
+        {
+            "features": rng.standard_normal((5, 16)).astype("float32"),
+            "manipulation": np.zeros((5, 9), "float32"),
+        }
+    )
+    np.testing.assert_allclose(np.linalg.norm(out["embedding"].numpy(), axis=-1), 1.0, rtol=1e-5)
 
 
 def test_variant_model_config_rejects_unknown_names():

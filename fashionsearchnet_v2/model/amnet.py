@@ -8,8 +8,9 @@ it reads with the query image's feature into the representation used for retriev
     t      = manipulation indicator, +1 desired value,
              -1 the value to remove, 0 elsewhere             [B, C]
     r      = t M                                            [B, Dm]  (memory read; M learned)
-    e      = ReLU(W_f [f ; r] + b)                           [B, De]  (fusion; e for retrieval)
+    e      = ReLU(W_f [f ; r] + b)                           [B, De]  (fusion)
     logits = W_c e                                          [B, C]   (attribute prediction)
+    embedding = e / ‖e‖                                     [B, De]  (ranked by the triplet loss; searched)
 
 trained with a triplet ranking loss on e (anchor: manipulated query, positive: an image with the target
 attributes, negative: a random image) plus attribute prediction of the target attributes. Gallery
@@ -62,20 +63,28 @@ class AmnetMemory(keras.layers.Layer):
 
 
 def build_amnet(num_values, feature_dim: int, memory_dim: int = 256, embedding_dim: int = 256) -> keras.Model:
-    """{features [B, F], manipulation [B, C]} -> {"embedding": [B, De], "logits": [B, C]}."""
+    """{features [B, F], manipulation [B, C]} -> {"embedding": [B, De], "logits": [B, C]}.
+
+    The embedding is L2-normalised inside the model: the margin triplet ranks normalised vectors, so the
+    search must rank the same ones (searching the raw fusion output ranks by a norm the loss never saw).
+    """
     features = keras.Input((feature_dim,), name="features")
     t = keras.Input((sum(num_values),), name="manipulation")
     r = AmnetMemory(num_values, memory_dim, name="amnet_memory")(t)
     fused = keras.layers.Concatenate(name="amnet_concat")([features, r])
     e = keras.layers.Dense(embedding_dim, activation="relu", name="amnet_fusion")(fused)
     logits = keras.layers.Dense(sum(num_values), name="amnet_attributes")(e)
+    embedding = keras.layers.UnitNormalization(axis=-1, name="amnet_embedding")(e)
     return keras.Model(
-        {"features": features, "manipulation": t}, {"embedding": e, "logits": logits}, name="amnet"
+        {"features": features, "manipulation": t}, {"embedding": embedding, "logits": logits}, name="amnet"
     )
 
 
 def margin_triplet(anchor, positive, negative, margin: float = 0.2):
-    """max(0, m + ‖a−p‖² − ‖a−n‖²) on L2-normalised [B, D] embeddings -> [B] (AMNet's ranking loss)."""
+    """max(0, m + ‖a−p‖² − ‖a−n‖²) on L2-normalised [B, D] embeddings -> [B] (AMNet's ranking loss).
+
+    The model's embeddings are already unit vectors; normalising again changes nothing and keeps the loss
+    correct for raw inputs."""
     a, p, n = (tf.math.l2_normalize(x, axis=-1) for x in (anchor, positive, negative))
     d_ap = tf.reduce_sum(tf.square(a - p), -1)
     d_an = tf.reduce_sum(tf.square(a - n), -1)

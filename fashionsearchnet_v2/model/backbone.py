@@ -45,10 +45,13 @@ class LocalResponseNorm(keras.layers.Layer):
         }
 
 
-# Mean-subtracted pixels have a standard deviation of about 60, not 1. The network divides its input
-# by PIXEL_STD (layer `input_scale`) and the loader multiplies conv1's ImageNet kernel by it, so the
-# function computed is unchanged for pretrained weights, while training from scratch starts with
-# unit-scale activations and gradients instead of diverging at lr 0.01.
+# Mean-subtracted pixels have a standard deviation of about 60, not 1. Trained from scratch, the network
+# multiplies its input by 1 / PIXEL_STD (layer `input_scale`, `ModelConfig.input_scale`) and starts with
+# unit-scale activations and gradients instead of diverging at lr 0.01. Started from ImageNet weights it
+# takes the pixels as they are (scale 1), as the paper's network does: scaling the input and the loaded
+# conv1 kernel inversely computes the same function but divides conv1's effective learning rate by
+# PIXEL_STD², i.e. freezes it. The loader scales conv1 by 1 / input_scale, so either way it computes the
+# ImageNet network's function.
 PIXEL_STD = 60.0
 
 
@@ -82,7 +85,9 @@ def _scaled(filters: int, width: float) -> int:
     return max(2, int(round(filters * width / 2)) * 2)  # even, so groups of 2 split evenly
 
 
-def build_backbone(x, width=1.0, conv5_filters=384, conv67_filters=512, lrn=True, batch_norm=False):
+def build_backbone(
+    x, width=1.0, conv5_filters=384, conv67_filters=512, lrn=True, batch_norm=False, input_scale=1 / PIXEL_STD
+):
     """Image tensor [B, S, S, 3] (BGR, mean-subtracted) -> dict of conv5 and conv7 [B, h, w, C].
 
     `width` multiplies the filters of conv1-conv4 (AlexNet's part); conv5-conv7 take their counts as
@@ -90,7 +95,7 @@ def build_backbone(x, width=1.0, conv5_filters=384, conv67_filters=512, lrn=True
     scratch then converges in the minutes the embedded default has; the paper's network is the default.
     """
     bn = batch_norm
-    x = keras.layers.Rescaling(1.0 / PIXEL_STD, name="input_scale")(x)
+    x = keras.layers.Rescaling(input_scale, name="input_scale")(x)
     for name, kernel, filters, stride, groups, padding in _ALEXNET:
         x = _conv(x, name, kernel, _scaled(filters, width), stride, groups, padding, bn)
         if name in ("conv1", "conv2"):
@@ -135,8 +140,8 @@ def load_alexnet_weights(model: keras.Model, path: str, layers=PRETRAINED_LAYERS
         if name not in data:
             raise WeightsError(f"{path}: no entry {name!r}; found {sorted(data)}")
         w, b = (np.asarray(v, np.float32) for v in data[name])
-        if name == "conv1":
-            w = w * PIXEL_STD  # the network feeds conv1 input / PIXEL_STD
+        if name == "conv1":  # conv1 sees input * input_scale: the same function of the pixels
+            w = w / float(model.get_layer("input_scale").scale)
         targets = [name] if name in names else [f"{name}_g0", f"{name}_g1"]
         missing = [t for t in targets if t not in names]
         if missing:

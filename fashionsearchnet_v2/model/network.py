@@ -150,7 +150,7 @@ def build_network(
         raise ValueError(f"attribute names collide as layer names: {fragments}")
     image = keras.Input((cfg.image_size, cfg.image_size, 3), name=INPUT_NAME)
     feats = backbone.build_backbone(
-        image, cfg.width, cfg.conv5_filters, cfg.conv67_filters, cfg.lrn, cfg.batch_norm
+        image, cfg.width, cfg.conv5_filters, cfg.conv67_filters, cfg.lrn, cfg.batch_norm, cfg.input_scale
     )
     logits, maps = AttributeClassifier(
         num_values, [f"w_{f}" for f in fragments], name="attribute_classifier"

@@ -22,7 +22,15 @@ from fashionsearchnet_v2.trained import checkpoints
 from fashionsearchnet_v2.training import trainer
 
 # The model fields stage 2 must share with the stage 1 it restores.
-BACKBONE_FIELDS = ("image_size", "width", "conv5_filters", "conv67_filters", "lrn", "batch_norm")
+BACKBONE_FIELDS = (
+    "image_size",
+    "width",
+    "conv5_filters",
+    "conv67_filters",
+    "lrn",
+    "batch_norm",
+    "input_scale",
+)
 
 
 def per_attribute_accuracy(logits, labels, num_values):
