@@ -75,6 +75,7 @@ class TrainConfig:
 
     epochs: float = 12.0
     batch_size: int = 32
+    optimizer: str = "sgd"  # §4.1 "stochastic gradient descent"; "adam" for the embedded default's minutes
     learning_rate: float = 0.01  # §4.1
     momentum: float = 0.9  # open in the paper; Caffe AlexNet's value
     lr_schedule: str = "constant"  # §4.1 gives one rate; "cosine" decays it to 0 over the stage
@@ -102,8 +103,12 @@ class Stage3Config:
 
     r: int = 256  # dimension of the global representation (open in the paper)
     update_memory: bool = False  # True = Full, False = Rank-LG
+    # Unit-norm F: L_G's soft triplet compares distances in [0, 2] and never saturates (with raw F the
+    # distances are in the tens and random negatives give no gradient); the search ranks the same vectors.
+    normalize: bool = False
     epochs: float = 2.0  # §4.1
     batch_size: int = 64
+    optimizer: str = "sgd"
     learning_rate: float = 0.01
     momentum: float = 0.9
     lr_schedule: str = "constant"

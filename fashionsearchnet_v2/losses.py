@@ -93,6 +93,22 @@ def soft_triplet(
     return tf.square(d_plus) if squared else d_plus
 
 
+def active_triplets(anchor: tf.Tensor, positive: tf.Tensor, negative: tf.Tensor) -> tf.Tensor:
+    """Which soft triplets still give a gradient: d+ (1 − d+) ≥ 1% of its maximum 1/4.
+
+    d+ = sigmoid(x), x = ‖a−p‖ − ‖a−n‖, and dd+/dx = d+ (1 − d+); below 1% of 1/4 (|x| > 5.99) a triplet
+    moves the weights by less than a hundredth of what an undecided one does: saturated.
+
+    Args:
+      anchor, positive, negative: `[..., dim]`.
+
+    Returns:
+      float32 `[...]`, 1.0 where active.
+    """
+    d_plus = soft_triplet(anchor, positive, negative)
+    return tf.cast(d_plus * (1.0 - d_plus) >= 0.0025, tf.float32)
+
+
 def _uniform(shape, rng) -> tf.Tensor:
     if isinstance(rng, tf.random.Generator):
         return rng.uniform(shape)
@@ -171,6 +187,15 @@ def attribute_ranking_loss(
         squared=squared,
     )  # [batch, A]
     return tf.reduce_sum(tf.where(valid, loss, 0.0), axis=1)
+
+
+def attribute_triplets_active(fc10, pos_idx, neg_idx, valid) -> tuple[tf.Tensor, tf.Tensor]:
+    """(active, valid) counts of L_T's triplets, int32 scalars (see `active_triplets`); shapes as in
+    `attribute_ranking_loss`."""
+    fc10 = tf.convert_to_tensor(fc10)
+    pos, neg = (_gather_per_attribute(fc10, tf.cast(i, tf.int32)) for i in (pos_idx, neg_idx))
+    active = tf.cast(active_triplets(fc10, pos, neg), tf.bool) & valid
+    return tf.reduce_sum(tf.cast(active, tf.int32)), tf.reduce_sum(tf.cast(valid, tf.int32))
 
 
 def global_ranking_loss(

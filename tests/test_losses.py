@@ -230,3 +230,19 @@ def test_losses_average_under_compute_average_loss():
     per_example = losses.global_ranking_loss(tf.zeros([4, 2]), tf.zeros([4, 2]), tf.ones([4, 2]))
     avg = tf.nn.compute_average_loss(per_example, global_batch_size=8)
     np.testing.assert_allclose(avg.numpy(), per_example.numpy().sum() / 8, rtol=1e-6)
+
+
+def test_active_triplets_by_hand():
+    # x = |a-p| - |a-n|: 0 (undecided, active), -5 (d+ = 0.0067, d+(1-d+) = 0.0066 >= 0.0025, active),
+    # -7 (0.0009 < 0.0025, saturated), +7 (wrong order but saturated too).
+    a = tf.zeros([4, 1])
+    p = tf.constant([[1.0], [1.0], [1.0], [8.0]])
+    n = tf.constant([[1.0], [6.0], [8.0], [1.0]])
+    np.testing.assert_array_equal(losses.active_triplets(a, p, n).numpy(), [1.0, 1.0, 0.0, 0.0])
+    fc10 = tf.constant([[[0.0]], [[1.0]], [[8.0]]])  # 3 images, 1 attribute
+    pos = tf.constant([[1], [0], [0]])
+    neg = tf.constant([[2], [2], [1]])
+    valid = tf.constant([[True], [True], [False]])
+    active, count = losses.attribute_triplets_active(fc10, pos, neg, valid)
+    # image 0: |0-1| - |0-8| = -7 saturated; image 1: |1-0| - |1-8| = -6 saturated (d+(1-d+) = 0.00247).
+    assert int(count) == 2 and int(active) == 0

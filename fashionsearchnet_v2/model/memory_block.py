@@ -94,11 +94,15 @@ class GlobalRepresentation(keras.layers.Layer):
     Inputs [fc10 [B, A, D], t [B, C]] -> F [B, r]. Weights: `lambda` [A] (init 1), `w_r` [A*D, r],
     `memory_block` [C, D] (trainable only with update_memory: the paper's Full vs Rank-LG).
     `identity=True` gives the plain concatenation (no λ, no w_r; r = A*D), the representation of the
-    Table 1 rows trained without global ranking (w/o Rank, Rank, Rank-L).
+    Table 1 rows trained without global ranking (w/o Rank, Rank, Rank-L). `normalize=True` divides F by
+    its norm (L_G then compares unit vectors and the search ranks them; see Stage3Config.normalize).
     """
 
-    def __init__(self, num_values, dim, r=256, update_memory=False, identity=False, **kwargs):
+    def __init__(
+        self, num_values, dim, r=256, update_memory=False, identity=False, normalize=False, **kwargs
+    ):
         super().__init__(**kwargs)
+        self.normalize = bool(normalize)
         self.num_values = [int(n) for n in num_values]
         self.dim, self.r, self.update_memory, self.identity = (
             int(dim),
@@ -127,7 +131,8 @@ class GlobalRepresentation(keras.layers.Layer):
         if not self.identity:
             x = x * self.lambdas[None, :, None]
         flat = tf.reshape(x, [-1, len(self.num_values) * self.dim])
-        return flat if self.identity else tf.matmul(flat, self.w_r)
+        out = flat if self.identity else tf.matmul(flat, self.w_r)
+        return tf.math.l2_normalize(out, axis=-1) if self.normalize else out
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0], self.output_dim)
@@ -140,14 +145,19 @@ class GlobalRepresentation(keras.layers.Layer):
             "r": self.r,
             "update_memory": self.update_memory,
             "identity": self.identity,
+            "normalize": self.normalize,
         }
 
 
-def build_global_model(num_values, dim, r=256, update_memory=False, identity=False) -> keras.Model:
+def build_global_model(
+    num_values, dim, r=256, update_memory=False, identity=False, normalize=False
+) -> keras.Model:
     """Functional model {fc10 [B, A, D], manipulation [B, C]} -> {"global": [B, r]}."""
     fc10 = keras.Input((len(num_values), dim), name="fc10")
     t = keras.Input((sum(num_values),), name="manipulation")
-    layer = GlobalRepresentation(num_values, dim, r, update_memory, identity, name="global_representation")
+    layer = GlobalRepresentation(
+        num_values, dim, r, update_memory, identity, normalize, name="global_representation"
+    )
     return keras.Model(
         {"fc10": fc10, "manipulation": t}, {"global": layer([fc10, t])}, name="global_representation"
     )

@@ -56,7 +56,7 @@ def load_global_model(directory: str, num_values, dim: int):
     if cfg is None:
         raise checkpoints.RestoreError(f"{directory} has no config.json: run experiments.stage3 first")
     s3 = cfg.stage3
-    model = memory_block.build_global_model(num_values, dim, s3.r, update_memory=s3.update_memory)
+    model = memory_block.build_global_model(num_values, dim, s3.r, s3.update_memory, normalize=s3.normalize)
     path = checkpoints.restore_layers(
         model, os.path.join(directory, "ckpt"), ["global_representation"], "stage 3"
     )

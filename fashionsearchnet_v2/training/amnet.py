@@ -34,7 +34,9 @@ class AmnetTask:
         return amnet.build_amnet(self.num_values, self.features.shape[-1])
 
     def build_optimizer(self, total_steps: int):
-        return trainer.sgd(self.s3.learning_rate, self.s3.momentum, self.s3.lr_schedule, total_steps)
+        return trainer.make_optimizer(
+            self.s3.optimizer, self.s3.learning_rate, self.s3.momentum, self.s3.lr_schedule, total_steps
+        )
 
     def trainable_variables(self, model):
         return model.trainable_variables

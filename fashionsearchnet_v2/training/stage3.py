@@ -121,11 +121,17 @@ class Stage3Task:
 
     def build_model(self):
         return memory_block.build_global_model(
-            self.num_values, self.fc10.shape[-1], self.s3.r, update_memory=self.s3.update_memory
+            self.num_values,
+            self.fc10.shape[-1],
+            self.s3.r,
+            self.s3.update_memory,
+            normalize=self.s3.normalize,
         )
 
     def build_optimizer(self, total_steps: int):
-        return trainer.sgd(self.s3.learning_rate, self.s3.momentum, self.s3.lr_schedule, total_steps)
+        return trainer.make_optimizer(
+            self.s3.optimizer, self.s3.learning_rate, self.s3.momentum, self.s3.lr_schedule, total_steps
+        )
 
     def trainable_variables(self, model):
         return model.trainable_variables
@@ -178,10 +184,18 @@ class Stage3Task:
             loss = tf.nn.compute_average_loss(l_g, global_batch_size=self.global_batch)
         variables = model.trainable_variables
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return {"loss": loss, "L_G": loss}
+        active = losses.active_triplets(f_q, f_p, f_n)
+        return {
+            "loss": loss,
+            "L_G": loss,
+            "L_G_active": tf.reduce_sum(active),
+            "L_G_triplets": tf.size(active),
+        }
 
     def scalars(self, sums: dict, steps: int) -> dict:
-        return {k: float(v) / steps for k, v in sums.items()}
+        out = {k: float(v) / steps for k, v in sums.items() if k in ("loss", "L_G")}
+        out["L_G_active_share"] = float(sums["L_G_active"]) / max(float(sums["L_G_triplets"]), 1.0)
+        return out
 
     def evaluate(self, model) -> dict:
         return {}

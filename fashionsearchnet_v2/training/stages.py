@@ -66,7 +66,7 @@ class _ClassificationTask:
 
     def build_optimizer(self, total_steps: int):
         t = self.config.train
-        return trainer.sgd(t.learning_rate, t.momentum, t.lr_schedule, total_steps)
+        return trainer.make_optimizer(t.optimizer, t.learning_rate, t.momentum, t.lr_schedule, total_steps)
 
     def trainable_variables(self, model):
         return model.trainable_variables
@@ -89,6 +89,8 @@ class _ClassificationTask:
     # --- logging ------------------------------------------------------------------------------
     def scalars(self, sums: dict, steps: int) -> dict:
         out = {k: float(v) / steps for k, v in sums.items() if k in ("loss", "L_C", "L_T", "L_TC")}
+        if "L_T_triplets" in sums:  # share of L_T's triplets that still give a gradient
+            out["L_T_active_share"] = float(sums["L_T_active"]) / max(float(sums["L_T_triplets"]), 1.0)
         for prefix in ("", "fc10_"):
             if f"{prefix}correct" in sums:
                 acc = sums[f"{prefix}correct"] / np.maximum(sums[f"{prefix}labelled"], 1)
@@ -229,6 +231,7 @@ class Stage2Task(_ClassificationTask):
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         correct, labelled = per_attribute_accuracy(out["logits"], labels, self.num_values)
         fc10_correct, fc10_labelled = per_attribute_accuracy(out["fc10_logits"], labels, self.num_values)
+        l_t_active, l_t_triplets = losses.attribute_triplets_active(out["fc10"], pos, neg, valid)
         result = {
             k: tf.nn.compute_average_loss(v, global_batch_size=self.global_batch) for k, v in parts.items()
         }
@@ -238,5 +241,7 @@ class Stage2Task(_ClassificationTask):
             labelled=labelled,
             fc10_correct=fc10_correct,
             fc10_labelled=fc10_labelled,
+            L_T_active=l_t_active,
+            L_T_triplets=l_t_triplets,
         )
         return result

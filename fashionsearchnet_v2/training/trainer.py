@@ -34,13 +34,18 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     raise ValueError(f"--strategy must be default, mirrored or multi_worker, got {name!r}")
 
 
-def sgd(learning_rate: float, momentum: float, schedule: str, total_steps: int):
-    """The stages' optimiser: SGD (§4.1) at a constant rate, or decayed to 0 by a cosine over the stage."""
+def make_optimizer(name: str, learning_rate: float, momentum: float, schedule: str, total_steps: int):
+    """The stages' optimiser: SGD (§4.1; `momentum` 0 is plain SGD) or Adam (β1 = `momentum` if set),
+    at a constant rate or decayed to 0 by a cosine over the stage."""
     if schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, total_steps))
     elif schedule != "constant":
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
-    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=momentum or 0.9)
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
 
 
 def format_seconds(s: float) -> str:
