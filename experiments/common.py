@@ -155,8 +155,6 @@ def build_config(
         m["image_size"] = IMAGE_SIZE.value
     if BOX_BACKEND.value:
         m["box_backend"] = BOX_BACKEND.value
-    if ALEXNET_WEIGHTS.value:  # the paper's network takes the pixels as they are (backbone.PIXEL_STD)
-        m["input_scale"] = 1.0
     if BATCH_NORM.value is not None:
         m["batch_norm"], m["lrn"] = BATCH_NORM.value, not BATCH_NORM.value
     for flag, key in ((BATCH_SIZE, "batch_size"), (EPOCHS, "epochs"), (LEARNING_RATE, "learning_rate"),

@@ -46,8 +46,10 @@ class ModelConfig:
     conv67_filters: int = 512  # §4.1: the added conv6 and conv7 have 512 maps
     lrn: bool = True  # AlexNet's local response normalisation after conv1 and conv2
     batch_norm: bool = False  # not in the paper: BN before each conv ReLU, for fast training from scratch
-    # Multiplies the mean-subtracted input: 1/60 from scratch (unit-scale activations); 1.0, the paper's
-    # network, when starting from ImageNet weights (`imagenet_init`). See backbone.PIXEL_STD.
+    # Multiplies the mean-subtracted input (see backbone.PIXEL_STD): from scratch it gives unit-scale
+    # activations; from ImageNet weights (conv1 loaded x 60, the same function) it divides conv1's
+    # effective learning rate by 3600, which plain SGD at 0.01 needs: at the paper's rate (scale 1.0) conv1
+    # diverges in the first step (WORKSPACE.md decision 29).
     input_scale: float = 1.0 / 60.0
     aam_threshold: float = 0.2  # §3.2: keep pixels above 20% of the map's maximum
     box_backend: str = "skimage"  # "skimage" (design card) or "tf" (same boxes, in-graph, exportable)
