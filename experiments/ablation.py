@@ -7,7 +7,7 @@ Writes `<workdir>/ablation/`: table.md, table.json, topk_curves.png and one fold
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 from fashionsearchnet_v2 import configs
@@ -28,4 +28,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

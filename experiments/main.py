@@ -10,7 +10,7 @@ Everything lands in `<workdir>` (default work/<dataset>): checkpoints, TensorBoa
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -28,4 +28,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)
