@@ -187,3 +187,17 @@ def test_stage2_refuses_an_unfinished_stage1(tmp_path):
     dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=4)).write(stage1)
     with pytest.raises(checkpoints.RestoreError, match=r"stage 1 in .* stopped at step 2 of 4"):
         run.run_stage2(_config(tmp_path / "work", max_steps=4), info, out=io.StringIO())
+
+
+def test_a_real_run_refuses_a_quick_stage(tmp_path):
+    info = _write(tmp_path / "data")
+    cfg = _config(tmp_path / "work", max_steps=1)  # quick
+    run.run_stage1(cfg, info, out=io.StringIO())
+    real = dataclasses.replace(cfg, quick=False)
+    with pytest.raises(provenance.ProvenanceError, match="written by a --quick smoke check"):
+        run.run_stage2(real, info, out=io.StringIO())  # building on it
+    with pytest.raises(provenance.ProvenanceError, match="written by a --quick smoke check"):
+        run.run_stage1(real, info, out=io.StringIO())  # resuming it
+    with pytest.raises(provenance.ProvenanceError, match="written by a --quick smoke check"):
+        loading.load_stage1(cfg.workdir, info, quick=False)
+    loading.load_stage1(cfg.workdir, info)  # evaluation and export do not ask
