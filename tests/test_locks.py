@@ -71,7 +71,9 @@ def test_second_run_on_a_stage_directory_stops_and_a_stale_lock_is_taken_over(tm
         run.run_stage1(cfg, info, out=io.StringIO())
     assert not (stage1 / "ckpt").exists()  # nothing written
     _hold(stage1, dead_pid)  # its holder was killed: taken over
-    run.run_stage1(cfg, info, out=io.StringIO())
+    log = io.StringIO()
+    run.run_stage1(cfg, info, out=log)
+    assert f"took over the lock of a run that is gone: PID {dead_pid}" in log.getvalue()
     assert (stage1 / "ckpt").is_dir() and not (stage1 / locks.LOCK_FILE).exists()
 
 

@@ -76,10 +76,18 @@ def stage_lock(workdir: str, stage: str, strategy=None):
     return locks.DirectoryLock(workdir, f"another {stage} run")
 
 
+def _say_taken_over(lock, stage: str, out) -> None:
+    if getattr(lock, "took_over", None):
+        print(
+            f"[{stage}] took over the lock of a run that is gone: {locks.describe(lock.took_over)}", file=out
+        )
+
+
 def _train(task, cfg: ExperimentConfig, info, workdir: str, strategy, out):
     total, per_epoch = schedule(cfg.train, info)
     integrity.check_records(info)
-    with stage_lock(workdir, cfg.stage, strategy):
+    with stage_lock(workdir, cfg.stage, strategy) as lock:
+        _say_taken_over(lock, cfg.stage, out)
         check_same_model(cfg, workdir, info)
         cfg = provenance.stamp(cfg, info)
         if distribute.is_chief(strategy):
@@ -148,7 +156,8 @@ def _train_on_features(task, cfg: ExperimentConfig, workdir: str, num_examples: 
     s3 = cfg.stage3
     per_epoch = max(1, num_examples // s3.batch_size)
     total = s3.max_steps if s3.max_steps else max(1, math.ceil(s3.epochs * per_epoch))
-    with stage_lock(workdir, cfg.stage):
+    with stage_lock(workdir, cfg.stage) as lock:
+        _say_taken_over(lock, cfg.stage, out)
         old = configs.read_config(workdir)
         if old is not None and os.path.isdir(os.path.join(workdir, "ckpt")):
             provenance.check(old, task.info, workdir, quick=cfg.quick)
