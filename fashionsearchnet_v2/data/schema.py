@@ -191,7 +191,7 @@ def content_fingerprint(directory: str, attributes: Sequence[Attribute], shards:
     """ "sha256:<hex>" over the attribute vocabulary and every shard's name and bytes, split by split.
 
     Hashing the files (not the records) makes it checkable with standard tools and costs one read of
-    what was just written (about 0.3 s per 100 MB). The vocabulary is included because the records
+    what was just written (about 0.2 s per 100 MB). The vocabulary is included because the records
     store labels as numbers: the same bytes under other value names are another dataset.
     """
     h = hashlib.sha256()
