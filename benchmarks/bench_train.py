@@ -14,9 +14,12 @@ Rows (each in its own subprocess, so the peak memory is the row's own; the paren
 * stage 2: `build_network(..., "full")` with `Stage2Task.train_step`: AAMs, boxes (`--box_backend`),
   ROI pooling, fc8/fc9/fc10 branches, L_C + 1.5 L_T (`losses.mine_triplets`) + L_TC.
 * stage 2 with the other box backend (skimage <-> tf), and stage 2 with feature fusion (§3.2 FF).
+* stage2_noguard: stage 2 without the trainer's divergence check (`training.guard.all_finite` over the
+  model's variables), to measure what the check costs (issue 10; WORKSPACE.md decision R1).
 
 Every step runs inside `tf.function` exactly as `training.trainer.Trainer` runs it (`strategy.run` of the
-task's step, sums reduced, step counter incremented) and is synchronised by reading the loss. Reported:
+task's step, sums reduced, step counter incremented, the divergence flag computed) and is synchronised by
+reading the loss and the flag. Reported:
 images/s from the median step time after `--warmup` steps, ms/step, the ratio to the baseline measured
 in the same invocation with the same input, and the row's peak RSS (`ru_maxrss`).
 
@@ -57,7 +60,7 @@ import fashionsearchnet_v2  # noqa: F401
 DARN_VALUES = (20, 13, 55, 7, 28, 11, 26, 8, 17)
 MAX_RATIO = 1.30
 MAX_PEAK_GIB = 8.0
-ROWS = ("baseline", "stage1", "stage2", "stage2_alt", "stage2_ff")
+ROWS = ("baseline", "stage1", "stage2", "stage2_alt", "stage2_ff", "stage2_noguard")
 RESULT_TAG = "BENCH_TRAIN_RESULT "
 
 
@@ -125,6 +128,7 @@ def row_label(row: str, args) -> str:
         "stage2": f"stage 2, boxes {args.box_backend}",
         "stage2_alt": f"stage 2, boxes {other_backend(args.box_backend)}",
         "stage2_ff": f"stage 2 + feature fusion, boxes {args.box_backend}",
+        "stage2_noguard": f"stage 2 without the divergence check, boxes {args.box_backend}",
     }[row]
 
 
@@ -163,7 +167,7 @@ def run_row(args, row: str, input_kind: str) -> dict:
     from fashionsearchnet_v2 import configs
     from fashionsearchnet_v2.data import pipeline, schema
     from fashionsearchnet_v2.model import backbone
-    from fashionsearchnet_v2.training import stages
+    from fashionsearchnet_v2.training import guard, stages
 
     if args.intra_op_threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
@@ -266,20 +270,23 @@ def run_row(args, row: str, input_kind: str) -> dict:
         optimizer.build(task.trainable_variables(model))
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
 
+    checked = [] if row == "stage2_noguard" else guard.checked_variables(model, optimizer)
+
     @tf.function
     def distributed_step(batch):
         results = strategy.run(task.train_step, args=(model, optimizer, batch, step))
         reduced = {k: strategy.reduce("SUM", v, axis=None) for k, v in results.items()}
         step.assign_add(1)
-        return reduced
+        return reduced, guard.all_finite(checked)
 
     waits, steps, losses = [], [], []
     for i in range(total):
         t0 = time.perf_counter()
         x = next_batch()
         t1 = time.perf_counter()
-        out = distributed_step(x)
+        out, finite = distributed_step(x)
         loss = float(out["loss"].numpy())  # synchronises: the step has run
+        bool(finite)  # as the trainer reads it
         t2 = time.perf_counter()
         if i == 0:
             result["first_step_s"] = t2 - t0  # tracing + first run

@@ -10,7 +10,7 @@ import sys
 
 from absl import app, flags
 
-from fashionsearchnet_v2.data.schema import DatasetError
+from fashionsearchnet_v2 import errors
 
 INPUT_DIR = flags.DEFINE_string("input_dir", None, "Directory holding the dataset as distributed.")
 OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory to write dataset.json and shards to.")
@@ -21,7 +21,8 @@ OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output di
 
 
 def run(convert, needs_input: bool = True) -> None:
-    """Parses flags, calls `convert` and prints the report; a DatasetError exits 2 with its message."""
+    """Parses flags, calls `convert` and prints the report; a DatasetError or a full disk exits 2 with one
+    `error:` line."""
 
     def main(argv):
         del argv
@@ -40,8 +41,11 @@ def run(convert, needs_input: bool = True) -> None:
                 info = convert(INPUT_DIR.value, OUTPUT_DIR.value, **kwargs)
             else:
                 info = convert(OUTPUT_DIR.value, **kwargs)
-        except DatasetError as e:
-            print(f"error: {e}", file=sys.stderr)
+        except Exception as e:  # bad data, a full disk: one line (errors.user_message); a bug: traceback
+            message = errors.user_message(e)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
             sys.exit(2)
         print(f"wrote {info.data_dir}: splits {info.splits}")
         print(f"report: {info.report}")

@@ -9,7 +9,7 @@ with the manipulation gain), table.json and topk_curves.png.
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 from fashionsearchnet_v2 import configs
@@ -31,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

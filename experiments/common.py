@@ -2,15 +2,20 @@
 
 Only `experiments/` reads flags; the library gets the resolved config object, which is also written
 into the stage's work directory next to its checkpoints.
+
+Every entry point ends in `run(main)`: a failure the user can meet (bad or damaged data, wrong stage
+order, a diverged run, a directory in use, a full disk) is one `error: ...` line and exit status 2;
+anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 import fashionsearchnet_v2  # noqa: F401  (switches oneDNN on before TensorFlow loads)
 from fashionsearchnet_v2 import configs
@@ -27,11 +32,16 @@ DATASETS = {
 }
 
 DATASET = flags.DEFINE_string("dataset", "synthetic", f"Registered dataset: {', '.join(DATASETS)}.")
-DATA_DIR = flags.DEFINE_string("data_dir", None, "Converted dataset directory (default data/<dataset>).")
+DATA_DIR = flags.DEFINE_string(
+    "data_dir",
+    None,
+    "Converted dataset directory (default data/<dataset>; data/synthetic-quick with --quick).",
+)
 WORKDIR = flags.DEFINE_string(
     "workdir",
     None,
-    "Work directory of this dataset (default work/<dataset>); a seed trains in <workdir>/seed<N>.",
+    "Work directory of this dataset (default work/<dataset>, work/<dataset>-quick with --quick); a seed "
+    "trains in <workdir>/seed<N>.",
 )
 IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Input size (paper: 227; synthetic default 128).")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size.")
@@ -50,7 +60,12 @@ SEEDS = flags.DEFINE_list(
     "mean ± std per cell (default: --seed).",
 )
 STRATEGY = flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute.")
-QUICK = flags.DEFINE_bool("quick", False, "Shrink everything to a run of seconds (smoke checks).")
+QUICK = flags.DEFINE_bool(
+    "quick",
+    False,
+    "Shrink everything to a run of seconds (smoke checks), in work/<dataset>-quick (and for synthetic "
+    "data/synthetic-quick): never in the default directories, which real runs use.",
+)
 SCHEDULE = flags.DEFINE_enum(
     "schedule",
     "default",
@@ -89,6 +104,11 @@ def seed_list() -> list[int]:
     return seeds
 
 
+# Entry points that may run on several workers: the stages trained with tf.distribute. Stage 3 trains a few
+# matrices on one device and the evaluation writes files: both run in one process.
+MULTI_WORKER_STAGES = ("stage1", "stage2")
+
+
 class UsageError(SystemExit):
     pass
 
@@ -96,6 +116,36 @@ class UsageError(SystemExit):
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise UsageError(2)
+
+
+def user_error(e: BaseException) -> str | None:
+    """The one-line message for a failure the user can meet, or None for a bug (see `errors`)."""
+    from fashionsearchnet_v2 import errors
+
+    return errors.user_message(e)
+
+
+def guarded(main):
+    """`main` with the failures of `user_error` turned into one `error:` line and exit status 2."""
+
+    @functools.wraps(main)
+    def wrapper(argv):
+        try:
+            return main(argv)
+        except UsageError:
+            raise
+        except Exception as e:  # re-raised below unless it is a failure the user can meet
+            message = user_error(e)
+            if message is None:
+                raise
+            fail(message)
+
+    return wrapper
+
+
+def run(main) -> None:
+    """`absl.app.run(main)` for an entry point, with its failures reported as `guarded` says."""
+    app.run(guarded(main))
 
 
 def seed_workdir(workdir: str, seed: int) -> str:
@@ -108,18 +158,24 @@ def resolve_dirs() -> tuple[str, str, str]:
     dataset = DATASET.value
     if dataset not in DATASETS:
         fail(f"unknown --dataset={dataset!r}; registered datasets: {', '.join(DATASETS)}")
-    data_dir = DATA_DIR.value or os.path.join("data", dataset)
-    workdir = WORKDIR.value or os.path.join("work", dataset)
+    # A smoke check never writes where a real run reads: its own work directory and, for the generated
+    # dataset, its own data directory. (A real dataset is only read, so --quick uses it where it is.)
+    quick = "-quick" if QUICK.value else ""
+    data_dir = DATA_DIR.value or os.path.join("data", dataset + (quick if dataset == "synthetic" else ""))
+    workdir = WORKDIR.value or os.path.join("work", dataset + quick)
     return dataset, data_dir, workdir
 
 
 def load_or_make_dataset(dataset: str, data_dir: str, quick: bool) -> schema.DatasetInfo:
-    """The converted dataset; the embedded default is generated on first use (no download)."""
+    """The converted dataset, checked (format version, records against dataset.json); the embedded
+    default is generated on first use (no download). A real run refuses a --quick run's dataset."""
+    from fashionsearchnet_v2.data import integrity
+
     if not os.path.isfile(os.path.join(data_dir, schema.DATASET_JSON)):
         if dataset == "synthetic" and (not os.path.exists(data_dir) or not os.listdir(data_dir)):
             from fashionsearchnet_v2.data import synthetic
 
-            kwargs = dict(num_images=400, num_query=40, num_gallery=120) if quick else {}
+            kwargs = dict(num_images=400, num_query=40, num_gallery=120, quick=True) if quick else {}
             print(f"generating the embedded default dataset into {data_dir} ...", flush=True)
             return synthetic.write_synthetic(data_dir, **kwargs)
         try:
@@ -127,9 +183,17 @@ def load_or_make_dataset(dataset: str, data_dir: str, quick: bool) -> schema.Dat
         except schema.DatasetError as e:
             fail(f"{e}\nFor --dataset={dataset}: {DATASETS[dataset].format(data_dir=data_dir)}")
     try:
-        return schema.load_dataset_info(data_dir)
+        info = schema.load_dataset_info(data_dir)
+        integrity.check_records(info)
     except schema.DatasetError as e:
         fail(str(e))
+    if info.quick and not quick:
+        fail(
+            f"{data_dir} was written by a --quick smoke check ({sum(info.splits.values())} images); a real "
+            "run does not train or evaluate on it. Delete it (the embedded dataset is generated again) or "
+            "give --data_dir."
+        )
+    return info
 
 
 def build_config(
@@ -138,6 +202,15 @@ def build_config(
     """The resolved config of one seed's run (`--seed` unless `seed` is given) and its dataset."""
     logging.set_verbosity(logging.WARNING)  # TensorFlow's per-save INFO lines drown the progress
     seed = SEED.value if seed is None else seed
+    if STRATEGY.value == "multi_worker":
+        if stage not in MULTI_WORKER_STAGES:
+            fail(
+                f"--strategy=multi_worker trains stages 1 and 2 (experiments.stage1, experiments.stage2); "
+                f"run {stage} in one process afterwards (README: Multi-worker training)"
+            )
+        from fashionsearchnet_v2.training import trainer
+
+        trainer.make_strategy("multi_worker")  # before any other TensorFlow op, as collectives require
     dataset, data_dir, workdir = resolve_dirs()
     workdir = seed_workdir(workdir, seed)
     model, train, stage3 = configs.dataset_defaults(dataset)

@@ -8,7 +8,7 @@ Writes `<workdir>/eval/<variant>/` by default (results.json, table.md, topk.png,
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 from fashionsearchnet_v2 import configs
@@ -31,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -10,7 +10,7 @@ means fill the memory block). The export loads with TensorFlow alone (`tf.saved_
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 from fashionsearchnet_v2.serving import export
@@ -50,4 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

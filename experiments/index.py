@@ -12,7 +12,7 @@ Unreadable images in a folder are skipped and listed; the index file is written 
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 from fashionsearchnet_v2.data import schema
@@ -82,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -13,7 +13,7 @@ with the query not manipulated) and prints the Table-1-style result. Each seed r
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -32,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -15,7 +15,7 @@ the query's attribute activation maps with their boxes. Exit code 2 for an unkno
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 from fashionsearchnet_v2.data import schema
@@ -123,4 +123,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -3,8 +3,6 @@
 python -m experiments.stage1 --dataset=synthetic [--quick] [--alexnet_weights=bvlc_alexnet.npy]
 """
 
-from absl import app
-
 from experiments import common
 
 
@@ -17,4 +15,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

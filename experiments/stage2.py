@@ -5,7 +5,7 @@
 Starts from `<workdir>/stage1` (a checked partial restore) and writes `<workdir>/stage2_<variant>`.
 """
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 from fashionsearchnet_v2 import configs
@@ -26,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -135,6 +135,10 @@ class ExperimentConfig:
     alexnet_weights: str | None = None
     strategy: str = "default"
     quick: bool = False
+    # What the stage was trained on, recorded by training.run and checked by trained.provenance when it
+    # is resumed or built upon: the dataset's content fingerprint and its attributes (name -> values).
+    dataset_fingerprint: str = ""
+    attributes: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -151,7 +155,7 @@ class ExperimentConfig:
         """Writes the resolved config next to the checkpoints (atomically)."""
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, name)
-        tmp = path + ".tmp"
+        tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(self.to_json(), f, indent=2)
         os.replace(tmp, path)

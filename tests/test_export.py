@@ -213,3 +213,20 @@ def test_tf_serving_rest_body_feeds_the_signatures(exported):
     np.testing.assert_allclose(got[1], direct["global_representation"].numpy()[1], atol=1e-5)
     want = module.manipulate(tf.constant(fc10), [[0, 1], [-1, -1]], [[2, 0], [-1, -1]])
     np.testing.assert_allclose(got, want["global_representation"].numpy(), atol=1e-6)
+
+
+def test_embed_checks_its_input(exported):
+    """A grey or RGBA batch, an image without its batch axis, an empty image: refused by the signature
+    itself (TensorFlow Serving calls it directly), and by the client before it sends anything."""
+    _, _, _, out_dir = exported
+    loaded = tf.saved_model.load(out_dir)
+    embed = loaded.signatures["embed"]
+    for shape, message in (((1, 40, 40, 1), r"not compatible with expected shape \[\?,\?,\?,3\]"),
+                           ((1, 40, 40, 4), "not compatible with expected shape"),
+                           ((40, 40, 3), "not compatible with expected shape"),
+                           ((1, 0, 40, 3), "height and width > 0")):  # fmt: skip
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            embed(images=tf.zeros(shape, tf.uint8))
+    client = export.ExportedModel(out_dir)
+    with pytest.raises(export.ExportError, match=r"image 1 has shape \(40, 40\): embed takes RGB images"):
+        client.embed([np.zeros((40, 40, 3), np.uint8), np.zeros((40, 40), np.uint8)])

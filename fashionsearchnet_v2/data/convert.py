@@ -9,7 +9,9 @@ A converter only parses its label files into `Example`s (metadata, no pixels) an
 - skips missing, empty, undecodable and truncated images, counting them by reason and listing them in
   `conversion_report.txt`, never stopping halfway;
 - writes into a temporary sibling directory renamed at the end, so an interrupted conversion never
-  leaves something that looks complete, and refuses an existing output without `overwrite=True`.
+  leaves something that looks complete, and refuses an existing output without `overwrite=True`;
+  temporaries of killed conversions (`<out>.tmp-<pid>`, owner dead) are removed by the next one;
+- records the content fingerprint (`schema.content_fingerprint`) in dataset.json.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
+from fashionsearchnet_v2 import locks
 from fashionsearchnet_v2.data import records, schema
 from fashionsearchnet_v2.data.schema import DatasetError
 
@@ -95,19 +98,27 @@ class Progress:
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool) -> str:
-    """Refuses an existing non-empty output without `overwrite`; returns a fresh temporary sibling."""
+    """Refuses an existing non-empty output without `overwrite`; returns a fresh temporary sibling,
+    marked with its owner, after removing the temporaries of conversions that were killed."""
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir) and os.listdir(output_dir) and not overwrite:
         raise DatasetError(f"{output_dir} already exists and is not empty; pass --overwrite to replace it.")
+    base = os.path.basename(output_dir)
+    for path in locks.remove_orphans(os.path.dirname(output_dir), [f"{base}.tmp-*", f"{base}.old-*"]):
+        print(f"removed {path}, left behind by a conversion that was killed", file=sys.stderr)
     tmp = f"{output_dir}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
+    locks.mark_owner(tmp)
     return tmp
 
 
 def commit_output_dir(tmp: str, output_dir: str) -> None:
     """Moves a finished temporary directory into place; the old output is removed only afterwards."""
     output_dir = os.path.abspath(output_dir)
+    owner = os.path.join(tmp, locks.OWNER_FILE)
+    if os.path.exists(owner):
+        os.remove(owner)
     old = None
     if os.path.exists(output_dir):
         old = f"{output_dir}.old-{os.getpid()}"
@@ -144,11 +155,12 @@ def write_dataset(
     extra: dict | None = None,
     per_shard: int = 2048,
     progress: bool = True,
+    quick: bool = False,
 ) -> schema.DatasetInfo:
     """Validates, splits and writes `examples` as a dataset directory; returns its description.
 
     `skipped` lists rows the converter already dropped as (reason, image_id, detail); they are counted
-    and reported with the ones skipped here.
+    and reported with the ones skipped here. `quick` marks a smoke-check dataset, which real runs refuse.
     """
     attributes = list(attributes)
     if num_query < 0 or num_gallery < 0:
@@ -218,6 +230,8 @@ def write_dataset(
             has_boxes=has_boxes,
             localized=dict(localized or {}),
             extra=dict(extra or {}),
+            fingerprint=schema.content_fingerprint(tmp, attributes, shards),
+            quick=quick,
         )
         with open(os.path.join(tmp, schema.DATASET_JSON), "w", encoding="utf-8") as f:
             json.dump(info.to_json(), f, indent=2)

@@ -14,6 +14,12 @@ D = fc10 size, r = global dimension, C = all values of all attributes, M manipul
         -> global_representation float32 [N, r]         Eq. 7 with fc10_a := memory prototype of value v
                                                          for every slot (a, v); a = -1 marks unused slots
 
+Both signatures check what they get and what they give: `embed` refuses a batch that is not
+[N, H, W, 3] with H, W > 0 (a grey or RGBA image, a single image without its batch axis), `manipulate`
+refuses non-finite attribute representations, and neither returns a non-finite float: a request fails
+with InvalidArgumentError naming the input or output instead of answering NaN. An export is refused when
+the model holds a non-finite weight (a diverged training).
+
 `embed` preprocesses inside the graph exactly as training did (`records.preprocess_image`: bilinear
 squash to S x S, RGB -> BGR, minus the ImageNet mean), so a client sends decoded RGB pixels and nothing
 else. Predictions come from the stage-2 attribute classifiers cls_a on fc10_a (`fc10_logits`), not from
@@ -24,7 +30,8 @@ The network is rebuilt with the pure-TF box backend (the scikit-image one is a `
 a SavedModel cannot hold; both give identical boxes), so the export loads with TensorFlow alone: no code
 of this project is needed to serve it. The vocabulary (attribute names and value names, in label order)
 travels as a SavedModel asset (`assets/vocabulary.json`) and as `vocabulary.json` at the export's top
-level; `export.json` beside it records where the weights came from.
+level; `export.json` beside it records where the weights came from. The export is written into a
+temporary sibling renamed into place; temporaries of killed exports (owner dead) are removed by the next.
 """
 
 from __future__ import annotations
@@ -40,9 +47,10 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from fashionsearchnet_v2 import configs
+from fashionsearchnet_v2 import configs, locks
 from fashionsearchnet_v2.data import records, schema
 from fashionsearchnet_v2.model import memory_block, network
+from fashionsearchnet_v2.trained import checkpoints
 
 VOCABULARY_JSON = "vocabulary.json"
 EXPORT_JSON = "export.json"
@@ -220,6 +228,15 @@ class ServingModule(tf.Module):
         return tf.cast(self.global_layer([fc10, t]), tf.float32)
 
     def _embed(self, images):
+        # The signature's shape is not enforced when it is called (a [N, H, W, 1] batch would broadcast
+        # against the mean): EnsureShape checks rank and channels at run time.
+        images = tf.ensure_shape(images, [None, None, None, 3], name="images_must_be_N_H_W_3")
+        nonempty = tf.debugging.Assert(
+            tf.reduce_all(tf.shape(images)[1:3] > 0),
+            ["images must have height and width > 0, got", tf.shape(images)],
+        )
+        with tf.control_dependencies([nonempty]):
+            images = tf.identity(images)
         # One call of preprocess_image on the batch equals calling it image by image: resize, channel
         # reversal and mean subtraction are all per image.
         x = records.preprocess_image(images, self.image_size, self.mean_bgr)
@@ -230,7 +247,7 @@ class ServingModule(tf.Module):
             tf.nn.softmax(tf.cast(lg, tf.float32), axis=-1)
             for lg in network.split_logits(out["fc10_logits"], self.num_values)
         ]
-        return {
+        outputs = {
             "attribute_representations": fc10,
             "global_representation": self._global(fc10, t),
             "predicted_values": tf.stack([tf.argmax(p, -1, output_type=tf.int32) for p in probs], axis=1),
@@ -238,9 +255,13 @@ class ServingModule(tf.Module):
             "boxes": tf.cast(out["boxes"], tf.float32),
             "maps": tf.cast(out["maps"], tf.float32),
         }
+        return _finite(outputs, "embed")
 
     def _manipulate(self, attribute_representations, attributes, values):
         a_count, c = len(self.num_values), sum(self.num_values)
+        attribute_representations = tf.debugging.assert_all_finite(
+            attribute_representations, "manipulate: attribute_representations holds NaN or inf"
+        )
         offsets = np.concatenate([[0], np.cumsum(self.num_values)[:-1]]).astype(np.int32)
         used = attributes >= 0
         safe = tf.where(used, attributes, 0)
@@ -276,7 +297,31 @@ class ServingModule(tf.Module):
         with tf.control_dependencies(checks2):
             index = tf.where(used, tf.gather(tf.constant(offsets), safe) + values, -1)
             t = tf.reduce_sum(tf.one_hot(index, c, dtype=tf.float32), axis=1)  # multi-hot [N, C]
-            return {"global_representation": self._global(attribute_representations, t)}
+            return _finite(
+                {"global_representation": self._global(attribute_representations, t)}, "manipulate"
+            )
+
+
+def _finite(outputs: dict, signature: str) -> dict:
+    """The outputs, each float one checked to be finite (CheckNumerics names the output)."""
+    return {
+        k: tf.debugging.assert_all_finite(v, f"{signature}: output {k} is not finite (the model diverged?)")
+        if v.dtype.is_floating
+        else v
+        for k, v in outputs.items()
+    }
+
+
+def check_finite_module(module: ServingModule) -> None:
+    """Raises ExportError naming the layers with non-finite weights (a diverged model is not exported)."""
+    layers = {layer.name: layer for layer in module.model.layers if layer.weights}
+    layers[module.global_layer.name] = module.global_layer
+    bad = checkpoints.nonfinite_layers(layers)
+    if bad:
+        raise ExportError(
+            f"the model holds non-finite weights in layer {', '.join(bad[:3])}: its training diverged; "
+            "train it again (with a lower learning rate) before exporting"
+        )
 
 
 def check_destination(export_dir: str, overwrite: bool) -> str:
@@ -297,13 +342,18 @@ def save(
     """Writes the SavedModel to a temporary sibling of `export_dir`, then renames it into place.
 
     A reader therefore sees either the old export or the complete new one, never a half-written one.
-    Returns the absolute export directory.
+    Temporaries of exports that were killed (`.<name>.tmp-<pid>-*`, owner dead) are removed first.
+    Returns the absolute export directory. Raises ExportError for a model with non-finite weights.
     """
     export_dir = check_destination(export_dir, overwrite)
+    check_finite_module(module)
     parent = os.path.dirname(export_dir)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(export_dir)}.tmp-")
+    name = os.path.basename(export_dir)
+    locks.remove_orphans(parent, [f".{name}.tmp-*", f".{name}.old-*"])
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{name}.tmp-{os.getpid()}-")
     try:
+        locks.mark_owner(tmp)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a server often runs as another user
         vocab_path = os.path.join(tmp, VOCABULARY_JSON)
         with open(vocab_path, "w", encoding="utf-8") as f:
@@ -323,6 +373,7 @@ def save(
         }
         with open(os.path.join(tmp, EXPORT_JSON), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2)
+        os.remove(os.path.join(tmp, locks.OWNER_FILE))  # the name's PID still marks it until the rename
         _replace_dir(tmp, export_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -342,7 +393,9 @@ def _replace_dir(src: str, dst: str, overwrite: bool) -> None:
     if os.path.lexists(dst):
         if not overwrite:
             raise ExportError(f"{dst} already exists; pass --overwrite to replace it")
-        old = tempfile.mkdtemp(dir=os.path.dirname(dst), prefix=f".{os.path.basename(dst)}.old-")
+        old = tempfile.mkdtemp(
+            dir=os.path.dirname(dst), prefix=f".{os.path.basename(dst)}.old-{os.getpid()}-"
+        )
         os.rmdir(old)
         os.replace(dst, old)
     os.replace(src, dst)
@@ -389,6 +442,7 @@ def load_variant(workdir: str, info: schema.DatasetInfo, variant: str, progress:
     vocabulary = Vocabulary.from_info(info)
     net, model_cfg = exportable_network(model, cfg.model, vocabulary)
     metadata["dataset"] = info.name
+    metadata["dataset_fingerprint"] = info.fingerprint
     return net, layer, model_cfg, metadata
 
 
@@ -438,10 +492,16 @@ class ExportedModel:
         self._manipulate = self.loaded.signatures["manipulate"]
 
     def embed(self, images: Sequence[np.ndarray], batch_size: int = 32) -> dict[str, np.ndarray]:
-        """uint8 RGB images [H_i, W_i, 3] -> the `embed` outputs stacked in input order, [N, ...]."""
+        """uint8 RGB images [H_i, W_i, 3] -> the `embed` outputs stacked in input order, [N, ...].
+
+        Raises ExportError for an image that is not [H, W, 3]; the signature raises InvalidArgumentError
+        when the model's outputs are not finite."""
         groups: dict[tuple, list[int]] = {}
         for i, img in enumerate(images):
-            groups.setdefault(np.shape(img), []).append(i)
+            shape = np.shape(img)
+            if len(shape) != 3 or shape[-1] != 3 or min(shape) < 1:
+                raise ExportError(f"image {i} has shape {shape}: embed takes RGB images [height, width, 3]")
+            groups.setdefault(shape, []).append(i)
         out: dict[str, np.ndarray] = {}
         for positions in groups.values():
             for start in range(0, len(positions), batch_size):

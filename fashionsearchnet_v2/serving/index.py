@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from fashionsearchnet_v2.data import records, schema
+from fashionsearchnet_v2.data import integrity, records, schema
 from fashionsearchnet_v2.data.convert import Progress
 from fashionsearchnet_v2.retrieval import figures, metrics
 
@@ -394,6 +394,13 @@ def _from_embeddings(model, out: dict, ids, paths, labels, meta) -> SearchIndex:
     a = len(model.vocabulary.names)
     r = int(model.metadata.get("global_dim") or 0)
     empty = len(ids) == 0
+    if not empty:  # an export made before `embed` checked its outputs may still answer NaN
+        bad = np.flatnonzero(~np.isfinite(out["global_representation"]).all(axis=1))
+        if len(bad):
+            raise IndexFileError(
+                f"{model.export_dir} gives non-finite global representations for {len(bad)} of {len(ids)} "
+                f"images (first: {ids[bad[0]]}): the exported model diverged; nothing was written"
+            )
     return SearchIndex(
         vectors=np.zeros((0, r), np.float32) if empty else out["global_representation"],
         ids=np.asarray(ids, str),
@@ -461,7 +468,7 @@ def index_split(model, info: schema.DatasetInfo, split: str, batch_size: int = 3
     ds = tf.data.TFRecordDataset(info.shard_paths(split)).map(
         lambda s: records.parse_example(s, info.num_attributes)
     )
-    for ex in ds:
+    for ex in integrity.reading(ds, info):
         ids.append(ex["id"].numpy().decode("utf-8"))
         labels.append(ex["labels"].numpy())
         images.append(decode_image(ex["encoded"].numpy(), f"{split} record {ids[-1]!r}"))

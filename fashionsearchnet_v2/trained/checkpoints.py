@@ -11,11 +11,38 @@ import os
 from collections.abc import Iterable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
 class RestoreError(RuntimeError):
     """A stage hand-off could not find what it needs; the message says which stage to run first."""
+
+
+class NonFiniteError(RestoreError):
+    """A checkpoint or model holds inf or NaN weights (its training diverged); the message names the layer."""
+
+
+def nonfinite_layers(layers: dict[str, keras.layers.Layer]) -> list[str]:
+    """ "name (variable path)" of every layer in `layers` with a non-finite floating weight."""
+    bad = []
+    for name, layer in layers.items():
+        for w in layer.weights:
+            if tf.as_dtype(w.dtype).is_floating and not np.all(np.isfinite(np.asarray(w.numpy()))):
+                bad.append(f"{name} ({w.path})")
+    return bad
+
+
+def check_finite(layers: dict[str, keras.layers.Layer], where: str) -> None:
+    """Raises NonFiniteError naming the layers of `layers` that hold inf or NaN weights (BatchNorm moving
+    variances included): a diverged model must not be used, served or built upon."""
+    bad = nonfinite_layers(layers)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise NonFiniteError(
+            f"{where}: non-finite weights in layer {', '.join(bad[:3])}{more}: the training that wrote it "
+            "diverged. Train that stage again (with a lower learning rate) in a fresh work directory."
+        )
 
 
 def layer_dict(model: keras.Model, names: Iterable[str] | None = None) -> dict[str, keras.layers.Layer]:
@@ -57,6 +84,7 @@ def restore_layers(model: keras.Model, checkpoint_dir: str, names: Iterable[str]
         raise RestoreError(
             f"{path} does not hold the layers {names} that this stage needs from {what}: {e}"
         ) from e
+    check_finite(layer_dict(model, names), f"{path} ({what})")
     return path
 
 

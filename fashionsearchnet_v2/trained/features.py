@@ -2,11 +2,13 @@
 
 Stage 3 trains on fixed features (§3.4: "due to memory efficiency we used fixed features") and the
 evaluation embeds the query and gallery splits; both read `<stage2 dir>/features/<split>.npz`, which is
-recomputed when the checkpoint it came from changes.
+recomputed when the checkpoint it came from or the dataset's content (its fingerprint) changes. Features
+that are not finite (a diverged model) are refused, never cached.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -14,8 +16,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from fashionsearchnet_v2.data import pipeline, schema
+from fashionsearchnet_v2.data import integrity, pipeline, schema
 from fashionsearchnet_v2.data.convert import Progress
+from fashionsearchnet_v2.trained.checkpoints import NonFiniteError
 
 KEYS = ("fc10", "labels", "ids", "boxes", "maps", "logits", "true_boxes", "gap")
 
@@ -38,7 +41,7 @@ def extract(
     meter = Progress(info.splits[split], f"embedding {split}", enabled=progress)
     done = 0
     predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)  # eager is ~2x slower
-    for batch in ds:
+    for batch in integrity.reading(ds, info):
         out = predict(batch["image"])
         for key in ("fc10", "boxes", "gap"):
             if key in out:
@@ -53,22 +56,44 @@ def extract(
         done += len(batch["labels"])
         meter.update(done)
     meter.update(done, force=True)
-    return {k: np.concatenate(v) for k, v in parts.items() if v}
+    out = {k: np.concatenate(v) for k, v in parts.items() if v}
+    for key in ("fc10", "gap", "logits"):
+        if key in out and not np.all(np.isfinite(out[key])):
+            rows = np.flatnonzero(~np.isfinite(out[key].reshape(len(out[key]), -1)).all(axis=1))
+            raise NonFiniteError(
+                f"the model gives non-finite {key} for {len(rows)} of {len(out[key])} {split} images "
+                f"(first: {out['ids'][rows[0]]}): its weights are finite but its outputs overflow. "
+                "Train it again with a lower learning rate."
+            )
+    return out
+
+
+def cache_key(checkpoint_path: str, info: schema.DatasetInfo) -> str:
+    """What cached features depend on: the checkpoint (its path and its index file, whose per-tensor
+    checksums change with the weights) and the dataset's content fingerprint."""
+    h = hashlib.sha256()
+    try:
+        with open(f"{checkpoint_path}.index", "rb") as f:
+            h.update(f.read())
+    except OSError:
+        pass
+    return f"{checkpoint_path} {h.hexdigest()[:16]} {info.fingerprint}"
 
 
 def cached_extract(model, info, split, image_size, cache_dir, checkpoint_path, batch_size=64, progress=True):
-    """`extract`, cached in `cache_dir/<split>.npz` and reused while `checkpoint_path` is unchanged."""
+    """`extract`, cached in `cache_dir/<split>.npz` and reused while `cache_key` is unchanged."""
     path = os.path.join(cache_dir, f"{split}.npz")
+    key = cache_key(str(checkpoint_path), info)
     if os.path.isfile(path):
         with np.load(path, allow_pickle=False) as f:
-            if str(f["checkpoint"]) == str(checkpoint_path) and str(f["data_dir"]) == str(info.data_dir):
-                return {k: f[k] for k in f.files if k not in ("checkpoint", "data_dir")}
+            if "key" in f.files and str(f["key"]) == key:
+                return {k: f[k] for k in f.files if k not in ("checkpoint", "data_dir", "key")}
     t0 = time.time()
     feats = extract(model, info, split, image_size, batch_size, progress)
     if progress:
         print(f"embedded {len(feats['labels'])} {split} images in {time.time() - t0:.1f}s", file=sys.stderr)
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, checkpoint=str(checkpoint_path), data_dir=str(info.data_dir), **feats)
+    tmp = f"{path}.tmp-{os.getpid()}.npz"  # two evaluations of one stage may cache at once
+    np.savez(tmp, key=key, checkpoint=str(checkpoint_path), data_dir=str(info.data_dir), **feats)
     os.replace(tmp, path)
     return feats

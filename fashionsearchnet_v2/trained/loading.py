@@ -11,7 +11,7 @@ import os
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.data import schema
 from fashionsearchnet_v2.model import memory_block, network
-from fashionsearchnet_v2.trained import checkpoints, features
+from fashionsearchnet_v2.trained import checkpoints, features, provenance
 
 
 def stage_dir(workdir: str, stage: str, variant: str | None = None) -> str:
@@ -23,14 +23,16 @@ def stage3_dir(workdir: str, stage2_variant: str, stage3_variant: str) -> str:
     return stage_dir(workdir, "stage3", f"{stage2_variant}_{stage3_variant}")
 
 
-def load_stage2(workdir: str, info: schema.DatasetInfo, stage2_variant: str):
-    """(model, checkpoint path, config) of a trained stage 2, every layer restored and checked."""
+def load_stage2(workdir: str, info: schema.DatasetInfo, stage2_variant: str, quick: bool | None = None):
+    """(model, checkpoint path, config) of a trained stage 2, every layer restored and checked: trained
+    on `info` (`provenance.check`; `quick=False` also refuses a --quick stage) and finite."""
     directory = stage_dir(workdir, "stage2", stage2_variant)
     cfg = configs.read_config(directory)
     if cfg is None:
         raise checkpoints.RestoreError(
             f"{directory} has no config.json: run experiments.stage2 --variant={stage2_variant}"
         )
+    provenance.check(cfg, info, directory, quick=quick)
     model = network.build_network(info.num_values, info.attribute_names, cfg.model, "full")
     names = sorted(checkpoints.layer_dict(model))
     path = checkpoints.restore_layers(
@@ -39,12 +41,13 @@ def load_stage2(workdir: str, info: schema.DatasetInfo, stage2_variant: str):
     return model, path, cfg
 
 
-def load_stage1(workdir: str, info: schema.DatasetInfo):
-    """(model, checkpoint path, config) of the trained stage 1."""
+def load_stage1(workdir: str, info: schema.DatasetInfo, quick: bool | None = None):
+    """(model, checkpoint path, config) of the trained stage 1, checked like `load_stage2`'s."""
     directory = stage_dir(workdir, "stage1")
     cfg = configs.read_config(directory)
     if cfg is None:
         raise checkpoints.RestoreError(f"{directory} has no config.json: run experiments.stage1 first")
+    provenance.check(cfg, info, directory, quick=quick)
     model = network.build_network(info.num_values, info.attribute_names, cfg.model, "stage1")
     names = sorted(checkpoints.layer_dict(model))
     return model, checkpoints.restore_layers(model, os.path.join(directory, "ckpt"), names, "stage 1"), cfg

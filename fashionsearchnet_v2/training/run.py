@@ -1,20 +1,27 @@
 """Runs a stage from a resolved config: picks the task, computes the schedule, starts the Trainer.
 
 Entry points (`experiments/stage*.py`) and the main job call these; tests call them on tiny configs.
+Before training, a stage takes its directory's lock (one run per stage directory, `locks`), checks that
+what it resumes or builds on was trained on this dataset (`provenance`) and that the records match
+dataset.json (`integrity.check_records`); its config.json records the dataset's fingerprint. Under
+MultiWorkerMirroredStrategy only the chief locks and writes config.json.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import sys
 
-from fashionsearchnet_v2 import configs
+import tensorflow as tf
+
+from fashionsearchnet_v2 import configs, locks
 from fashionsearchnet_v2.configs import ExperimentConfig
-from fashionsearchnet_v2.data import pipeline, schema
-from fashionsearchnet_v2.trained import checkpoints, loading
-from fashionsearchnet_v2.training import stages, trainer
+from fashionsearchnet_v2.data import integrity, pipeline, schema
+from fashionsearchnet_v2.trained import checkpoints, loading, provenance
+from fashionsearchnet_v2.training import distribute, stages, trainer
 
 
 def schedule(train: configs.TrainConfig, info: schema.DatasetInfo) -> tuple[int, int]:
@@ -24,11 +31,14 @@ def schedule(train: configs.TrainConfig, info: schema.DatasetInfo) -> tuple[int,
     return total, min(per_epoch, total)
 
 
-def check_same_model(cfg: ExperimentConfig, workdir: str) -> None:
-    """Resuming needs the model the checkpoints were made with; say so instead of failing in restore."""
+def check_same_model(cfg: ExperimentConfig, workdir: str, info: schema.DatasetInfo | None = None) -> None:
+    """Resuming needs the model the checkpoints were made with, trained on this dataset (and a real run
+    does not resume a --quick one); say so instead of failing in restore."""
     old = configs.read_config(workdir)
     if old is None or not os.path.isdir(os.path.join(workdir, "ckpt")):
         return
+    if info is not None:
+        provenance.check(old, info, workdir, quick=cfg.quick)
     diff = {
         f.name: (getattr(old.model, f.name), getattr(cfg.model, f.name))
         for f in dataclasses.fields(cfg.model)
@@ -42,16 +52,52 @@ def check_same_model(cfg: ExperimentConfig, workdir: str) -> None:
         )
 
 
+def check_finished(directory: str, stage_cfg: ExperimentConfig, info: schema.DatasetInfo, what: str) -> None:
+    """A stage builds on a finished previous one: refuses one that stopped early (killed, diverged)."""
+    path = checkpoints.latest(os.path.join(directory, "ckpt"))
+    if path is None:
+        return  # the restore says "run ... first"
+    total, _ = schedule(stage_cfg.train, info)
+    try:
+        done = int(tf.train.load_variable(path, "step/.ATTRIBUTES/VARIABLE_VALUE"))
+    except (tf.errors.OpError, ValueError):
+        return
+    if done < total:
+        raise checkpoints.RestoreError(
+            f"{what} in {directory} stopped at step {done} of {total} (interrupted or diverged): finish it "
+            f"first (run it again with the same flags; it resumes), then this stage"
+        )
+
+
+def stage_lock(workdir: str, stage: str, strategy=None):
+    """The stage directory's lock (held by the chief only: the other workers write elsewhere)."""
+    if not distribute.is_chief(strategy):
+        return contextlib.nullcontext()
+    return locks.DirectoryLock(workdir, f"another {stage} run")
+
+
+def _say_taken_over(lock, stage: str, out) -> None:
+    if getattr(lock, "took_over", None):
+        print(
+            f"[{stage}] took over the lock of a run that is gone: {locks.describe(lock.took_over)}", file=out
+        )
+
+
 def _train(task, cfg: ExperimentConfig, info, workdir: str, strategy, out):
     total, per_epoch = schedule(cfg.train, info)
-    check_same_model(cfg, workdir)
-    cfg.write(workdir)
-    return trainer.Trainer(
-        task, workdir, strategy, total_steps=total, steps_per_epoch=per_epoch,
-        batch_size=cfg.train.batch_size, log_every=cfg.train.log_every_steps,
-        checkpoint_every=cfg.train.checkpoint_every_steps, seed=cfg.train.seed,
-        deterministic_ops=cfg.train.deterministic_ops, out=out,
-    ).run()  # fmt: skip
+    integrity.check_records(info)
+    with stage_lock(workdir, cfg.stage, strategy) as lock:
+        _say_taken_over(lock, cfg.stage, out)
+        check_same_model(cfg, workdir, info)
+        cfg = provenance.stamp(cfg, info)
+        if distribute.is_chief(strategy):
+            cfg.write(workdir)
+        return trainer.Trainer(
+            task, workdir, strategy, total_steps=total, steps_per_epoch=per_epoch,
+            batch_size=cfg.train.batch_size, log_every=cfg.train.log_every_steps,
+            checkpoint_every=cfg.train.checkpoint_every_steps, seed=cfg.train.seed,
+            deterministic_ops=cfg.train.deterministic_ops, out=out,
+        ).run()  # fmt: skip
 
 
 def run_stage1(cfg: ExperimentConfig, info: schema.DatasetInfo, strategy=None, out=sys.stdout):
@@ -74,6 +120,12 @@ def run_stage2(cfg: ExperimentConfig, info: schema.DatasetInfo, strategy=None, o
     stage1_dir = loading.stage_dir(cfg.workdir, "stage1")
     workdir = loading.stage_dir(cfg.workdir, "stage2", cfg.variant)
     stage1_cfg = configs.read_config(stage1_dir)
+    if stage1_cfg is None:
+        raise checkpoints.RestoreError(
+            f"{stage1_dir} has no config.json: run stage 1 first (experiments.stage1)"
+        )
+    provenance.check(stage1_cfg, info, stage1_dir, quick=cfg.quick)
+    check_finished(stage1_dir, stage1_cfg, info, "stage 1")
     task = stages.Stage2Task(cfg, info, workdir, strategy, stage1_dir, stage1_cfg)
     return _train(task, cfg, info, workdir, strategy, out)
 
@@ -88,8 +140,9 @@ def run_stage3(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout):
     from fashionsearchnet_v2.training import stage3
 
     s3_variant = "full" if cfg.stage3.update_memory else "lg"
-    model, ckpt, s2_cfg = loading.load_stage2(cfg.workdir, info, cfg.variant)
+    model, ckpt, s2_cfg = loading.load_stage2(cfg.workdir, info, cfg.variant, quick=cfg.quick)
     s2_dir = loading.stage_dir(cfg.workdir, "stage2", cfg.variant)
+    check_finished(s2_dir, s2_cfg, info, f"stage 2 ({cfg.variant})")
     feats = loading.split_features(model, ckpt, info, "train", s2_cfg.model.image_size, s2_dir)
     memory, _ = memory_block.build_memory_block(feats["fc10"], feats["labels"], info.num_values)
     cfg = dataclasses.replace(cfg, stage="stage3", model=s2_cfg.model)
@@ -101,25 +154,31 @@ def run_stage3(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout):
 
 def _train_on_features(task, cfg: ExperimentConfig, workdir: str, num_examples: int, out):
     """Stage 3 and AMNet: small models on fixed features, stage 3's schedule, one device."""
-    import tensorflow as tf
-
     s3 = cfg.stage3
     per_epoch = max(1, num_examples // s3.batch_size)
     total = s3.max_steps if s3.max_steps else max(1, math.ceil(s3.epochs * per_epoch))
-    cfg.write(workdir)
-    return trainer.Trainer(
-        task, workdir, tf.distribute.get_strategy(), total_steps=total, steps_per_epoch=min(per_epoch, total),
-        batch_size=s3.batch_size, log_every=s3.log_every_steps, checkpoint_every=max(1, per_epoch // 2),
-        seed=s3.seed, deterministic_ops=cfg.train.deterministic_ops, out=out,
-    ).run()  # fmt: skip
+    with stage_lock(workdir, cfg.stage) as lock:
+        _say_taken_over(lock, cfg.stage, out)
+        old = configs.read_config(workdir)
+        if old is not None and os.path.isdir(os.path.join(workdir, "ckpt")):
+            provenance.check(old, task.info, workdir, quick=cfg.quick)
+        cfg = provenance.stamp(cfg, task.info)
+        cfg.write(workdir)
+        return trainer.Trainer(
+            task, workdir, tf.distribute.get_strategy(), total_steps=total,
+            steps_per_epoch=min(per_epoch, total), batch_size=s3.batch_size, log_every=s3.log_every_steps,
+            checkpoint_every=max(1, per_epoch // 2), seed=s3.seed,
+            deterministic_ops=cfg.train.deterministic_ops, out=out,
+        ).run()  # fmt: skip
 
 
 def run_amnet(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout):
     """The AMNet baseline on fixed stage-1 features, into `<workdir>/amnet` (stage-3 schedule)."""
     from fashionsearchnet_v2.training import amnet
 
-    model, ckpt, s1_cfg = loading.load_stage1(cfg.workdir, info)
+    model, ckpt, s1_cfg = loading.load_stage1(cfg.workdir, info, quick=cfg.quick)
     s1_dir = loading.stage_dir(cfg.workdir, "stage1")
+    check_finished(s1_dir, s1_cfg, info, "stage 1")
     feats = loading.split_features(model, ckpt, info, "train", s1_cfg.model.image_size, s1_dir)
     cfg = dataclasses.replace(cfg, stage="amnet", variant="amnet", model=s1_cfg.model)
     workdir = os.path.join(cfg.workdir, "amnet")

@@ -19,7 +19,7 @@ from fashionsearchnet_v2.configs import ExperimentConfig
 from fashionsearchnet_v2.data import pipeline, records, schema
 from fashionsearchnet_v2.model import aam, backbone, network
 from fashionsearchnet_v2.trained import checkpoints
-from fashionsearchnet_v2.training import trainer
+from fashionsearchnet_v2.training import distribute, trainer
 
 # The model fields stage 2 must share with the stage 1 it restores.
 BACKBONE_FIELDS = (
@@ -76,7 +76,7 @@ class _ClassificationTask:
 
     def build_inputs(self, seed: int) -> tf.data.Dataset:
         t = self.config.train
-        return pipeline.make_dataset(
+        ds = pipeline.make_dataset(
             self.info,
             "train",
             self.config.model.image_size,
@@ -85,6 +85,14 @@ class _ClassificationTask:
             seed=seed,
             shuffle_buffer=t.shuffle_buffer,
         )
+        workers = distribute.num_workers(self.strategy)
+        if workers > 1:  # every worker builds the same pipeline; tf.distribute gives each its part
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = distribute.shard_policy(
+                len(self.info.shards["train"]), workers
+            )
+            ds = ds.with_options(options)
+        return ds
 
     # --- logging ------------------------------------------------------------------------------
     def scalars(self, sums: dict, steps: int) -> dict:

@@ -1,6 +1,10 @@
 """The one custom training loop all stages share: tf.distribute, tf.function steps, checkpoints,
 resume, progress and TensorBoard. What differs between stages lives in their task objects.
 
+Two guards run inside the loop: a non-finite loss term or weight stops the run before anything of that
+step is saved (`guard`), and under MultiWorkerMirroredStrategy only the chief writes checkpoints and
+TensorBoard logs (`distribute`); a corrupt record stops with its shard's name and position.
+
 A task provides `build_model`, `build_optimizer(total_steps)`, `build_inputs(seed)`, `initialize(model)` (weights
 for a fresh start: ImageNet or the previous stage), `train_step(model, optimizer, batch, step)`
 (one replica's step; returns per-replica sums already divided by the global batch), and optionally
@@ -18,7 +22,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fashionsearchnet_v2.data import integrity
 from fashionsearchnet_v2.trained import checkpoints
+from fashionsearchnet_v2.training import distribute, guard
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -30,7 +36,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         cpus = tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in (gpus or cpus)])
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return distribute.multi_worker_strategy()
     raise ValueError(f"--strategy must be default, mirrored or multi_worker, got {name!r}")
 
 
@@ -84,6 +90,19 @@ class Trainer:
         print(msg, file=self.out, flush=True)
 
     def run(self):
+        """Trains up to `total_steps`, resuming from the newest checkpoint; returns the model."""
+        save_dir, tb_dir, tmp = distribute.write_dirs(self.workdir, self.ckpt_dir, self.tb_dir, self.strategy)
+        try:
+            return self._run(save_dir, tb_dir)
+        except tf.errors.DataLossError as e:
+            info = getattr(self.task, "info", None)
+            if info is None:
+                raise
+            raise integrity.corrupt_shard_error(info, e) from e
+        finally:
+            distribute.remove_temp(tmp)
+
+    def _run(self, save_dir: str, tb_dir: str | None):
         os.makedirs(self.workdir, exist_ok=True)
         # Everything random in a stage derives from its seed: weight initialisers (Keras' global seed
         # generator, in layer order), dropout masks (per-layer seeds from the config), the input order
@@ -98,39 +117,45 @@ class Trainer:
             optimizer.build(self.task.trainable_variables(model))
             step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         ckpt = checkpoints.stage_checkpoint(model, optimizer, step, **self.task.extra_checkpoint())
-        manager = tf.train.CheckpointManager(ckpt, self.ckpt_dir, max_to_keep=3)
-        if manager.latest_checkpoint:
-            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            self.log(
-                f"[{self.task.name}] resumed from {manager.latest_checkpoint} at step {int(step.numpy())}"
-            )
+        # Every worker saves (saving runs collectives) but only the chief into ckpt/; all resume from it.
+        manager = tf.train.CheckpointManager(ckpt, save_dir, max_to_keep=3)
+        latest = checkpoints.latest(self.ckpt_dir)
+        if latest:
+            ckpt.restore(latest).assert_existing_objects_matched()
+            checkpoints.check_finite(checkpoints.layer_dict(model), latest)
+            self.log(f"[{self.task.name}] resumed from {latest} at step {int(step.numpy())}")
         else:
             self.log(f"[{self.task.name}] {self.task.initialize(model)}")
         start = int(step.numpy())
         if start >= self.total_steps:
             self.log(f"[{self.task.name}] already trained ({start}/{self.total_steps} steps): nothing to do")
             return model
-        writer = tf.summary.create_file_writer(self.tb_dir)
+        writer = tf.summary.create_file_writer(tb_dir) if tb_dir else tf.summary.create_noop_writer()
         # A resumed run reshuffles from a seed that depends on where it resumed.
         dataset = self.task.build_inputs(self.seed + start)
         iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
+
+        checked = guard.checked_variables(model, optimizer)
 
         @tf.function
         def distributed_step(batch):
             results = self.strategy.run(self.task.train_step, args=(model, optimizer, batch, step))
             reduced = {k: self.strategy.reduce("SUM", v, axis=None) for k, v in results.items()}
             step.assign_add(1)
-            return reduced
+            return reduced, guard.all_finite(checked)
 
         t0 = time.time()
         window_start, window_images = time.time(), 0
         sums: dict[str, np.ndarray] = {}
         for s in range(start, self.total_steps):
             batch = next(iterator)
-            results = distributed_step(batch)
+            results, finite = distributed_step(batch)
+            values = {k: v.numpy() for k, v in results.items()}
+            guard.check_step(self.task.name, s + 1, values, bool(finite), model=model, optimizer=optimizer,
+                             last_checkpoint=lambda: checkpoints.latest(self.ckpt_dir))  # fmt: skip
             window_images += self.batch_size
-            for k, v in results.items():
-                sums[k] = sums.get(k, 0) + v.numpy()
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0) + v
             done = s + 1
             end_of_epoch = done % self.steps_per_epoch == 0 or done == self.total_steps
             if done % self.log_every == 0 or end_of_epoch:
@@ -153,7 +178,7 @@ class Trainer:
                 sums, window_start, window_images = {}, time.time(), 0
             if done % self.checkpoint_every == 0 or end_of_epoch:
                 manager.save(checkpoint_number=done)
-            if end_of_epoch:
+            if end_of_epoch and tb_dir:  # held-out accuracy and pictures: the chief's
                 self._epoch_end(model, writer, done)
         writer.flush()
         self.log(

@@ -1,0 +1,135 @@
+"""The command lines as a newcomer meets them (issue 10, items 1, 6 and 7): README's stage sequence works
+as written with --quick, which never touches the default directories; a real run refuses what a quick run
+wrote; every failure (wrong stage order, divergence, full disk, a busy or quick directory) is one `error:`
+line and exit status 2, no traceback."""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from fashionsearchnet_v2 import errors
+from fashionsearchnet_v2.data import schema, synthetic
+from fashionsearchnet_v2.locks import LockError
+from fashionsearchnet_v2.training.guard import DivergenceError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(args, cwd, code=None):
+    """Runs `python -m experiments.<args>` (or `python -c CODE args`) in `cwd` with this checkout first."""
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    env.pop("TF_CONFIG", None)
+    cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _user_lines(stderr: str) -> list[str]:
+    """stderr without the lines TensorFlow's C++ runtime logs before absl takes over."""
+    noise = ("WARNING: All log messages before absl", "I0000", "W0000", "E0000")
+    return [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith(noise)]
+
+
+def assert_one_error_line(result, *fragments):
+    lines = _user_lines(result.stderr)
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines[-10:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def test_readme_stage_sequence_with_quick(tmp_path):
+    """README's sequence, each with its defaults plus --quick, in a fresh directory; stage 2 first is
+    refused in one line; nothing lands where a real run reads; a real run refuses the quick dataset."""
+    wrong = _cli(["experiments.stage2", "--quick"], tmp_path)
+    assert_one_error_line(wrong, "work/synthetic-quick/seed0/stage1", "run stage 1 first")
+    for stage in ("stage1", "stage2", "stage3", "evaluate"):
+        result = _cli([f"experiments.{stage}", "--quick"], tmp_path)
+        assert result.returncode == 0, f"{stage}:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    work = tmp_path / "work" / "synthetic-quick" / "seed0"
+    assert (work / "stage3_rank_l_full" / "ckpt").is_dir()  # stage 3's default is Full, evaluate's too
+    results = json.loads((work / "eval" / "full" / "results.json").read_text())
+    assert results["variant"] == "full" and results["searches"]["total"] > 0
+    assert sorted(os.listdir(tmp_path / "data")) == ["synthetic-quick"]
+    assert sorted(os.listdir(tmp_path / "work")) == ["synthetic-quick"]
+    assert schema.load_dataset_info(str(tmp_path / "data" / "synthetic-quick")).quick
+    real = _cli(["experiments.evaluate", "--data_dir=data/synthetic-quick"], tmp_path)
+    assert_one_error_line(real, "data/synthetic-quick was written by a --quick smoke check")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("data") / "synthetic")
+    synthetic.write_synthetic(
+        out, num_images=120, image_size=64, num_query=12, num_gallery=36, progress=False
+    )
+    return out
+
+
+def test_divergence_is_one_error_line_and_leaves_a_finite_checkpoint(data_dir, tmp_path):
+    """The issue's probe: stage 1 with --learning_rate=1e4 used to exit 0 with inf BatchNorm variances."""
+    result = _cli(["experiments.stage1", "--quick", f"--data_dir={data_dir}", "--workdir=w", "--learning_rate=1e4",
+                   "--max_steps=8"], tmp_path)  # fmt: skip
+    line = assert_one_error_line(result, "[stage1] diverged at step", "lower the learning rate (it is 10000)")
+    assert "done:" not in result.stdout
+    ckpt = tf.train.latest_checkpoint(str(tmp_path / "w" / "seed0" / "stage1" / "ckpt"))
+    if ckpt is not None:  # the steps before the divergence were saved, and they are finite
+        assert os.path.relpath(ckpt, tmp_path) in line
+        reader = tf.train.load_checkpoint(ckpt)
+        for name in reader.get_variable_to_shape_map():
+            value = reader.get_tensor(name)
+            assert not hasattr(value, "dtype") or value.dtype.kind != "f" or (abs(value) < float("inf")).all()
+
+
+FULL_DISK = (
+    "import errno, sys\n"
+    "from fashionsearchnet_v2 import configs\n"
+    "def full(self, directory, name='config.json'):\n"
+    "    raise OSError(errno.ENOSPC, 'No space left on device', directory + '/' + name)\n"
+    "configs.ExperimentConfig.write = full\n"
+    "from experiments import common, stage1\n"
+    "sys.argv = ['stage1'] + sys.argv[1:]\n"
+    "common.run(stage1.main)\n"
+)
+
+
+def test_full_disk_and_multi_worker_misuse_are_one_error_line(data_dir, tmp_path):
+    full = _cli(["--quick", f"--data_dir={data_dir}", "--workdir=w"], tmp_path, code=FULL_DISK)
+    assert_one_error_line(full, "w/seed0/stage1/config.json: No space left on device")
+    misuse = _cli(
+        ["experiments.stage3", "--quick", f"--data_dir={data_dir}", "--strategy=multi_worker"], tmp_path
+    )
+    assert_one_error_line(misuse, "--strategy=multi_worker trains stages 1 and 2")
+
+
+def test_user_errors_are_told_apart_from_bugs():
+    """What `experiments.common.run` prints as one line (the CLI tests above see it end to end); anything
+    else is a bug and keeps its traceback. (experiments.common is not imported here: its flags would clash
+    with data_prep's in one test process.)"""
+    disk = OSError(errno.ENOSPC, "No space left on device", "/data/x/train-00000.tmp")
+    assert errors.user_message(disk) == "/data/x/train-00000.tmp: No space left on device"
+    tf_disk = tf.errors.UnknownError(
+        None, None, "Failed to write /w/ckpt/ckpt-2.data: No space left on device"
+    )
+    assert errors.user_message(tf_disk) == "Failed to write /w/ckpt/ckpt-2.data: No space left on device"
+    for known in (DivergenceError("[stage1] diverged", stage="stage1", step=3, term="L_C"), LockError("busy"),
+                  schema.DatasetError("bad shard")):  # fmt: skip
+        assert errors.user_message(known) == str(known)
+    assert errors.user_message(ValueError("a bug")) is None
+    assert errors.user_message(KeyError("a bug")) is None
+    assert errors.user_message(tf.errors.InvalidArgumentError(None, None, "shapes differ")) is None
+    refused = tf.errors.InvalidArgumentError(
+        None, None, "Graph execution error:\n\nDetected at node X\n<stack traces unavailable>\n"
+        "embed: output maps is not finite (the model diverged?) : Tensor had NaN values\n\t [[{{node X}}]]"
+    )  # fmt: skip
+    assert (
+        errors.user_message(refused)
+        == "embed: output maps is not finite (the model diverged?) : Tensor had NaN values"
+    )
