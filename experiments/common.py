@@ -86,6 +86,15 @@ BOX_BACKEND = flags.DEFINE_enum("box_backend", None, ["skimage", "tf"], "AAM box
 FEATURE_FUSION = flags.DEFINE_bool(
     "feature_fusion", False, "Use the feature-fusion model (Full w/ FF, §3.2)."
 )
+OPTIMIZER = flags.DEFINE_enum(
+    "optimizer", None, ["sgd", "adam"], "Optimiser of stages 1 and 2 (paper: sgd; embedded default: adam)."
+)
+MOMENTUM = flags.DEFINE_float("momentum", None, "SGD momentum of stages 1 and 2 (paper: 0, plain SGD).")
+NORMALIZE_GLOBAL = flags.DEFINE_bool(
+    "normalize_global",
+    None,
+    "Stage 3: unit-norm global representation F, so L_G's soft triplet does not saturate (default true).",
+)
 LAMBDA_C = flags.DEFINE_float("lambda_c", None, "Eq. 9 weight of L_C.")
 LAMBDA_T = flags.DEFINE_float("lambda_t", None, "Eq. 9 weight of L_T (paper: 1.5).")
 LAMBDA_TC = flags.DEFINE_float("lambda_tc", None, "Eq. 9 weight of L_TC.")
@@ -236,6 +245,12 @@ def build_config(
             t[key] = flag.value
             if key != "epochs":  # stage 3 has its own (--stage3_epochs; paper: 2)
                 s3[key] = flag.value
+    if OPTIMIZER.value is not None:
+        t["optimizer"] = OPTIMIZER.value
+    if MOMENTUM.value is not None:
+        t["momentum"] = MOMENTUM.value
+    if NORMALIZE_GLOBAL.value is not None:
+        s3["normalize"] = NORMALIZE_GLOBAL.value
     if STAGE3_EPOCHS.value is not None:
         s3["epochs"] = STAGE3_EPOCHS.value
     for flag, key in ((LAMBDA_C, "lambda_c"), (LAMBDA_T, "lambda_t"), (LAMBDA_TC, "lambda_tc")):

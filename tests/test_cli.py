@@ -74,9 +74,10 @@ def data_dir(tmp_path_factory):
 
 
 def test_divergence_is_one_error_line_and_leaves_a_finite_checkpoint(data_dir, tmp_path):
-    """The issue's probe: stage 1 with --learning_rate=1e4 used to exit 0 with inf BatchNorm variances."""
+    """The issue's probe: stage 1 with --learning_rate=1e4 (SGD with momentum, as it was run) used to exit 0
+    with inf BatchNorm variances."""
     result = _cli(["experiments.stage1", "--quick", f"--data_dir={data_dir}", "--workdir=w", "--learning_rate=1e4",
-                   "--max_steps=8"], tmp_path)  # fmt: skip
+                   "--optimizer=sgd", "--momentum=0.9", "--max_steps=8"], tmp_path)  # fmt: skip
     line = assert_one_error_line(result, "[stage1] diverged at step", "lower the learning rate (it is 10000)")
     assert "done:" not in result.stdout
     ckpt = tf.train.latest_checkpoint(str(tmp_path / "w" / "seed0" / "stage1" / "ckpt"))

@@ -34,7 +34,7 @@ class ToyTask:
         self.bn = keras.layers.BatchNormalization(name="bn")
         return keras.Model(inputs, keras.layers.Dense(1, name="dense")(self.bn(inputs)))
 
-    def build_optimizer(self):
+    def build_optimizer(self, total_steps=None):
         return keras.optimizers.SGD(0.01)
 
     def trainable_variables(self, model):
@@ -147,7 +147,7 @@ def _poison(workdir, info, cfg, layer_name="conv3"):
     """Rewrites stage 1's newest checkpoint with a NaN in `layer_name`'s kernel (as a checkpoint written
     by a diverged run before the guard existed)."""
     task = stages.Stage1Task(cfg, info, str(workdir), tf.distribute.get_strategy())
-    model, optimizer = task.build_model(), task.build_optimizer()
+    model, optimizer = task.build_model(), task.build_optimizer(cfg.train.max_steps)
     optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64)
     ckpt = checkpoints.stage_checkpoint(model, optimizer, step)

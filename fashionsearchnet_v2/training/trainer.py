@@ -41,8 +41,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
 
 def make_optimizer(name: str, learning_rate: float, momentum: float, schedule: str, total_steps: int):
-    """The stages' optimiser: SGD (§4.1; `momentum` 0 is plain SGD) or Adam (β1 = `momentum` if set),
-    at a constant rate or decayed to 0 by a cosine over the stage."""
+    """The stages' optimiser: SGD (§4.1; `momentum` 0 is plain SGD) or Adam (Keras' defaults; `momentum`
+    unused), at a constant rate or decayed to 0 by a cosine over the stage."""
     if schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, total_steps))
     elif schedule != "constant":
@@ -50,7 +50,7 @@ def make_optimizer(name: str, learning_rate: float, momentum: float, schedule: s
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
     if name == "adam":
-        return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=momentum or 0.9)
+        return keras.optimizers.Adam(learning_rate=learning_rate)
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
 
 
