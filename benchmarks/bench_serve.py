@@ -18,6 +18,8 @@ Configurations:
   dimension's spread, so queries fall where the catalogue is) in a FAISS IVF-Flat index (nlist 1,000,
   nprobe 16: `experiments.index`'s defaults), upload queries (its items have no images).
 * million (exact): the same vectors, exact search (`--exact_million`, on by default).
+* gallery with `--max_batch=1` (`--unbatched`, on by default): every search computed on its own, to show
+  what batching concurrent searches (`service.Batcher`) brings.
 
 The client threads share the 2 cores with the server; reported figures are therefore what one machine
 does while also generating its load (conservative).
@@ -197,6 +199,7 @@ def main():
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--million", type=int, default=1_000_000, help="vectors of the large index (0: skip)")
     parser.add_argument("--exact_million", type=int, default=1, help="also serve the large index exactly")
+    parser.add_argument("--unbatched", type=int, default=1, help="also serve the gallery with --max_batch=1")
     args = parser.parse_args()
     import numpy as np
 
@@ -229,6 +232,9 @@ def main():
                        for i in range(64)]  # fmt: skip
         upload_bodies = [multipart({"set": change(i), "top_k": 20}, uploads[i % 16]) for i in range(64)]
         configs = [("gallery, 3,000, exact", gallery, (), [("item", item_bodies), ("upload", upload_bodies)])]
+        if args.unbatched:
+            configs.append(("gallery, 3,000, exact, --max_batch=1", gallery, ("--max_batch=1",),
+                            [("upload", upload_bodies)]))  # fmt: skip
         if args.million:
             start = time.perf_counter()
             faiss_path, exact_path, built = prepare_million(root, gallery, args.million)

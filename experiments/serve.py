@@ -37,6 +37,11 @@ MAX_PIXELS = flags.DEFINE_integer(
     "max_pixels", service.DEFAULT_MAX_PIXELS, "Largest image (width x height) decoded; larger gets 413."
 )
 MAX_TOP_K = flags.DEFINE_integer("max_top_k", service.DEFAULT_MAX_TOP_K, "Largest top_k a request may ask.")
+MAX_BATCH = flags.DEFINE_integer(
+    "max_batch",
+    service.DEFAULT_MAX_BATCH,
+    "Concurrent searches computed together, at most (1: one at a time).",
+)
 BACKEND = flags.DEFINE_enum("backend", None, list(index_lib.BACKENDS), "Override the index's backend.")
 NPROBE = flags.DEFINE_integer("nprobe", None, "FAISS IVF cells scanned per query (default: the index's).")
 EF_SEARCH = flags.DEFINE_integer("ef_search", None, "FAISS HNSW candidates per query (default: the index's).")

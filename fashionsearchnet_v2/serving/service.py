@@ -15,12 +15,14 @@ Endpoints (see docs/serving.md for the request and answer formats):
                             the query's predicted attributes (value, probability), its AAM maps and boxes,
                             and the ranked results (id, distance, attributes, which target attributes match)
 
-`Searcher` is the web-free core (tests call it directly); `create_app` wraps it in FastAPI. Nothing
+`Searcher` is the web-free core (tests call it directly); `create_app` wraps it in FastAPI. The heavy
+work of a request runs in the server's thread pool; searches that arrive while others are being computed
+are embedded, manipulated and ranked together in one batch (`Batcher`: one `embed` call for many
+images costs far less than one each), so throughput grows with concurrent clients instead of each
+request fighting the others for the cores. Besides the batcher's queue, which a lock guards, nothing
 mutable is shared between requests: the model's signatures, the index arrays, the exact-search matrix
 and the FAISS index (its search parameters set once, here) are only read, item images are read with a
-file handle per request, and requests to TensorFlow Serving use a connection each. The heavy work of a
-request (decode, embed, manipulate, rank) runs in the server's thread pool, so concurrent requests
-overlap their TensorFlow and numpy work (both release the GIL).
+file handle per request, and requests to TensorFlow Serving use a connection each.
 
 Bad input gets a status and a reason, as JSON `{"error": "...", ("valid": [...])}`: an undecodable or
 truncated upload 400; an unknown attribute or value 400 listing the valid names; a body over the size
@@ -34,6 +36,7 @@ import binascii
 import json
 import os
 import struct
+import threading
 import time
 import urllib.parse
 from collections.abc import Sequence
@@ -49,6 +52,67 @@ DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20  # a phone photo is 2-8 MB
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: larger images are refused before they are decoded
 DEFAULT_TOP_K = 20
 DEFAULT_MAX_TOP_K = 200
+DEFAULT_MAX_BATCH = 16
+
+
+class Batcher:
+    """Calls `fn(items) -> results` on batches of the items submitted from concurrent threads.
+
+    `batcher(item)` blocks until its result is ready. The first caller leads: it runs one batch of
+    everything pending (its own item first, at most `max_batch`), hands each caller its result, and
+    passes the lead to the oldest caller still waiting, if any. So a batch runs as soon as the previous
+    one ends, holding whatever arrived meanwhile; one caller at a time runs exactly as without batching.
+    An exception in `fn` is raised in every caller of that batch. The queue is the only shared mutable
+    state of the service's request path, and it is guarded by a lock.
+    """
+
+    class _Slot:
+        def __init__(self):
+            self.ready = threading.Event()
+            self.done, self.result, self.error = False, None, None
+
+    def __init__(self, fn, max_batch: int = DEFAULT_MAX_BATCH):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.fn, self.max_batch = fn, int(max_batch)
+        self._lock = threading.Lock()
+        self._pending: list = []
+        self._running = False
+
+    def __call__(self, item):
+        slot = self._Slot()
+        with self._lock:
+            self._pending.append((item, slot))
+            lead = not self._running
+            self._running = True
+        if not lead:
+            slot.ready.wait()  # set when served by another batch, or when handed the lead
+        if not slot.done:
+            self._run_one_batch()
+        if slot.error is not None:
+            raise slot.error
+        return slot.result
+
+    def _run_one_batch(self):
+        with self._lock:
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+        try:
+            results = self.fn([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} items")
+            for (_, slot), result in zip(batch, results):
+                slot.result = result
+        except BaseException as e:  # every caller of the batch gets the error
+            for _, slot in batch:
+                slot.error = e
+        for _, slot in batch:
+            slot.done = True
+            slot.ready.set()
+        with self._lock:
+            if self._pending:
+                self._pending[0][1].ready.set()  # the oldest waiting caller leads the next batch
+            else:
+                self._running = False
 
 
 class RequestError(Exception):
@@ -140,6 +204,9 @@ class Searcher:
         backend: "exact" or "faiss" (default: the index's).
         nprobe, ef_search: FAISS search parameters (default: those recorded in the index).
         max_top_k: the largest top_k a request may ask for.
+        max_batch: searches that arrive while others are computed are embedded, manipulated and ranked
+            together, up to this many at once (1: one at a time). A batch runs as soon as the previous one
+            ends, without waiting for more: no added latency when requests come one by one.
     """
 
     def __init__(
@@ -151,6 +218,7 @@ class Searcher:
         nprobe: int | None = None,
         ef_search: int | None = None,
         max_top_k: int = DEFAULT_MAX_TOP_K,
+        max_batch: int = DEFAULT_MAX_BATCH,
     ):
         self.model = model
         self.index = index
@@ -160,6 +228,7 @@ class Searcher:
         self.names = self.vocabulary.names
         self.item_images = item_images if item_images is not None else items.ItemImages(index)
         self.max_top_k = int(max_top_k)
+        self._batches = Batcher(self._run_batch, max_batch)
         self.backend = backend or index.backend
         self._known = index.known_values()  # [N, A] label where known, else prediction
         self._rows = {str(i): r for r, i in enumerate(index.ids)}
@@ -238,21 +307,40 @@ class Searcher:
         return out
 
     def check_top_k(self, top_k) -> int:
-        try:
-            k = int(top_k)
-        except (TypeError, ValueError):
-            raise RequestError(400, f"top_k must be an integer, got {top_k!r}") from None
-        if not 1 <= k <= self.max_top_k:
-            raise RequestError(400, f"top_k must be in 1..{self.max_top_k}, got {k}")
-        return k
+        """top_k as sent (an int, or digits in a form field) -> int in 1..max_top_k; 400 otherwise."""
+        if isinstance(top_k, str) and top_k.strip().isdigit():
+            top_k = int(top_k)
+        if not isinstance(top_k, int) or isinstance(top_k, bool):
+            raise RequestError(400, f"top_k must be an integer, got {top_k!r}")
+        if not 1 <= top_k <= self.max_top_k:
+            raise RequestError(400, f"top_k must be in 1..{self.max_top_k}, got {top_k}")
+        return top_k
 
-    def _rank(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rank(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, len(self.index))
         if self.backend == "exact":
-            rows, distances = self._exact.search(query, k)
-        else:
-            rows, distances = index_lib.faiss_search(self._faiss, query, k)
-        return rows[0], distances[0]
+            return self._exact.search(queries, k)
+        return index_lib.faiss_search(self._faiss, queries, k)
+
+    def _run_batch(self, jobs: list) -> list:
+        """[(image, [(attribute, value)], k)] -> per job ({embed output: [1, ...]}, rows [k], distances [k]).
+
+        One `embed` call (images grouped by size inside), one `manipulate` for the jobs with changes, one
+        ranking with the largest k (a smaller k's results are its prefix).
+        """
+        emb = self.model.embed([image for image, _, _ in jobs], batch_size=len(jobs))
+        queries = np.array(emb["global_representation"], np.float32)
+        changed = [i for i, (_, pairs, _) in enumerate(jobs) if pairs]
+        if changed:  # without a change, manipulate would give embed's global representation
+            attributes, values = export.manipulation_arrays([jobs[i][1] for i in changed])
+            queries[changed] = self.model.manipulate(
+                emb["attribute_representations"][changed], attributes, values
+            )
+        rows, distances = self._rank(queries, max(k for _, _, k in jobs))
+        return [
+            ({key: value[i : i + 1] for key, value in emb.items()}, rows[i][:k], distances[i][:k])
+            for i, (_, _, k) in enumerate(jobs)
+        ]
 
     def search(
         self,
@@ -282,13 +370,7 @@ class Searcher:
                 image = self.item_images.decode(row)
             except (items.ItemImageError, index_lib.ImageReadError) as e:
                 raise RequestError(500, str(e)) from None
-        emb = self.model.embed([image])
-        if pairs:
-            attributes, values = export.manipulation_arrays([pairs])
-            query = self.model.manipulate(emb["attribute_representations"], attributes, values)
-        else:  # no change: manipulate would give embed's global representation
-            query = emb["global_representation"]
-        rows, distances = self._rank(np.asarray(query, np.float32), k + (row is not None))
+        emb, rows, distances = self._batches((image, pairs, k + (row is not None)))
         keep = (rows >= 0) & (rows != (-1 if row is None else row))
         rows, distances = rows[keep][:k], distances[keep][:k]
 
