@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_fixture import live_server, trained  # noqa: F401  (the session fixture)
+from service_fixture import live_server
 from tf_serving_stub import running_stub
 
 from fashionsearchnet_v2.serving import export, items, remote, service
@@ -24,7 +24,7 @@ from fashionsearchnet_v2.serving import index as index_lib
 
 
 @pytest.fixture(scope="module")
-def searcher(trained):  # noqa: F811
+def searcher(trained):
     return service.Searcher(trained.model, index_lib.SearchIndex.load(trained.index_path))
 
 
@@ -42,7 +42,7 @@ def _strip(answer: dict) -> dict:
     return {k: v for k, v in answer.items() if k != "took_ms"}
 
 
-def test_health_vocabulary_and_items(client, searcher, trained):  # noqa: F811
+def test_health_vocabulary_and_items(client, searcher, trained):
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["items"] == 200 and health["backend"] == "exact"
     assert health["model"] == "in-process" and health["item_images"] is True
@@ -62,7 +62,7 @@ def test_health_vocabulary_and_items(client, searcher, trained):  # noqa: F811
     assert client.get("/static/app.js").status_code == 200
 
 
-def test_search_is_the_library_search(client, searcher, trained):  # noqa: F811
+def test_search_is_the_library_search(client, searcher, trained):
     """An item query with a colour change = embed, manipulate, exact ranking; the item itself left out."""
     index, vocab = searcher.index, trained.model.vocabulary
     row = 5
@@ -144,7 +144,7 @@ def test_bad_search_requests_get_a_status_and_a_reason(client, searcher, kwargs,
     assert reason in response.json()["error"], response.json()
 
 
-def test_unknown_names_are_refused_with_the_valid_ones(client, searcher, trained):  # noqa: F811
+def test_unknown_names_are_refused_with_the_valid_ones(client, searcher, trained):
     item_id = str(searcher.index.ids[0])
     vocab = trained.model.vocabulary
     r = client.post("/search", data={"item": item_id, "set": "colour=red"})
@@ -154,7 +154,7 @@ def test_unknown_names_are_refused_with_the_valid_ones(client, searcher, trained
     assert r.status_code == 400 and r.json()["valid"] == want and "unknown value 'teal'" in r.json()["error"]
 
 
-def test_truncated_images_oversize_bodies_and_huge_images(client, searcher, trained):  # noqa: F811
+def test_truncated_images_oversize_bodies_and_huge_images(client, searcher, trained):
     item_id = str(searcher.index.ids[0])
     jpeg = client.get(f"/images/{item_id}").content
     png = _png(64, 64)
@@ -189,7 +189,7 @@ def test_unknown_items_are_404_and_listing_is_bounded(client):
     assert r.status_code == 400 and "offset" in r.json()["error"]
 
 
-def test_image_dimensions_from_headers(trained):  # noqa: F811
+def test_image_dimensions_from_headers(trained):
     img = np.zeros((37, 53, 3), np.uint8)
     for ext in (".png", ".jpg", ".bmp"):
         assert service.image_dimensions(cv2.imencode(ext, img)[1].tobytes()) == (53, 37), ext
@@ -200,7 +200,7 @@ def test_image_dimensions_from_headers(trained):  # noqa: F811
     assert service.image_dimensions(b"not an image") is None
 
 
-def test_concurrent_requests_get_the_answers_they_get_alone(searcher, trained):  # noqa: F811
+def test_concurrent_requests_get_the_answers_they_get_alone(searcher, trained):
     vocab = trained.model.vocabulary
     index = searcher.index
     image = cv2.imencode(
@@ -285,7 +285,7 @@ def test_batcher_batches_concurrent_calls_and_returns_each_its_result():
     assert batcher(5) == 25 and not batcher._running  # and it still works
 
 
-def test_tf_serving_path_gives_the_in_process_answers(searcher, trained):  # noqa: F811
+def test_tf_serving_path_gives_the_in_process_answers(searcher, trained):
     index = searcher.index
     image = index_lib.read_split_images(trained.info, "gallery", [str(index.ids[11])])[str(index.ids[11])]
     with running_stub(trained.export_dir) as stub:
@@ -325,7 +325,7 @@ def test_tf_serving_path_gives_the_in_process_answers(searcher, trained):  # noq
         remote.RemoteModel("localhost:8501", trained.export_dir, check=False)
 
 
-def test_searcher_refuses_an_index_of_another_export(trained, tmp_path):  # noqa: F811
+def test_searcher_refuses_an_index_of_another_export(trained, tmp_path):
     index = index_lib.SearchIndex.load(trained.index_path)
     index.metadata["export_fingerprint"] = "another"
     with pytest.raises(index_lib.IndexFileError, match="another export"):
@@ -337,7 +337,7 @@ def test_searcher_refuses_an_index_of_another_export(trained, tmp_path):  # noqa
     assert items.ItemImages(moved, trained.data_dir).read(0)[:3] == b"\xff\xd8\xff"
 
 
-def test_folder_index_items_are_served_from_their_files(trained, tmp_path):  # noqa: F811
+def test_folder_index_items_are_served_from_their_files(trained, tmp_path):
     folder = tmp_path / "shop"
     (folder / "sub").mkdir(parents=True)
     for i in range(4):
