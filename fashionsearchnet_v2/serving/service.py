@@ -195,7 +195,8 @@ def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
 
 
 class Searcher:
-    """Answers searches over one index with one model; read-only after construction (thread-safe).
+    """Answers searches over one index with one model; thread-safe: after construction only the batcher's
+    queue changes, under its lock.
 
     Args:
         model: `export.ExportedModel` (in-process) or `remote.RemoteModel` (TensorFlow Serving).
