@@ -1,10 +1,13 @@
 """Installs fashionsearchnet_v2, its experiments and data converters.
 
 `pip install -e .` is all a fresh Python 3.11 machine needs; `pip install -e .[test]` adds the test and
-lint tools that `.ci/run` uses.
+lint tools that `.ci/run` uses; `pip install -e .[web]` the search service's web stack.
 """
 
 import setuptools
+
+# The search service (`python -m experiments.serve`): FastAPI on uvicorn, python-multipart for uploads.
+WEB = ["fastapi>=0.110,<1", "uvicorn>=0.29,<1", "python-multipart>=0.0.9,<1"]
 
 setuptools.setup(
     name="fashionsearchnet_v2",
@@ -12,7 +15,7 @@ setuptools.setup(
     description="FashionSearchNet-v2: image retrieval with attribute manipulation (TensorFlow/Keras).",
     python_requires=">=3.10,<3.13",
     packages=setuptools.find_packages(include=["fashionsearchnet_v2*", "experiments*", "data_prep*"]),
-    package_data={"data_prep": ["*.csv"], "fashionsearchnet_v2": ["py.typed"]},
+    package_data={"data_prep": ["*.csv"], "fashionsearchnet_v2": ["py.typed", "serving/static/*"]},
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tensorboard>=2.21,<2.22",
@@ -23,7 +26,16 @@ setuptools.setup(
         "matplotlib>=3.8,<4",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "ruff>=0.6,<1", "faiss-cpu>=1.8"],
+        # The service's tests run it (TestClient needs httpx2) and drive its page in Chromium (selenium).
+        "test": [
+            "pytest>=8,<10",
+            "ruff>=0.6,<1",
+            "faiss-cpu>=1.8",
+            *WEB,
+            "httpx2>=2.16,<3",
+            "selenium>=4.20,<5",
+        ],
         "faiss": ["faiss-cpu>=1.8"],
+        "web": WEB,
     },
 )

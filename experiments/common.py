@@ -31,11 +31,16 @@ DATASETS = {
     "fashion_product": "python -m data_prep.fashion_product --input_dir=RAW_FPI --output_dir={data_dir}",
 }
 
-DATASET = flags.DEFINE_string("dataset", "synthetic", f"Registered dataset: {', '.join(DATASETS)}.")
+DATASET = flags.DEFINE_string(
+    "dataset",
+    "synthetic",
+    f"Registered dataset ({', '.join(DATASETS)}), or the name of one converted into data/<name>; "
+    "with --data_dir alone, the name in its dataset.json.",
+)
 DATA_DIR = flags.DEFINE_string(
     "data_dir",
     None,
-    "Converted dataset directory (default data/<dataset>; data/synthetic-quick with --quick).",
+    "Converted dataset directory, any converter's (default data/<dataset>; data/synthetic-quick with --quick).",
 )
 WORKDIR = flags.DEFINE_string(
     "workdir",
@@ -163,16 +168,34 @@ def seed_workdir(workdir: str, seed: int) -> str:
 
 
 def resolve_dirs() -> tuple[str, str, str]:
-    """(dataset, data directory, the dataset's work directory); a seed's runs go to `seed_workdir`."""
-    dataset = DATASET.value
-    if dataset not in DATASETS:
-        fail(f"unknown --dataset={dataset!r}; registered datasets: {', '.join(DATASETS)}")
+    """(dataset, data directory, the dataset's work directory); a seed's runs go to `seed_workdir`.
+
+    `--data_dir` alone names any converted dataset (your own catalogue included): its name is read from
+    dataset.json, and the work directory defaults to work/<that name>.
+    """
+    dataset, data_dir = DATASET.value, DATA_DIR.value
+    if data_dir and not flags.FLAGS["dataset"].present:
+        dataset = dataset_name(data_dir) or dataset
     # A smoke check never writes where a real run reads: its own work directory and, for the generated
     # dataset, its own data directory. (A real dataset is only read, so --quick uses it where it is.)
     quick = "-quick" if QUICK.value else ""
-    data_dir = DATA_DIR.value or os.path.join("data", dataset + (quick if dataset == "synthetic" else ""))
+    data_dir = data_dir or os.path.join("data", dataset + (quick if dataset == "synthetic" else ""))
+    if dataset not in DATASETS and not os.path.isfile(os.path.join(data_dir, schema.DATASET_JSON)):
+        fail(
+            f"unknown --dataset={dataset!r} and no {os.path.join(data_dir, schema.DATASET_JSON)}; registered "
+            f"datasets: {', '.join(DATASETS)}; a catalogue of your own: convert it with "
+            "`python -m data_prep.catalog ... --output_dir=DIR` and pass --data_dir=DIR"
+        )
     workdir = WORKDIR.value or os.path.join("work", dataset + quick)
     return dataset, data_dir, workdir
+
+
+def dataset_name(data_dir: str) -> str | None:
+    """The name in `<data_dir>/dataset.json`, or None when there is none to read."""
+    try:
+        return schema.load_dataset_info(data_dir).name
+    except schema.DatasetError:
+        return None
 
 
 def load_or_make_dataset(dataset: str, data_dir: str, quick: bool) -> schema.DatasetInfo:
@@ -190,7 +213,8 @@ def load_or_make_dataset(dataset: str, data_dir: str, quick: bool) -> schema.Dat
         try:
             return schema.load_dataset_info(data_dir)
         except schema.DatasetError as e:
-            fail(f"{e}\nFor --dataset={dataset}: {DATASETS[dataset].format(data_dir=data_dir)}")
+            how = DATASETS.get(dataset, "python -m data_prep.catalog ... --output_dir={data_dir}")
+            fail(f"{e}\nFor --dataset={dataset}: {how.format(data_dir=data_dir)}")
     try:
         info = schema.load_dataset_info(data_dir)
         integrity.check_records(info)

@@ -15,3 +15,6 @@ try:
     )
 except RuntimeError:  # already initialised by an earlier import; the mirrored test then fails and says why
     pass
+
+# The service tests' tiny trained model, defined once here so that every module shares one session fixture.
+from service_fixture import trained  # noqa: E402, F401

@@ -1,0 +1,245 @@
+"""Your own catalogue -> dataset directory: one CSV row per image, one column per attribute.
+
+    python -m data_prep.catalog --csv=shop/products.csv --image_column=image \\
+        --attributes=colour,sleeve,pattern --output_dir=data/shop \\
+        [--image_root=DIR] [--id_column=COL] [--name=shop] [--min_count=N] [--other_value=other] \\
+        [--unlabelled=NA,unknown] [--delimiter=,] [--num_query=2000 --num_gallery=18000 --seed=0 --overwrite]
+
+Input: a CSV (or, with --delimiter, any delimited text) with a header row. `--image_column` holds each
+image's path, absolute or relative to `--image_root` (default: the CSV's folder); each column named in
+`--attributes` is one attribute, whose values are the distinct strings found in it (surrounding spaces
+dropped, case kept), in alphabetical order. An empty cell, or one of `--unlabelled`, leaves the
+attribute unlabelled (-1) for that image. With `--min_count=N`, the values of an attribute that fewer than
+N images have are grouped into one value `--other_value` (listed last; an existing value of that name is
+merged into it): a value seen a handful of times can be neither learnt nor searched for.
+
+The split protocol, the skip report, the atomic output and `--overwrite` are the other converters'
+(`fashionsearchnet_v2.data.convert`): missing, empty or corrupt images, rows with no attribute labelled
+(`no_labels`) and images listed twice (`duplicate`) are skipped and listed by reason. The dataset's name
+(`--name`, default the output folder's name) is what every entry point calls it: given
+`--data_dir=data/shop`, they read it from dataset.json and work in `work/<name>/`.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import os
+import re
+from collections.abc import Sequence
+
+from absl import flags
+
+from data_prep import _parsing, common
+from fashionsearchnet_v2.data import convert as engine
+from fashionsearchnet_v2.data.schema import UNLABELLED, Attribute, DatasetError, DatasetInfo
+
+CSV = flags.DEFINE_string("csv", None, "The catalogue: a CSV with a header row, one row per image.")
+IMAGE_COLUMN = flags.DEFINE_string("image_column", None, "Column holding each image's path.")
+ATTRIBUTES = flags.DEFINE_list("attributes", None, "Columns to use as attributes, in this order.")
+IMAGE_ROOT = flags.DEFINE_string(
+    "image_root", None, "Folder image paths are relative to (default: the CSV's)."
+)
+ID_COLUMN = flags.DEFINE_string("id_column", None, "Column holding item ids (default: the image path).")
+NAME = flags.DEFINE_string("name", None, "Dataset name (default: the output folder's name).")
+MIN_COUNT = flags.DEFINE_integer(
+    "min_count", 1, "Values seen in fewer images join --other_value (1: keep all)."
+)
+OTHER_VALUE = flags.DEFINE_string("other_value", "other", "Name of the value rare values are grouped into.")
+UNLABELLED_VALUES = flags.DEFINE_list(
+    "unlabelled", [], "Cell values that mean 'not labelled' (besides empty)."
+)
+DELIMITER = flags.DEFINE_string("delimiter", ",", "Field delimiter (e.g. '\\t' for TSV).")
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def dataset_name(name: str | None, output_dir: str) -> str:
+    """`name`, or the output folder's name; it names the work directory, so it must be a plain file name."""
+    name = name or os.path.basename(os.path.normpath(os.path.abspath(output_dir)))
+    if not _NAME_PATTERN.match(name):
+        raise DatasetError(
+            f"dataset name {name!r} must be letters, digits, '_', '.' or '-' (it names work/<name>/); "
+            "pass --name"
+        )
+    return name
+
+
+def read_rows(path: str, delimiter: str = ",") -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header and [(line number, {column: cell})] of a delimited file (quoted fields as in RFC 4180).
+
+    A row with another number of fields than the header is an error naming its line.
+    """
+    if len(delimiter) != 1:
+        raise DatasetError(f"--delimiter must be one character, got {delimiter!r}")
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            header = next(reader, None)
+            if not header or not any(h.strip() for h in header):
+                raise DatasetError(f"{path}:1: expected a header row naming the columns; the file is empty")
+            header = [h.strip() for h in header]
+            repeated = sorted({h for h in header if header.count(h) > 1})
+            if repeated:
+                raise DatasetError(f"{path}:1: columns named more than once: {repeated}")
+            rows = []
+            for fields in reader:
+                lineno = reader.line_num
+                if not fields or not any(x.strip() for x in fields):
+                    continue
+                if len(fields) != len(header):
+                    raise _parsing.malformed(
+                        path,
+                        lineno,
+                        f"{len(header)} fields ({delimiter.join(header)})",
+                        delimiter.join(fields),
+                    )
+                rows.append((lineno, dict(zip(header, fields))))
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not a UTF-8 text file ({e})") from e
+    except csv.Error as e:
+        raise DatasetError(f"{path}: not a readable CSV ({e})") from e
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read ({e.strerror or e})") from e
+    return header, rows
+
+
+def attribute_values(
+    cells: Sequence[str], min_count: int = 1, other_value: str = "other"
+) -> tuple[tuple[str, ...], dict[str, str], dict[str, int]]:
+    """The values of one attribute from its labelled cells (already stripped, none empty).
+
+    Returns (values in label order, raw value -> value, images per raw value). Values seen fewer than
+    `min_count` times are mapped to `other_value`, which comes last; all others keep their own name and
+    are sorted alphabetically.
+    """
+    counts = collections.Counter(cells)
+    rare = {v for v, n in counts.items() if n < min_count}
+    if not rare:  # nothing grouped: a value named like the group stays an ordinary value
+        return tuple(sorted(counts)), {v: v for v in counts}, dict(counts.most_common())
+    mapping = {v: other_value if v in rare or v == other_value else v for v in counts}
+    values = tuple(sorted(set(mapping.values()) - {other_value})) + (other_value,)
+    return values, mapping, dict(counts.most_common())
+
+
+def convert(
+    csv_path: str,
+    output_dir: str,
+    *,
+    image_column: str,
+    attributes: Sequence[str],
+    image_root: str | None = None,
+    id_column: str | None = None,
+    name: str | None = None,
+    min_count: int = 1,
+    other_value: str = "other",
+    unlabelled: Sequence[str] = (),
+    delimiter: str = ",",
+    num_query: int = 2000,
+    num_gallery: int = 18000,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> DatasetInfo:
+    name = dataset_name(name, output_dir)
+    attributes = [a.strip() for a in attributes if a.strip()]
+    if not attributes:
+        raise DatasetError("--attributes must name at least one column")
+    if len(set(attributes)) != len(attributes):
+        raise DatasetError(f"--attributes names a column twice: {attributes}")
+    if min_count < 1:
+        raise DatasetError(f"--min_count must be >= 1, got {min_count}")
+    header, rows = read_rows(csv_path, delimiter)
+    wanted = [image_column, *attributes] + ([id_column] if id_column else [])
+    unknown = [c for c in wanted if c not in header]
+    if unknown:
+        raise DatasetError(f"{csv_path}: no column {unknown}; the header has {header}")
+    if image_column in attributes or (id_column and id_column in attributes):
+        raise DatasetError("the image (or id) column cannot also be an attribute")
+    root = image_root or os.path.dirname(os.path.abspath(csv_path))
+    missing_marks = {""} | {u.strip() for u in unlabelled}
+
+    cells = {a: [] for a in attributes}
+    for _, row in rows:
+        for a in attributes:
+            value = row[a].strip()
+            if value not in missing_marks:
+                cells[a].append(value)
+    attrs, mappings, extra_counts, grouped = [], {}, {}, {}
+    for a in attributes:
+        values, mapping, counts = attribute_values(cells[a], min_count, other_value)
+        if len(values) < 2:
+            raise DatasetError(
+                f"attribute {a!r} has {len(values)} value(s) {list(values)} after grouping (--min_count={min_count}):"
+                " nothing to classify or to change; drop it from --attributes or lower --min_count"
+            )
+        attrs.append(Attribute(a, values))
+        mappings[a], extra_counts[a] = mapping, counts
+        grouped[a] = sorted(v for v, m in mapping.items() if m != v)
+
+    examples, skipped, seen = [], [], {}
+    for lineno, row in rows:
+        where = f"{csv_path}:{lineno}"
+        rel = row[image_column].strip()
+        image_id = row[id_column].strip() if id_column else rel
+        if not rel or not image_id:
+            skipped.append(("no_image" if not rel else "no_id", image_id or rel, where))
+            continue
+        if image_id in seen:
+            skipped.append(("duplicate", image_id, f"{where} repeats {seen[image_id]}"))
+            continue
+        seen[image_id] = where
+        labels = []
+        for attr in attrs:
+            value = row[attr.name].strip()
+            labels.append(
+                UNLABELLED if value in missing_marks else attr.values.index(mappings[attr.name][value])
+            )
+        path = rel if os.path.isabs(rel) else os.path.join(root, rel)
+        examples.append(engine.Example(image_id, labels, path=path, where=where))
+    examples, unlabelled_rows = _parsing.drop_unlabelled(examples)
+    extra = {
+        "csv": {"image_column": image_column, "id_column": id_column, "image_root": os.path.abspath(root),
+                "attributes": attributes, "unlabelled": sorted(missing_marks - {""})},
+        "min_count": min_count,
+        "other_value": other_value,
+        "grouped_into_other": grouped,
+        "value_counts": extra_counts,
+        "labelled_rows_per_attribute": _parsing.label_counts(examples, attributes),
+    }  # fmt: skip
+    return engine.write_dataset(
+        examples,
+        attrs,
+        output_dir=output_dir,
+        name=name,
+        source=os.path.abspath(csv_path),
+        num_query=num_query,
+        num_gallery=num_gallery,
+        seed=seed,
+        overwrite=overwrite,
+        rows_read=len(rows),
+        skipped=skipped + unlabelled_rows,
+        extra=extra,
+        progress=progress,
+    )
+
+
+def _convert_from_flags(output_dir: str, **kwargs) -> DatasetInfo:
+    for flag in (CSV, IMAGE_COLUMN, ATTRIBUTES):
+        if not flag.value:
+            raise DatasetError(f"--{flag.name} is required")
+    delimiter = DELIMITER.value.encode().decode("unicode_escape")  # "\t" on a command line means a tab
+    info = convert(CSV.value, output_dir, image_column=IMAGE_COLUMN.value, attributes=ATTRIBUTES.value,
+                   image_root=IMAGE_ROOT.value, id_column=ID_COLUMN.value, name=NAME.value,
+                   min_count=MIN_COUNT.value, other_value=OTHER_VALUE.value, unlabelled=UNLABELLED_VALUES.value,
+                   delimiter=delimiter, **kwargs)  # fmt: skip
+    print(f"{info.name}: {len(info.attributes)} attributes, {info.total_values} values")
+    for attr in info.attributes:
+        grouped = info.extra["grouped_into_other"].get(attr.name, [])
+        note = f" ({len(grouped)} rare values grouped into {OTHER_VALUE.value!r})" if grouped else ""
+        print(f"  {attr.name}: {', '.join(attr.values)}{note}")
+    return info
+
+
+if __name__ == "__main__":
+    common.run(_convert_from_flags, needs_input=False)

@@ -1,0 +1,88 @@
+"""Serves search with attribute manipulation over HTTP: a JSON API and a page at `/`.
+
+    pip install -e .[web]
+    python -m experiments.serve --export_dir=exports/synthetic/1 --index=indexes/gallery.npz \\
+        [--host=127.0.0.1 --port=8000] [--model_url=http://tf-serving:8501/v1/models/fsn] \\
+        [--data_dir=DIR] [--max_upload_bytes=10485760] [--backend=exact|faiss]
+
+The model is the export loaded in this process, or, with --model_url, a TensorFlow Serving deployment
+of that export called over its REST API (the export directory then only provides the vocabulary and
+the fingerprint the index is checked against). Items' images come from where the index says (a folder
+index: the files; a split index: the dataset's records; --data_dir when the dataset moved). Endpoints
+and request formats: fashionsearchnet_v2/serving/service.py and docs/serving.md.
+"""
+
+import sys
+
+from absl import app, flags
+
+from experiments import common
+from fashionsearchnet_v2.serving import export, items, service
+from fashionsearchnet_v2.serving import index as index_lib
+
+EXPORT_DIR = flags.DEFINE_string("export_dir", None, "SavedModel written by experiments.export.")
+INDEX = flags.DEFINE_string("index", None, "Index file written by experiments.index.")
+HOST = flags.DEFINE_string("host", "127.0.0.1", "Interface to listen on (0.0.0.0: every interface).")
+PORT = flags.DEFINE_integer("port", 8000, "Port to listen on.")
+MODEL_URL = flags.DEFINE_string(
+    "model_url",
+    None,
+    "TensorFlow Serving REST model URL (http://HOST:8501/v1/models/NAME) instead of in-process.",
+)
+MODEL_TIMEOUT = flags.DEFINE_float("model_timeout", 30.0, "Seconds per TensorFlow Serving call.")
+MAX_UPLOAD_BYTES = flags.DEFINE_integer(
+    "max_upload_bytes", service.DEFAULT_MAX_UPLOAD_BYTES, "Largest request body (an upload); larger gets 413."
+)
+MAX_PIXELS = flags.DEFINE_integer(
+    "max_pixels", service.DEFAULT_MAX_PIXELS, "Largest image (width x height) decoded; larger gets 413."
+)
+MAX_TOP_K = flags.DEFINE_integer("max_top_k", service.DEFAULT_MAX_TOP_K, "Largest top_k a request may ask.")
+MAX_BATCH = flags.DEFINE_integer(
+    "max_batch",
+    service.DEFAULT_MAX_BATCH,
+    "Concurrent searches computed together, at most (1: one at a time).",
+)
+BACKEND = flags.DEFINE_enum("backend", None, list(index_lib.BACKENDS), "Override the index's backend.")
+NPROBE = flags.DEFINE_integer("nprobe", None, "FAISS IVF cells scanned per query (default: the index's).")
+EF_SEARCH = flags.DEFINE_integer("ef_search", None, "FAISS HNSW candidates per query (default: the index's).")
+LOG_LEVEL = flags.DEFINE_enum(
+    "log_level", "info", ["debug", "info", "warning", "error"], "uvicorn's log level."
+)
+flags.mark_flags_as_required(["export_dir", "index"])
+
+
+def build_searcher() -> service.Searcher:
+    """The Searcher the flags describe; exits with code 2 and the reason when something is unusable."""
+    from fashionsearchnet_v2.serving import remote
+
+    try:
+        index = index_lib.SearchIndex.load(INDEX.value)
+        if MODEL_URL.value:
+            model = remote.RemoteModel(MODEL_URL.value, EXPORT_DIR.value, timeout=MODEL_TIMEOUT.value)
+        else:
+            model = export.ExportedModel(EXPORT_DIR.value)
+        images = items.ItemImages(index, common.DATA_DIR.value)
+        return service.Searcher(
+            model, index, images, BACKEND.value, NPROBE.value, EF_SEARCH.value, MAX_TOP_K.value
+        )
+    except (export.ExportError, index_lib.IndexFileError, index_lib.FaissUnavailable, items.ItemImageError,
+            remote.RemoteModelError, ValueError) as e:  # fmt: skip
+        common.fail(str(e))
+
+
+def main(argv):
+    del argv
+    try:
+        import uvicorn
+    except ImportError:
+        common.fail("the service needs FastAPI and uvicorn: pip install -e .[web]")
+    searcher = build_searcher()
+    web = service.create_app(searcher, MAX_UPLOAD_BYTES.value, MAX_PIXELS.value)
+    health = searcher.health()
+    print(f"serving {health['items']} items ({health['backend']} search, model {health['model']}) "
+          f"on http://{HOST.value}:{PORT.value}/", file=sys.stderr, flush=True)  # fmt: skip
+    uvicorn.run(web, host=HOST.value, port=PORT.value, log_level=LOG_LEVEL.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

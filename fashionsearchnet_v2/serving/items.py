@@ -1,0 +1,155 @@
+"""The image bytes of an index's items, for the search service (`GET /images/{id}`, queries by item id).
+
+An index file stores no pixels: a folder index records each image's path, a dataset-split index the
+dataset directory and split (`serving.index`). `ItemImages` serves both without copying the catalogue:
+
+- folder index: the file at the recorded path, read per request;
+- split index: the record in the split's TFRecord shards. Index row i is the split's i-th record in
+  shard order (that is how `index_split` walked it), so at start-up one pass over the shards reads only
+  each record's 12-byte length header and keeps (shard, offset, length) per row; a request then seeks and
+  reads one record. Each read checks the record's id against the index (a dataset rewritten since the
+  index was built is refused, not served wrong).
+
+Every request opens its own file handle: nothing mutable is shared between concurrent requests.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from fashionsearchnet_v2.data import records, schema
+
+_HEADER = 12  # uint64 length + uint32 masked CRC of the length
+_FOOTER = 4  # uint32 masked CRC of the data
+_MEDIA_TYPES = {
+    b"\xff\xd8\xff": "image/jpeg",
+    b"\x89PNG": "image/png",
+    b"GIF8": "image/gif",
+    b"BM": "image/bmp",
+}
+
+
+class ItemImageError(RuntimeError):
+    """An item's image cannot be served (its source is missing or changed); the message says why."""
+
+
+def media_type(data: bytes) -> str:
+    """The MIME type of encoded image bytes, from their magic number."""
+    for magic, name in _MEDIA_TYPES.items():
+        if data.startswith(magic):
+            return name
+    return "application/octet-stream"
+
+
+def record_offsets(path: str) -> list[tuple[int, int]]:
+    """(offset of the data, its length) of every record of a TFRecord file, from the length headers."""
+    out = []
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        offset = 0
+        while offset < size:
+            f.seek(offset)
+            header = f.read(_HEADER)
+            if len(header) < _HEADER:
+                raise ItemImageError(f"{path}: truncated record header at byte {offset}")
+            (length,) = struct.unpack("<Q", header[:8])
+            if offset + _HEADER + length + _FOOTER > size:
+                raise ItemImageError(f"{path}: record at byte {offset} runs past the end of the file")
+            out.append((offset + _HEADER, length))
+            offset += _HEADER + length + _FOOTER
+    return out
+
+
+def parse_record(data: bytes) -> tuple[str, bytes]:
+    """(id, encoded image bytes) of one serialized record."""
+    import tensorflow as tf
+
+    example = tf.train.Example.FromString(data)
+    feature = example.features.feature
+    return (
+        feature[records.FEATURE_ID].bytes_list.value[0].decode("utf-8"),
+        feature[records.FEATURE_ENCODED].bytes_list.value[0],
+    )
+
+
+class ItemImages:
+    """Encoded image bytes of index rows, read from where the index says they are.
+
+    Args:
+        index: a `serving.index.SearchIndex`.
+        data_dir: the dataset directory of a split index, when it moved since indexing (default: the one
+            the index recorded).
+    Raises ItemImageError when the recorded source cannot be opened (e.g. the dataset is not on this
+    machine: pass its directory), or holds another number of records than the index.
+    """
+
+    def __init__(self, index, data_dir: str | None = None):
+        source = index.metadata.get("source", {})
+        self.kind = source.get("kind")
+        self.ids = index.ids
+        self.paths = index.paths
+        self._records: list[tuple[str, int, int]] = []
+        if self.kind == "split":
+            directory = data_dir or source.get("data_dir", "")
+            try:
+                info = schema.load_dataset_info(directory)
+                shards = info.shard_paths(source["split"])
+            except (schema.DatasetError, KeyError) as e:
+                raise ItemImageError(
+                    f"the index's items are the {source.get('split')!r} split of {directory}, which cannot be "
+                    f"read here ({e}); pass the dataset's directory with --data_dir"
+                ) from e
+            for shard in shards:
+                self._records.extend((shard, offset, length) for offset, length in record_offsets(shard))
+            if len(self._records) != len(index):
+                raise ItemImageError(
+                    f"{directory} split {source['split']} holds {len(self._records)} records, the index "
+                    f"{len(index)} items: it is not the dataset the index was built from"
+                )
+            self.source = f"{directory} ({source['split']} split)"
+        elif self.kind == "folder":
+            self.source = source.get("folder", "")
+        else:
+            self.source = ""
+
+    @property
+    def available(self) -> bool:
+        """Whether items have images at all (an index of bare vectors has none)."""
+        return self.kind in ("split", "folder")
+
+    def read(self, row: int) -> bytes:
+        """The encoded bytes of index row `row`; ItemImageError when they cannot be read."""
+        row = int(row)
+        if self.kind == "folder":
+            path = str(self.paths[row])
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as e:
+                raise ItemImageError(f"image of item {self.ids[row]!r} at {path}: {e.strerror or e}") from e
+        if self.kind == "split":
+            shard, offset, length = self._records[row]
+            try:
+                with open(shard, "rb") as f:
+                    f.seek(offset)
+                    data = f.read(length)
+                image_id, encoded = parse_record(data)
+            except (OSError, ValueError, IndexError, DecodeError) as e:
+                raise ItemImageError(f"record of item {self.ids[row]!r} in {shard}: {e}") from e
+            if image_id != str(self.ids[row]):
+                raise ItemImageError(
+                    f"{shard} holds {image_id!r} where the index has {self.ids[row]!r}: the dataset changed "
+                    "since the index was built; rebuild the index"
+                )
+            return encoded
+        raise ItemImageError("this index holds vectors only: its items have no images")
+
+    def decode(self, row: int) -> np.ndarray:
+        """uint8 RGB [H, W, 3] of index row `row`."""
+        from fashionsearchnet_v2.serving import index as index_lib
+
+        return index_lib.decode_image(self.read(row), f"item {self.ids[row]!r}")

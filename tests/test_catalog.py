@@ -1,0 +1,144 @@
+"""The generic catalogue converter (`data_prep.catalog`): values are a column's distinct strings, empty
+cells are unlabelled, rare values group into `other`, the split protocol, skip report and atomicity are
+the other converters', and errors name the file, line or column."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data_prep import catalog
+from fashionsearchnet_v2.data import records
+from fashionsearchnet_v2.data.schema import DatasetError, load_dataset_info
+
+SMALL = dict(num_query=2, num_gallery=3, seed=0, progress=False)
+
+
+def _write(root, rows, header=("sku", "image", "colour", "sleeve"), images=True, delimiter=","):
+    os.makedirs(root / "img", exist_ok=True)
+    with open(root / "products.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter=delimiter)
+        w.writerow(header)
+        for row in rows:
+            w.writerow(row)
+    if images:
+        for i, row in enumerate(rows):
+            path = root / row[1]
+            if not path.exists() and row[1]:
+                img = np.full((20 + i, 24, 3), 10 * i % 255, np.uint8)
+                cv2.imwrite(str(path), img)
+    return str(root / "products.csv")
+
+
+def _labels(info, split):
+    out = {}
+    for s in tf.data.TFRecordDataset(info.shard_paths(split)):
+        ex = records.parse_example(s, info.num_attributes)
+        out[ex["id"].numpy().decode()] = ex["labels"].numpy().tolist()
+    return out
+
+
+def test_attribute_values_sorted_and_rare_values_grouped_last():
+    cells = ["red"] * 3 + ["blue"] * 2 + ["teal"] + ["other"] + ["black"] * 5
+    assert catalog.attribute_values(cells) == (
+        ("black", "blue", "other", "red", "teal"),
+        {v: v for v in ("red", "blue", "teal", "other", "black")},
+        {"black": 5, "red": 3, "blue": 2, "teal": 1, "other": 1},
+    )
+    values, mapping, _ = catalog.attribute_values(cells, min_count=2, other_value="other")
+    # teal (1) and the existing value "other" form the group, which comes last.
+    assert values == ("black", "blue", "red", "other")
+    assert mapping["teal"] == mapping["other"] == "other" and mapping["red"] == "red"
+
+
+def test_catalog_converts_values_unlabelled_cells_and_skips(tmp_path):
+    rows = [
+        ["A1", "img/a1.jpg", "red", "long"],
+        ["A2", "img/a2.png", "blue", " short "],  # spaces around a value are dropped
+        ["A3", "img/a3.jpg", "", "long"],  # empty -> unlabelled
+        ["A4", "img/a4.jpg", "NA", "short"],  # --unlabelled=NA
+        ["A5", "img/a5.jpg", "red", "long"],
+        ["A6", "img/a6.jpg", "Red", "long"],  # case is kept: another value
+        ["A7", "img/missing.jpg", "blue", "long"],  # no such file
+        ["A1", "img/a8.jpg", "blue", "long"],  # same id twice
+        ["A9", "img/a9.jpg", "", ""],  # nothing labelled
+        ["A10", "img/a10.jpg", "blue", "sleeveless, cap"],  # quoted comma
+    ]
+    path = _write(tmp_path, rows)
+    os.remove(tmp_path / "img" / "missing.jpg")
+    (tmp_path / "img" / "a4.jpg").write_bytes(b"")  # empty file
+    info = catalog.convert(path, str(tmp_path / "out"), image_column="image", id_column="sku",
+                           attributes=["colour", "sleeve"], unlabelled=["NA"], **SMALL)  # fmt: skip
+    assert info.name == "out"
+    assert [(a.name, a.values) for a in info.attributes] == [
+        ("colour", ("Red", "blue", "red")),
+        ("sleeve", ("long", "short", "sleeveless, cap")),
+    ]
+    assert info.report["skipped_by_reason"] == {"duplicate": 1, "empty": 1, "missing": 1, "no_labels": 1}
+    assert info.splits == {"query": 2, "gallery": 3, "train": 1}
+    labels = {}
+    for split in ("train", "query", "gallery"):
+        labels.update(_labels(info, split))
+    assert labels == {"A1": [2, 0], "A2": [1, 1], "A3": [-1, 0], "A5": [2, 0], "A6": [0, 0], "A10": [1, 2]}
+    assert load_dataset_info(str(tmp_path / "out")).extra["csv"]["id_column"] == "sku"
+    report = (tmp_path / "out" / "conversion_report.txt").read_text()
+    assert "duplicate\tA1\t" in report and "missing\tA7\t" in report
+
+
+def test_catalog_groups_rare_values_and_takes_images_from_an_image_root(tmp_path):
+    rows = [
+        [f"P{i}", f"p{i}.jpg", c, "long"] for i, c in enumerate(["red"] * 4 + ["blue"] * 3 + ["teal", "gold"])
+    ]
+    images = tmp_path / "pictures"
+    os.makedirs(images)
+    for i in range(len(rows)):
+        cv2.imwrite(str(images / f"p{i}.jpg"), np.full((16, 16, 3), 30 * i, np.uint8))
+    path = _write(tmp_path, rows, images=False, delimiter="\t")
+    # sleeve has one value only: refused with what to do
+    with pytest.raises(DatasetError, match="'sleeve' has 1 value"):
+        catalog.convert(path, str(tmp_path / "x"), image_column="image", attributes=["colour", "sleeve"],
+                        image_root=str(images), delimiter="\t", **SMALL)  # fmt: skip
+    info = catalog.convert(path, str(tmp_path / "out"), image_column="image", attributes=["colour"],
+                           image_root=str(images), delimiter="\t", min_count=2, other_value="rare",
+                           name="my_shop", **SMALL)  # fmt: skip
+    assert info.name == "my_shop" and info.attributes[0].values == ("blue", "red", "rare")
+    assert info.extra["grouped_into_other"] == {"colour": ["gold", "teal"]}
+    assert sum(info.splits.values()) == 9
+    labels = {}
+    for split in ("train", "query", "gallery"):
+        labels.update(_labels(info, split))
+    assert labels["p7.jpg"] == [2] and labels["p0.jpg"] == [1] and labels["p4.jpg"] == [0]
+
+
+def test_catalog_errors_name_the_file_line_and_columns(tmp_path):
+    path = _write(tmp_path, [["A", "img/a.jpg", "red", "long"]] * 2)
+    with pytest.raises(DatasetError, match=r"no column \['color'\]; the header has"):
+        catalog.convert(path, str(tmp_path / "o"), image_column="image", attributes=["color"], **SMALL)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("B,img/b.jpg,red\n")
+    with pytest.raises(DatasetError, match=r"products.csv:4: malformed line: expected 4 fields"):
+        catalog.convert(path, str(tmp_path / "o"), image_column="image", attributes=["colour"], **SMALL)
+    with pytest.raises(DatasetError, match="must be letters"):
+        catalog.convert(path, str(tmp_path / "o"), image_column="image", attributes=["colour"], name="a b",
+                        **SMALL)  # fmt: skip
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_catalog_split_protocol_and_refusal_to_overwrite(tmp_path):
+    colours = ["red", "blue", "black"]
+    rows = [[f"S{i}", f"img/{i}.jpg", colours[i % 3], "long" if i % 2 else "short"] for i in range(12)]
+    path = _write(tmp_path, rows)
+    kwargs = dict(image_column="image", attributes=["colour", "sleeve"], progress=False)
+    with pytest.raises(DatasetError, match="--num_query and --num_gallery"):
+        catalog.convert(path, str(tmp_path / "out"), num_query=5, num_gallery=10, **kwargs)
+    a = catalog.convert(path, str(tmp_path / "out"), num_query=3, num_gallery=4, seed=1, **kwargs)
+    with pytest.raises(DatasetError, match="--overwrite"):
+        catalog.convert(path, str(tmp_path / "out"), num_query=3, num_gallery=4, **kwargs)
+    b = catalog.convert(path, str(tmp_path / "out2"), num_query=3, num_gallery=4, seed=1, **kwargs)
+    assert a.splits == {"query": 3, "gallery": 4, "train": 5}
+    assert _labels(a, "query") == _labels(b, "query")  # the same seed draws the same split

@@ -1,0 +1,354 @@
+"""The search service (`serving/service.py`): its endpoints answer what the library computes, every bad
+input gets its status and reason, concurrent requests get the answers they would get alone, and the
+TensorFlow Serving path (`--model_url`, against a localhost stub answering from the same SavedModel)
+gives the in-process answers."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import json
+import threading
+import time
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from service_fixture import live_server
+from tf_serving_stub import running_stub
+
+from fashionsearchnet_v2.serving import export, items, remote, service
+from fashionsearchnet_v2.serving import index as index_lib
+
+
+@pytest.fixture(scope="module")
+def searcher(trained):
+    return service.Searcher(trained.model, index_lib.SearchIndex.load(trained.index_path))
+
+
+@pytest.fixture(scope="module")
+def client(searcher):
+    return TestClient(service.create_app(searcher, max_upload_bytes=200_000, max_pixels=1_000_000))
+
+
+def _png(h=50, w=40, seed=0) -> bytes:
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+def _strip(answer: dict) -> dict:
+    return {k: v for k, v in answer.items() if k != "took_ms"}
+
+
+def test_health_vocabulary_and_items(client, searcher, trained):
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["items"] == 200 and health["backend"] == "exact"
+    assert health["model"] == "in-process" and health["item_images"] is True
+    assert client.get("/vocabulary").json() == trained.model.vocabulary.to_json()
+    page = client.get("/items", params={"offset": 198, "limit": 5}).json()
+    index = searcher.index
+    assert page["total"] == 200 and [i["id"] for i in page["items"]] == [str(x) for x in index.ids[198:]]
+    item_id = str(index.ids[3])
+    item = client.get(f"/items/{item_id}").json()
+    assert item["attributes"] == index.attributes(3) and item["image_url"] == f"/images/{item_id}"
+    image = client.get(item["image_url"])
+    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+    want = index_lib.read_split_images(trained.info, "gallery", [item_id])[item_id]
+    np.testing.assert_array_equal(index_lib.decode_image(image.content, "x"), want)
+    page = client.get("/")
+    assert page.status_code == 200 and '<script src="/static/app.js"></script>' in page.text
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_search_is_the_library_search(client, searcher, trained):
+    """An item query with a colour change = embed, manipulate, exact ranking; the item itself left out."""
+    index, vocab = searcher.index, trained.model.vocabulary
+    row = 5
+    item_id = str(index.ids[row])
+    colour = vocab.attribute_index("color")
+    current = int(index.known_values()[row, colour])
+    new = (current + 3) % len(vocab.attributes[colour].values)
+    new_name = vocab.attributes[colour].values[new]
+    answer = client.post("/search", data={"item": item_id, "set": f"color={new_name}", "top_k": "7"}).json()
+
+    image = index_lib.read_split_images(trained.info, "gallery", [item_id])[item_id]
+    emb = trained.model.embed([image])
+    query = trained.model.manipulate(emb["attribute_representations"], [[colour]], [[new]])
+    rows, dist = index.search(query, 8)
+    keep = rows[0] != row
+    assert [r["id"] for r in answer["results"]] == [str(index.ids[r]) for r in rows[0][keep][:7]]
+    np.testing.assert_allclose([r["distance"] for r in answer["results"]], dist[0][keep][:7], atol=1e-4)
+    assert answer["changes"] == [
+        {"attribute": "color", "from": vocab.attributes[colour].values[current], "to": new_name}
+    ]
+    assert answer["query"]["item"] == item_id and answer["query"]["target"]["color"] == new_name
+    known = index.known_values()
+    for r in answer["results"]:
+        i = list(index.ids).index(r["id"])
+        assert r["matches"]["color"] == (known[i, colour] == new) == r["changes_match"]
+        assert r["all_match"] == all(r["matches"].values())
+    # the query's predictions, boxes and maps are embed's
+    for a, name in enumerate(vocab.names):
+        pred = answer["query"]["predicted"][name]
+        assert pred["value"] == vocab.attributes[a].values[emb["predicted_values"][0, a]]
+        assert abs(pred["probability"] - emb["predicted_probabilities"][0, a]) < 1e-3
+        np.testing.assert_allclose(answer["query"]["boxes"][name], emb["boxes"][0, a], atol=1e-3)
+        np.testing.assert_allclose(answer["query"]["maps"][name], emb["maps"][0, a], atol=1e-3)
+
+    # The same image uploaded (multipart, then JSON base64) ranks the same, with the item itself first.
+    encoded = client.get(f"/images/{item_id}").content
+    up = client.post("/search", files={"image": ("q.jpg", encoded, "image/jpeg")},
+                     data={"set": [f"color={new_name}"], "top_k": "8"}).json()  # fmt: skip
+    ids = [r["id"] for r in up["results"]]
+    assert [i for i in ids if i != item_id][:7] == [r["id"] for r in answer["results"]]
+    body = {"image_base64": base64.b64encode(encoded).decode(), "set": {"color": new_name}, "top_k": 8}
+    as_json = client.post("/search", json=body).json()
+    assert [r["id"] for r in as_json["results"]] == ids and as_json["query"]["item"] is None
+    # no change: embed's global representation, the query item excluded
+    plain = client.post("/search", json={"item": item_id, "top_k": 3}).json()
+    rows, _ = index.search(emb["global_representation"], 4)
+    assert [r["id"] for r in plain["results"]] == [str(index.ids[r]) for r in rows[0] if r != row][:3]
+    assert plain["changes"] == [] and all(r["changes_match"] for r in plain["results"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, status, reason",
+    [
+        (dict(files={"image": ("a.txt", b"just some text", "text/plain")}), 400, "not a decodable"),
+        (dict(files={"image": ("a.png", b"", "image/png")}), 400, "empty"),
+        (dict(data={"item": "no-such-item"}), 404, "no item 'no-such-item'"),
+        (dict(json={"set": {"color": "red"}}), 400, "exactly one query"),
+        (dict(data={"top_k": "3"}), 400, "exactly one query"),
+        (dict(data={"item": "x"}, files={"image": ("a.png", b"\x89PNG", "image/png")}), 400, "exactly one"),
+        (dict(json={"item": "x", "image_base64": "%%%"}), 400, "not valid base64"),
+        (dict(content=b"{not json", headers={"content-type": "application/json"}), 400, "not JSON"),
+        (dict(json=["item"]), 400, "must be an object"),
+        (dict(json={"item": "x", "colour": "red"}), 400, "unknown fields"),
+        (dict(content=b"abc", headers={"content-type": "text/plain"}), 415, "multipart/form-data"),
+        (dict(data={"item": "ID", "top_k": "many"}), 400, "top_k must be an integer"),
+        (dict(data={"item": "ID", "top_k": "0"}), 400, "top_k must be in 1..200"),
+        (dict(json={"item": "ID", "top_k": 2.5}), 400, "top_k must be an integer"),
+        (dict(data={"item": "ID", "set": "color"}), 400, "is not ATTRIBUTE=VALUE"),
+        (dict(data={"item": "ID", "set": ["color=red", "color=blue"]}), 400, "changed twice"),
+    ],
+)
+def test_bad_search_requests_get_a_status_and_a_reason(client, searcher, kwargs, status, reason):
+    item_id = str(searcher.index.ids[0])
+    for key in ("data", "json"):
+        if isinstance(kwargs.get(key), dict) and kwargs[key].get("item") == "ID":
+            kwargs = {**kwargs, key: {**kwargs[key], "item": item_id}}
+    response = client.post("/search", **kwargs)
+    assert response.status_code == status, response.text
+    assert reason in response.json()["error"], response.json()
+
+
+def test_unknown_names_are_refused_with_the_valid_ones(client, searcher, trained):
+    item_id = str(searcher.index.ids[0])
+    vocab = trained.model.vocabulary
+    r = client.post("/search", data={"item": item_id, "set": "colour=red"})
+    assert r.status_code == 400 and r.json() == {"error": "unknown attribute 'colour'", "valid": vocab.names}
+    r = client.post("/search", json={"item": item_id, "set": {"color": "teal"}})
+    want = list(vocab.attributes[vocab.attribute_index("color")].values)
+    assert r.status_code == 400 and r.json()["valid"] == want and "unknown value 'teal'" in r.json()["error"]
+
+
+def test_truncated_images_oversize_bodies_and_huge_images(client, searcher, trained):
+    item_id = str(searcher.index.ids[0])
+    jpeg = client.get(f"/images/{item_id}").content
+    png = _png(64, 64)
+    for name, data in (("t.jpg", jpeg[: len(jpeg) // 2]), ("t.png", png[: len(png) // 2])):
+        r = client.post("/search", files={"image": (name, data, "image/x")})
+        assert r.status_code == 400 and "not a decodable" in r.json()["error"], (name, r.text)
+    big = _png(400, 400, seed=1)  # random pixels do not compress: > 200,000 bytes
+    assert len(big) > 200_000
+    r = client.post("/search", files={"image": ("big.png", big, "image/png")})
+    assert r.status_code == 413 and "limit of 200,000" in r.json()["error"]
+
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        for i in range(0, len(big), 65536):
+            yield big[i : i + 65536]
+
+    r = client.post("/search", content=chunks(), headers={"content-type": "application/octet-stream"})
+    assert r.status_code == 413 and "larger than the limit" in r.json()["error"]
+    # 2000 x 1000 pixels claimed by the header, more than the 1,000,000 allowed: refused undecoded
+    huge = _png(8, 8)
+    huge = huge[:16] + (2000).to_bytes(4, "big") + (1000).to_bytes(4, "big") + huge[24:]
+    r = client.post("/search", files={"image": ("huge.png", huge, "image/png")})
+    assert r.status_code == 413 and "2000 x 1000 pixels" in r.json()["error"]
+    assert client.get("/healthz").status_code == 200  # and the service is still up
+
+
+def test_unknown_items_are_404_and_listing_is_bounded(client):
+    assert client.get("/items/nope").status_code == 404
+    r = client.get("/images/nope/with/slashes")
+    assert r.status_code == 404 and "no item 'nope/with/slashes'" in r.json()["error"]
+    assert client.get("/items", params={"limit": 0}).status_code == 400
+    r = client.get("/items", params={"offset": "x"})
+    assert r.status_code == 400 and "offset" in r.json()["error"]
+
+
+def test_image_dimensions_from_headers(trained):
+    img = np.zeros((37, 53, 3), np.uint8)
+    for ext in (".png", ".jpg", ".bmp"):
+        assert service.image_dimensions(cv2.imencode(ext, img)[1].tobytes()) == (53, 37), ext
+    assert service.image_dimensions(b"GIF89a" + (53).to_bytes(2, "little") + (37).to_bytes(2, "little")) == (
+        53,
+        37,
+    )
+    assert service.image_dimensions(b"not an image") is None
+
+
+def test_concurrent_requests_get_the_answers_they_get_alone(searcher, trained):
+    vocab = trained.model.vocabulary
+    index = searcher.index
+    image = cv2.imencode(
+        ".png", index_lib.read_split_images(trained.info, "gallery", [str(index.ids[9])])[str(index.ids[9])]
+    )[1].tobytes()
+    requests = []
+    for i in range(24):
+        attr = vocab.attributes[i % len(vocab.attributes)]
+        change = f"{attr.name}={attr.values[i % len(attr.values)]}"
+        if i % 3 == 0:
+            requests.append(({"set": change, "top_k": str(5 + i)}, image))
+        else:
+            requests.append(({"item": str(index.ids[i * 7]), "set": change, "top_k": str(5 + i)}, None))
+
+    app = service.create_app(searcher)
+    with live_server(app) as url:
+
+        def ask(req):
+            fields, upload = req
+            boundary = "xyzBOUNDARY"
+            parts = []
+            for k, v in fields.items():
+                parts.append(
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+                )
+            if upload is not None:
+                parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\n'
+                             "Content-Type: image/png\r\n\r\n".encode() + upload + b"\r\n")  # fmt: skip
+            body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+            r = urllib.request.Request(url + "/search", data=body,
+                                       headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+            with urllib.request.urlopen(r, timeout=60) as response:
+                return _strip(json.loads(response.read()))
+
+        alone = [ask(r) for r in requests]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(ask, requests * 2))
+    # Computed in batches of up to 8 they are the same answers (numbers to rounding: a batch may take
+    # other kernels than one image).
+    for got, want in zip(together, alone * 2):
+        assert [r["id"] for r in got["results"]] == [r["id"] for r in want["results"]]
+        assert [r["matches"] for r in got["results"]] == [r["matches"] for r in want["results"]]
+        np.testing.assert_allclose([r["distance"] for r in got["results"]], [r["distance"] for r in want["results"]],
+                                   atol=1e-3)  # fmt: skip
+        assert {k: v["value"] for k, v in got["query"]["predicted"].items()} == {
+            k: v["value"] for k, v in want["query"]["predicted"].items()
+        }
+        assert got["changes"] == want["changes"] and got["query"]["target"] == want["query"]["target"]
+
+
+def test_batcher_batches_concurrent_calls_and_returns_each_its_result():
+    sizes, gate = [], threading.Event()
+
+    def fn(items):
+        sizes.append(len(items))
+        if len(sizes) == 1:
+            gate.wait(10)  # hold the first batch until every other call has queued
+        if -1 in items:
+            raise ValueError("bad item")
+        return [x * x for x in items]
+
+    batcher = service.Batcher(fn, max_batch=4)
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        first = pool.submit(batcher, 1)
+        while not sizes:
+            time.sleep(0.01)
+        rest = [pool.submit(batcher, x) for x in range(2, 11)]
+        while len(batcher._pending) < 9:
+            time.sleep(0.01)
+        gate.set()
+        assert [first.result()] + [f.result() for f in rest] == [x * x for x in range(1, 11)]
+    assert sizes == [1, 4, 4, 1]  # the calls that queued meanwhile ran in batches of at most 4
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(batcher, x) for x in (2, -1, 3)]
+        outcomes = []
+        for f in futures:
+            try:
+                outcomes.append(f.result())
+            except ValueError as e:
+                outcomes.append(str(e))
+    assert "bad item" in outcomes and outcomes[0] in (4, "bad item")
+    assert batcher(5) == 25 and not batcher._running  # and it still works
+
+
+def test_tf_serving_path_gives_the_in_process_answers(searcher, trained):
+    index = searcher.index
+    image = index_lib.read_split_images(trained.info, "gallery", [str(index.ids[11])])[str(index.ids[11])]
+    with running_stub(trained.export_dir) as stub:
+        model = remote.RemoteModel(stub.model_url + ":predict", trained.export_dir)  # either URL form works
+        assert model.check_available() == ["1"]
+        # the stub is TF Serving-like: row format gives what the columnar form gives
+        emb = model.embed([image, image[::-1]])
+        local = trained.model.embed([image, image[::-1]])
+        for k in export.EMBED_OUTPUTS:
+            np.testing.assert_allclose(emb[k], local[k], atol=1e-5)
+        rows = stub.predict(export.rest_request("embed", {"images": np.stack([image])}, columnar=False))
+        np.testing.assert_allclose(
+            rows["predictions"][0]["global_representation"], local["global_representation"][0], atol=1e-5
+        )
+
+        remote_searcher = service.Searcher(model, index)
+        client = TestClient(service.create_app(remote_searcher))
+        assert client.get("/healthz").json()["model"] == stub.model_url
+        for body in ({"item": str(index.ids[4]), "set": {"color": "black", "pattern": "dots"}, "top_k": 9},
+                     {"item": str(index.ids[4]), "top_k": 9}):  # fmt: skip
+            there = client.post("/search", json=body).json()
+            here = searcher.search(item=body["item"], changes=list(body.get("set", {}).items()), top_k=9)
+            assert [r["id"] for r in there["results"]] == [r["id"] for r in here["results"]]
+            np.testing.assert_allclose([r["distance"] for r in there["results"]],
+                                       [r["distance"] for r in here["results"]], atol=1e-4)  # fmt: skip
+        assert any(c.endswith(":predict") for c in stub.calls)
+        # TF Serving refusing a call -> 502 with its message
+        stub.fail_next = "simulated failure"
+        r = client.post("/search", json={"item": str(index.ids[4])})
+        assert r.status_code == 502 and "simulated failure" in r.json()["error"]
+        with pytest.raises(remote.RemoteModelError, match="answered 404"):
+            remote.RemoteModel(stub.model_url.replace("/fsn", "/other"), trained.export_dir)
+    # TF Serving gone -> 503
+    r = client.post("/search", json={"item": str(index.ids[4])})
+    assert r.status_code == 503 and "unreachable" in r.json()["error"]
+    with pytest.raises(ValueError, match="must look like"):
+        remote.RemoteModel("localhost:8501", trained.export_dir, check=False)
+
+
+def test_searcher_refuses_an_index_of_another_export(trained, tmp_path):
+    index = index_lib.SearchIndex.load(trained.index_path)
+    index.metadata["export_fingerprint"] = "another"
+    with pytest.raises(index_lib.IndexFileError, match="another export"):
+        service.Searcher(trained.model, index)
+    moved = index_lib.SearchIndex.load(trained.index_path)
+    moved.metadata["source"]["data_dir"] = str(tmp_path / "gone")
+    with pytest.raises(items.ItemImageError, match="pass the dataset's directory with --data_dir"):
+        items.ItemImages(moved)
+    assert items.ItemImages(moved, trained.data_dir).read(0)[:3] == b"\xff\xd8\xff"
+
+
+def test_folder_index_items_are_served_from_their_files(trained, tmp_path):
+    folder = tmp_path / "shop"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(4):
+        cv2.imwrite(str(folder / ("sub" if i else ".") / f"p{i}.png"), np.full((30, 30, 3), 60 * i, np.uint8))
+    index, _ = index_lib.index_folder(trained.model, str(folder), progress=False)
+    client = TestClient(service.create_app(service.Searcher(trained.model, index)))
+    item = client.get("/items/sub/p2.png").json()
+    assert item["image_url"] == "/images/sub%2Fp2.png"
+    r = client.get(item["image_url"])
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.content == (folder / "sub" / "p2.png").read_bytes()
+    answer = client.post("/search", data={"item": "sub/p2.png", "set": "color=red", "top_k": "10"}).json()
+    assert sorted(r["id"] for r in answer["results"]) == ["p0.png", "sub/p1.png", "sub/p3.png"]
+    assert all(r["attributes"]["color"]["source"] == "predicted" for r in answer["results"])

@@ -1,0 +1,135 @@
+"""A stand-in for TensorFlow Serving's REST API on localhost, answering from a SavedModel the way
+TensorFlow Serving does (https://www.tensorflow.org/tfx/serving/api_rest):
+
+    GET  /v1/models/NAME[/versions/N]            {"model_version_status": [{"version", "state": "AVAILABLE", ...}]}
+    POST /v1/models/NAME[/versions/N]:predict    {"signature_name", "inputs": {...}} -> {"outputs": {...}}
+                                                 {"signature_name", "instances": [...]} -> {"predictions": [...]}
+
+As in TensorFlow Serving, a signature with one output answers with the value itself (`"outputs": value`,
+or one value per instance), inputs are converted to the signature's dtypes, and a failed call is 400
+`{"error": "..."}`; an unknown model is 404. Only what the service uses is mimicked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import tensorflow as tf
+
+_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<predict>:predict)?$")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "TFServingStub/1"
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _answer(self, status: int, body: dict):
+        data = json.dumps(body).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _route(self):
+        m = _PATH.match(self.path)
+        if not m or m["name"] != self.server.model_name:
+            self._answer(404, {"error": f"Servable not found for request: {self.path}"})
+            return None
+        return m
+
+    def do_GET(self):
+        m = self._route()
+        if m is None:
+            return
+        if m["predict"]:
+            self._answer(405, {"error": "predict needs POST"})
+            return
+        self._answer(200, {"model_version_status": [
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]})  # fmt: skip
+
+    def do_POST(self):
+        m = self._route()
+        if m is None:
+            return
+        if not m["predict"]:
+            self._answer(404, {"error": "Unsupported method; use :predict"})
+            return
+        self.server.calls.append(self.path)
+        try:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            self._answer(200, self.server.predict(body))
+        except Exception as e:  # TensorFlow Serving answers every failure as 400 with its message
+            self._answer(400, {"error": f"{type(e).__name__}: {e}"})
+
+
+class TFServingStub(ThreadingHTTPServer):
+    """Serves `export_dir` as model `model_name` on 127.0.0.1:`port` (0: a free one)."""
+
+    daemon_threads = True
+
+    def __init__(self, export_dir: str, model_name: str = "fsn", port: int = 0):
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.model_name = model_name
+        self.loaded = tf.saved_model.load(export_dir)
+        self.calls: list[str] = []
+        self.fail_next = None  # set to a message to make the next predict fail
+
+    @property
+    def model_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1/models/{self.model_name}"
+
+    def predict(self, body: dict) -> dict:
+        if self.fail_next:
+            message, self.fail_next = self.fail_next, None
+            raise ValueError(message)
+        name = body.get("signature_name", "serving_default")
+        if name not in self.loaded.signatures:
+            raise ValueError(f'Serving signature name: "{name}" not found in signature def')
+        fn = self.loaded.signatures[name]
+        specs = fn.structured_input_signature[1]
+        if "inputs" in body:
+            raw, columnar = body["inputs"], True
+            if not isinstance(raw, dict):
+                raw = {next(iter(specs)): raw}
+        elif "instances" in body:
+            columnar = False
+            rows = body["instances"]
+            raw = (
+                {k: [row[k] for row in rows] for k in specs}
+                if isinstance(rows[0], dict)
+                else {next(iter(specs)): rows}
+            )
+        else:
+            raise ValueError("Missing 'inputs' or 'instances' key")
+        missing = set(specs) - set(raw)
+        if missing:
+            raise ValueError(f"Missing inputs: {sorted(missing)}")
+        tensors = {k: tf.constant(np.asarray(raw[k]), dtype=specs[k].dtype) for k in specs}
+        out = {k: v.numpy().tolist() for k, v in fn(**tensors).items()}
+        if columnar:
+            return {"outputs": next(iter(out.values())) if len(out) == 1 else out}
+        n = len(next(iter(out.values())))
+        if len(out) == 1:
+            return {"predictions": next(iter(out.values()))}
+        return {"predictions": [{k: v[i] for k, v in out.items()} for i in range(n)]}
+
+
+@contextlib.contextmanager
+def running_stub(export_dir: str, model_name: str = "fsn"):
+    stub = TFServingStub(export_dir, model_name)
+    thread = threading.Thread(target=stub.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield stub
+    finally:
+        stub.shutdown()
+        stub.server_close()
