@@ -16,5 +16,25 @@ try:
 except RuntimeError:  # already initialised by an earlier import; the mirrored test then fails and says why
     pass
 
+import pytest  # noqa: E402
+
+from fashionsearchnet_v2.data import synthetic  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def info(tmp_path_factory):
+    """A tiny embedded dataset (120 images of 64 px; 72 train, 12 query, 36 gallery) that tests only read."""
+    out = str(tmp_path_factory.mktemp("data") / "synthetic")
+    return synthetic.write_synthetic(
+        out, num_images=120, image_size=64, num_query=12, num_gallery=36, progress=False
+    )
+
+
+@pytest.fixture(scope="session")
+def data_dir(info):
+    """The directory of `info`, for tests that run the command lines."""
+    return info.data_dir
+
+
 # The service tests' tiny trained model, defined once here so that every module shares one session fixture.
 from service_fixture import trained  # noqa: E402, F401

@@ -9,11 +9,10 @@ import os
 import subprocess
 import sys
 
-import pytest
 import tensorflow as tf
 
 from fashionsearchnet_v2 import errors
-from fashionsearchnet_v2.data import schema, synthetic
+from fashionsearchnet_v2.data import schema
 from fashionsearchnet_v2.locks import LockError
 from fashionsearchnet_v2.training.guard import DivergenceError
 
@@ -62,15 +61,6 @@ def test_readme_stage_sequence_with_quick(tmp_path):
     assert schema.load_dataset_info(str(tmp_path / "data" / "synthetic-quick")).quick
     real = _cli(["experiments.evaluate", "--data_dir=data/synthetic-quick"], tmp_path)
     assert_one_error_line(real, "data/synthetic-quick was written by a --quick smoke check")
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("data") / "synthetic")
-    synthetic.write_synthetic(
-        out, num_images=120, image_size=64, num_query=12, num_gallery=36, progress=False
-    )
-    return out
 
 
 def test_divergence_is_one_error_line_and_leaves_a_finite_checkpoint(data_dir, tmp_path):

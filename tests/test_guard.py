@@ -129,14 +129,6 @@ def _tiny_model_config():
     return configs.quick(configs.ExperimentConfig()).model
 
 
-@pytest.fixture(scope="module")
-def info(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("data") / "synthetic")
-    return synthetic.write_synthetic(
-        out, num_images=120, image_size=64, num_query=12, num_gallery=36, progress=False
-    )
-
-
 def _config(workdir, **train):
     cfg = configs.quick(configs.ExperimentConfig(dataset="synthetic", workdir=str(workdir)))
     cfg.train = dataclasses.replace(cfg.train, **train)

@@ -10,10 +10,8 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
-from fashionsearchnet_v2.data import synthetic
 from fashionsearchnet_v2.training import distribute
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,17 +52,8 @@ def _weights(ckpt_dir):
     return out
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("data") / "synthetic")
-    info = synthetic.write_synthetic(
-        out, num_images=120, image_size=64, num_query=12, num_gallery=36, progress=False
-    )
+def test_two_workers_train_like_one_process(info, data_dir, tmp_path):
     assert len(info.shards["train"]) == 1  # fewer training files than workers: DATA sharding
-    return out
-
-
-def test_two_workers_train_like_one_process(data_dir, tmp_path):
     args = ["--quick", f"--data_dir={data_dir}", "--nobatch_norm", "--max_steps=3", "--batch_size=8"]
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}

@@ -11,16 +11,7 @@ import pytest
 import tensorflow as tf
 
 from fashionsearchnet_v2 import configs
-from fashionsearchnet_v2.data import synthetic
 from fashionsearchnet_v2.training import ablation
-
-
-@pytest.fixture(scope="module")
-def info(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("data") / "synthetic")
-    return synthetic.write_synthetic(
-        out, num_images=120, image_size=64, num_query=12, num_gallery=36, progress=False
-    )
 
 
 def _cfg(workdir, seed):
@@ -38,24 +29,18 @@ def _variables(ckpt_dir):
     }
 
 
-def _run(tmp_path, name, seed):
+def _run(info, tmp_path, name, seed):
     cfg = _cfg(tmp_path / name / f"seed{seed}", seed)
-    ablation.run_ablation(
-        [cfg], info_holder[0], ["full", "amnet"], str(tmp_path / name / "eval"), out=io.StringIO()
-    )
+    ablation.run_ablation([cfg], info, ["full", "amnet"], str(tmp_path / name / "eval"), out=io.StringIO())
     with open(os.path.join(cfg.workdir, "eval", "full", "results.json"), encoding="utf-8") as f:
         results = json.load(f)
     results.pop("seconds")
     return cfg.workdir, results
 
 
-info_holder = []
-
-
 def test_same_seed_same_checkpoints_and_results(info, tmp_path):
-    info_holder[:] = [info]
-    a_dir, a = _run(tmp_path, "a", seed=3)
-    b_dir, b = _run(tmp_path, "b", seed=3)
+    a_dir, a = _run(info, tmp_path, "a", seed=3)
+    b_dir, b = _run(info, tmp_path, "b", seed=3)
     assert a == b
     for stage in ("stage1", "stage2_rank_l", "stage3_rank_l_full", "amnet"):
         va, vb = (
@@ -66,7 +51,7 @@ def test_same_seed_same_checkpoints_and_results(info, tmp_path):
         for name in va:
             np.testing.assert_array_equal(va[name], vb[name], err_msg=f"{stage}: {name}")
     # Another seed starts elsewhere: the stage-1 weights differ.
-    c_dir, _ = _run(tmp_path, "c", seed=4)
+    c_dir, _ = _run(info, tmp_path, "c", seed=4)
     va, vc = (
         _variables(os.path.join(a_dir, "stage1", "ckpt")),
         _variables(os.path.join(c_dir, "stage1", "ckpt")),

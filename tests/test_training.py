@@ -13,18 +13,9 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from fashionsearchnet_v2 import configs
-from fashionsearchnet_v2.data import synthetic
 from fashionsearchnet_v2.retrieval import evaluation
 from fashionsearchnet_v2.trained import checkpoints
 from fashionsearchnet_v2.training import run, stages, trainer
-
-
-@pytest.fixture(scope="module")
-def info(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("data") / "synthetic")
-    return synthetic.write_synthetic(
-        out, num_images=120, image_size=64, num_query=12, num_gallery=36, progress=False
-    )
 
 
 def _config(workdir, **train):
