@@ -209,7 +209,8 @@ def evaluate_variant(
                                    where=f" on {info.name} ({results['searches']['total']} searches)")  # fmt: skip
     figures.write_atomic(os.path.join(out_dir, "table.md"), table.encode())
     figures.plot_topk_curves({LABELS[variant]: {k: v["avg"] for k, v in results["topk"].items()}},
-                             os.path.join(out_dir, "topk.png"), title=f"Top-K accuracy, {info.name}")  # fmt: skip
+                             os.path.join(out_dir, "topk.png"), title=f"Top-K accuracy, {info.name}",
+                             baselines={LABELS[variant]: {k: v["avg"] for k, v in results["unmanipulated"]["topk"].items()}})  # fmt: skip
     if figures_n > 0 and len(manips):
         _draw(info, model, q, g, manips, query_vectors, gallery_vectors, size, out_dir, figures_n)
     log(table)

@@ -166,11 +166,15 @@ def plot_topk_curves(
     path: str | os.PathLike,
     title: str = "Top-K retrieval accuracy",
     size: tuple[int, int] = (640, 480),
+    baselines: Mapping[str, Mapping[int | str, float]] | None = None,
+    ylabel: str = "Top-K retrieval accuracy",
 ) -> str:
     """Figure 5: Top-K accuracy against K, one line per variant, written as a PNG of `size` (w, h) px.
 
     Args:
         curves: label -> {K: accuracy}; K may be int or str (as in the JSON results).
+        baselines: label -> {K: accuracy} of the same searches with the query not manipulated, drawn
+            dashed in the colour of the label's curve (the gap between the two is the manipulation gain).
     Returns:
         the path.
     """
@@ -183,14 +187,18 @@ def plot_topk_curves(
         ks = [p[0] for p in points]
         # Every K is drawn; markers only at the Ks the paper's Figure 5 ticks, so 50 points stay legible.
         marks = [i for i, k in enumerate(ks) if k in (1, 10, 20, 30, 40, 50)] if len(ks) > 10 else None
-        ax.plot(ks, [p[1] for p in points], marker="o", markevery=marks, markersize=4, label=label)
+        (line,) = ax.plot(ks, [p[1] for p in points], marker="o", markevery=marks, markersize=4, label=label)
+        if baselines and label in baselines:
+            base = sorted((int(k), v) for k, v in baselines[label].items() if v is not None)
+            ax.plot([p[0] for p in base], [p[1] for p in base], linestyle="--", linewidth=1,
+                    color=line.get_color(), label=f"{label}, not manipulated")  # fmt: skip
     ax.set_xlabel("K")
-    ax.set_ylabel("Top-K retrieval accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
     ax.grid(True, alpha=0.3)
     if curves:
-        ax.legend(loc="lower right")
+        ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)

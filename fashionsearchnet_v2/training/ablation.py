@@ -130,10 +130,12 @@ def run_ablation(
     os.makedirs(out_dir, exist_ok=True)
     figures.write_atomic(os.path.join(out_dir, "table.md"), table.encode())
     ks = [int(k) for k in first[variants[0]]["topk"]] if variants else []
-    curves = {
-        v: {k: float(np.mean([per_seed[s][v]["topk"][str(k)]["avg"] for s in seeds])) for k in ks}
-        for v in variants
-    }
+
+    def mean_curve(v, block):
+        return {k: float(np.mean([block(per_seed[s][v])[str(k)]["avg"] for s in seeds])) for k in ks}
+
+    curves = {v: mean_curve(v, lambda r: r["topk"]) for v in variants}
+    unmanipulated = {v: mean_curve(v, lambda r: r["unmanipulated"]["topk"]) for v in variants}
     summary = {
         "dataset": info.name,
         "variants": list(variants),
@@ -141,6 +143,7 @@ def run_ablation(
         "searches": searches,
         "top20": aggregate(per_seed, info.attribute_names, 20),
         "topk_avg": curves,
+        "topk_avg_unmanipulated": unmanipulated,
         "ndcg@30": {v: _mean_std([per_seed[s][v]["ndcg@30"]["avg"] for s in seeds]) for v in variants},
         "workdirs": {str(cfg.train.seed): cfg.workdir for cfg in cfgs},
         "seconds": round(time.time() - t0, 1),
@@ -149,8 +152,16 @@ def run_ablation(
     figures.plot_topk_curves(
         {configs.LABELS[v]: c for v, c in curves.items()},
         os.path.join(out_dir, "topk_curves.png"),
+        baselines={configs.LABELS[v]: c for v, c in unmanipulated.items()} if len(variants) <= 2 else None,
         title=f"Top-K retrieval accuracy, {info.name}"
         + (f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""),
+    )
+    figures.plot_topk_curves(
+        {configs.LABELS[v]: {k: curves[v][k] - unmanipulated[v][k] for k in ks} for v in variants},
+        os.path.join(out_dir, "gain_curves.png"),
+        title=f"Manipulation gain, {info.name}"
+        + (f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""),
+        ylabel="Top-K accuracy: manipulated − not manipulated",
     )
     _say(f"Table 1 on {info.name} ({out_dir}/table.md)", out)
     print(table, file=out, flush=True)
