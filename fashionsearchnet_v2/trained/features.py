@@ -12,6 +12,7 @@ import hashlib
 import os
 import sys
 import time
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -21,6 +22,19 @@ from fashionsearchnet_v2.data.convert import Progress
 from fashionsearchnet_v2.trained.checkpoints import NonFiniteError
 
 KEYS = ("fc10", "labels", "ids", "boxes", "maps", "logits", "true_boxes", "gap")
+
+
+_INFERENCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _inference_fn(model):
+    """One compiled inference function per model (eager is ~2x slower), reused by every split: a new
+    tf.function per call retraced for each split and TensorFlow warned about excessive retracing."""
+    fn = _INFERENCE.get(model)
+    if fn is None:
+        ref = weakref.ref(model)  # the function must not keep its model alive
+        fn = _INFERENCE[model] = tf.function(lambda x: ref()(x, training=False), reduce_retracing=True)
+    return fn
 
 
 def extract(
@@ -40,7 +54,7 @@ def extract(
     parts: dict[str, list] = {k: [] for k in KEYS}
     meter = Progress(info.splits[split], f"embedding {split}", enabled=progress)
     done = 0
-    predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)  # eager is ~2x slower
+    predict = _inference_fn(model)
     for batch in integrity.reading(ds, info):
         out = predict(batch["image"])
         for key in ("fc10", "boxes", "gap"):
