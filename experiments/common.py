@@ -284,6 +284,9 @@ def build_config(
     t["deterministic_ops"] = DETERMINISTIC_OPS.value
     cfg.model = dataclasses.replace(cfg.model, **m)
     cfg.train = dataclasses.replace(cfg.train, **t)
+    if MOMENTUM.value is not None and cfg.train.optimizer != "sgd":
+        fail(f"--momentum applies to SGD only; stages 1 and 2 here use --optimizer={cfg.train.optimizer} "
+             "(pass --optimizer=sgd with it)")  # fmt: skip
     cfg.stage3 = dataclasses.replace(cfg.stage3, **s3)
     info = load_or_make_dataset(dataset, data_dir, cfg.quick)
     return cfg, info

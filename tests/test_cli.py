@@ -91,13 +91,16 @@ FULL_DISK = (
 )
 
 
-def test_full_disk_and_multi_worker_misuse_are_one_error_line(data_dir, tmp_path):
+def test_full_disk_and_flag_misuse_are_one_error_line(data_dir, tmp_path):
     full = _cli(["--quick", f"--data_dir={data_dir}", "--workdir=w"], tmp_path, code=FULL_DISK)
     assert_one_error_line(full, "w/seed0/stage1/config.json: No space left on device")
     misuse = _cli(
         ["experiments.stage3", "--quick", f"--data_dir={data_dir}", "--strategy=multi_worker"], tmp_path
     )
     assert_one_error_line(misuse, "--strategy=multi_worker trains stages 1 and 2")
+    # momentum is SGD's; with Adam (the embedded default's optimiser) it would be silently ignored
+    adam = _cli(["experiments.stage1", "--quick", f"--data_dir={data_dir}", "--momentum=0.9"], tmp_path)
+    assert_one_error_line(adam, "--momentum applies to SGD only", "--optimizer=adam")
 
 
 def test_user_errors_are_told_apart_from_bugs():
