@@ -5,8 +5,9 @@
     python -m experiments.main --schedule=paper      # the paper's 227 px, 12/12/2 epochs
 
 Generates the embedded dataset if needed, trains stage 1, stage 2 and stage 3 (Full), evaluates it with
-the paper's protocol beside its baseline, the same searches with the query not manipulated (the
-manipulation gain), and prints the Table-1-style result. `--variants=wo_rank,full` adds rows (the whole
+the paper's protocol beside its baselines, the same searches with the query not manipulated (the
+manipulation gain) and stage 3's untrained control (Rank-LG at step 0: what L_G learned), and prints the
+Table-1-style result. `--variants=wo_rank,full` adds rows (the whole
 Table 1 is experiments.ablation). Each seed runs in
 `<workdir>/seed<N>` (checkpoints, TensorBoard logs, per-seed evaluations); the table over seeds goes to
 `<workdir>/eval/`.
@@ -18,7 +19,12 @@ from absl import flags
 
 from experiments import common
 
-VARIANTS = flags.DEFINE_list("variants", ["full"], "Table 1 rows to produce (experiments.ablation: all).")
+VARIANTS = flags.DEFINE_list(
+    "variants",
+    ["rank_lg_untrained", "full"],
+    "Table 1 rows to produce (experiments.ablation: all); Full's control, Rank-LG untrained, is stage 3's "
+    "start and costs no training.",
+)
 
 
 def main(argv):

@@ -13,7 +13,7 @@ import os
 
 # Table 1 rows -> what each needs from stages 2 and 3 (§4.3, §4.5).
 STAGE2_VARIANTS = ("wo_rank", "rank", "rank_l", "rank_l_ff")
-STAGE3_VARIANTS = ("lg", "full")
+STAGE3_VARIANTS = ("lg", "full", "untrained")  # "untrained": Rank-LG at step 0, the control of L_G
 # Table 1 rows: name -> (stage-2 variant, stage-3 variant or None); AMNet is the baseline of §4.3 built on
 # stage 1. LABELS are the row names as printed in the paper.
 VARIANTS = {
@@ -21,6 +21,7 @@ VARIANTS = {
     "wo_rank": ("wo_rank", None),
     "rank": ("rank", None),
     "rank_l": ("rank_l", None),
+    "rank_lg_untrained": ("rank_l", "untrained"),
     "rank_lg": ("rank_l", "lg"),
     "full": ("rank_l", "full"),
     "full_ff": ("rank_l_ff", "full"),
@@ -30,6 +31,7 @@ LABELS = {
     "wo_rank": "w/o Rank",
     "rank": "Rank",
     "rank_l": "Rank-L",
+    "rank_lg_untrained": "Rank-LG, untrained",
     "rank_lg": "Rank-LG",
     "full": "Full",
     "full_ff": "Full w/ FF",
@@ -101,9 +103,13 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class Stage3Config:
-    """Global representation learning (§3.3, Eq. 7–8)."""
+    """Global representation learning (§3.3, Eq. 7–8).
 
-    r: int = 256  # dimension of the global representation (open in the paper)
+    The defaults are the choices made on the validation split (WORKSPACE.md decisions 58–63);
+    `paper_stage3` gives the paper's own procedure, with nothing selected on validation.
+    """
+
+    r: int = 256  # dimension of the global representation (open in the paper); A·D with w_r_init=identity
     update_memory: bool = False  # True = Full, False = Rank-LG
     # Unit-norm F: L_G's soft triplet compares distances in [0, 2] and never saturates (with raw F the
     # distances are in the tens and random negatives give no gradient); the search ranks the same vectors.
@@ -118,6 +124,45 @@ class Stage3Config:
     max_steps: int | None = None
     log_every_steps: int = 20
     seed: int = 0
+    # §3.3 "The same procedure is applied to all possible attribute manipulation options": "enumerate"
+    # walks every (training image, attribute, other value) whose target has a training image, once per
+    # epoch in a random order; "images" draws one manipulation per random training image (an epoch = N
+    # images, the sampler before issue 15).
+    sampling: str = "enumerate"
+    # §3.3 "F_{I−} is chosen randomly": "random" (the paper) or "near": a training image with the target's
+    # attributes but one (the search's hardest confusers), a random one where there is none.
+    negatives: str = "random"
+    # w_r's start: "glorot" (a random projection to r) or "identity": r = A·D and w_r = s·I with s = 1 /
+    # the training images' mean concatenation norm, so step 0 ranks exactly as the λ-weighted
+    # concatenation (Rank-L's search when λ = 1 and F is not normalised).
+    w_r_init: str = "glorot"
+    train_w_r: bool = True  # False: only λ (and M with update_memory) learn, w_r stays at its start
+    # Validation (decision 58): the share of training images carved out by id hash, never in a triplet or
+    # in M; a third of them are validation queries, the rest their gallery.
+    validation_fraction: float = 0.1
+    validation_query_share: float = 1 / 3
+    validation_k: int = 20
+    # Keep the weights of the epoch end (step 0 included) with the best validation Top-K avg instead of
+    # the last step's: stage 3 cannot end worse on validation than where it started.
+    select_on_validation: bool = True
+
+    def __post_init__(self):
+        choices = {"sampling": ("enumerate", "images"), "negatives": ("random", "near"),
+                   "w_r_init": ("glorot", "identity"), "optimizer": ("sgd", "adam")}  # fmt: skip
+        for field, valid in choices.items():
+            if getattr(self, field) not in valid:
+                raise ValueError(f"stage 3 {field} must be one of {valid}, got {getattr(self, field)!r}")
+
+
+def paper_stage3(base: Stage3Config) -> Stage3Config:
+    """The paper's stage 3 as written (§3.3, §4.1): every manipulation per epoch, random negatives, a
+    random w_r, plain SGD at 0.01 for 2 epochs, raw F, the last step kept (nothing chosen on validation,
+    which the paper does not describe; the carve still keeps M and the triplets off its images)."""
+    return dataclasses.replace(
+        base, sampling="enumerate", negatives="random", w_r_init="glorot", train_w_r=True, normalize=False,
+        optimizer="sgd", learning_rate=0.01, momentum=0.0, lr_schedule="constant", epochs=2.0,
+        select_on_validation=False,
+    )  # fmt: skip
 
 
 @dataclasses.dataclass

@@ -92,17 +92,26 @@ class GlobalRepresentation(keras.layers.Layer):
     """Eq. 7: λ-weighted attribute representations, manipulated from M, reduced by w_r to dimension r.
 
     Inputs [fc10 [B, A, D], t [B, C]] -> F [B, r]. Weights: `lambda` [A] (init 1), `w_r` [A*D, r],
-    `memory_block` [C, D] (trainable only with update_memory: the paper's Full vs Rank-LG).
+    `memory_block` [C, D] (trainable only with update_memory: the paper's Full vs Rank-LG); `train_w_r=False`
+    keeps w_r at its start (only λ, and M with update_memory, learn).
     `identity=True` gives the plain concatenation (no λ, no w_r; r = A*D), the representation of the
     Table 1 rows trained without global ranking (w/o Rank, Rank, Rank-L). `normalize=True` divides F by
     its norm (L_G then compares unit vectors and the search ranks them; see Stage3Config.normalize).
     """
 
     def __init__(
-        self, num_values, dim, r=256, update_memory=False, identity=False, normalize=False, **kwargs
+        self,
+        num_values,
+        dim,
+        r=256,
+        update_memory=False,
+        identity=False,
+        normalize=False,
+        train_w_r=True,
+        **kwargs,
     ):
         super().__init__(**kwargs)
-        self.normalize = bool(normalize)
+        self.normalize, self.train_w_r = bool(normalize), bool(train_w_r)
         self.num_values = [int(n) for n in num_values]
         self.dim, self.r, self.update_memory, self.identity = (
             int(dim),
@@ -123,7 +132,12 @@ class GlobalRepresentation(keras.layers.Layer):
         )
         if not self.identity:
             self.lambdas = self.add_weight(name="lambda", shape=(a,), initializer="ones")
-            self.w_r = self.add_weight(name="w_r", shape=(a * self.dim, self.r), initializer="glorot_uniform")
+            self.w_r = self.add_weight(
+                name="w_r",
+                shape=(a * self.dim, self.r),
+                initializer="glorot_uniform",
+                trainable=self.train_w_r,
+            )
 
     def call(self, inputs):
         fc10, t = inputs
@@ -146,17 +160,18 @@ class GlobalRepresentation(keras.layers.Layer):
             "update_memory": self.update_memory,
             "identity": self.identity,
             "normalize": self.normalize,
+            "train_w_r": self.train_w_r,
         }
 
 
 def build_global_model(
-    num_values, dim, r=256, update_memory=False, identity=False, normalize=False
+    num_values, dim, r=256, update_memory=False, identity=False, normalize=False, train_w_r=True
 ) -> keras.Model:
     """Functional model {fc10 [B, A, D], manipulation [B, C]} -> {"global": [B, r]}."""
     fc10 = keras.Input((len(num_values), dim), name="fc10")
     t = keras.Input((sum(num_values),), name="manipulation")
     layer = GlobalRepresentation(
-        num_values, dim, r, update_memory, identity, normalize, name="global_representation"
+        num_values, dim, r, update_memory, identity, normalize, train_w_r, name="global_representation"
     )
     return keras.Model(
         {"fc10": fc10, "manipulation": t}, {"global": layer([fc10, t])}, name="global_representation"

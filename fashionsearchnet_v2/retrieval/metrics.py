@@ -89,13 +89,26 @@ def _mixed_radix_weights(bases: Sequence[int]) -> list[int]:
 
 
 def count_matches(target, gallery_labels) -> np.ndarray:
-    """Number of gallery images that have all target attributes, for each target, by hashing label rows.
+    """Number of gallery images that have all target attributes, for each target.
 
     Args:
         target: [S, A] int, -1 = don't care.
         gallery_labels: [G, A] int, -1 = unlabelled (never equal to a labelled target value).
     Returns:
-        [S] int64 counts.
+        [S] int64 counts (see `match_ranges`).
+    """
+    return match_ranges(target, gallery_labels)[2]
+
+
+def match_ranges(target, gallery_labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The gallery images that have all target attributes, for each target, by hashing label rows.
+
+    Args:
+        target: [S, A] int, -1 = don't care.
+        gallery_labels: [G, A] int, -1 = unlabelled (never equal to a labelled target value).
+    Returns:
+        (members [M] int64, start [S] int64, count [S] int64): the gallery rows matching target s are
+        `members[start[s] : start[s] + count[s]]` (stage 3 draws its positives from them).
 
     Targets are grouped by which attributes they label (their don't-care mask); per group the gallery
     rows are projected on those attributes, encoded as int64 mixed-radix keys (label + 1 as digits, so
@@ -105,8 +118,9 @@ def count_matches(target, gallery_labels) -> np.ndarray:
     target = _check_labels(target, "target")
     gallery_labels = _check_labels(gallery_labels, "gallery_labels", target.shape[1])
     counts = np.zeros(len(target), np.int64)
+    starts = np.zeros(len(target), np.int64)
     if len(target) == 0:
-        return counts
+        return np.zeros(0, np.int64), starts, counts
     num_attributes = target.shape[1]
     labelled = target >= 0
     gallery_codes = None
@@ -127,10 +141,13 @@ def count_matches(target, gallery_labels) -> np.ndarray:
     # Keys below 2^53 are exact in float64, which lets BLAS compute them (the int64 matmul of numpy is
     # ~10x slower and was the bulk of the time at 2,000 distinct masks); the mask enters as zero weights.
     gallery_f64 = shifted_gallery.astype(np.float64)
+    members, offset = [], 0
     for g, mask in enumerate(masks):
         rows = order[bounds[g] : bounds[g + 1]]
         if not mask.any():  # a target with no constraint matches every gallery image
-            counts[rows] = len(gallery_labels)
+            members.append(np.arange(len(gallery_labels), dtype=np.int64))
+            starts[rows], counts[rows] = offset, len(gallery_labels)
+            offset += len(gallery_labels)
             continue
         # Only gallery rows labelled wherever the target is can match (unlabelled never matches); with
         # Shopping100k-like sparsity that is a few percent of the gallery, which is all that gets sorted.
@@ -151,11 +168,14 @@ def count_matches(target, gallery_labels) -> np.ndarray:
             _, keys = np.unique(both, axis=0, return_inverse=True)
             keys = keys.reshape(-1)
             target_keys, gallery_keys = keys[: len(rows)], keys[len(rows) :]
-        gallery_keys = np.sort(gallery_keys)
-        counts[rows] = np.searchsorted(gallery_keys, target_keys, side="right") - np.searchsorted(
-            gallery_keys, target_keys, side="left"
-        )
-    return counts
+        by_key = np.argsort(gallery_keys, kind="stable")
+        gallery_keys = gallery_keys[by_key]
+        lo = np.searchsorted(gallery_keys, target_keys, side="left")
+        counts[rows] = np.searchsorted(gallery_keys, target_keys, side="right") - lo
+        starts[rows] = offset + lo
+        members.append(candidates[by_key].astype(np.int64))
+        offset += len(candidates)
+    return np.concatenate(members), starts, counts
 
 
 def matches(target, gallery_labels, chunk_size: int = 256) -> np.ndarray:

@@ -54,15 +54,22 @@ def load_stage1(workdir: str, info: schema.DatasetInfo, quick: bool | None = Non
 
 
 def load_global_model(directory: str, num_values, dim: int):
-    """(global-representation model, checkpoint path) of a trained stage 3 in `directory`."""
+    """(global-representation model, checkpoint path) of a trained stage 3 in `directory`: the state it
+    selected on the validation split (`<directory>/selected`) when it selects, else its last step."""
     cfg = configs.read_config(directory)
     if cfg is None:
         raise checkpoints.RestoreError(f"{directory} has no config.json: run experiments.stage3 first")
     s3 = cfg.stage3
-    model = memory_block.build_global_model(num_values, dim, s3.r, s3.update_memory, normalize=s3.normalize)
-    path = checkpoints.restore_layers(
-        model, os.path.join(directory, "ckpt"), ["global_representation"], "stage 3"
+    model = memory_block.build_global_model(
+        num_values, dim, s3.r, s3.update_memory, normalize=s3.normalize, train_w_r=s3.train_w_r
     )
+    selected = os.path.join(directory, "selected")
+    source = (
+        selected
+        if s3.select_on_validation and checkpoints.latest(selected)
+        else os.path.join(directory, "ckpt")
+    )
+    path = checkpoints.restore_layers(model, source, ["global_representation"], "stage 3")
     return model, path
 
 

@@ -42,7 +42,10 @@ def train_variant(cfg: ExperimentConfig, info, variant: str, out=sys.stdout) -> 
         return
     _say(f"stage 2 ({s2}): attribute representations", out)
     run.run_stage2(dataclasses.replace(cfg, variant=s2), info, out=out)
-    if s3 is not None:
+    if s3 == "untrained":
+        _say(f"stage 3 ({s2}): Rank-LG at step 0, the untrained control", out)
+        run.run_stage3_untrained(dataclasses.replace(cfg, variant=s2), info, out=out)
+    elif s3 is not None:
         _say(f"stage 3 ({s2}, {s3}): global representation (L_G)", out)
         stage3 = dataclasses.replace(cfg.stage3, update_memory=s3 == "full")
         run.run_stage3(dataclasses.replace(cfg, variant=s2, stage3=stage3), info, out=out)
@@ -53,7 +56,8 @@ def _current_checkpoint(workdir: str, variant: str) -> str | None:
     directory = loading.stage3_dir(workdir, s2, s3) if s3 else loading.stage_dir(workdir, "stage2", s2)
     if variant == "amnet":
         directory = os.path.join(workdir, "amnet")
-    return checkpoints.latest(os.path.join(directory, "ckpt"))
+    selected = checkpoints.latest(os.path.join(directory, "selected")) if s3 else None
+    return f"{checkpoints.latest(os.path.join(directory, 'ckpt'))} {selected}"
 
 
 def evaluate_cached(workdir: str, info, variant: str, out_dir: str, out=sys.stdout) -> dict:
@@ -105,6 +109,84 @@ def aggregate(per_seed: dict[int, dict[str, dict]], attribute_names: Sequence[st
     return out
 
 
+# Paired differences of Table 1 rows, same seed (what each step adds); read where both rows were run.
+PAIRS = (
+    ("rank_lg_untrained", "rank_l", "projection, no learning: Rank-LG at step 0 − Rank-L"),
+    ("rank_lg", "rank_lg_untrained", "what L_G learned: Rank-LG − its untrained control"),
+    ("full", "rank_lg", "updating M: Full − Rank-LG"),
+    ("full", "rank_lg_untrained", "stage 3 as a whole: Full − Rank-LG untrained"),
+)
+
+
+def paired_differences(per_seed: dict[int, dict[str, dict]], k: int = 20) -> list[dict]:
+    """Per pair of PAIRS present in `per_seed`: the per-seed differences of Top-k avg, mean and std."""
+    seeds = sorted(per_seed)
+    out = []
+    for a, b, what in PAIRS:
+        if all(a in per_seed[s] and b in per_seed[s] for s in seeds):
+            diffs = [
+                per_seed[s][a]["topk"][str(k)]["avg"] - per_seed[s][b]["topk"][str(k)]["avg"] for s in seeds
+            ]
+            out.append({"a": a, "b": b, "what": what, "values": diffs, **_mean_std(diffs)})
+    return out
+
+
+def stage3_report(workdir: str, variant: str) -> dict | None:
+    """What a stage-3 row kept (selection.json): the selected step, validation Top-K there and at step 0,
+    λ and how far M moved (‖M − M_0‖ / ‖M_0‖); None for rows without stage 3."""
+    s2, s3 = configs.VARIANTS[variant]
+    if s3 is None or variant == "amnet":
+        return None
+    path = os.path.join(loading.stage3_dir(workdir, s2, s3), "selection.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        sel = json.load(f)
+    history = sel.get("history") or []
+    chosen = sel.get("selected") or (history[-1] if history else None)
+    if chosen is None:
+        return None
+    k = sel.get("k", 20)
+    return {"step": chosen["step"], "validation_top": chosen[f"top{k}"],
+            "validation_top_step0": history[0][f"top{k}"] if history else None,
+            "lambda": chosen["lambda"], "memory_shift": chosen["memory_shift"]}  # fmt: skip
+
+
+def stage3_tables(per_seed, reports, variants, attribute_names, k: int = 20) -> str:
+    """Markdown: the paired differences per seed and, per stage-3 row, the learned λ and M's shift."""
+    seeds = sorted(per_seed)
+    lines = []
+    pairs = paired_differences(per_seed, k)
+    if pairs:
+        lines += [f"Paired differences of Top-{k} avg, same seed ({', '.join(map(str, seeds))}):", "",
+                  "| difference | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
+                  "|---|" + "---:|" * (len(seeds) + 1)]  # fmt: skip
+        for p in pairs:
+            spread = f"{p['mean']:+.3f} ± {p['std']:.3f}" if len(p["values"]) > 1 else f"{p['mean']:+.3f}"
+            lines.append(
+                f"| {p['what']} | " + " | ".join(f"{v:+.3f}" for v in p["values"]) + f" | {spread} |"
+            )
+        lines.append("")
+    rows = [v for v in variants if any(reports[s].get(v) for s in seeds)]
+    if rows:
+        lines += ["Stage 3 as kept (selected on the validation split): λ per attribute, ‖M − M₀‖/‖M₀‖ and the "
+                  "selected step, mean over seeds:", "",
+                  "| row | " + " | ".join(attribute_names) + " | M shift | step (per seed) |",
+                  "|---|" + "---:|" * (len(attribute_names) + 2)]  # fmt: skip
+        for v in rows:
+            reps = [reports[s][v] for s in seeds if reports[s].get(v)]
+            lam = [np.mean([r["lambda"][n] for r in reps]) for n in attribute_names]
+            shift = np.mean([r["memory_shift"] for r in reps])
+            steps = ", ".join(str(r["step"]) for r in reps)
+            lines.append(
+                f"| {configs.LABELS[v]} | "
+                + " | ".join(f"{x:.3f}" for x in lam)
+                + f" | {shift:.2e} | {steps} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
 def run_ablation(
     cfgs: Sequence[ExperimentConfig], info, variants, out_dir: str, eval_name: str = "eval", out=sys.stdout
 ) -> dict:
@@ -127,6 +209,10 @@ def run_ablation(
     )
     per_variant = {configs.LABELS[v]: [per_seed[s][v] for s in seeds] for v in variants}
     table = figures.results_tables(per_variant, info.attribute_names, k=20, where=where)
+    reports = {cfg.train.seed: {v: stage3_report(cfg.workdir, v) for v in variants} for cfg in cfgs}
+    extra = stage3_tables(per_seed, reports, variants, info.attribute_names)
+    if extra:
+        table = f"{table.rstrip()}\n\n{extra}"
     os.makedirs(out_dir, exist_ok=True)
     figures.write_atomic(os.path.join(out_dir, "table.md"), table.encode())
     ks = [int(k) for k in first[variants[0]]["topk"]] if variants else []
@@ -145,6 +231,8 @@ def run_ablation(
         "topk_avg": curves,
         "topk_avg_unmanipulated": unmanipulated,
         "ndcg@30": {v: _mean_std([per_seed[s][v]["ndcg@30"]["avg"] for s in seeds]) for v in variants},
+        "paired": paired_differences(per_seed),
+        "stage3": {str(s): r for s, r in reports.items()},
         "workdirs": {str(cfg.train.seed): cfg.workdir for cfg in cfgs},
         "seconds": round(time.time() - t0, 1),
     }

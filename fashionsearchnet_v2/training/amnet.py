@@ -105,7 +105,7 @@ class AmnetTask:
     def scalars(self, sums: dict, steps: int) -> dict:
         return {k: float(v) / steps for k, v in sums.items()}
 
-    def evaluate(self, model) -> dict:
+    def evaluate(self, model, step: int | None = None) -> dict:
         return {}
 
     def summary_images(self, model):

@@ -130,32 +130,73 @@ def run_stage2(cfg: ExperimentConfig, info: schema.DatasetInfo, strategy=None, o
     return _train(task, cfg, info, workdir, strategy, out)
 
 
-def run_stage3(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout):
-    """Stage 3 on top of `<workdir>/stage2_<variant>` into `<workdir>/stage3_<variant>_<lg|full>`.
-
-    Fixed features: the stage-2 network embeds the training split once (cached); stage 3 runs on one
-    device whatever `--strategy` says, its model being a few matrices.
-    """
-    from fashionsearchnet_v2.model import memory_block
+def _stage3_task(
+    cfg: ExperimentConfig, info: schema.DatasetInfo, s3_variant: str, workdir: str | None = None
+):
+    """(task, config, work directory) of stage 3 on top of `<workdir>/stage2_<variant>`: the stage-2
+    network embeds the training split once (cached); only the training split is read."""
     from fashionsearchnet_v2.training import stage3
 
-    s3_variant = "full" if cfg.stage3.update_memory else "lg"
     model, ckpt, s2_cfg = loading.load_stage2(cfg.workdir, info, cfg.variant, quick=cfg.quick)
     s2_dir = loading.stage_dir(cfg.workdir, "stage2", cfg.variant)
     check_finished(s2_dir, s2_cfg, info, f"stage 2 ({cfg.variant})")
     feats = loading.split_features(model, ckpt, info, "train", s2_cfg.model.image_size, s2_dir)
-    memory, _ = memory_block.build_memory_block(feats["fc10"], feats["labels"], info.num_values)
-    cfg = dataclasses.replace(cfg, stage="stage3", model=s2_cfg.model)
-    workdir = loading.stage3_dir(cfg.workdir, cfg.variant, s3_variant)
-    return _train_on_features(
-        stage3.Stage3Task(cfg, info, feats, memory), cfg, workdir, len(feats["labels"]), out
-    )
+    s3 = cfg.stage3
+    if s3.w_r_init == "identity":  # w_r = s·I: the representation keeps the concatenation's A·D dimensions
+        s3 = dataclasses.replace(s3, r=info.num_attributes * s2_cfg.model.fc10_size)
+    cfg = dataclasses.replace(cfg, stage="stage3", model=s2_cfg.model, stage3=s3)
+    workdir = workdir or loading.stage3_dir(cfg.workdir, cfg.variant, s3_variant)
+    return stage3.Stage3Task(cfg, info, feats, workdir), cfg, workdir
+
+
+def run_stage3(
+    cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout, stage3_dir: str | None = None
+):
+    """Stage 3 on top of `<workdir>/stage2_<variant>` into `<workdir>/stage3_<variant>_<lg|full>` (or
+    `stage3_dir`: the validation sweep trains its candidates side by side).
+
+    Fixed features of the training split (its validation share held out, see `training.stage3`); stage 3
+    runs on one device whatever `--strategy` says, its model being a few matrices.
+    """
+    s3_variant = "full" if cfg.stage3.update_memory else "lg"
+    task, cfg, workdir = _stage3_task(cfg, info, s3_variant, stage3_dir)
+    return _train_on_features(task, cfg, workdir, len(task.labels), out)
+
+
+def run_stage3_untrained(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout):
+    """The control of stage 3 (Table 1's "Rank-LG, untrained"): the Rank-LG model exactly as stage 3
+    starts it (same seed, M, λ = 1, w_r), saved without a training step into
+    `<workdir>/stage3_<variant>_untrained`. What Rank-LG gains over it is what L_G learned."""
+    cfg = dataclasses.replace(cfg, stage3=dataclasses.replace(cfg.stage3, update_memory=False))
+    task, cfg, workdir = _stage3_task(cfg, info, "untrained")
+    with stage_lock(workdir, "stage3") as lock:
+        _say_taken_over(lock, "stage3", out)
+        ckpt_dir = os.path.join(workdir, "ckpt")
+        old = configs.read_config(workdir)
+        if old is not None and checkpoints.latest(ckpt_dir):
+            provenance.check(old, info, workdir, quick=cfg.quick)
+            print(f"[stage3] untrained control already saved in {workdir}", file=out)
+            return loading.load_global_model(workdir, info.num_values, task.fc10.shape[-1])[0]
+        cfg = provenance.stamp(
+            dataclasses.replace(cfg, stage3=dataclasses.replace(cfg.stage3, max_steps=0)), info
+        )
+        cfg.write(workdir)
+        import keras
+
+        keras.utils.set_random_seed(cfg.stage3.seed)  # as the Trainer does before building the model
+        model = task.build_model()
+        print(f"[stage3] untrained control: {task.initialize(model)}", file=out, flush=True)
+        ckpt = tf.train.Checkpoint(step=tf.Variable(0, dtype=tf.int64), **checkpoints.layer_dict(model))
+        tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=1).save(checkpoint_number=0)
+        return model
 
 
 def _train_on_features(task, cfg: ExperimentConfig, workdir: str, num_examples: int, out):
     """Stage 3 and AMNet: small models on fixed features, stage 3's schedule, one device."""
     s3 = cfg.stage3
-    per_epoch = max(1, num_examples // s3.batch_size)
+    per_epoch = (
+        task.steps_per_epoch() if hasattr(task, "steps_per_epoch") else max(1, num_examples // s3.batch_size)
+    )
     total = s3.max_steps if s3.max_steps else max(1, math.ceil(s3.epochs * per_epoch))
     with stage_lock(workdir, cfg.stage) as lock:
         _say_taken_over(lock, cfg.stage, out)

@@ -113,7 +113,7 @@ class _ClassificationTask:
             self._heldout = next(iter(ds)) if n else None
         return self._heldout
 
-    def evaluate(self, model) -> dict:
+    def evaluate(self, model, step: int | None = None) -> dict:
         batch = self._heldout_batch()
         if batch is None:
             return {}

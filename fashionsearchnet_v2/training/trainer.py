@@ -187,14 +187,16 @@ class Trainer:
         return model
 
     def _epoch_end(self, model, writer, done):
-        heldout = self.task.evaluate(model)
+        heldout = self.task.evaluate(model, step=done)
         images = self.task.summary_images(model)
         with writer.as_default(step=done):
             for k, v in heldout.items():
                 tf.summary.scalar(k, v)
             if images is not None:
                 tf.summary.image("aam_boxes/heldout", images, step=done, max_outputs=len(images))
-        if heldout:
+        if heldout and hasattr(self.task, "epoch_message"):
+            self.log(f"[{self.task.name}] {self.task.epoch_message(heldout)}")
+        elif heldout:
             groups: dict[str, list[float]] = {}
             for k, v in heldout.items():
                 groups.setdefault(k.rsplit("/", 1)[0], []).append(v)

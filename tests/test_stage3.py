@@ -1,0 +1,220 @@
+"""Stage 3 as issue 15 asks: the paper's enumeration of manipulations, near negatives, the validation split
+carved from the training split (never query or gallery), selection that cannot end below step 0, and the
+untrained control that is exactly Rank-LG at step 0."""
+
+import dataclasses
+import io
+import itertools
+import json
+import os
+
+import numpy as np
+import pytest
+
+from fashionsearchnet_v2 import configs
+from fashionsearchnet_v2.data import pipeline, schema
+from fashionsearchnet_v2.retrieval import validation
+from fashionsearchnet_v2.trained import features, loading
+from fashionsearchnet_v2.training import ablation, run, stage3, trainer
+
+NUM_VALUES = [3, 2, 4]
+
+
+def _labels(n, seed=0, unlabelled=0.0):
+    rng = np.random.default_rng(seed)
+    labels = np.stack([rng.integers(v, size=n) for v in NUM_VALUES], axis=1)
+    labels[rng.random(labels.shape) < unlabelled] = -1
+    return labels
+
+
+def test_enumerator_walks_every_manipulation_with_a_positive():
+    labels = _labels(40, unlabelled=0.1)
+    enum = stage3.ManipulationEnumerator(labels, NUM_VALUES)
+    expected = set()
+    for i, row in enumerate(labels):
+        for a, n in enumerate(NUM_VALUES):
+            if row[a] < 0:
+                continue
+            for v in range(n):
+                if v == row[a]:
+                    continue
+                target = row.copy()
+                target[a] = v
+                ok = ((labels == target) | (target < 0)).all(axis=1)
+                if ok.any():
+                    expected.add((i, a, v))
+    got = set(zip(enum.anchor.tolist(), enum.attribute.tolist(), enum.value.tolist()))
+    assert got == expected and len(expected) > 20
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        idx = np.arange(len(enum))
+        pos = enum.positives(idx, rng)
+        t = enum.target[idx]
+        assert (
+            ((labels[pos] == t) | (t < 0)).all(axis=1)
+        ).all()  # every positive has the target's attributes
+        assert not (pos == enum.anchor).any()
+
+
+def test_near_negatives_miss_the_target_by_exactly_one_attribute():
+    labels = _labels(400, seed=2)
+    targets = labels[:50].copy()
+    targets[:, 0] = (targets[:, 0] + 1) % NUM_VALUES[0]
+    neg = stage3.near_negatives(labels, targets, NUM_VALUES, np.random.default_rng(0))
+    differing = (labels[neg] != targets).sum(axis=1)
+    assert (differing == 1).all()  # 400 images over 24 combinations: every near neighbour exists
+
+
+def test_validation_carve_is_fixed_by_ids_not_by_order():
+    ids = np.array([f"img{i:05d}" for i in range(5000)])
+    held = validation.carve(ids, 0.1)
+    assert 0.08 < held.mean() < 0.12
+    perm = np.random.default_rng(0).permutation(len(ids))
+    np.testing.assert_array_equal(validation.carve(ids[perm], 0.1), held[perm])
+    assert not validation.carve(ids, 0.0).any()
+    q = validation.query_mask(ids[held], 1 / 3)
+    assert 0.25 < q.mean() < 0.42
+    with pytest.raises(ValueError, match="validation fraction"):
+        validation.carve(ids, 1.0)
+
+
+def _fake_features(n=900, dim=4, seed=0):
+    """fc10 whose attribute blocks carry their label (plus noise): a stage 2 that learned something."""
+    rng = np.random.default_rng(seed)
+    labels = _labels(n, seed)
+    centres = [rng.normal(size=(v, dim)) for v in NUM_VALUES]
+    fc10 = np.stack([centres[a][labels[:, a]] + 0.6 * rng.normal(size=(n, dim)) for a in range(3)], axis=1)
+    return {"fc10": fc10.astype(np.float32), "labels": labels, "ids": np.array([f"x{i}" for i in range(n)])}
+
+
+def _info():
+    attrs = [schema.Attribute(f"a{i}", [f"v{j}" for j in range(n)]) for i, n in enumerate(NUM_VALUES)]
+    return schema.DatasetInfo(name="fake", attributes=attrs, splits={"train": 900}, seed=0, source="test")
+
+
+def _train(workdir, feats, steps, **s3):
+    cfg = configs.ExperimentConfig(stage="stage3")
+    cfg.stage3 = dataclasses.replace(cfg.stage3, r=8, batch_size=32, **s3)
+    task = stage3.Stage3Task(cfg, _info(), feats, str(workdir))
+    per_epoch = task.steps_per_epoch()
+    model = trainer.Trainer(task, str(workdir), trainer.make_strategy("default"), total_steps=steps,
+                            steps_per_epoch=min(per_epoch, steps), batch_size=32, log_every=10**6,
+                            checkpoint_every=10**6, out=io.StringIO()).run()  # fmt: skip
+    return task, model
+
+
+def test_validation_images_never_enter_a_triplet_or_the_memory_block(tmp_path):
+    feats = _fake_features()
+    task, _ = _train(tmp_path, feats, 1)
+    held = validation.carve(feats["ids"], 0.1)
+    assert set(task.ids).isdisjoint(feats["ids"][held]) and len(task.ids) == (~held).sum()
+    assert task.validation is not None and len(task.validation) > 50
+    batch = next(task._batches(0))
+    train_rows = {r.tobytes() for r in feats["fc10"][~held]}
+    for part in (batch[0], batch[2], batch[3]):  # anchors, positives, negatives
+        assert all(r.tobytes() in train_rows for r in part)
+    m, _ = stage3.memory_block.build_memory_block(feats["fc10"][~held], feats["labels"][~held], NUM_VALUES)
+    np.testing.assert_allclose(task.memory, m)
+
+
+def test_selection_keeps_step_0_when_learning_makes_validation_worse(tmp_path):
+    feats = _fake_features()
+    # A learning rate that wrecks the representation in a few steps.
+    task, model = _train(tmp_path, feats, 30, optimizer="sgd", learning_rate=3e3, normalize=False)
+    with open(os.path.join(tmp_path, "selection.json"), encoding="utf-8") as f:
+        sel = json.load(f)
+    assert sel["history"][0]["step"] == 0 and len(sel["history"]) >= 2
+    assert sel["history"][-1]["top20"] < sel["history"][0]["top20"]  # it did get worse
+    assert sel["selected"]["step"] == 0
+    cfg = configs.ExperimentConfig(stage="stage3")
+    cfg.stage3 = dataclasses.replace(cfg.stage3, r=8, normalize=False)
+    cfg.write(str(tmp_path))  # what the loader reads to build the model
+    kept, path = loading.load_global_model(str(tmp_path), NUM_VALUES, 4)
+    assert "selected" in path
+    layer, trained = kept.get_layer("global_representation"), model.get_layer("global_representation")
+    np.testing.assert_allclose(layer.lambdas.numpy(), 1.0)  # step 0's λ, not the wrecked one
+    assert not np.allclose(trained.lambdas.numpy(), 1.0)
+
+
+def test_identity_start_ranks_as_the_concatenation(tmp_path):
+    feats = _fake_features()
+    cfg = configs.ExperimentConfig(stage="stage3")
+    cfg.stage3 = dataclasses.replace(cfg.stage3, r=12, w_r_init="identity", normalize=False)
+    task = stage3.Stage3Task(cfg, _info(), feats, None)
+    model = task.build_model()
+    task.initialize(model)
+    f = task.vectors(model)(feats["fc10"][:50])
+    flat = feats["fc10"][:50].reshape(50, -1)
+    scale = f[:, 0] / flat[:, 0]
+    np.testing.assert_allclose(f, flat * scale[0], rtol=1e-5, atol=1e-6)  # s·concatenation
+    assert 0.1 < 1 / scale[0] < 100
+
+
+def test_stage3_reads_only_the_training_split_and_the_control_is_rank_lg_at_step_0(
+    info, tmp_path, monkeypatch
+):
+    cfg = configs.quick(configs.ExperimentConfig(dataset="synthetic", workdir=str(tmp_path)))
+    run.run_stage1(cfg, info, out=io.StringIO())
+    run.run_stage2(cfg, info, out=io.StringIO())
+    read = []
+    real_make, real_extract = pipeline.make_dataset, features.extract
+    monkeypatch.setattr(
+        pipeline, "make_dataset", lambda i, split, *a, **k: read.append(split) or real_make(i, split, *a, **k)
+    )
+    monkeypatch.setattr(
+        features,
+        "extract",
+        lambda m, i, split, *a, **k: read.append(split) or real_extract(m, i, split, *a, **k),
+    )
+    # Rank-LG with a zero learning rate stays where it started; the control is that start, saved.
+    lg = dataclasses.replace(
+        cfg, stage3=dataclasses.replace(cfg.stage3, learning_rate=0.0, select_on_validation=False)
+    )
+    model = run.run_stage3(lg, info, out=io.StringIO())
+    control = run.run_stage3_untrained(cfg, info, out=io.StringIO())
+    assert set(read) == {"train"}, f"stage 3 read {sorted(set(read))}"
+    a, b = model.get_layer("global_representation"), control.get_layer("global_representation")
+    for x, y in zip(a.weights, b.weights):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
+    # Learning for real moves it away from the control.
+    cfg2 = dataclasses.replace(
+        cfg,
+        workdir=str(tmp_path),
+        stage3=dataclasses.replace(
+            cfg.stage3, update_memory=True, learning_rate=1.0, select_on_validation=False
+        ),
+    )
+    full = run.run_stage3(cfg2, info, out=io.StringIO()).get_layer("global_representation")
+    assert not np.allclose(full.w_r.numpy(), b.w_r.numpy())
+
+
+def test_paired_differences_per_seed():
+    def res(avg):
+        return {"topk": {"20": {"avg": avg}}}
+
+    per_seed = {0: {"rank_l": res(0.5), "rank_lg_untrained": res(0.55), "rank_lg": res(0.6)},
+                1: {"rank_l": res(0.4), "rank_lg_untrained": res(0.42), "rank_lg": res(0.41)}}  # fmt: skip
+    pairs = {(p["a"], p["b"]): p for p in ablation.paired_differences(per_seed)}
+    assert set(pairs) == {("rank_lg_untrained", "rank_l"), ("rank_lg", "rank_lg_untrained")}
+    np.testing.assert_allclose(pairs[("rank_lg", "rank_lg_untrained")]["values"], [0.05, -0.01])
+    np.testing.assert_allclose(pairs[("rank_lg", "rank_lg_untrained")]["mean"], 0.02)
+    np.testing.assert_allclose(pairs[("rank_lg_untrained", "rank_l")]["std"], np.std([0.05, 0.02], ddof=1))
+
+
+def test_every_candidate_is_a_valid_stage3_config():
+    cfg = configs.ExperimentConfig()
+    from fashionsearchnet_v2.training import stage3_selection
+
+    for name in stage3_selection.CANDIDATES:
+        c = stage3_selection.candidate_config(cfg, name, 2.0, False)
+        assert c.stage3.select_on_validation and c.stage3.epochs == 2.0
+    paper = stage3_selection.candidate_config(cfg, "paper", 2.0, False).stage3
+    assert (paper.sampling, paper.negatives, paper.w_r_init, paper.normalize) == (
+        "enumerate",
+        "random",
+        "glorot",
+        False,
+    )
+    with pytest.raises(ValueError, match="negatives"):
+        configs.Stage3Config(negatives="hard")
+    assert list(itertools.islice(stage3_selection.CANDIDATES, 1)) == ["paper"]
