@@ -95,6 +95,20 @@ OPTIMIZER = flags.DEFINE_enum(
     "optimizer", None, ["sgd", "adam"], "Optimiser of stages 1 and 2 (paper: sgd; embedded default: adam)."
 )
 MOMENTUM = flags.DEFINE_float("momentum", None, "SGD momentum of stages 1 and 2 (paper: 0, plain SGD).")
+PAPER_STAGE3 = flags.DEFINE_bool(
+    "paper_stage3",
+    False,
+    "Stage 3 exactly as the paper writes it (random w_r, raw F, random negatives, SGD 0.01, 2 epochs, the "
+    "last step kept) instead of the settings chosen on the validation split (WORKSPACE.md decision 59).",
+)
+STAGE3_NEGATIVES = flags.DEFINE_enum(
+    "stage3_negatives", None, ["random", "near"],
+    "Stage 3's negatives: random (the paper) or near (the target but one attribute).",
+)  # fmt: skip
+W_R_INIT = flags.DEFINE_enum(
+    "w_r_init", None, ["glorot", "identity"],
+    "Stage 3's w_r at step 0: glorot (random, r) or identity (s·I, r = A·D: step 0 ranks as the concatenation).",
+)  # fmt: skip
 NORMALIZE_GLOBAL = flags.DEFINE_bool(
     "normalize_global",
     None,
@@ -273,6 +287,12 @@ def build_config(
         t["optimizer"] = OPTIMIZER.value
     if MOMENTUM.value is not None:
         t["momentum"] = MOMENTUM.value
+    if PAPER_STAGE3.value:
+        cfg.stage3 = configs.paper_stage3(cfg.stage3)
+    if STAGE3_NEGATIVES.value is not None:
+        s3["negatives"] = STAGE3_NEGATIVES.value
+    if W_R_INIT.value is not None:
+        s3["w_r_init"] = W_R_INIT.value
     if NORMALIZE_GLOBAL.value is not None:
         s3["normalize"] = NORMALIZE_GLOBAL.value
     if STAGE3_EPOCHS.value is not None:

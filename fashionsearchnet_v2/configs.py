@@ -122,7 +122,7 @@ class Stage3Config:
     lr_schedule: str = "constant"
     squared_triplet: bool = False
     max_steps: int | None = None
-    log_every_steps: int = 20
+    log_every_steps: int = 100  # an epoch of the enumeration is ~1,000 steps on the embedded default
     seed: int = 0
     # §3.3 "The same procedure is applied to all possible attribute manipulation options": "enumerate"
     # walks every (training image, attribute, other value) whose target has a training image, once per
@@ -139,9 +139,11 @@ class Stage3Config:
     train_w_r: bool = True  # False: only λ (and M with update_memory) learn, w_r stays at its start
     # Validation (decision 58): the share of training images carved out by id hash, never in a triplet or
     # in M; a third of them are validation queries, the rest their gallery.
-    validation_fraction: float = 0.1
+    validation_fraction: float = 0.2
     validation_query_share: float = 1 / 3
-    validation_k: int = 20
+    # Top-K on the validation gallery; None: the K that keeps Top-20's share of the test gallery (20 x
+    # validation gallery / gallery; 6 on the embedded default), so validation is as hard as the tables.
+    validation_k: int | None = None
     # Keep the weights of the epoch end (step 0 included) with the best validation Top-K avg instead of
     # the last step's: stage 3 cannot end worse on validation than where it started.
     select_on_validation: bool = True

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.data import pipeline, schema
@@ -106,7 +107,7 @@ def _train(workdir, feats, steps, **s3):
 def test_validation_images_never_enter_a_triplet_or_the_memory_block(tmp_path):
     feats = _fake_features()
     task, _ = _train(tmp_path, feats, 1)
-    held = validation.carve(feats["ids"], 0.1)
+    held = validation.carve(feats["ids"], task.s3.validation_fraction)
     assert set(task.ids).isdisjoint(feats["ids"][held]) and len(task.ids) == (~held).sum()
     assert task.validation is not None and len(task.validation) > 50
     batch = next(task._batches(0))
@@ -126,6 +127,10 @@ def test_selection_keeps_step_0_when_learning_makes_validation_worse(tmp_path):
     assert sel["history"][0]["step"] == 0 and len(sel["history"]) >= 2
     assert sel["history"][-1]["top20"] < sel["history"][0]["top20"]  # it did get worse
     assert sel["selected"]["step"] == 0
+    acc = event_accumulator.EventAccumulator(os.path.join(tmp_path, "tb"), size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["tensors"])
+    assert {"L_G", "L_G/validation", "validation/top20/avg", "validation/gain20/avg", "lambda/a0"} <= tags
     cfg = configs.ExperimentConfig(stage="stage3")
     cfg.stage3 = dataclasses.replace(cfg.stage3, r=8, normalize=False)
     cfg.write(str(tmp_path))  # what the loader reads to build the model

@@ -186,7 +186,7 @@ class Stage3Task:
         if held.any():
             searches = validation.ValidationSearches(
                 fc10[held], labels[held], ids[held], self.num_values, self.names,
-                self.s3.validation_query_share, (self.s3.validation_k,),
+                self.s3.validation_query_share, (self._validation_k(ids[held]),),
             )  # fmt: skip
             # Too few validation images for a single search (tiny test sets): nothing to select on.
             self.validation = searches if len(searches) else None
@@ -200,6 +200,14 @@ class Stage3Task:
             with open(self.selection_path, encoding="utf-8") as f:
                 saved = json.load(f)
             self.history, self.selected = saved.get("history", []), saved.get("selected")
+
+    def _validation_k(self, held_ids) -> int:
+        """Config's validation_k, or Top-20's share of the test gallery applied to the validation gallery."""
+        if self.s3.validation_k:
+            return int(self.s3.validation_k)
+        gallery = self.info.splits.get("gallery", 0)
+        n = int((~validation.query_mask(held_ids, self.s3.validation_query_share)).sum())
+        return max(1, round(20 * n / gallery)) if gallery else 20
 
     # --- data ---------------------------------------------------------------------------------
     def steps_per_epoch(self) -> int:
@@ -415,7 +423,7 @@ class Stage3Task:
         return out
 
     def epoch_message(self, scores: dict) -> str:
-        k = self.s3.validation_k
+        k = self.validation.ks[0] if self.validation else self.s3.validation_k
         avg = next(
             (v for key, v in scores.items() if key.startswith("validation/top") and key.endswith("/avg")),
             None,
@@ -438,7 +446,7 @@ class Stage3Task:
         if not self.workdir:
             return
         os.makedirs(self.workdir, exist_ok=True)
-        obj = {"validation": self.validation.describe(), "k": self.s3.validation_k,
+        obj = {"validation": self.validation.describe(), "k": self.validation.ks[0],
                "select_on_validation": self.s3.select_on_validation, "selected": self.selected,
                "history": self.history}  # fmt: skip
         tmp = f"{self.selection_path}.tmp-{os.getpid()}"

@@ -48,6 +48,19 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
                              dict(negatives="near", optimizer="adam", learning_rate=1e-4, **_ID, **_RAW)),
     "near-id-raw-λ-adam1e-2": ("near negatives, w_r = s·I fixed, only λ learns, raw F, Adam 1e-2",
                                dict(negatives="near", train_w_r=False, optimizer="adam", learning_rate=1e-2, **_ID, **_RAW)),
+    # Round 2: around round 1's best (near negatives, w_r = s·I, raw F, Adam 1e-4), one choice at a time.
+    "near-id-raw-adam3e-4": ("near negatives, w_r = s·I, raw F, Adam 3e-4",
+                             dict(negatives="near", optimizer="adam", learning_rate=3e-4, **_ID, **_RAW)),
+    "near-id-raw-adam3e-5": ("near negatives, w_r = s·I, raw F, Adam 3e-5",
+                             dict(negatives="near", optimizer="adam", learning_rate=3e-5, **_ID, **_RAW)),
+    "near-id-unit-adam1e-4": ("near negatives, w_r = s·I, unit F, Adam 1e-4",
+                              dict(negatives="near", optimizer="adam", learning_rate=1e-4, **_ID, **_UNIT)),
+    "near-raw-adam1e-4": ("near negatives, random w_r, raw F, Adam 1e-4",
+                          dict(negatives="near", optimizer="adam", learning_rate=1e-4, **_RAW)),
+    "near-id-raw-sgd0.1": ("near negatives, w_r = s·I, raw F, SGD 0.1",
+                           dict(negatives="near", learning_rate=0.1, **_ID, **_RAW)),
+    "near-id-raw-images-adam1e-4": ("near negatives, w_r = s·I, raw F, Adam 1e-4, one manipulation per image",
+                                    dict(sampling="images", negatives="near", optimizer="adam", learning_rate=1e-4, **_ID, **_RAW)),
 }  # fmt: skip
 
 
