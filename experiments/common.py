@@ -99,7 +99,10 @@ PAPER_STAGE3 = flags.DEFINE_bool(
     "paper_stage3",
     False,
     "Stage 3 exactly as the paper writes it (random w_r, raw F, random negatives, SGD 0.01, 2 epochs, the "
-    "last step kept) instead of the settings chosen on the validation split (WORKSPACE.md decision 59).",
+    "last step kept) instead of the settings chosen on the validation split (WORKSPACE.md decision 62).",
+)
+STAGE3_LEARNING_RATE = flags.DEFINE_float(
+    "stage3_learning_rate", None, "Stage 3's learning rate (default 1e-4 with Adam; the paper's SGD: 0.01)."
 )
 STAGE3_NEGATIVES = flags.DEFINE_enum(
     "stage3_negatives", None, ["random", "near"],
@@ -281,7 +284,10 @@ def build_config(
                       (MAX_STEPS, "max_steps")):  # fmt: skip
         if flag.value is not None:
             t[key] = flag.value
-            if key != "epochs":  # stage 3 has its own (--stage3_epochs; paper: 2)
+            if key not in (
+                "epochs",
+                "learning_rate",
+            ):  # stage 3 has its own (--stage3_epochs, --stage3_learning_rate)
                 s3[key] = flag.value
     if OPTIMIZER.value is not None:
         t["optimizer"] = OPTIMIZER.value
@@ -289,6 +295,8 @@ def build_config(
         t["momentum"] = MOMENTUM.value
     if PAPER_STAGE3.value:
         cfg.stage3 = configs.paper_stage3(cfg.stage3)
+    if STAGE3_LEARNING_RATE.value is not None:
+        s3["learning_rate"] = STAGE3_LEARNING_RATE.value
     if STAGE3_NEGATIVES.value is not None:
         s3["negatives"] = STAGE3_NEGATIVES.value
     if W_R_INIT.value is not None:

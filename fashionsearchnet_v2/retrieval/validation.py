@@ -1,6 +1,6 @@
 """The validation split that stage 3's open choices are made on: carved out of the training split.
 
-The paper's query and gallery are for the final tables only (WORKSPACE.md, decision 58). Stage 3 carves a
+The paper's query and gallery are for the final tables only (WORKSPACE.md, decision 59). Stage 3 carves a
 share of the training images by a hash of their ids (the same images for every seed and every run on
 the same dataset), keeps them out of its triplets and out of its memory block, and scores itself on them
 with the paper's protocol: the carved images are split again into validation queries and a validation

@@ -1,4 +1,4 @@
-"""The search for a stage 3 that helps, on the validation split only (issue 15, WORKSPACE.md decision 58).
+"""The search for a stage 3 that helps, on the validation split only (issue 15, WORKSPACE.md decisions 59-62).
 
 Each candidate is a Stage3Config change (optimiser, step size, w_r's start, F's normalisation, sampling,
 negatives, which weights learn), trained for up to `epochs` epochs on top of one trained stage 2 and
@@ -59,6 +59,8 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
                           dict(negatives="near", optimizer="adam", learning_rate=1e-4, **_RAW)),
     "near-id-raw-sgd0.1": ("near negatives, w_r = s·I, raw F, SGD 0.1",
                            dict(negatives="near", learning_rate=0.1, **_ID, **_RAW)),
+    "raw-adam1e-4": ("random w_r, raw F, Adam 1e-4 (the paper's triplets; round 2's best w_r, F, optimiser)",
+                     dict(optimizer="adam", learning_rate=1e-4, **_RAW)),
     "near-id-raw-images-adam1e-4": ("near negatives, w_r = s·I, raw F, Adam 1e-4, one manipulation per image",
                                     dict(sampling="images", negatives="near", optimizer="adam", learning_rate=1e-4, **_ID, **_RAW)),
 }  # fmt: skip
