@@ -4,6 +4,8 @@
         --index=indexes/gallery.npz [--backend=exact|faiss] [--overwrite]
     python -m experiments.index --export_dir=exports/synthetic/1 --images=FOLDER --index=indexes/shop.npz
 
+A split's dataset is --data_dir (or --dataset) when given, else the one the export was made from.
+
 Exact search (numpy, the paper's protocol) is the default. --backend=faiss also writes `<index>.<token>.faiss`
 (IVF-Flat by default, or HNSW) for catalogues too large to scan per query; it needs `pip install -e .[faiss]`.
 Unreadable images in a folder are skipped and listed; the index file is written atomically.
@@ -56,8 +58,7 @@ def main(argv):
             if len(skipped) > 20:
                 print(f"... and {len(skipped) - 20} more (listed in the index metadata)", file=sys.stderr)
         else:
-            _, data_dir, _ = common.resolve_dirs()
-            info = schema.load_dataset_info(data_dir)
+            info = schema.load_dataset_info(common.export_data_dir(model.metadata))
             index = index_lib.index_split(model, info, SPLIT.value, BATCH.value)
         if len(index) == 0:
             common.fail("no image could be embedded; nothing to index")
