@@ -1,6 +1,7 @@
 """What the index tests share with the Beam pipeline's tests: a tiny random export (two attributes, 64
-px, 1/8 width, identity global layer: r = 32) and a folder of images of three sizes with a broken one.
-Registered in conftest.py, built once per test session (the tests only read them)."""
+px, 1/8 width, identity global layer: r = 32) and a folder of images of three sizes with a broken one,
+registered in conftest.py and built once per test session (the tests only read them); and a tiny
+dataset with VOCAB's attributes, written where a test asks."""
 
 import os
 
@@ -10,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from fashionsearchnet_v2 import configs
-from fashionsearchnet_v2.data import schema
+from fashionsearchnet_v2.data import convert, schema
 from fashionsearchnet_v2.model import network
 from fashionsearchnet_v2.serving import export
 
@@ -52,3 +53,17 @@ def folder(tmp_path_factory):
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (root / "notes.txt").write_text("not an image")
     return str(root)
+
+
+def write_tiny_dataset(root, n: int = 12, num_gallery: int = 6, per_shard: int = 2048) -> schema.DatasetInfo:
+    """`n` random images of growing heights with VOCAB's labels (sleeve_length unknown for every fourth),
+    converted into `root`/data: 2 query images, `num_gallery` gallery images, `per_shard` per shard."""
+    rng = np.random.default_rng(4)
+    examples = []
+    for i in range(n):
+        p = str(root / f"{i}.png")
+        cv2.imwrite(p, rng.integers(0, 256, (30 + i, 40, 3), dtype=np.uint8))
+        examples.append(convert.Example(f"id{i}", [i % 3, i % 2 if i % 4 else -1], path=p))
+    return convert.write_dataset(examples, list(VOCAB.attributes), output_dir=str(root / "data"), name="t",
+                                 source="test", num_query=2, num_gallery=num_gallery, seed=0,
+                                 per_shard=per_shard, progress=False)  # fmt: skip

@@ -13,7 +13,6 @@ import json
 import os
 import re
 
-import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -26,9 +25,9 @@ except ImportError:
         pytest.fail(_MESSAGE, pytrace=False)
     pytest.skip(_MESSAGE, allow_module_level=True)
 
-from index_fixture import VOCAB  # noqa: E402  (export_dir, model, folder: conftest's fixtures)
+from index_fixture import write_tiny_dataset  # noqa: E402  (export_dir, model, folder: conftest's)
 
-from fashionsearchnet_v2.data import convert, records, schema  # noqa: E402
+from fashionsearchnet_v2.data import records, schema  # noqa: E402
 from fashionsearchnet_v2.serving import beam_embed, embeddings, export, items  # noqa: E402
 from fashionsearchnet_v2.serving import index as index_lib  # noqa: E402
 
@@ -69,15 +68,7 @@ def test_folder_on_two_worker_processes_gives_experiments_index_vectors_ids_and_
 
 
 def _dataset_in_two_shards(root) -> schema.DatasetInfo:
-    rng = np.random.default_rng(4)
-    examples = []
-    for i in range(14):
-        p = str(root / f"{i}.png")
-        cv2.imwrite(p, rng.integers(0, 256, (30 + i, 40, 3), dtype=np.uint8))
-        examples.append(convert.Example(f"id{i}", [i % 3, i % 2 if i % 4 else -1], path=p))
-    return convert.write_dataset(examples, list(VOCAB.attributes), output_dir=str(root / "data"), name="t",
-                                 source="test", num_query=2, num_gallery=9, seed=0, per_shard=4,
-                                 progress=False)  # fmt: skip
+    return write_tiny_dataset(root, n=14, num_gallery=9, per_shard=4)
 
 
 def _insert_corrupt_record(shard: str, at: int) -> str:

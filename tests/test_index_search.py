@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-from index_fixture import VOCAB
+from index_fixture import VOCAB, write_tiny_dataset
 
-from fashionsearchnet_v2.data import convert, records, schema
+from fashionsearchnet_v2.data import records, schema
 from fashionsearchnet_v2.serving import index as index_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,14 +67,7 @@ def test_index_file_is_not_replaced_without_consent(model, folder, tmp_path):
 
 
 def test_split_index_keeps_ids_labels_and_checks_the_vocabulary(model, tmp_path):
-    rng = np.random.default_rng(4)
-    examples = []
-    for i in range(12):
-        p = str(tmp_path / f"{i}.png")
-        cv2.imwrite(p, rng.integers(0, 256, (30 + i, 40, 3), dtype=np.uint8))
-        examples.append(convert.Example(f"id{i}", [i % 3, i % 2 if i % 4 else -1], path=p))
-    info = convert.write_dataset(examples, list(VOCAB.attributes), output_dir=str(tmp_path / "data"), name="t",
-                                 source="test", num_query=2, num_gallery=6, seed=0, progress=False)  # fmt: skip
+    info = write_tiny_dataset(tmp_path)
     index = index_lib.index_split(model, info, "gallery", batch_size=4, chunk=5, progress=False)
     want = {}
     for s in tf.data.TFRecordDataset(info.shard_paths("gallery")):

@@ -374,22 +374,15 @@ def unknown_options(options: PipelineOptions) -> list[str]:
     return sorted(f"--{name}" for name in set(options.get_all_options(retain_unknown_options=True)) - known)
 
 
-def run(
-    export_dir: str,
-    output: str,
-    *,
-    folder: str | None = None,
-    info: schema.DatasetInfo | None = None,
-    split: str | None = None,
-    batch_size: int = 32,
-    num_shards: int = 0,
-    options: PipelineOptions | None = None,
-    overwrite: bool = False,
-) -> dict:
-    """Runs the embedding pipeline to its end; returns the manifest it wrote (see `build`) and, under
-    "measured" (not in the file), the pipeline's rate from its first image embedded to its last."""
+def run(export_dir: str, output: str, *, options: PipelineOptions | None = None, overwrite: bool = False,
+        **source) -> dict:  # fmt: skip
+    """Runs the embedding pipeline to its end. `source`: `build`'s folder= (or info= and split=),
+    batch_size=, num_shards=. Returns the manifest it wrote and, under "measured" (not in the file), the
+    pipeline's rate from its first image embedded to its last."""
+    folder, info, split = source.get("folder"), source.get("info"), source.get("split")
     if (folder is None) == (info is None):
         raise ValueError("give exactly one of a folder or a dataset split")
+    batch_size = source.setdefault("batch_size", 32)
     options = options or pipeline_options([])
     export_info = export.ExportInfo(export_dir)
     output = export.absolute(output)
@@ -401,8 +394,7 @@ def run(
     workers = options.get_all_options().get("direct_num_workers") if runner == "DirectRunner" else None
     pipeline_info = {"runner": runner, "workers": workers, "batch_size": batch_size}
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, export_info, output, folder=folder, info=info, split=split, batch_size=batch_size,
-          num_shards=num_shards, total=total, workers=workers, pipeline_info=pipeline_info)  # fmt: skip
+    build(pipeline, export_info, output, total=total, workers=workers, pipeline_info=pipeline_info, **source)
     try:
         result = pipeline.run()
         result.wait_until_finish()
