@@ -1,13 +1,20 @@
 """Installs fashionsearchnet_v2, its experiments and data converters.
 
 `pip install -e .` is all a fresh Python 3.11 machine needs; `pip install -e .[test]` adds the test and
-lint tools that `.ci/run` uses; `pip install -e .[web]` the search service's web stack.
+lint tools that `.ci/run` uses; `pip install -e .[web]` the search service's web stack; `pip install -e .[beam]`
+Apache Beam for embedding catalogues on many workers (`.ci/run` installs it too, for its tests).
 """
 
 import setuptools
 
 # The search service (`python -m experiments.serve`): FastAPI on uvicorn, python-multipart for uploads.
 WEB = ["fastapi>=0.110,<1", "uvicorn>=0.29,<1", "python-multipart>=0.0.9,<1"]
+# Batch embedding on Apache Beam (`python -m experiments.embed_beam`). One minor version: the pipeline
+# subclasses Beam's TFRecord source to number the records, and 2.77 is the release checked against
+# TensorFlow 2.21 (it needs protobuf < 7 and pillow < 13, which pip then installs: versions TensorFlow,
+# TensorBoard, matplotlib and scikit-image accept). google-crc32c: the C CRC32C that Beam's TFRecord IO
+# uses when present (its pure-Python fallback checksums every image record byte by byte).
+BEAM = ["apache-beam[tfrecord]==2.77.*", "google-crc32c>=1.5,<2"]
 
 setuptools.setup(
     name="fashionsearchnet_v2",
@@ -37,5 +44,6 @@ setuptools.setup(
         ],
         "faiss": ["faiss-cpu>=1.8"],
         "web": WEB,
+        "beam": BEAM,
     },
 )

@@ -36,15 +36,15 @@ SYNTHETIC_VALUES = (8, 4, 4, 3, 4, 4)
 DARN_VALUES = (20, 13, 55, 7, 28, 11, 26, 8, 17)
 
 
-def build(image_size: int, root: str):
-    """(loaded embed signature, backbone function) of random-weight models of that size's shapes."""
+def random_export(image_size: int, root: str):
+    """(export directory, ModelConfig) of a random-weight model of that size's shapes (see the module
+    docstring): the embedded default's network at 128 px, the paper's with DARN's attributes otherwise."""
     import keras
     import numpy as np
-    import tensorflow as tf
 
     from fashionsearchnet_v2 import configs
-    from fashionsearchnet_v2.data import records, schema
-    from fashionsearchnet_v2.model import backbone, memory_block, network
+    from fashionsearchnet_v2.data import schema
+    from fashionsearchnet_v2.model import memory_block, network
     from fashionsearchnet_v2.serving import export
 
     if image_size == 128:
@@ -68,6 +68,18 @@ def build(image_size: int, root: str):
     out = export.save(
         export.ServingModule(net, layer, vocab, image_size), vocab, os.path.join(root, f"e{image_size}")
     )
+    return out, cfg
+
+
+def build(image_size: int, root: str):
+    """(loaded embed signature, backbone function) of random-weight models of that size's shapes."""
+    import keras
+    import tensorflow as tf
+
+    from fashionsearchnet_v2.data import records
+    from fashionsearchnet_v2.model import backbone
+
+    out, cfg = random_export(image_size, root)
     embed = tf.saved_model.load(out).signatures["embed"]
 
     image = keras.Input((image_size, image_size, 3))

@@ -184,27 +184,61 @@ def seed_workdir(workdir: str, seed: int) -> str:
     return os.path.join(workdir, f"seed{seed}")
 
 
-def resolve_dirs() -> tuple[str, str, str]:
+def resolve_dirs(seed: int | None = None) -> tuple[str, str, str]:
     """(dataset, data directory, the dataset's work directory); a seed's runs go to `seed_workdir`.
 
     `--data_dir` alone names any converted dataset (your own catalogue included): its name is read from
-    dataset.json, and the work directory defaults to work/<that name>.
+    dataset.json, and the work directory defaults to work/<that name>. Without `--data_dir` and
+    `--dataset`, a work directory whose stages were trained already gives the dataset they were trained
+    on (recorded in their config.json, `remembered_dataset`), so no later command has to repeat it.
     """
     dataset, data_dir = DATASET.value, DATA_DIR.value
+    explicit = bool(data_dir) or flags.FLAGS["dataset"].present
     if data_dir and not flags.FLAGS["dataset"].present:
         dataset = dataset_name(data_dir) or dataset
     # A smoke check never writes where a real run reads: its own work directory and, for the generated
     # dataset, its own data directory. (A real dataset is only read, so --quick uses it where it is.)
     quick = "-quick" if QUICK.value else ""
-    data_dir = data_dir or os.path.join("data", dataset + (quick if dataset == "synthetic" else ""))
+    workdir = WORKDIR.value or os.path.join("work", dataset + quick)
+    default = os.path.join("data", dataset + (quick if dataset == "synthetic" else ""))
+    if not explicit:
+        remembered = remembered_dataset(seed_workdir(workdir, SEED.value if seed is None else seed))
+        if remembered is not None:
+            dataset, data_dir, where = remembered
+            if os.path.abspath(data_dir) != os.path.abspath(default):
+                print(f"dataset {dataset}: {data_dir}, as recorded in {where}", file=sys.stderr, flush=True)
+    data_dir = data_dir or default
     if dataset not in DATASETS and not os.path.isfile(os.path.join(data_dir, schema.DATASET_JSON)):
         fail(
             f"unknown --dataset={dataset!r} and no {os.path.join(data_dir, schema.DATASET_JSON)}; registered "
             f"datasets: {', '.join(DATASETS)}; a catalogue of your own: convert it with "
             "`python -m data_prep.catalog ... --output_dir=DIR` and pass --data_dir=DIR"
         )
-    workdir = WORKDIR.value or os.path.join("work", dataset + quick)
     return dataset, data_dir, workdir
+
+
+def remembered_dataset(seed_dir: str) -> tuple[str, str, str] | None:
+    """(dataset, data directory, the config.json that records them) of the stages trained in `seed_dir`
+    (stage 1's first, else any stage's), or None when none is trained or none recorded its directory."""
+    candidates = [os.path.join(seed_dir, "stage1")]
+    if os.path.isdir(seed_dir):
+        candidates += [os.path.join(seed_dir, d) for d in sorted(os.listdir(seed_dir)) if d != "stage1"]
+    for directory in candidates:
+        try:
+            cfg = configs.read_config(directory)
+        except (OSError, ValueError, TypeError):
+            continue  # not a stage's config (or one this code cannot read): look further
+        if cfg is not None and cfg.data_dir:
+            return cfg.dataset, cfg.data_dir, os.path.join(directory, "config.json")
+    return None
+
+
+def export_data_dir(export_metadata: dict) -> str:
+    """The dataset directory for a command given an export (indexing a split): `--data_dir` or
+    `--dataset` when given, else the one the export was made from (its export.json), else the default."""
+    if DATA_DIR.value or flags.FLAGS["dataset"].present or not export_metadata.get("data_dir"):
+        return resolve_dirs()[1]
+    return export_metadata["data_dir"]
 
 
 def dataset_name(data_dir: str) -> str | None:
@@ -261,7 +295,7 @@ def build_config(
         from fashionsearchnet_v2.training import trainer
 
         trainer.make_strategy("multi_worker")  # before any other TensorFlow op, as collectives require
-    dataset, data_dir, workdir = resolve_dirs()
+    dataset, data_dir, workdir = resolve_dirs(seed)
     workdir = seed_workdir(workdir, seed)
     model, train, stage3 = configs.dataset_defaults(dataset)
     if SCHEDULE.value == "paper":

@@ -4,7 +4,8 @@
         [--workdir=work/synthetic] [--data_dir=data/synthetic] [--overwrite]
 
 The dataset flags only locate the vocabulary (and, for variants without stage 3, the train split whose
-means fill the memory block). The export loads with TensorFlow alone (`tf.saved_model.load`,
+means fill the memory block); without them, the dataset the stages were trained on (their config.json)
+is used, and an explicit --data_dir is checked against the stages as ever. The export loads with TensorFlow alone (`tf.saved_model.load`,
 `saved_model_cli show --all --dir DIR`, TensorFlow Serving); see docs/serving.md.
 """
 

@@ -3,6 +3,11 @@
     python -m experiments.index --export_dir=exports/synthetic/1 --split=gallery --dataset=synthetic \\
         --index=indexes/gallery.npz [--backend=exact|faiss] [--overwrite]
     python -m experiments.index --export_dir=exports/synthetic/1 --images=FOLDER --index=indexes/shop.npz
+    python -m experiments.index --export_dir=exports/synthetic/1 --embeddings=DIR --index=indexes/shop.npz
+
+--embeddings reads the shards `experiments.embed_beam` wrote (a catalogue embedded on Apache Beam) instead
+of embedding here: the same index as --images or --split over the same source. A split's dataset is
+--data_dir (or --dataset) when given, else the one the export was made from.
 
 Exact search (numpy, the paper's protocol) is the default. --backend=faiss also writes `<index>.<token>.faiss`
 (IVF-Flat by default, or HNSW) for catalogues too large to scan per query; it needs `pip install -e .[faiss]`.
@@ -23,6 +28,9 @@ EXPORT_DIR = flags.DEFINE_string("export_dir", None, "SavedModel written by expe
 INDEX = flags.DEFINE_string("index", None, "Index file (.npz) to write.")
 SPLIT = flags.DEFINE_enum("split", None, list(schema.SPLITS), "Dataset split to index (with dataset flags).")
 IMAGES = flags.DEFINE_string("images", None, "Folder of images to index instead of a split (recursive).")
+EMBEDDINGS = flags.DEFINE_string(
+    "embeddings", None, "Embedding shards written by experiments.embed_beam, indexed as they are."
+)
 BACKEND = flags.DEFINE_enum("backend", "exact", list(index_lib.BACKENDS), "Search backend of the index.")
 FAISS_KIND = flags.DEFINE_enum("faiss_kind", "ivf_flat", list(index_lib.FAISS_KINDS), "FAISS index type.")
 NLIST = flags.DEFINE_integer("nlist", None, "IVF cells (default about sqrt(N)).")
@@ -38,8 +46,11 @@ flags.mark_flags_as_required(["export_dir", "index"])
 
 def main(argv):
     del argv
-    if (SPLIT.value is None) == (IMAGES.value is None):
-        common.fail("give exactly one of --split (a dataset split) or --images (a folder)")
+    if sum(v is not None for v in (SPLIT.value, IMAGES.value, EMBEDDINGS.value)) != 1:
+        common.fail(
+            "give exactly one of --split (a dataset split), --images (a folder) or --embeddings (the output "
+            "of experiments.embed_beam)"
+        )
     if BACKEND.value == "faiss":
         try:
             index_lib.import_faiss()
@@ -48,17 +59,21 @@ def main(argv):
     try:
         if not OVERWRITE.value and os.path.lexists(INDEX.value):
             raise index_lib.IndexFileError(f"{INDEX.value} already exists; pass --overwrite to replace it")
-        model = export.ExportedModel(EXPORT_DIR.value)
-        if IMAGES.value is not None:
-            index, skipped = index_lib.index_folder(model, IMAGES.value, BATCH.value)
-            for path, reason in skipped[:20]:
-                print(f"skipped {path}: {reason}", file=sys.stderr)
-            if len(skipped) > 20:
-                print(f"... and {len(skipped) - 20} more (listed in the index metadata)", file=sys.stderr)
+        if EMBEDDINGS.value is not None:  # embedded already: the export's description is all it needs
+            index = index_lib.index_embeddings(export.ExportInfo(EXPORT_DIR.value), EMBEDDINGS.value)
+        elif IMAGES.value is not None:
+            index, _ = index_lib.index_folder(
+                export.ExportedModel(EXPORT_DIR.value), IMAGES.value, BATCH.value
+            )
         else:
-            _, data_dir, _ = common.resolve_dirs()
-            info = schema.load_dataset_info(data_dir)
+            model = export.ExportedModel(EXPORT_DIR.value)
+            info = schema.load_dataset_info(common.export_data_dir(model.metadata))
             index = index_lib.index_split(model, info, SPLIT.value, BATCH.value)
+        skipped = index.metadata.get("skipped", [])
+        for entry in skipped[:20]:
+            print(f"skipped {entry.get('path') or entry['id']}: {entry['reason']}", file=sys.stderr)
+        if len(skipped) > 20:
+            print(f"... and {len(skipped) - 20} more (listed in the index metadata)", file=sys.stderr)
         if len(index) == 0:
             common.fail("no image could be embedded; nothing to index")
         faiss_index = None

@@ -44,6 +44,14 @@ def user_message(e: BaseException) -> str | None:
         from fashionsearchnet_v2.serving import index
 
         known += (index.IndexFileError, index.ImageReadError, index.FaissUnavailable)
+    if "fashionsearchnet_v2.serving.embeddings" in sys.modules:
+        from fashionsearchnet_v2.serving import embeddings
+
+        known += (embeddings.EmbeddingsError,)
+    if "fashionsearchnet_v2.serving.beam_embed" in sys.modules:  # only there when Beam is installed
+        from fashionsearchnet_v2.serving import beam_embed
+
+        known += (beam_embed.PipelineError,)
     if isinstance(e, known):
         return str(e)
     if isinstance(e, OSError):

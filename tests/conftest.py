@@ -36,5 +36,8 @@ def data_dir(info):
     return info.data_dir
 
 
-# The service tests' tiny trained model, defined once here so that every module shares one session fixture.
+# Fixtures defined once here, so that every module shares one session fixture: the index tests' tiny
+# random export and image folder (shared with the Beam pipeline's tests), the service tests' tiny trained
+# model.
+from index_fixture import export_dir, folder, model  # noqa: E402, F401
 from service_fixture import trained  # noqa: E402, F401

@@ -9,10 +9,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import tensorflow as tf
 
 from fashionsearchnet_v2 import errors
-from fashionsearchnet_v2.data import schema
+from fashionsearchnet_v2.data import schema, synthetic
 from fashionsearchnet_v2.locks import LockError
 from fashionsearchnet_v2.training.guard import DivergenceError
 
@@ -127,3 +128,38 @@ def test_user_errors_are_told_apart_from_bugs():
         errors.user_message(refused)
         == "embed: output maps is not finite (the model diverged?) : Tensor had NaN values"
     )
+
+
+def test_a_stage_directory_remembers_its_dataset_directory(data_dir, tmp_path):
+    """Issue 18: after stage 1 with --data_dir=X --workdir=W, stage 2, export, evaluate and index find X
+    without being told (the stages' config.json records it; the export's export.json too), instead of
+    comparing the stages with the default data/synthetic; an explicit --data_dir still wins and is checked."""
+    first = _cli(["experiments.stage1", "--quick", f"--data_dir={data_dir}", "--workdir=w"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    recorded = json.loads((tmp_path / "w" / "seed0" / "stage1" / "config.json").read_text())
+    assert recorded["data_dir"] == os.path.abspath(data_dir)
+    for argv in (["experiments.stage2", "--quick", "--workdir=w"],
+                 ["experiments.export", "--workdir=w", "--variant=rank_l", "--export_dir=e/1"],
+                 ["experiments.evaluate", "--workdir=w", "--variant=rank_l"],
+                 ["experiments.index", "--export_dir=e/1", "--split=gallery", "--index=g.npz"]):  # fmt: skip
+        result = _cli(argv, tmp_path)
+        assert result.returncode == 0, f"{argv}:\n{result.stderr[-3000:]}"
+        if argv[0] != "experiments.index":
+            assert (
+                f"dataset synthetic: {os.path.abspath(data_dir)}, as recorded in w/seed0/stage1"
+                in result.stderr
+            )
+    assert not (tmp_path / "data").exists()  # the default dataset was neither generated nor read
+    assert (
+        json.loads((tmp_path / "w" / "seed0" / "eval" / "rank_l" / "results.json").read_text())["variant"]
+        == "rank_l"
+    )
+    with np.load(tmp_path / "g.npz") as f:
+        source = json.loads(str(f["metadata"]))["source"]
+    assert source["data_dir"] == os.path.abspath(data_dir) and source["split"] == "gallery"
+    # An explicit --data_dir wins, and is checked against the stages as before.
+    other = synthetic.write_synthetic(str(tmp_path / "other"), num_images=60, image_size=64, num_query=6,
+                                      num_gallery=18, seed=1, progress=False)  # fmt: skip
+    refused = _cli(["experiments.export", "--workdir=w", "--variant=rank_l", "--export_dir=e/2",
+                    f"--data_dir={other.data_dir}"], tmp_path)  # fmt: skip
+    assert_one_error_line(refused, "w/seed0/stage2_rank_l was trained on another version of the dataset")

@@ -10,52 +10,12 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from index_fixture import VOCAB, write_tiny_dataset
 
-from fashionsearchnet_v2 import configs
-from fashionsearchnet_v2.data import convert, records, schema
-from fashionsearchnet_v2.model import network
-from fashionsearchnet_v2.serving import export
+from fashionsearchnet_v2.data import records, schema
 from fashionsearchnet_v2.serving import index as index_lib
 
-VOCAB = export.Vocabulary(
-    (
-        schema.Attribute("color", ("red", "blue", "black")),
-        schema.Attribute("sleeve_length", ("short", "long")),
-    )
-)
-TINY = configs.ModelConfig(image_size=64, width=0.125, conv5_filters=48, conv67_filters=64, fc_sizes=(32,),
-                           fc10_size=16, roi_size=2, box_backend="tf")  # fmt: skip
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    """A tiny random export with the identity global layer (a variant without stage 3): r = A * D = 32."""
-    tf.keras.utils.set_random_seed(7)
-    net = network.build_network(VOCAB.num_values, VOCAB.names, TINY, "full")
-    memory = np.random.default_rng(0).normal(size=(5, 16)).astype(np.float32)
-    module = export.ServingModule(net, export.identity_global_layer(memory, VOCAB.num_values), VOCAB, 64)
-    return export.save(module, VOCAB, str(tmp_path_factory.mktemp("export") / "1"))
-
-
-@pytest.fixture(scope="module")
-def model(export_dir):
-    return export.ExportedModel(export_dir)
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """9 readable images of three sizes (PNG and JPEG, one in a subfolder), one broken, one non-image."""
-    root = tmp_path_factory.mktemp("images")
-    os.makedirs(root / "sub")
-    rng = np.random.default_rng(3)
-    for i in range(9):
-        h, w = [(40, 50), (64, 64), (33, 71)][i % 3]
-        img = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (5, 5), 0)
-        cv2.imwrite(str(root / ("sub" if i == 4 else ".") / f"img{i}.{'png' if i % 2 else 'jpg'}"), img)
-    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    (root / "notes.txt").write_text("not an image")
-    return str(root)
 
 
 def _brute_force(vectors, queries, k):
@@ -107,14 +67,7 @@ def test_index_file_is_not_replaced_without_consent(model, folder, tmp_path):
 
 
 def test_split_index_keeps_ids_labels_and_checks_the_vocabulary(model, tmp_path):
-    rng = np.random.default_rng(4)
-    examples = []
-    for i in range(12):
-        p = str(tmp_path / f"{i}.png")
-        cv2.imwrite(p, rng.integers(0, 256, (30 + i, 40, 3), dtype=np.uint8))
-        examples.append(convert.Example(f"id{i}", [i % 3, i % 2 if i % 4 else -1], path=p))
-    info = convert.write_dataset(examples, list(VOCAB.attributes), output_dir=str(tmp_path / "data"), name="t",
-                                 source="test", num_query=2, num_gallery=6, seed=0, progress=False)  # fmt: skip
+    info = write_tiny_dataset(tmp_path)
     index = index_lib.index_split(model, info, "gallery", batch_size=4, chunk=5, progress=False)
     want = {}
     for s in tf.data.TFRecordDataset(info.shard_paths("gallery")):

@@ -3,7 +3,9 @@
 * "Your own catalogue": a CSV and a folder of images this project has never seen are converted, trained,
   exported, indexed and served with the README's commands alone;
 * "Serving": the main job's export and index are served by the README's command, and the README's `curl`
-  examples get the answers they describe.
+  examples get the answers they describe;
+* "Catalogues of millions": a folder embedded on Apache Beam (two DirectRunner workers), indexed from
+  the shards and served (needs the beam extra; fails under CI=true without it).
 
 The commands are read from README.md, so the README cannot drift from what works. Slowest test of the
 suite after the localization floor (about 1.5 min on 2 cores: each command is a fresh Python process).
@@ -24,6 +26,7 @@ import urllib.request
 
 import cv2
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING = ("experiments.main", "experiments.export", "experiments.index", "experiments.search")
@@ -146,18 +149,31 @@ def test_readme_catalogue_commands_convert_train_export_index_and_serve(tmp_path
         server.stop()
 
 
-def test_readme_serving_commands_and_curl_examples(tmp_path):
-    run("python -m experiments.main", tmp_path)  # the quick start, --quick
-    commands = readme_block("## Serving: export, index, search, service, page")
+def run_block(commands: list[str], cwd) -> str:
+    """Runs a README block's commands but `pip` (the extras are there for the tests) and the one
+    `experiments.serve`, which it returns."""
     serve = [c for c in commands if "experiments.serve" in c]
     assert len(serve) == 1
     for command in commands:
-        if command.startswith("pip "):
-            continue  # installs the web extra, already there for the tests
-        if command is not serve[0]:
-            run(command, tmp_path)
+        if not command.startswith("pip ") and command is not serve[0]:
+            run(command, cwd)
+    return serve[0]
+
+
+@pytest.fixture(scope="module")
+def served_main_job(tmp_path_factory):
+    """The quick start (--quick) and README's serving commands but the service, run once in a directory
+    the serving and Beam tests share; (directory, the serve command)."""
+    root = tmp_path_factory.mktemp("readme_serving")
+    run("python -m experiments.main", root)
+    serve = run_block(readme_block("## Serving: export, index, search, service, page"), root)
+    return root, serve
+
+
+def test_readme_serving_commands_and_curl_examples(served_main_job):
+    tmp_path, serve = served_main_job
     assert (tmp_path / "result.png").exists()
-    server = Served(serve[0], tmp_path)
+    server = Served(serve, tmp_path)
     try:
         curl = readme_block("The API, with `curl`")
         assert sum(c.startswith("curl") for c in curl) >= 5
@@ -180,5 +196,35 @@ def test_readme_serving_commands_and_curl_examples(tmp_path):
         assert by_item["query"]["item"] == items["items"][0]["id"] and len(by_item["results"]) == 5
         assert by_item["changes"][0]["to"] == "black"
         assert (tmp_path / "item.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
+    finally:
+        server.stop()
+
+
+def test_readme_beam_commands_from_a_folder_to_a_running_service(served_main_job):
+    """README's "Catalogues of millions" block: a folder embedded on Beam's DirectRunner with two worker
+    processes, indexed from the shards and served (the main job's quick export)."""
+    try:
+        import apache_beam  # noqa: F401
+    except ImportError:
+        message = 'README\'s Beam commands need the beam extra: pip install -e ".[beam]" (as .ci/run does)'
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    cwd, _ = served_main_job
+    commands = readme_block("### Catalogues of millions")
+    assert [c.split()[2] for c in commands if c.startswith("python -m")] == [
+        "experiments.embed_beam", "experiments.index", "experiments.serve",
+    ]  # fmt: skip
+    serve = run_block(commands, cwd)
+    manifest = json.loads((cwd / "embeddings" / "catalogue" / "embeddings.json").read_text())
+    assert manifest["count"] == 200 and manifest["skipped"] == 0
+    assert manifest["pipeline"]["runner"] == "DirectRunner" and manifest["pipeline"]["workers"] == 2
+    server = Served(serve, cwd)
+    try:
+        assert server.health["items"] == 200
+        item = server.get("/items?limit=1")["items"][0]
+        assert item["id"] == "0000.jpg"  # experiments.index's order: the folder's files by path
+        answer = server.post("/search", {"item": item["id"], "set": {"color": "black"}, "top_k": 5})
+        assert len(answer["results"]) == 5 and answer["query"]["target"]["color"] == "black"
     finally:
         server.stop()

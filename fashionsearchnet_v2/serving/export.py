@@ -91,9 +91,9 @@ class Vocabulary:
     def load(cls, export_dir: str) -> Vocabulary:
         path = os.path.join(export_dir, VOCABULARY_JSON)
         try:
-            with open(path, encoding="utf-8") as f:
+            with tf.io.gfile.GFile(path, "r") as f:  # a local path, or any URI TensorFlow reads (gs://)
                 return cls.from_json(json.load(f))
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, tf.errors.OpError, ValueError, KeyError, TypeError) as e:
             raise ExportError(f"{path}: cannot read the export's vocabulary ({e})") from e
 
     def to_json(self) -> dict:
@@ -461,7 +461,35 @@ def identity_global_layer(memory: np.ndarray, num_values: Sequence[int]):
 # Client side: what experiments.index and experiments.search use (TensorFlow only, like a server).
 
 
-class ExportedModel:
+def absolute(path: str) -> str:
+    """An absolute local path; a URI (gs://bucket/...) as it is."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+class ExportInfo:
+    """What an export says about itself, read without loading its graph: directory, vocabulary,
+    `export.json` and the SavedModel's fingerprint. The directory may be local or any URI TensorFlow's
+    file system reads (gs://...), as batch embedding on other machines needs."""
+
+    def __init__(self, export_dir: str):
+        self.export_dir = absolute(export_dir)
+        if not tf.io.gfile.exists(os.path.join(self.export_dir, "saved_model.pb")):
+            raise ExportError(
+                f"{self.export_dir} holds no saved_model.pb; write one with `python -m experiments.export`"
+            )
+        self.vocabulary = Vocabulary.load(self.export_dir)
+        try:
+            with tf.io.gfile.GFile(os.path.join(self.export_dir, EXPORT_JSON), "r") as f:
+                self.metadata = json.load(f)
+        except (OSError, tf.errors.OpError, ValueError):
+            self.metadata = {}
+        try:
+            self.fingerprint = tf.saved_model.experimental.read_fingerprint(self.export_dir).singleprint()
+        except (ValueError, tf.errors.OpError):
+            self.fingerprint = ""
+
+
+class ExportedModel(ExportInfo):
     """A loaded export: its signatures, vocabulary and metadata.
 
     `embed` accepts images of different sizes: images are batched only with others of the same shape,
@@ -469,21 +497,7 @@ class ExportedModel:
     """
 
     def __init__(self, export_dir: str):
-        self.export_dir = os.path.abspath(export_dir)
-        if not os.path.isfile(os.path.join(self.export_dir, "saved_model.pb")):
-            raise ExportError(
-                f"{self.export_dir} holds no saved_model.pb; write one with `python -m experiments.export`"
-            )
-        self.vocabulary = Vocabulary.load(self.export_dir)
-        try:
-            with open(os.path.join(self.export_dir, EXPORT_JSON), encoding="utf-8") as f:
-                self.metadata = json.load(f)
-        except (OSError, ValueError):
-            self.metadata = {}
-        try:
-            self.fingerprint = tf.saved_model.experimental.read_fingerprint(self.export_dir).singleprint()
-        except (ValueError, tf.errors.OpError):
-            self.fingerprint = ""
+        super().__init__(export_dir)
         self.loaded = tf.saved_model.load(self.export_dir)
         missing = [s for s in SIGNATURES if s not in self.loaded.signatures]
         if missing:

@@ -1,8 +1,9 @@
 """Index files of global representations, embedded through an export, and exact or FAISS search on them.
 
 This is the serving-side catalogue: `experiments.index` embeds a dataset split or a folder of images with
-an exported SavedModel (`fashionsearchnet_v2.serving.export`) and writes one index file; `experiments.search`
-embeds a query, manipulates it and ranks the index. An index file is an .npz, written atomically:
+an exported SavedModel (`fashionsearchnet_v2.serving.export`), or reads the embedding shards that the Beam
+pipeline wrote for a catalogue too large for one process (`serving.beam_embed`, `serving.embeddings`), and
+writes one index file; `experiments.search` embeds a query, manipulates it and ranks the index. An index file is an .npz, written atomically:
 
     vectors                  float32 [N, r]  `embed`'s global_representation (no manipulation)
     ids                      str [N]         record ids (dataset split) or paths relative to the folder
@@ -39,6 +40,7 @@ import tensorflow as tf
 from fashionsearchnet_v2.data import integrity, records, schema
 from fashionsearchnet_v2.data.convert import Progress
 from fashionsearchnet_v2.retrieval import figures, metrics
+from fashionsearchnet_v2.serving import embeddings
 
 FORMAT_VERSION = 1
 BACKENDS = ("exact", "faiss")
@@ -443,13 +445,9 @@ def index_folder(model, folder: str, batch_size: int = 32, chunk: int = 256, pro
     return _from_embeddings(model, out, ids, paths, labels, meta), skipped
 
 
-def index_split(model, info: schema.DatasetInfo, split: str, batch_size: int = 32, chunk: int = 256,
-                progress: bool = True) -> SearchIndex:  # fmt: skip
-    """Embeds the records of a dataset split through `model`, keeping their ids and labels.
-
-    The dataset's attributes must be the export's (same names and values in the same order), or the
-    labels would be read against the wrong vocabulary.
-    """
+def check_dataset_vocabulary(model, info: schema.DatasetInfo) -> None:
+    """Raises IndexFileError unless the dataset's attributes are the export's (same names and values in
+    the same order): its labels would otherwise be read against the wrong vocabulary."""
     vocab = model.vocabulary.to_json()["attributes"]
     ours = [{"name": a.name, "values": list(a.values)} for a in info.attributes]
     if vocab != ours:
@@ -457,6 +455,16 @@ def index_split(model, info: schema.DatasetInfo, split: str, batch_size: int = 3
             f"{info.data_dir}: the dataset's attributes {[a['name'] for a in ours]} (with their values) "
             f"differ from the export's {[a['name'] for a in vocab]}; index a dataset the model was trained on"
         )
+
+
+def index_split(model, info: schema.DatasetInfo, split: str, batch_size: int = 32, chunk: int = 256,
+                progress: bool = True) -> SearchIndex:  # fmt: skip
+    """Embeds the records of a dataset split through `model`, keeping their ids and labels.
+
+    The dataset's attributes must be the export's (same names and values in the same order), or the
+    labels would be read against the wrong vocabulary.
+    """
+    check_dataset_vocabulary(model, info)
     meter = Progress(info.splits.get(split, 0), f"embedding {split}", enabled=progress)
     ids, labels, parts, images = [], [], [], []
 
@@ -481,6 +489,36 @@ def index_split(model, info: schema.DatasetInfo, split: str, batch_size: int = 3
     meta = _metadata(model, {"kind": "split", "data_dir": os.path.abspath(info.data_dir), "split": split,
                              "dataset": info.name})  # fmt: skip
     return _from_embeddings(model, out, ids, [""] * len(ids), labels, meta)
+
+
+def index_embeddings(model, directory: str) -> SearchIndex:
+    """The index of a directory of embedding shards written by the Beam pipeline (`serving.embeddings`):
+    the same rows, in the same order and with the same metadata as `index_folder` / `index_split` give
+    for its source. `model` (an `export.ExportInfo` or `ExportedModel`) must be the export that embedded
+    them: vectors of another model are not comparable."""
+    try:
+        contents, rows = embeddings.read(directory)
+    except embeddings.EmbeddingsError as e:
+        raise IndexFileError(str(e)) from e
+    if contents["vocabulary"] != model.vocabulary.to_json():
+        raise IndexFileError(
+            f"{directory} was embedded with another vocabulary than {model.export_dir}; embed it with this export"
+        )
+    if model.fingerprint and contents.get("export_fingerprint") not in ("", model.fingerprint):
+        raise IndexFileError(
+            f"{directory} was embedded by another export ({contents.get('export_dir')}); its vectors are not "
+            f"comparable with {model.export_dir}'s: embed it again with this export, or index it with that one"
+        )
+    meta = _metadata(model, contents["source"])
+    skipped = embeddings.read_skipped(directory, contents)
+    if contents["source"]["kind"] == "folder":
+        meta["skipped"] = [{"path": e["id"], "reason": e["reason"]} for e in skipped]
+    else:  # where the records are, so that the service can leave them out of its table (items.ItemImages)
+        meta["skipped"] = [{k: e[k] for k in ("id", "reason", "shard", "record")} for e in skipped]
+    meta["embeddings"] = {"directory": directory, "created": contents.get("created"),
+                          "pipeline": contents.get("pipeline", {})}  # fmt: skip
+    out = {k: rows[k] for k in ("global_representation", "predicted_values", "predicted_probabilities")}
+    return _from_embeddings(model, out, rows["ids"], rows["paths"], rows["labels"], meta)
 
 
 def check_compatible(

@@ -5,7 +5,8 @@ dataset directory and split (`serving.index`). `ItemImages` serves both without 
 
 - folder index: the file at the recorded path, read per request;
 - split index: the record in the split's TFRecord shards. Index row i is the split's i-th record in
-  shard order (that is how `index_split` walked it), so at start-up one pass over the shards reads only
+  shard order (that is how `index_split` walked it; an index built from Beam's embedding shards names
+  the records it left out, which are skipped here), so at start-up one pass over the shards reads only
   each record's 12-byte length header and keeps (shard, offset, length) per row; a request then seeks and
   reads one record. Each read checks the record's id against the index (a dataset rewritten since the
   index was built is refused, not served wrong).
@@ -103,8 +104,15 @@ class ItemImages:
                     f"the index's items are the {source.get('split')!r} split of {directory}, which cannot be "
                     f"read here ({e}); pass the dataset's directory with --data_dir"
                 ) from e
-            for shard in shards:
-                self._records.extend((shard, offset, length) for offset, length in record_offsets(shard))
+            # An index built from Beam's embedding shards leaves out records that did not decode; their
+            # (shard, record) numbers are in its metadata, and those records are no index row.
+            left_out = {(s["shard"], s["record"]) for s in index.metadata.get("skipped", []) if "record" in s}
+            for k, shard in enumerate(shards):
+                self._records.extend(
+                    (shard, offset, length)
+                    for j, (offset, length) in enumerate(record_offsets(shard))
+                    if (k, j) not in left_out
+                )
             if len(self._records) != len(index):
                 raise ItemImageError(
                     f"{directory} split {source['split']} holds {len(self._records)} records, the index "

@@ -1,7 +1,7 @@
 """What a trained stage was trained on, and the check that whoever resumes or builds on it uses the same.
 
-Each stage's config.json records the dataset's content fingerprint, its attributes with their value
-counts and whether it was a --quick smoke check (`stamp`). Resuming a stage, starting stage 2 from stage 1,
+Each stage's config.json records the dataset's directory, its content fingerprint, its attributes with
+their value counts and whether it was a --quick smoke check (`stamp`). Resuming a stage, starting stage 2 from stage 1,
 stage 3 from stage 2, and loading a stage for evaluation or export all go through `check`, which refuses
 a stage trained on another version of the dataset (converted again into the same directory), on other
 attributes, or (for a real run) by a --quick run. A stage written before fingerprints existed records
@@ -11,6 +11,7 @@ none and is accepted as it is (it cannot be checked).
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from fashionsearchnet_v2.configs import ExperimentConfig
 from fashionsearchnet_v2.data import schema
@@ -26,8 +27,15 @@ def attributes_of(info: schema.DatasetInfo) -> dict[str, int]:
 
 
 def stamp(cfg: ExperimentConfig, info: schema.DatasetInfo) -> ExperimentConfig:
-    """`cfg` with the dataset's fingerprint and attributes recorded (written to config.json by the run)."""
-    return dataclasses.replace(cfg, dataset_fingerprint=info.fingerprint, attributes=attributes_of(info))
+    """`cfg` with the dataset's fingerprint, attributes and absolute directory recorded (written to
+    config.json by the run): later commands on the stage find the dataset without being told
+    (`experiments.common.resolve_dirs`), and check it with `check`."""
+    return dataclasses.replace(
+        cfg,
+        dataset_fingerprint=info.fingerprint,
+        attributes=attributes_of(info),
+        data_dir=os.path.abspath(info.data_dir),
+    )
 
 
 def _attribute_difference(theirs: dict[str, int], ours: dict[str, int]) -> str:

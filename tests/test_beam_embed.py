@@ -1,0 +1,143 @@
+"""Batch embedding on Apache Beam (issue 18): the pipeline on the DirectRunner, a folder on two worker
+processes and a dataset split in this process, gives `experiments.index`'s vectors, ids and order; a
+corrupt image is in the side output with its reason; the index built from the shards is served like
+one `experiments.index` embedded itself.
+
+Needs the `beam` extra (`pip install -e ".[beam]"`, which `.ci/run` installs). Elsewhere the module is
+skipped with that command; under CI (`CI=true`) a missing Beam fails it instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+try:
+    import apache_beam  # noqa: F401
+except ImportError:
+    _MESSAGE = 'the Beam pipeline\'s tests need the beam extra: pip install -e ".[beam]" (as .ci/run does)'
+    if os.environ.get("CI"):
+        pytest.fail(_MESSAGE, pytrace=False)
+    pytest.skip(_MESSAGE, allow_module_level=True)
+
+from index_fixture import write_tiny_dataset  # noqa: E402  (export_dir, model, folder: conftest's)
+
+from fashionsearchnet_v2.data import records, schema  # noqa: E402
+from fashionsearchnet_v2.serving import beam_embed, embeddings, export, items  # noqa: E402
+from fashionsearchnet_v2.serving import index as index_lib  # noqa: E402
+
+
+def test_folder_on_two_worker_processes_gives_experiments_index_vectors_ids_and_order(
+    export_dir, model, folder, tmp_path
+):
+    out = str(tmp_path / "embeddings")
+    options = beam_embed.pipeline_options([], direct_num_workers=2, direct_running_mode="multi_processing")
+    contents = beam_embed.run(export_dir, out, folder=folder, batch_size=4, options=options)
+    assert contents["count"] == 9 and contents["skipped"] == 1
+    assert contents["pipeline"] == {"runner": "DirectRunner", "workers": 2, "batch_size": 4}
+    want, want_skipped = index_lib.index_folder(model, folder, progress=False)
+
+    # The corrupt image: in the side output with the reason experiments.index gives, and counted.
+    with open(os.path.join(out, embeddings.SKIPPED)) as f:
+        side = [json.loads(line) for line in f]
+    assert side == [
+        {"id": "broken.png", "path": os.path.join(folder, "broken.png"), "reason": want_skipped[0][1]}
+    ]
+    assert "not a decodable" in side[0]["reason"]
+
+    got = index_lib.index_embeddings(export.ExportInfo(export_dir), out)
+    assert list(got.ids) == list(want.ids) and "sub/img4.jpg" in list(got.ids)  # order: sorted paths
+    assert list(got.paths) == list(want.paths)
+    np.testing.assert_allclose(got.vectors, want.vectors, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got.predicted_values, want.predicted_values)
+    np.testing.assert_allclose(got.predicted_probabilities, want.predicted_probabilities, atol=1e-5)
+    assert (got.labels == -1).all()
+    for key in ("source", "skipped", "export_fingerprint", "vocabulary", "export_dir"):
+        assert got.metadata[key] == want.metadata[key], key
+    # Served unchanged: the items' images are the files.
+    assert items.ItemImages(got).read(3) == open(str(want.paths[3]), "rb").read()
+
+    # The output is refused as a destination without --overwrite.
+    with pytest.raises(embeddings.EmbeddingsError, match="already holds embeddings.*--overwrite"):
+        beam_embed.run(export_dir, out, folder=folder, options=options)
+
+
+def _dataset_in_two_shards(root) -> schema.DatasetInfo:
+    return write_tiny_dataset(root, n=14, num_gallery=9, per_shard=4)
+
+
+def _insert_corrupt_record(shard: str, at: int) -> str:
+    """Rewrites `shard` with a record whose image bytes are not an image before record `at`."""
+    kept = [r.numpy() for r in tf.data.TFRecordDataset(shard)]
+    with tf.io.TFRecordWriter(shard) as w:
+        for i, record in enumerate(kept):
+            if i == at:
+                w.write(records.serialize_example(b"\xff\xd8\xff not a JPEG", "corrupt", [0, 1]))
+            w.write(record)
+    return "corrupt"
+
+
+def test_split_through_beams_tfrecord_io_keeps_record_order_and_skips_a_corrupt_record(
+    model, export_dir, tmp_path
+):
+    info = _dataset_in_two_shards(tmp_path)
+    assert len(info.shard_paths("gallery")) == 3  # 9 records, 4 per shard: order spans shards
+    want = index_lib.index_split(model, info, "gallery", batch_size=3, chunk=4, progress=False)
+    _insert_corrupt_record(info.shard_paths("gallery")[1], at=2)
+
+    out = str(tmp_path / "embeddings")
+    options = beam_embed.pipeline_options([], direct_num_workers=1, direct_running_mode="in_memory")
+    contents = beam_embed.run(export_dir, out, info=info, split="gallery", batch_size=3, options=options)
+    assert contents["count"] == 9 and contents["skipped"] == 1
+    got = index_lib.index_embeddings(model, out)
+    assert list(got.ids) == list(want.ids) and got.labels.tolist() == want.labels.tolist()
+    np.testing.assert_allclose(got.vectors, want.vectors, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got.predicted_values, want.predicted_values)
+    assert got.metadata["source"] == want.metadata["source"]
+    (entry,) = got.metadata["skipped"]
+    assert entry["id"] == "corrupt" and (entry["shard"], entry["record"]) == (1, 2)
+    assert entry["reason"].startswith("not a decodable JPEG/PNG/BMP/GIF image")
+    # The service's item table leaves the corrupt record out: every row reads its own record (the id is
+    # checked on each read), the ones after it included.
+    images = items.ItemImages(got)
+    for row in range(len(got)):
+        np.testing.assert_array_equal(
+            images.decode(row), index_lib.read_split_images(info, "gallery", [got.ids[row]])[got.ids[row]]
+        )
+
+
+def test_index_refuses_shards_of_another_export_or_an_unfinished_run(model, export_dir, folder, tmp_path):
+    out = str(tmp_path / "embeddings")
+    options = beam_embed.pipeline_options([], direct_running_mode="in_memory")
+    beam_embed.run(export_dir, out, folder=folder, options=options)
+    assert len(index_lib.index_embeddings(model, out)) == 9
+    with open(os.path.join(out, embeddings.MANIFEST)) as f:
+        contents = json.load(f)
+    contents["export_fingerprint"] = "1234"  # as if another SavedModel had embedded them
+    embeddings.write_manifest(out, contents)
+    with pytest.raises(index_lib.IndexFileError, match="embedded by another export"):
+        index_lib.index_embeddings(model, out)
+    os.remove(os.path.join(out, embeddings.MANIFEST))
+    with pytest.raises(index_lib.IndexFileError, match="holds no embeddings.json.*did not finish"):
+        index_lib.index_embeddings(model, out)
+
+
+def test_a_damaged_shard_stops_the_pipeline_naming_shard_and_record(export_dir, tmp_path):
+    info = _dataset_in_two_shards(tmp_path)
+    shard = info.shard_paths("gallery")[1]
+    with open(shard, "rb") as f:
+        data = f.read()
+    with open(shard, "wb") as f:  # an interrupted copy: the second half is missing
+        f.write(data[: len(data) // 2])
+    options = beam_embed.pipeline_options([], direct_running_mode="in_memory")
+    with pytest.raises((beam_embed.PipelineError, schema.DatasetError)) as e:
+        beam_embed.run(export_dir, str(tmp_path / "out"), info=info, split="gallery", options=options)
+    assert re.match(rf"{re.escape(shard)}: record [1-3] is damaged \(Not a valid TFRecord", str(e.value)), (
+        str(e.value)
+    )
+    assert not os.path.exists(tmp_path / "out" / embeddings.MANIFEST)
