@@ -103,6 +103,17 @@ NORMALIZE_GLOBAL = flags.DEFINE_bool(
 LAMBDA_C = flags.DEFINE_float("lambda_c", None, "Eq. 9 weight of L_C.")
 LAMBDA_T = flags.DEFINE_float("lambda_t", None, "Eq. 9 weight of L_T (paper: 1.5).")
 LAMBDA_TC = flags.DEFINE_float("lambda_tc", None, "Eq. 9 weight of L_TC.")
+LOSS_UPPER_BOUND = flags.DEFINE_float(
+    "loss_upper_bound",
+    None,
+    "Stop (error, exit 2) when the mean loss of the last 10 steps exceeds this (default 1e6; 0: off).",
+)
+LOSS_GROWTH_LIMIT = flags.DEFINE_float(
+    "loss_growth_limit",
+    None,
+    "Stop (error, exit 2) when the mean loss of the last 10 steps exceeds this many times the first "
+    "step's loss (default 100; 0: off).",
+)
 
 
 def seed_list() -> list[int]:
@@ -282,6 +293,11 @@ def build_config(
             t[key] = flag.value
     t["seed"] = s3["seed"] = seed
     t["deterministic_ops"] = DETERMINISTIC_OPS.value
+    for flag, key in ((LOSS_UPPER_BOUND, "loss_upper_bound"), (LOSS_GROWTH_LIMIT, "loss_growth_limit")):
+        if flag.value is not None:
+            if flag.value < 0:
+                fail(f"--{key} must be >= 0 (0 switches the check off), got {flag.value:g}")
+            t[key] = flag.value
     cfg.model = dataclasses.replace(cfg.model, **m)
     cfg.train = dataclasses.replace(cfg.train, **t)
     if MOMENTUM.value is not None and cfg.train.optimizer != "sgd":

@@ -79,6 +79,20 @@ def test_divergence_is_one_error_line_and_leaves_a_finite_checkpoint(data_dir, t
             assert not hasattr(value, "dtype") or value.dtype.kind != "f" or (abs(value) < float("inf")).all()
 
 
+def test_a_finite_explosion_is_one_error_line(data_dir, tmp_path):
+    """The issue-16 probe: with the embedded default's Adam at lr 1e4 the loss explodes and stays finite;
+    it used to end at chance accuracy with "done" and exit 0."""
+    result = _cli(["experiments.stage1", "--quick", f"--data_dir={data_dir}", "--workdir=w", "--max_steps=20",
+                   "--learning_rate=1e4"], tmp_path)  # fmt: skip
+    assert_one_error_line(
+        result,
+        "[stage1] diverged at step",
+        "the loss exploded while staying finite",
+        "lower the learning rate",
+    )
+    assert "done:" not in result.stdout
+
+
 FULL_DISK = (
     "import errno, sys\n"
     "from fashionsearchnet_v2 import configs\n"

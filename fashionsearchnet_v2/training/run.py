@@ -96,7 +96,8 @@ def _train(task, cfg: ExperimentConfig, info, workdir: str, strategy, out):
             task, workdir, strategy, total_steps=total, steps_per_epoch=per_epoch,
             batch_size=cfg.train.batch_size, log_every=cfg.train.log_every_steps,
             checkpoint_every=cfg.train.checkpoint_every_steps, seed=cfg.train.seed,
-            deterministic_ops=cfg.train.deterministic_ops, out=out,
+            deterministic_ops=cfg.train.deterministic_ops, loss_upper_bound=cfg.train.loss_upper_bound,
+            loss_growth_limit=cfg.train.loss_growth_limit, out=out,
         ).run()  # fmt: skip
 
 
@@ -168,7 +169,8 @@ def _train_on_features(task, cfg: ExperimentConfig, workdir: str, num_examples: 
             task, workdir, tf.distribute.get_strategy(), total_steps=total,
             steps_per_epoch=min(per_epoch, total), batch_size=s3.batch_size, log_every=s3.log_every_steps,
             checkpoint_every=max(1, per_epoch // 2), seed=s3.seed,
-            deterministic_ops=cfg.train.deterministic_ops, out=out,
+            deterministic_ops=cfg.train.deterministic_ops, loss_upper_bound=cfg.train.loss_upper_bound,
+            loss_growth_limit=cfg.train.loss_growth_limit, out=out,
         ).run()  # fmt: skip
 
 
