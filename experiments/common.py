@@ -103,6 +103,14 @@ NORMALIZE_GLOBAL = flags.DEFINE_bool(
 LAMBDA_C = flags.DEFINE_float("lambda_c", None, "Eq. 9 weight of L_C.")
 LAMBDA_T = flags.DEFINE_float("lambda_t", None, "Eq. 9 weight of L_T (paper: 1.5).")
 LAMBDA_TC = flags.DEFINE_float("lambda_tc", None, "Eq. 9 weight of L_TC.")
+PRECISION = flags.DEFINE_string(
+    "precision",
+    "auto",
+    "auto, float32 or bfloat16: the compute precision of stages 1 and 2 and AMNet (export: of embed). "
+    "auto = bfloat16 where the device multiplies in it natively (a CPU with avx512_bf16 or amx_bf16, "
+    "GPUs of compute capability 8.0+), else float32. Weights, losses, boxes and every distance stay "
+    "float32; a run resumes in either precision. Stage 3 and the evaluation always run in float32.",
+)
 LOSS_UPPER_BOUND = flags.DEFINE_float(
     "loss_upper_bound",
     None,
@@ -114,6 +122,17 @@ LOSS_GROWTH_LIMIT = flags.DEFINE_float(
     "Stop (error, exit 2) when the mean loss of the last 10 steps exceeds this many times the first "
     "step's loss (default 100; 0: off).",
 )
+# Entry points whose networks have no bfloat16 path: --precision there is a mistake, not a no-op.
+FLOAT32_STAGES = ("stage3", "evaluate")
+
+
+def precision_flag() -> str:
+    """`--precision`, checked: a value other than auto, float32 or bfloat16 is a usage error."""
+    from fashionsearchnet_v2 import precision
+
+    if PRECISION.value not in precision.PRECISIONS:
+        fail(f"--precision must be one of {', '.join(precision.PRECISIONS)}, got {PRECISION.value!r}")
+    return PRECISION.value
 
 
 def seed_list() -> list[int]:
@@ -293,6 +312,9 @@ def build_config(
             t[key] = flag.value
     t["seed"] = s3["seed"] = seed
     t["deterministic_ops"] = DETERMINISTIC_OPS.value
+    if flags.FLAGS["precision"].present and stage in FLOAT32_STAGES:
+        fail(f"--precision applies to stages 1 and 2, AMNet and the export; {stage} always runs in float32")
+    t["precision"] = precision_flag()
     for flag, key in ((LOSS_UPPER_BOUND, "loss_upper_bound"), (LOSS_GROWTH_LIMIT, "loss_growth_limit")):
         if flag.value is not None:
             if flag.value < 0:

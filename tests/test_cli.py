@@ -90,7 +90,7 @@ def test_a_finite_explosion_is_one_error_line(data_dir, tmp_path):
         "the loss exploded while staying finite",
         "lower the learning rate",
     )
-    assert "done:" not in result.stdout
+    assert "done:" not in result.stdout and "precision " in result.stdout
 
 
 FULL_DISK = (
@@ -115,6 +115,12 @@ def test_full_disk_and_flag_misuse_are_one_error_line(data_dir, tmp_path):
     # momentum is SGD's; with Adam (the embedded default's optimiser) it would be silently ignored
     adam = _cli(["experiments.stage1", "--quick", f"--data_dir={data_dir}", "--momentum=0.9"], tmp_path)
     assert_one_error_line(adam, "--momentum applies to SGD only", "--optimizer=adam")
+    fp16 = _cli(["experiments.stage1", "--quick", f"--data_dir={data_dir}", "--precision=fp16"], tmp_path)
+    assert_one_error_line(fp16, "--precision must be one of auto, float32, bfloat16, got 'fp16'")
+    stage3 = _cli(
+        ["experiments.stage3", "--quick", f"--data_dir={data_dir}", "--precision=bfloat16"], tmp_path
+    )
+    assert_one_error_line(stage3, "--precision applies to stages 1 and 2, AMNet and the export")
 
 
 def test_user_errors_are_told_apart_from_bugs():

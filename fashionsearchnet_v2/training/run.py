@@ -17,7 +17,7 @@ import sys
 
 import tensorflow as tf
 
-from fashionsearchnet_v2 import configs, locks
+from fashionsearchnet_v2 import configs, locks, precision
 from fashionsearchnet_v2.configs import ExperimentConfig
 from fashionsearchnet_v2.data import integrity, pipeline, schema
 from fashionsearchnet_v2.trained import checkpoints, loading, provenance
@@ -101,10 +101,18 @@ def _train(task, cfg: ExperimentConfig, info, workdir: str, strategy, out):
         ).run()  # fmt: skip
 
 
+def resolve_precision(cfg: ExperimentConfig, out=sys.stdout) -> ExperimentConfig:
+    """`cfg` with `train.precision` resolved for this device ("auto" -> float32 or bfloat16), said once
+    at the start of the stage; config.json records the resolved one."""
+    choice = precision.resolve(cfg.train.precision)
+    print(f"[{cfg.stage}] {choice}", file=out, flush=True)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=choice.precision))
+
+
 def run_stage1(cfg: ExperimentConfig, info: schema.DatasetInfo, strategy=None, out=sys.stdout):
     """Stage 1 in `<workdir>/stage1`; returns the trained Keras model."""
     strategy = strategy or trainer.make_strategy(cfg.strategy)
-    cfg = dataclasses.replace(cfg, stage="stage1")
+    cfg = resolve_precision(dataclasses.replace(cfg, stage="stage1"), out)
     workdir = loading.stage_dir(cfg.workdir, "stage1")
     return _train(stages.Stage1Task(cfg, info, workdir, strategy), cfg, info, workdir, strategy, out)
 
@@ -127,6 +135,7 @@ def run_stage2(cfg: ExperimentConfig, info: schema.DatasetInfo, strategy=None, o
         )
     provenance.check(stage1_cfg, info, stage1_dir, quick=cfg.quick)
     check_finished(stage1_dir, stage1_cfg, info, "stage 1")
+    cfg = resolve_precision(cfg, out)
     task = stages.Stage2Task(cfg, info, workdir, strategy, stage1_dir, stage1_cfg)
     return _train(task, cfg, info, workdir, strategy, out)
 
@@ -182,6 +191,6 @@ def run_amnet(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout):
     s1_dir = loading.stage_dir(cfg.workdir, "stage1")
     check_finished(s1_dir, s1_cfg, info, "stage 1")
     feats = loading.split_features(model, ckpt, info, "train", s1_cfg.model.image_size, s1_dir)
-    cfg = dataclasses.replace(cfg, stage="amnet", variant="amnet", model=s1_cfg.model)
+    cfg = resolve_precision(dataclasses.replace(cfg, stage="amnet", variant="amnet", model=s1_cfg.model), out)
     workdir = os.path.join(cfg.workdir, "amnet")
     return _train_on_features(amnet.AmnetTask(cfg, info, feats), cfg, workdir, len(feats["labels"]), out)
