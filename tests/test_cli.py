@@ -56,6 +56,10 @@ def test_readme_stage_sequence_with_quick(tmp_path):
     assert (work / "stage3_rank_l_full" / "ckpt").is_dir()  # stage 3's default is Full, evaluate's too
     results = json.loads((work / "eval" / "full" / "results.json").read_text())
     assert results["variant"] == "full" and results["searches"]["total"] > 0
+    # An export in bfloat16 when asked (float32 by default): said, and recorded in export.json.
+    bf16 = _cli(["experiments.export", "--quick", "--export_dir=e/1", "--precision=bfloat16"], tmp_path)
+    assert bf16.returncode == 0 and "precision bfloat16 (as asked" in bf16.stdout, bf16.stderr[-3000:]
+    assert json.loads((tmp_path / "e" / "1" / "export.json").read_text())["precision"] == "bfloat16"
     assert sorted(os.listdir(tmp_path / "data")) == ["synthetic-quick"]
     assert sorted(os.listdir(tmp_path / "work")) == ["synthetic-quick"]
     assert schema.load_dataset_info(str(tmp_path / "data" / "synthetic-quick")).quick
