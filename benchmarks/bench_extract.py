@@ -5,18 +5,23 @@ attribute branch, the global representation) should run at >= 0.85x the images/s
 inference on the same batches; and how long 10,000 images take (the paper, §4.7: about 60 s on a
 Titan X GPU).
 
-Rows, each at one input size, measured alternately in one process (so both see the same machine load):
+Issue 16: the same `embed` exported in bfloat16 (`experiments.export --precision=bfloat16`, WORKSPACE.md
+decision 63) should run at >= 1.3x the float32 export's images/s.
+
+Rows, each at one input size, measured in turn batch by batch in one process (so all see the same
+machine load):
 
 * embed: the SavedModel's `embed` signature, loaded with `tf.saved_model.load` as the service and
-  `experiments.index` load it, on uint8 RGB batches (what a client sends).
+  `experiments.index` load it, on uint8 RGB batches (what a client sends); float32 (the default export).
+* embed bfloat16: the same weights exported with `precision="bfloat16"`.
 * backbone: `build_backbone` (conv1-conv7) with the same in-graph preprocessing
-  (`records.preprocess_image`) in a `tf.function`, on the same uint8 batches.
+  (`records.preprocess_image`) in a `tf.function`, on the same uint8 batches, in float32.
 
 Models have random weights (speed does not depend on them) and the shapes of:
 * 128 px: the embedded default's network (6 attributes, 27 values, BatchNorm, r = 256);
 * 227 px: the paper's (9 attributes with DARN's 185 values, LRN, r = 256).
-`--count` images (default 10,000) are then embedded end to end in batches of `--batch_size`: the time
-for 10,000 images. Distinct images are drawn once (`--distinct`) and cycled.
+`--count` images (default 10,000) are then embedded end to end in batches of `--batch_size` by each
+export: the time for 10,000 images. Distinct images are drawn once (`--distinct`) and cycled.
 
     python benchmarks/bench_extract.py                                   # both sizes, 10,000 images each
     python benchmarks/bench_extract.py --sizes=128 --count=640 --repeats=3   # smoke run
@@ -32,13 +37,14 @@ import time
 import fashionsearchnet_v2  # noqa: F401  (oneDNN on before TensorFlow loads)
 
 GOAL = 0.85
+BF16_GOAL = 1.3  # issue 16: bfloat16 embed vs float32 embed
 SYNTHETIC_VALUES = (8, 4, 4, 3, 4, 4)
 DARN_VALUES = (20, 13, 55, 7, 28, 11, 26, 8, 17)
 
 
-def random_export(image_size: int, root: str):
-    """(export directory, ModelConfig) of a random-weight model of that size's shapes (see the module
-    docstring): the embedded default's network at 128 px, the paper's with DARN's attributes otherwise."""
+def random_model(image_size: int):
+    """(network, global layer, vocabulary, ModelConfig) of random weights with that size's shapes (see the
+    module docstring): the embedded default's network at 128 px, the paper's with DARN's attributes otherwise."""
     import keras
     import numpy as np
 
@@ -65,22 +71,41 @@ def random_export(image_size: int, root: str):
     layer.memory_block.assign(
         np.random.default_rng(0).normal(size=(sum(values), cfg.fc10_size)).astype(np.float32)
     )
-    out = export.save(
-        export.ServingModule(net, layer, vocab, image_size), vocab, os.path.join(root, f"e{image_size}")
+    return net, layer, vocab, cfg
+
+
+def export_model(net, layer, vocab, cfg, image_size: int, root: str, precision: str = "float32") -> str:
+    """Exports a `random_model` in `precision` under `root`; returns the export directory."""
+    from fashionsearchnet_v2.serving import export
+
+    rebuilt, _ = export.exportable_network(net, cfg, vocab, precision=precision)
+    return export.save(
+        export.ServingModule(rebuilt, layer, vocab, image_size),
+        vocab,
+        os.path.join(root, f"e{image_size}-{precision}"),
     )
-    return out, cfg
+
+
+def random_export(image_size: int, root: str):
+    """(float32 export directory, ModelConfig) of a `random_model` (bench_embed_beam.py's model)."""
+    net, layer, vocab, cfg = random_model(image_size)
+    return export_model(net, layer, vocab, cfg, image_size, root), cfg
 
 
 def build(image_size: int, root: str):
-    """(loaded embed signature, backbone function) of random-weight models of that size's shapes."""
+    """({precision: loaded embed signature}, backbone function) of random-weight models of that size's
+    shapes; both exports hold the same weights."""
     import keras
     import tensorflow as tf
 
     from fashionsearchnet_v2.data import records
     from fashionsearchnet_v2.model import backbone
 
-    out, cfg = random_export(image_size, root)
-    embed = tf.saved_model.load(out).signatures["embed"]
+    net, layer, vocab, cfg = random_model(image_size)
+    embeds = {
+        p: tf.saved_model.load(export_model(net, layer, vocab, cfg, image_size, root, p)).signatures["embed"]
+        for p in ("float32", "bfloat16")
+    }
 
     image = keras.Input((image_size, image_size, 3))
     feats = backbone.build_backbone(
@@ -92,7 +117,7 @@ def build(image_size: int, root: str):
     def backbone_fn(images):
         return bare(records.preprocess_image(images, image_size), training=False)
 
-    return embed, backbone_fn
+    return embeds, backbone_fn
 
 
 def images(n: int, size: int):
@@ -107,40 +132,48 @@ def images(n: int, size: int):
 def measure(size: int, args, root: str) -> dict:
     import tensorflow as tf
 
-    embed, backbone_fn = build(size, root)
+    embeds, backbone_fn = build(size, root)
     pool = images(args.distinct, size)
     batches = [tf.constant(pool[i : i + args.batch_size]) for i in range(0, len(pool), args.batch_size)]
     batches = [b for b in batches if b.shape[0] == args.batch_size] or batches
 
-    def run_embed(b):
-        out = embed(images=b)
-        return {k: v.numpy() for k, v in out.items()}  # what a client receives
+    def embed_fn(signature):
+        def run(b):
+            out = signature(images=b)
+            return {k: v.numpy() for k, v in out.items()}  # what a client receives
+
+        return run
 
     def run_backbone(b):
         return backbone_fn(b).numpy()
 
+    rows = {"embed": embed_fn(embeds["float32"]), "embed_bf16": embed_fn(embeds["bfloat16"])}
+    rows["backbone"] = run_backbone
     for b in batches[:2]:  # warm-up: tracing, oneDNN primitive creation
-        run_embed(b), run_backbone(b)
-    times = {"embed": [], "backbone": []}
+        for fn in rows.values():
+            fn(b)
+    times = {name: [] for name in rows}
+    order = list(rows)
     for r in range(args.repeats):
         b = batches[r % len(batches)]
-        for name, fn in (("embed", run_embed), ("backbone", run_backbone)) if r % 2 == 0 else (
-            ("backbone", run_backbone), ("embed", run_embed)):  # fmt: skip
+        for name in order[r % len(order) :] + order[: r % len(order)]:  # each row first in turn
             start = time.perf_counter()
-            fn(b)
+            rows[name](b)
             times[name].append(time.perf_counter() - start)
     n = args.batch_size
     rate = {k: n / statistics.median(v) for k, v in times.items()}
-    start = time.perf_counter()
-    done = 0
-    while done < args.count:
-        b = batches[(done // n) % len(batches)]
-        take = min(n, args.count - done)
-        run_embed(b[:take] if take < n else b)
-        done += take
-    total = time.perf_counter() - start
-    return {"size": size, "embed": rate["embed"], "backbone": rate["backbone"],
-            "ratio": rate["embed"] / rate["backbone"], "count": args.count, "seconds": total}  # fmt: skip
+    seconds = {}
+    for name in ("embed", "embed_bf16"):
+        start = time.perf_counter()
+        done = 0
+        while done < args.count:
+            b = batches[(done // n) % len(batches)]
+            take = min(n, args.count - done)
+            rows[name](b[:take] if take < n else b)
+            done += take
+        seconds[name] = time.perf_counter() - start
+    return {"size": size, **rate, "ratio": rate["embed"] / rate["backbone"],
+            "bf16_ratio": rate["embed_bf16"] / rate["embed"], "count": args.count, "seconds": seconds}  # fmt: skip
 
 
 def main():
@@ -149,7 +182,7 @@ def main():
     )
     parser.add_argument("--sizes", default="128,227")
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=12, help="timed batches per row (alternating rows)")
+    parser.add_argument("--repeats", type=int, default=12, help="timed batches per row (rows in turn)")
     parser.add_argument("--distinct", type=int, default=256, help="distinct images drawn (then cycled)")
     parser.add_argument("--count", type=int, default=10_000, help="images embedded end to end")
     args = parser.parse_args()
@@ -162,17 +195,21 @@ def main():
         for size in (int(s) for s in args.sizes.split(",")):
             rows.append(measure(size, args, root))
             r = rows[-1]
-            print(f"{size} px: embed {r['embed']:.1f} images/s, backbone {r['backbone']:.1f} images/s, "
-                  f"ratio {r['ratio']:.2f}x; {r['count']:,} images through embed in {r['seconds']:.1f} s", flush=True)  # fmt: skip
+            print(f"{size} px: embed {r['embed']:.1f} images/s (bfloat16 {r['embed_bf16']:.1f}), backbone "
+                  f"{r['backbone']:.1f} images/s, ratio {r['ratio']:.2f}x, bfloat16 / float32 {r['bf16_ratio']:.2f}x; "
+                  f"{r['count']:,} images through embed in {r['seconds']['embed']:.1f} s "
+                  f"(bfloat16 {r['seconds']['embed_bf16']:.1f} s)", flush=True)  # fmt: skip
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}\n")
-    print("| input | embed images/s | bare backbone images/s | embed / backbone | goal | "
-          f"{args.count:,} images through embed |")  # fmt: skip
-    print("|---|---:|---:|---:|---|---:|")
+    print("| input | embed images/s | bare backbone images/s | embed / backbone | goal | embed bfloat16 images/s | "
+          f"bfloat16 / float32 | goal | {args.count:,} images through embed, float32 / bfloat16 |")  # fmt: skip
+    print("|---|---:|---:|---:|---|---:|---:|---|---:|")
     for r in rows:
         ok = "met" if r["ratio"] >= GOAL else "NOT met"
+        ok16 = "met" if r["bf16_ratio"] >= BF16_GOAL else "NOT met"
         print(f"| {r['size']} px | {r['embed']:.1f} | {r['backbone']:.1f} | {r['ratio']:.2f}x | >= {GOAL} ({ok}) | "
-              f"{r['seconds']:.0f} s |")  # fmt: skip
-    return 0 if all(r["ratio"] >= GOAL for r in rows) else 1
+              f"{r['embed_bf16']:.1f} | {r['bf16_ratio']:.2f}x | >= {BF16_GOAL} ({ok16}) | "
+              f"{r['seconds']['embed']:.0f} s / {r['seconds']['embed_bf16']:.0f} s |")  # fmt: skip
+    return 0 if all(r["ratio"] >= GOAL and r["bf16_ratio"] >= BF16_GOAL for r in rows) else 1
 
 
 if __name__ == "__main__":

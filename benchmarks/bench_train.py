@@ -17,11 +17,18 @@ Rows (each in its own subprocess, so the peak memory is the row's own; the paren
 * stage2_noguard: stage 2 without the trainer's divergence check (`training.guard.all_finite` over the
   model's variables), to measure what the check costs (issue 10; WORKSPACE.md decision R1).
 
+Every row runs in each precision of `--precisions` (default: float32 and bfloat16, `--precision` of the
+stages; WORKSPACE.md decision 63), each in its own process, one after the other (float32, bfloat16, next
+row, ...; `--rounds=N` repeats the whole sequence and reports each row's median over the rounds, so both
+precisions see the same changes of machine load). Issue 16's goal: a bfloat16 stage-2 step at least 1.4x
+as fast as float32 at 227 px, batch 32.
+
 Every step runs inside `tf.function` exactly as `training.trainer.Trainer` runs it (`strategy.run` of the
 task's step, sums reduced, step counter incremented, the divergence flag computed) and is synchronised by
 reading the loss and the flag. Reported:
 images/s from the median step time after `--warmup` steps, ms/step, the ratio to the baseline measured
-in the same invocation with the same input, and the row's peak RSS (`ru_maxrss`).
+in the same invocation with the same input and precision, bfloat16's speed-up over the same row in
+float32, and the row's peak RSS (`ru_maxrss`).
 
 Inputs: `--input=memory` (default) feeds one random batch held in memory (mean-subtracted-pixel scale,
 random labels of `--num_attributes` attributes with DARN-like value counts). `--input=pipeline` writes a
@@ -35,6 +42,7 @@ Run it on an otherwise idle machine (the paper's settings are the defaults):
     python benchmarks/bench_train.py                        # 227 px, batch 32, 20 steps after 3 warm-up
     python benchmarks/bench_train.py --input=pipeline
     python benchmarks/bench_train.py --batch_norm --rows=baseline,stage2
+    python benchmarks/bench_train.py --rows=stage2 --steps=8 --warmup=2 --rounds=2   # issue 16's check
     python benchmarks/bench_train.py --image_size=96 --batch_size=4 --steps=3 --warmup=1   # smoke run
 
 `fashionsearchnet_v2` is imported before TensorFlow so that its oneDNN switch (`TF_ENABLE_ONEDNN_OPTS=1`)
@@ -60,6 +68,8 @@ import fashionsearchnet_v2  # noqa: F401
 DARN_VALUES = (20, 13, 55, 7, 28, 11, 26, 8, 17)
 MAX_RATIO = 1.30
 MAX_PEAK_GIB = 8.0
+MIN_BF16_SPEEDUP = 1.4  # issue 16: bfloat16 stage-2 step vs float32, 227 px, batch 32
+PRECISIONS = ("float32", "bfloat16")
 ROWS = ("baseline", "stage1", "stage2", "stage2_alt", "stage2_ff", "stage2_noguard")
 RESULT_TAG = "BENCH_TRAIN_RESULT "
 
@@ -94,6 +104,12 @@ def parse_args(argv=None):
     p.add_argument("--intra_op_threads", type=int, default=0, help="0: TensorFlow's default (all cores)")
     p.add_argument("--inter_op_threads", type=int, default=0, help="0: TensorFlow's default")
     p.add_argument("--shuffle_buffer", type=int, default=256, help="pipeline input")
+    p.add_argument(
+        "--precisions",
+        default=",".join(PRECISIONS),
+        help="comma-separated compute precisions to run every row in (float32, bfloat16)",
+    )
+    p.add_argument("--rounds", type=int, default=1, help="run the whole sequence this many times")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     # Internal: one row in this process (the parent starts these).
@@ -107,6 +123,12 @@ def parse_args(argv=None):
     if args.steps < 1 or args.warmup < 1 or args.batch_size < 2:
         p.error("need --steps >= 1, --warmup >= 1 (the first step traces) and --batch_size >= 2")
     args.row_list = rows
+    args.precision_list = [x for x in args.precisions.split(",") if x]
+    bad = sorted(set(args.precision_list) - set(PRECISIONS))
+    if bad or not args.precision_list:
+        p.error(f"--precisions takes some of {','.join(PRECISIONS)}, got {args.precisions!r}")
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
     return args
 
 
@@ -157,7 +179,7 @@ def _environment(tf) -> dict:
     }
 
 
-def run_row(args, row: str, input_kind: str) -> dict:
+def run_row(args, row: str, input_kind: str, precision: str = "float32") -> dict:
     import dataclasses
 
     import keras
@@ -165,6 +187,7 @@ def run_row(args, row: str, input_kind: str) -> dict:
     import tensorflow as tf
 
     from fashionsearchnet_v2 import configs
+    from fashionsearchnet_v2 import precision as precision_lib
     from fashionsearchnet_v2.data import pipeline, schema
     from fashionsearchnet_v2.model import backbone
     from fashionsearchnet_v2.training import guard, stages
@@ -213,7 +236,8 @@ def run_row(args, row: str, input_kind: str) -> dict:
         def next_batch():
             return batch
 
-    result = {"row": row, "input": input_kind, "num_values": num_values, **_environment(tf)}
+    result = {"row": row, "input": input_kind, "precision": precision, "num_values": num_values}
+    result.update(_environment(tf))
     total = args.warmup + args.steps
 
     if row == "input_only":
@@ -236,12 +260,15 @@ def run_row(args, row: str, input_kind: str) -> dict:
         feature_fusion=row == "stage2_ff",
     )
     # Momentum 0.9 and λ_C, λ_T, λ_TC = 1, 1.5, 1 as in training; lr 0.01 (§4.1) unless --learning_rate.
-    train_cfg = configs.TrainConfig(batch_size=b, seed=args.seed, learning_rate=args.learning_rate)
+    train_cfg = configs.TrainConfig(
+        batch_size=b, seed=args.seed, learning_rate=args.learning_rate, precision=precision
+    )
     config = configs.ExperimentConfig(dataset=info.name, model=model_cfg, train=train_cfg)
     strategy = tf.distribute.get_strategy()
 
     class BaselineTask(stages.Stage1Task):
-        """Stage 1's step (L_C, SGD momentum) on the bare backbone with one Dense per attribute on GAP."""
+        """Stage 1's step (L_C, SGD momentum) on the bare backbone with one Dense per attribute on GAP
+        (in bfloat16: the backbone in bfloat16, GAP and the softmax heads in float32, as in the network)."""
 
         name = "baseline"
 
@@ -249,11 +276,15 @@ def run_row(args, row: str, input_kind: str) -> dict:
             cfg = self.config.model
             image = keras.Input((cfg.image_size, cfg.image_size, 3), name="image")
             feats = backbone.build_backbone(
-                image, cfg.width, cfg.conv5_filters, cfg.conv67_filters, cfg.lrn, cfg.batch_norm
-            )
-            gap = keras.layers.GlobalAveragePooling2D(name="gap")(feats["conv7"])
-            logits = [keras.layers.Dense(n, name=f"fc_{i}")(gap) for i, n in enumerate(self.num_values)]
-            out = keras.layers.Concatenate(name="logits")(logits)
+                image, cfg.width, cfg.conv5_filters, cfg.conv67_filters, cfg.lrn, cfg.batch_norm,
+                dtype=precision_lib.layer_policy(self.precision),
+            )  # fmt: skip
+            gap = keras.layers.GlobalAveragePooling2D(name="gap", dtype="float32")(feats["conv7"])
+            logits = [
+                keras.layers.Dense(n, name=f"fc_{i}", dtype="float32")(gap)
+                for i, n in enumerate(self.num_values)
+            ]
+            out = keras.layers.Concatenate(name="logits", dtype="float32")(logits)
             return keras.Model(image, {"logits": out}, name="bare_backbone")
 
     if row == "baseline":
@@ -313,11 +344,11 @@ def run_row(args, row: str, input_kind: str) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Parent: write the records (pipeline input), run the rows, print the table.
 # --------------------------------------------------------------------------------------------------
-def child_command(args, row: str, input_kind: str, data_dir: str) -> list[str]:
+def child_command(args, row: str, input_kind: str, data_dir: str, precision: str = "float32") -> list[str]:
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
-        f"--_row={row}:{input_kind}",
+        f"--_row={row}:{input_kind}:{precision}",
         f"--image_size={args.image_size}",
         f"--batch_size={args.batch_size}",
         f"--steps={args.steps}",
@@ -342,10 +373,10 @@ def child_command(args, row: str, input_kind: str, data_dir: str) -> list[str]:
     return cmd
 
 
-def run_child(args, row: str, input_kind: str, data_dir: str) -> dict:
+def run_child(args, row: str, input_kind: str, data_dir: str, precision: str = "float32") -> dict:
     t = time.perf_counter()
     proc = subprocess.run(
-        child_command(args, row, input_kind, data_dir), capture_output=True, text=True, check=False
+        child_command(args, row, input_kind, data_dir, precision), capture_output=True, text=True, check=False
     )
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
@@ -353,7 +384,12 @@ def run_child(args, row: str, input_kind: str, data_dir: str) -> dict:
             result["wall_s"] = time.perf_counter() - t
             return result
     tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-    return {"row": row, "input": input_kind, "error": f"exit {proc.returncode}\n{tail}"}
+    return {
+        "row": row,
+        "input": input_kind,
+        "precision": precision,
+        "error": f"exit {proc.returncode}\n{tail}",
+    }
 
 
 def write_records(args, tmp: str) -> str:
@@ -376,43 +412,86 @@ def write_records(args, tmp: str) -> str:
     return data_dir
 
 
-def plan(args) -> list[tuple[str, str]]:
+def plan(args) -> list[tuple[str, str, str]]:
+    """(row, input, precision) in the order they run: each row in every precision, one after the other."""
     rows = args.row_list
     if args.input == "memory":
-        return [(r, "memory") for r in ["baseline", *[r for r in rows if r != "baseline"]]]
-    # Pipeline: the pipeline alone, every row on it, and the baseline and stage 2 on memory input with
-    # the same (dataset's) attributes for the comparison.
-    runs = [("input_only", "pipeline")]
-    runs += [(r, "pipeline") for r in ["baseline", *[r for r in rows if r != "baseline"]]]
-    runs += [("baseline", "memory")] + ([("stage2", "memory")] if "stage2" in rows else [])
-    return runs
+        runs = [(r, "memory") for r in ["baseline", *[r for r in rows if r != "baseline"]]]
+    else:
+        # Pipeline: the pipeline alone, every row on it, and the baseline and stage 2 on memory input with
+        # the same (dataset's) attributes for the comparison.
+        runs = [("input_only", "pipeline")]
+        runs += [(r, "pipeline") for r in ["baseline", *[r for r in rows if r != "baseline"]]]
+        runs += [("baseline", "memory")] + ([("stage2", "memory")] if "stage2" in rows else [])
+    return [
+        (row, kind, p)
+        for row, kind in runs
+        for p in (["float32"] if row == "input_only" else args.precision_list)
+    ]
+
+
+def combine(args, results: list[dict]) -> list[dict]:
+    """One result per (row, input, precision): the median step over the rounds, the largest peak."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["row"], r["input"], r["precision"]), []).append(r)
+    out = []
+    for rs in groups.values():
+        ok = [r for r in rs if "error" not in r]
+        if not ok:
+            out.append(rs[0])
+            continue
+        merged = dict(ok[0])
+        step = statistics.median(r["step_ms"] for r in ok)
+        merged.update(
+            step_ms=step,
+            images_per_s=1e3 * args.batch_size / step,
+            wait_ms=statistics.median(r["wait_ms"] for r in ok),
+            peak_rss_gib=max(r["peak_rss_gib"] for r in ok),
+            rounds_step_ms=[round(r["step_ms"], 1) for r in ok],
+            diverged=any(r.get("diverged") for r in ok),
+        )
+        out.append(merged)
+    return out
+
+
+def speedups(results: list[dict]) -> dict[tuple, float]:
+    """(row, input) -> float32 step time / bfloat16 step time, where both ran."""
+    ms = {(r["row"], r["input"], r["precision"]): r["step_ms"] for r in results if "error" not in r}
+    return {
+        (row, kind): ms[(row, kind, "float32")] / t
+        for (row, kind, p), t in ms.items()
+        if p == "bfloat16" and (row, kind, "float32") in ms
+    }
 
 
 def format_table(args, results: list[dict]) -> str:
-    baseline = {r["input"]: r for r in results if r["row"] == "baseline" and "error" not in r}
+    baseline = {
+        (r["input"], r["precision"]): r for r in results if r["row"] == "baseline" and "error" not in r
+    }
+    faster = speedups(results)
     head = (
-        "| row | input | image size | batch | images/s | ms/step | input wait ms/step | "
-        "ratio vs baseline | peak memory (GiB) | ratio ≤ 1.30 | peak < 8 GiB |"
+        "| row | input | precision | image size | batch | images/s | ms/step | input wait ms/step | "
+        "ratio vs baseline | bfloat16 speed-up | peak memory (GiB) | ratio ≤ 1.30 | peak < 8 GiB |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 13]
     for r in results:
         label = row_label(r["row"], args)
+        start = f"| {label} | {r['input']} | {r['precision']} | {args.image_size} | {args.batch_size} |"
         if "error" in r:
-            lines.append(
-                f"| {label} | {r['input']} | {args.image_size} | {args.batch_size} | failed |" + " |" * 6
-            )
+            lines.append(f"{start} failed |" + " |" * 7)
             continue
-        base = baseline.get(r["input"])
+        base = baseline.get((r["input"], r["precision"]))
         if r["row"] == "input_only" or base is None:
             ratio, ratio_ok = "", ""
         else:
             x = r["step_ms"] / base["step_ms"]
             ratio, ratio_ok = f"{x:.2f}", ("yes" if x <= MAX_RATIO else "NO")
+        up = faster.get((r["row"], r["input"])) if r["precision"] == "bfloat16" else None
         peak = r["peak_rss_gib"]
         lines.append(
-            f"| {label} | {r['input']} | {args.image_size} | {args.batch_size} | {r['images_per_s']:.1f} | "
-            f"{r['step_ms']:.1f} | {r['wait_ms']:.2f} | {ratio} | {peak:.2f} | {ratio_ok} | "
-            f"{'yes' if peak < MAX_PEAK_GIB else 'NO'} |"
+            f"{start} {r['images_per_s']:.1f} | {r['step_ms']:.1f} | {r['wait_ms']:.2f} | {ratio} | "
+            f"{'' if up is None else f'{up:.2f}x'} | {peak:.2f} | {ratio_ok} | {'yes' if peak < MAX_PEAK_GIB else 'NO'} |"
         )
     return "\n".join(lines)
 
@@ -420,30 +499,37 @@ def format_table(args, results: list[dict]) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args._row:
-        row, input_kind = args._row.split(":")
-        print(RESULT_TAG + json.dumps(run_row(args, row, input_kind)), flush=True)
+        row, input_kind, precision = args._row.split(":")
+        print(RESULT_TAG + json.dumps(run_row(args, row, input_kind, precision)), flush=True)
         return 0
 
     tmp = tempfile.mkdtemp(prefix="bench_train_")
     try:
         data_dir = write_records(args, tmp) if args.input == "pipeline" else ""
-        results = []
-        for row, input_kind in plan(args):
-            # Memory rows in pipeline mode use the dataset's attributes too (same model as the pipeline rows).
-            r = run_child(args, row, input_kind, data_dir)
-            results.append(r)
-            if "error" in r:
-                print(f"{row} ({input_kind}): FAILED {r['error']}", flush=True)
-            else:
-                print(
-                    f"{row} ({input_kind}): {r['images_per_s']:.1f} images/s, {r['step_ms']:.1f} ms/step "
-                    f"(input wait {r['wait_ms']:.2f} ms), peak {r['peak_rss_gib']:.2f} GiB, "
-                    f"first step {r.get('first_step_s', 0):.1f} s, loss {r.get('loss_first', 0):.4g} -> "
-                    f"{r.get('loss_last', 0):.4g}, {r['wall_s']:.0f} s in all",
-                    flush=True,
+        runs = []
+        for round_ in range(args.rounds):
+            for row, input_kind, precision in plan(args):
+                # Memory rows in pipeline mode use the dataset's attributes too (same model as the pipeline
+                # rows).
+                r = run_child(args, row, input_kind, data_dir, precision)
+                runs.append(r)
+                what = (
+                    f"{row} ({input_kind}, {precision}{f', round {round_ + 1}' if args.rounds > 1 else ''})"
                 )
+                if "error" in r:
+                    print(f"{what}: FAILED {r['error']}", flush=True)
+                else:
+                    print(
+                        f"{what}: {r['images_per_s']:.1f} images/s, {r['step_ms']:.1f} ms/step "
+                        f"(input wait {r['wait_ms']:.2f} ms), peak {r['peak_rss_gib']:.2f} GiB, "
+                        f"first step {r.get('first_step_s', 0):.1f} s, loss {r.get('loss_first', 0):.4g} -> "
+                        f"{r.get('loss_last', 0):.4g}, {r['wall_s']:.0f} s in all, load average "
+                        f"{os.getloadavg()[0]:.1f}",
+                        flush=True,
+                    )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    results = combine(args, runs)
 
     ok = [r for r in results if "error" not in r]
     if ok:
@@ -461,26 +547,44 @@ def main(argv=None) -> int:
         print("trainable parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()))
     print()
     print(format_table(args, results))
-    diverged = [f"{row_label(r['row'], args)} ({r['input']})" for r in ok if r.get("diverged")]
+    for (row, kind), up in speedups(results).items():
+        goal = ""
+        if row == "stage2" and (args.image_size, args.batch_size) == (227, 32):
+            goal = f" (issue 16: >= {MIN_BF16_SPEEDUP}x, {'met' if up >= MIN_BF16_SPEEDUP else 'NOT met'})"
+        # Each round's own ratio (float32 and bfloat16 ran next to each other): how far load moved it.
+        per_round = [
+            f"{f['step_ms'] / h['step_ms']:.2f}x"
+            for f, h in zip(*[[r for r in runs if (r["row"], r["input"], r["precision"]) == (row, kind, p) and
+                               "error" not in r] for p in PRECISIONS])
+        ]  # fmt: skip
+        rounds = f" (median step times; per round {', '.join(per_round)})" if len(per_round) > 1 else ""
+        print(f"\nbfloat16 vs float32, {row_label(row, args)} ({kind}): {up:.2f}x the images/s{rounds}{goal}")
+    diverged = [
+        f"{row_label(r['row'], args)} ({r['input']}, {r['precision']})" for r in ok if r.get("diverged")
+    ]
     if diverged:
         print(
             f"\nnote: the loss diverged in: {'; '.join(diverged)} (random weights, random data, "
             f"lr {args.learning_rate}); their timings may not represent training. Try --learning_rate=0.001."
         )
-    pipe = {r["row"]: r for r in ok if r["input"] == "pipeline"}
-    if "input_only" in pipe:
-        train_rows = [r for k, r in pipe.items() if k != "input_only"]
+    alone = [r for r in ok if r["row"] == "input_only"]
+    if alone:
+        train_rows = [r for r in ok if r["input"] == "pipeline" and r["row"] != "input_only"]
         worst = max(train_rows, key=lambda r: r["wait_ms"] / r["step_ms"], default=None)
         if worst is not None:
             print(
-                f"\ninput pipeline alone: {pipe['input_only']['images_per_s']:.0f} images/s; training waited at "
+                f"\ninput pipeline alone: {alone[0]['images_per_s']:.0f} images/s; training waited at "
                 f"most {100 * worst['wait_ms'] / worst['step_ms']:.1f}% of a step for its batch "
-                f"({row_label(worst['row'], args)})"
+                f"({row_label(worst['row'], args)}, {worst['precision']})"
             )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(
-                {"args": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": results},
+                {
+                    "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+                    "rows": results,
+                    "runs": runs,
+                },  # fmt: skip
                 f,
                 indent=2,
             )

@@ -51,7 +51,9 @@ WORKDIR = flags.DEFINE_string(
 IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Input size (paper: 227; synthetic default 128).")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size.")
 EPOCHS = flags.DEFINE_float("epochs", None, "Epochs of stages 1 and 2 (paper: 12 each).")
-STAGE3_EPOCHS = flags.DEFINE_float("stage3_epochs", None, "Epochs of stage 3 (default 6; paper: 2; AMNet: 2).")
+STAGE3_EPOCHS = flags.DEFINE_float(
+    "stage3_epochs", None, "Epochs of stage 3 (default 6; paper: 2; AMNet: 2)."
+)
 LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "SGD learning rate (paper: 0.01).")
 MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Stop after this many steps (overrides --epochs).")
 ALEXNET_WEIGHTS = flags.DEFINE_string("alexnet_weights", None, "bvlc_alexnet.npy for conv1-conv4 (§4.1).")
@@ -120,6 +122,37 @@ NORMALIZE_GLOBAL = flags.DEFINE_bool(
 LAMBDA_C = flags.DEFINE_float("lambda_c", None, "Eq. 9 weight of L_C.")
 LAMBDA_T = flags.DEFINE_float("lambda_t", None, "Eq. 9 weight of L_T (paper: 1.5).")
 LAMBDA_TC = flags.DEFINE_float("lambda_tc", None, "Eq. 9 weight of L_TC.")
+PRECISION = flags.DEFINE_string(
+    "precision",
+    "float32",
+    "auto, float32 or bfloat16: the compute precision of stages 1 and 2 and AMNet (export: of embed); "
+    "float32 until bfloat16's accuracy parity is measured (WORKSPACE.md decision 63). "
+    "auto = bfloat16 where the device multiplies in it natively (a CPU with avx512_bf16 or amx_bf16, "
+    "GPUs of compute capability 8.0+), else float32. Weights, losses, boxes and every distance stay "
+    "float32; a run resumes in either precision. Stage 3 and the evaluation always run in float32.",
+)
+LOSS_UPPER_BOUND = flags.DEFINE_float(
+    "loss_upper_bound",
+    None,
+    "Stop (error, exit 2) when the mean loss of the last 10 steps exceeds this (default 1e6; 0: off).",
+)
+LOSS_GROWTH_LIMIT = flags.DEFINE_float(
+    "loss_growth_limit",
+    None,
+    "Stop (error, exit 2) when the mean loss of the last 10 steps exceeds this many times the first "
+    "step's loss (default 100; 0: off).",
+)
+# Entry points whose networks have no bfloat16 path: --precision there is a mistake, not a no-op.
+FLOAT32_STAGES = ("stage3", "evaluate")
+
+
+def precision_flag() -> str:
+    """`--precision`, checked: a value other than auto, float32 or bfloat16 is a usage error."""
+    from fashionsearchnet_v2 import precision
+
+    if PRECISION.value not in precision.PRECISIONS:
+        fail(f"--precision must be one of {', '.join(precision.PRECISIONS)}, got {PRECISION.value!r}")
+    return PRECISION.value
 
 
 def seed_list() -> list[int]:
@@ -344,6 +377,14 @@ def build_config(
             t[key] = flag.value
     t["seed"] = s3["seed"] = seed
     t["deterministic_ops"] = DETERMINISTIC_OPS.value
+    if flags.FLAGS["precision"].present and stage in FLOAT32_STAGES:
+        fail(f"--precision applies to stages 1 and 2, AMNet and the export; {stage} always runs in float32")
+    t["precision"] = precision_flag()
+    for flag, key in ((LOSS_UPPER_BOUND, "loss_upper_bound"), (LOSS_GROWTH_LIMIT, "loss_growth_limit")):
+        if flag.value is not None:
+            if flag.value < 0:
+                fail(f"--{key} must be >= 0 (0 switches the check off), got {flag.value:g}")
+            t[key] = flag.value
     cfg.model = dataclasses.replace(cfg.model, **m)
     cfg.train = dataclasses.replace(cfg.train, **t)
     if MOMENTUM.value is not None and cfg.train.optimizer != "sgd":

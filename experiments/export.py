@@ -1,7 +1,7 @@
 """Exports a trained Table 1 variant as a SavedModel with the `embed` and `manipulate` signatures.
 
     python -m experiments.export --dataset=synthetic --export_dir=exports/synthetic/1 [--variant=full]
-        [--workdir=work/synthetic] [--data_dir=data/synthetic] [--overwrite]
+        [--workdir=work/synthetic] [--data_dir=data/synthetic] [--overwrite] [--precision=bfloat16]
 
 The dataset flags only locate the vocabulary (and, for variants without stage 3, the train split whose
 means fill the memory block); without them, the dataset the stages were trained on (their config.json)
@@ -21,6 +21,9 @@ EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Directory to write the Sav
 VARIANT = flags.DEFINE_enum("variant", "full", export.exportable_variants(), "Table 1 row to export.")
 OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing export directory.")
 flags.mark_flag_as_required("export_dir")
+# An export is served on machines unknown here (TensorFlow Serving, another CPU): float32 unless asked
+# (WORKSPACE.md decision 63); --precision=auto picks by this machine, bfloat16 asks for it.
+flags.set_default(common.PRECISION, "float32")
 
 
 def main(argv):
@@ -29,11 +32,16 @@ def main(argv):
         export.check_destination(EXPORT_DIR.value, OVERWRITE.value)
     except export.ExportError as e:
         common.fail(str(e))
+    from fashionsearchnet_v2 import precision
+
+    choice = precision.resolve(common.precision_flag())
     dataset, data_dir, workdir = common.resolve_dirs()
     workdir = common.seed_workdir(workdir, common.SEED.value)
     info = common.load_or_make_dataset(dataset, data_dir, common.QUICK.value)
     try:
-        net, layer, model_cfg, metadata = export.load_variant(workdir, info, VARIANT.value)
+        net, layer, model_cfg, metadata = export.load_variant(
+            workdir, info, VARIANT.value, precision=choice.precision
+        )
     except checkpoints.RestoreError as e:
         common.fail(str(e))
     vocabulary = export.Vocabulary.from_info(info)
@@ -44,7 +52,7 @@ def main(argv):
     except export.ExportError as e:
         common.fail(str(e))
     a, d, r = len(vocabulary.names), layer.dim, layer.output_dim
-    print(f"wrote {out}: variant {VARIANT.value}, {model_cfg.image_size} px, A={a} D={d} r={r}")
+    print(f"wrote {out}: variant {VARIANT.value}, {model_cfg.image_size} px, A={a} D={d} r={r}, {choice}")
     print(f"  embed(images uint8 [N,H,W,3]) -> {', '.join(export.EMBED_OUTPUTS)}")
     print("  manipulate(attribute_representations, attributes, values) -> global_representation")
     print(f"  inspect: saved_model_cli show --all --dir {out}")

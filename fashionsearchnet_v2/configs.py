@@ -11,6 +11,8 @@ import dataclasses
 import json
 import os
 
+from fashionsearchnet_v2 import precision as precision_lib
+
 # Table 1 rows -> what each needs from stages 2 and 3 (§4.3, §4.5).
 STAGE2_VARIANTS = ("wo_rank", "rank", "rank_l", "rank_l_ff")
 STAGE3_VARIANTS = ("lg", "full", "untrained")  # "untrained": Rank-LG at step 0, the control of L_G
@@ -99,6 +101,21 @@ class TrainConfig:
     # even where a kernel's reduction order could vary. Not needed for same-machine reproducibility here
     # (tested without it); offered for other hardware.
     deterministic_ops: bool = False
+    # Stages 1 and 2 and AMNet: "auto" (bfloat16 where the device multiplies in it natively, else
+    # float32), "float32" or "bfloat16" (Keras' mixed policy: float32 variables, float32 losses, softmax,
+    # AAMs, boxes and representations; `precision.py`, WORKSPACE.md decision 63). config.json records
+    # the resolved one; checkpoints do not depend on it.
+    # float32 until issue 16's parity runs show bfloat16 within float32's seed spread (decision 63)
+    precision: str = "float32"
+    # The divergence guard also stops a loss that explodes while staying finite (Model Garden's
+    # `loss_upper_bound`): the mean loss of the last `guard.LOSS_WINDOW` steps above `loss_upper_bound`,
+    # or above `loss_growth_limit` times the run's first step's loss. 0 switches either check off
+    # (WORKSPACE.md decision R17).
+    loss_upper_bound: float = 1e6
+    loss_growth_limit: float = 100.0
+
+    def __post_init__(self):
+        precision_lib.check(self.precision)
 
 
 @dataclasses.dataclass

@@ -57,6 +57,10 @@ def test_readme_stage_sequence_with_quick(tmp_path):
     assert (work / "stage3_rank_l_full" / "ckpt").is_dir()  # stage 3's default is Full, evaluate's too
     results = json.loads((work / "eval" / "full" / "results.json").read_text())
     assert results["variant"] == "full" and results["searches"]["total"] > 0
+    # An export in bfloat16 when asked (float32 by default): said, and recorded in export.json.
+    bf16 = _cli(["experiments.export", "--quick", "--export_dir=e/1", "--precision=bfloat16"], tmp_path)
+    assert bf16.returncode == 0 and "precision bfloat16 (as asked" in bf16.stdout, bf16.stderr[-3000:]
+    assert json.loads((tmp_path / "e" / "1" / "export.json").read_text())["precision"] == "bfloat16"
     assert sorted(os.listdir(tmp_path / "data")) == ["synthetic-quick"]
     assert sorted(os.listdir(tmp_path / "work")) == ["synthetic-quick"]
     assert schema.load_dataset_info(str(tmp_path / "data" / "synthetic-quick")).quick
@@ -78,6 +82,20 @@ def test_divergence_is_one_error_line_and_leaves_a_finite_checkpoint(data_dir, t
         for name in reader.get_variable_to_shape_map():
             value = reader.get_tensor(name)
             assert not hasattr(value, "dtype") or value.dtype.kind != "f" or (abs(value) < float("inf")).all()
+
+
+def test_a_finite_explosion_is_one_error_line(data_dir, tmp_path):
+    """The issue-16 probe: with the embedded default's Adam at lr 1e4 the loss explodes and stays finite;
+    it used to end at chance accuracy with "done" and exit 0."""
+    result = _cli(["experiments.stage1", "--quick", f"--data_dir={data_dir}", "--workdir=w", "--max_steps=20",
+                   "--learning_rate=1e4"], tmp_path)  # fmt: skip
+    assert_one_error_line(
+        result,
+        "[stage1] diverged at step",
+        "the loss exploded while staying finite",
+        "lower the learning rate",
+    )
+    assert "done:" not in result.stdout and "precision " in result.stdout
 
 
 FULL_DISK = (
@@ -102,6 +120,12 @@ def test_full_disk_and_flag_misuse_are_one_error_line(data_dir, tmp_path):
     # momentum is SGD's; with Adam (the embedded default's optimiser) it would be silently ignored
     adam = _cli(["experiments.stage1", "--quick", f"--data_dir={data_dir}", "--momentum=0.9"], tmp_path)
     assert_one_error_line(adam, "--momentum applies to SGD only", "--optimizer=adam")
+    fp16 = _cli(["experiments.stage1", "--quick", f"--data_dir={data_dir}", "--precision=fp16"], tmp_path)
+    assert_one_error_line(fp16, "--precision must be one of auto, float32, bfloat16, got 'fp16'")
+    stage3 = _cli(
+        ["experiments.stage3", "--quick", f"--data_dir={data_dir}", "--precision=bfloat16"], tmp_path
+    )
+    assert_one_error_line(stage3, "--precision applies to stages 1 and 2, AMNet and the export")
 
 
 def test_user_errors_are_told_apart_from_bugs():

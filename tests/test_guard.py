@@ -22,7 +22,8 @@ from fashionsearchnet_v2.training import guard, run, stages, trainer
 
 class ToyTask:
     """A linear regression task; at step `fault_step` it makes the loss NaN, or (fault="statistic") sets a
-    non-trainable statistic to inf while the loss stays finite, like an overflowing BatchNorm variance."""
+    non-trainable statistic to inf while the loss stays finite, like an overflowing BatchNorm variance, or
+    (fault="explode") multiplies the loss by 1e4 from that step on: finite, but exploded."""
 
     name = "toy"
 
@@ -59,6 +60,8 @@ class ToyTask:
             err = tf.reduce_mean(tf.square(model(x) - y))
             if self.fault == "loss":
                 err = tf.where(fault, nan, err)
+            if self.fault == "explode":
+                err = tf.where(step + 1 >= self.fault_step, 1e4 * err, err)
         grads = tape.gradient(err, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         if self.fault == "statistic":  # what a huge step does to BatchNorm's moving variance
@@ -76,9 +79,9 @@ class ToyTask:
         return None
 
 
-def _toy_run(tmp_path, task, total=6):
+def _toy_run(tmp_path, task, total=6, **bounds):
     return trainer.Trainer(task, str(tmp_path), tf.distribute.get_strategy(), total_steps=total, steps_per_epoch=total,
-                           batch_size=8, log_every=2, checkpoint_every=2, out=io.StringIO()).run()  # fmt: skip
+                           batch_size=8, log_every=2, checkpoint_every=2, out=io.StringIO(), **bounds).run()  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -105,6 +108,47 @@ def test_first_nonfinite_step_stops_and_keeps_the_last_finite_checkpoint(tmp_pat
         value = reader.get_tensor(name)
         if isinstance(value, np.ndarray) and value.dtype.kind == "f":
             assert np.isfinite(value).all(), name
+
+
+def test_a_finite_explosion_stops_like_a_nonfinite_loss(tmp_path):
+    """Model Garden's loss_upper_bound idea: a loss that explodes and stays finite stops the run at the
+    step where its running mean passes the bound, before that step is saved."""
+    message = (
+        r"\[toy\] diverged at step 5: the loss exploded while staying finite: its mean over the last 5 steps "
+        r"is .*, more than --loss_growth_limit=100 times its first value"
+    )
+    with pytest.raises(guard.DivergenceError, match=message) as e:
+        _toy_run(
+            tmp_path, ToyTask(fault_step=5, fault="explode"), loss_upper_bound=1e6, loss_growth_limit=100
+        )
+    assert (e.value.stage, e.value.step, e.value.term) == ("toy", 5, "loss")
+    assert "ckpt-4, was saved before the loss passed its bound" in str(e.value)
+    assert checkpoints.latest(os.path.join(tmp_path, "ckpt")).endswith("ckpt-4")
+    # Switched off (0), the same run finishes.
+    _toy_run(
+        tmp_path / "off", ToyTask(fault_step=5, fault="explode"), loss_upper_bound=0, loss_growth_limit=0
+    )
+    assert checkpoints.latest(os.path.join(tmp_path, "off", "ckpt")).endswith("ckpt-6")
+
+
+def test_loss_bound_is_on_the_mean_of_the_last_steps():
+    """Hand-computed, window 10: one spike does not stop a run, a loss that stays up does; the absolute
+    bound holds from the first step; 0 switches a check off."""
+    bound = guard.LossBound(upper_bound=0, growth_limit=100)
+    assert [bound.exceeded(1.0) for _ in range(9)] == [None] * 9
+    assert bound.exceeded(900.0) is None  # (9 + 900) / 10 = 90.9
+    assert bound.exceeded(1.0) is None  # (8 + 900 + 1) / 10 = 90.9
+    said = bound.exceeded(1000.0)  # (7 + 900 + 1 + 1000) / 10 = 190.8 > 100 x 1.0
+    assert said == (
+        "the loss exploded while staying finite: its mean over the last 10 steps is 191, more than "
+        "--loss_growth_limit=100 times its first value 1"
+    )
+    assert guard.LossBound(1e6, 0).exceeded(2e6) == (
+        "the loss exploded while staying finite: its mean over the last 1 step is 2e+06, above "
+        "--loss_upper_bound=1e+06"
+    )
+    off = guard.LossBound(0, 0)
+    assert [off.exceeded(x) for x in (1.0, 1e30, 1e30)] == [None] * 3
 
 
 def test_the_guard_costs_little(tmp_path):

@@ -22,7 +22,7 @@ def test_trained_aam_boxes_beat_chance(tmp_path):
     cfg.model = configs.ModelConfig(image_size=128, width=0.25, conv5_filters=96, conv67_filters=128,
                                     batch_norm=True, lrn=False, fc_sizes=(32,), fc10_size=16, roi_size=2)  # fmt: skip
     cfg.train = configs.TrainConfig(batch_size=32, max_steps=500, log_every_steps=100, checkpoint_every_steps=1000, momentum=0.9,
-                                    heldout_images=0, summary_images=0)  # fmt: skip
+                                    heldout_images=0, summary_images=0, precision="float32")  # fmt: skip
     model = run.run_stage1(cfg, info, out=io.StringIO())
     feats = features.extract(model, info, "gallery", 128, 64, progress=False, keep_maps=True)
     grid = backbone.feature_grid_size(128)

@@ -23,6 +23,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fashionsearchnet_v2 import precision as precision_lib
+
 
 def signed_manipulation(labels, attributes, values, num_values) -> np.ndarray:
     """AMNet's t [B, C]: +1 at each search's new value, -1 at the query's current value of that attribute."""
@@ -62,19 +64,24 @@ class AmnetMemory(keras.layers.Layer):
         return {**super().get_config(), "num_values": self.num_values, "dim": self.dim}
 
 
-def build_amnet(num_values, feature_dim: int, memory_dim: int = 256, embedding_dim: int = 256) -> keras.Model:
-    """{features [B, F], manipulation [B, C]} -> {"embedding": [B, De], "logits": [B, C]}.
+def build_amnet(
+    num_values, feature_dim: int, memory_dim: int = 256, embedding_dim: int = 256, precision: str = "float32"
+) -> keras.Model:
+    """{features [B, F], manipulation [B, C]} -> {"embedding": [B, De], "logits": [B, C]}, float32.
 
     The embedding is L2-normalised inside the model: the margin triplet ranks normalised vectors, so the
     search must rank the same ones (searching the raw fusion output ranks by a norm the loss never saw).
+    `precision` "bfloat16" computes the fusion layer in bfloat16; the memory, the attribute logits and
+    the normalised embedding (the distances) stay float32, as do all variables.
     """
+    policy = precision_lib.layer_policy(precision)
     features = keras.Input((feature_dim,), name="features")
     t = keras.Input((sum(num_values),), name="manipulation")
-    r = AmnetMemory(num_values, memory_dim, name="amnet_memory")(t)
-    fused = keras.layers.Concatenate(name="amnet_concat")([features, r])
-    e = keras.layers.Dense(embedding_dim, activation="relu", name="amnet_fusion")(fused)
-    logits = keras.layers.Dense(sum(num_values), name="amnet_attributes")(e)
-    embedding = keras.layers.UnitNormalization(axis=-1, name="amnet_embedding")(e)
+    r = AmnetMemory(num_values, memory_dim, name="amnet_memory", dtype="float32")(t)
+    fused = keras.layers.Concatenate(name="amnet_concat", dtype=policy)([features, r])
+    e = keras.layers.Dense(embedding_dim, activation="relu", name="amnet_fusion", dtype=policy)(fused)
+    logits = keras.layers.Dense(sum(num_values), name="amnet_attributes", dtype="float32")(e)
+    embedding = keras.layers.UnitNormalization(axis=-1, name="amnet_embedding", dtype="float32")(e)
     return keras.Model(
         {"features": features, "manipulation": t}, {"embedding": embedding, "logits": logits}, name="amnet"
     )

@@ -33,7 +33,11 @@ class LocalResponseNorm(keras.layers.Layer):
         self.depth_radius, self.bias, self.alpha, self.beta = depth_radius, bias, alpha, beta
 
     def call(self, x):
-        return tf.nn.local_response_normalization(x, self.depth_radius, self.bias, self.alpha, self.beta)
+        # TensorFlow's CPU LRN kernel is float32 only: under a bfloat16 policy it runs in float32.
+        y = tf.nn.local_response_normalization(
+            tf.cast(x, tf.float32), self.depth_radius, self.bias, self.alpha, self.beta
+        )
+        return tf.cast(y, self.compute_dtype)
 
     def get_config(self):
         return {
@@ -56,8 +60,9 @@ class LocalResponseNorm(keras.layers.Layer):
 PIXEL_STD = 60.0
 
 
-def _conv(x, name, kernel, filters, stride, groups, padding, batch_norm=False):
-    """Conv + ReLU, or Conv + BatchNorm + ReLU; grouped convs as split, two convs, concatenate."""
+def _conv(x, name, kernel, filters, stride, groups, padding, batch_norm=False, dtype=None):
+    """Conv + ReLU, or Conv + BatchNorm + ReLU; grouped convs as split, two convs, concatenate.
+    `dtype`: the layers' Keras dtype policy (None: the global one)."""
 
     def layer(n, f):
         return keras.layers.Conv2D(
@@ -68,6 +73,7 @@ def _conv(x, name, kernel, filters, stride, groups, padding, batch_norm=False):
             activation=None if batch_norm else "relu",
             kernel_initializer="he_normal",
             name=n,
+            dtype=dtype,
         )
 
     if groups == 1:
@@ -75,10 +81,10 @@ def _conv(x, name, kernel, filters, stride, groups, padding, batch_norm=False):
     else:
         halves = keras.ops.split(x, groups, axis=-1)
         outs = [layer(f"{name}_g{g}", filters // groups)(h) for g, h in enumerate(halves)]
-        x = keras.layers.Concatenate(axis=-1, name=f"{name}_concat")(outs)
-    if batch_norm:
-        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
-        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+        x = keras.layers.Concatenate(axis=-1, name=f"{name}_concat", dtype=dtype)(outs)
+    if batch_norm:  # (Keras' BatchNormalization normalises in float32 under a bfloat16 policy)
+        x = keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dtype)(x)
+        x = keras.layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)
     return x
 
 
@@ -87,26 +93,35 @@ def _scaled(filters: int, width: float) -> int:
 
 
 def build_backbone(
-    x, width=1.0, conv5_filters=384, conv67_filters=512, lrn=True, batch_norm=False, input_scale=1 / PIXEL_STD
+    x,
+    width=1.0,
+    conv5_filters=384,
+    conv67_filters=512,
+    lrn=True,
+    batch_norm=False,
+    input_scale=1 / PIXEL_STD,
+    dtype=None,
 ):
     """Image tensor [B, S, S, 3] (BGR, mean-subtracted) -> dict of conv5 and conv7 [B, h, w, C].
 
     `width` multiplies the filters of conv1-conv4 (AlexNet's part); conv5-conv7 take their counts as
     given. `batch_norm` (not in the paper) puts BatchNormalization before every ReLU: training from
     scratch then converges in the minutes the embedded default has; the paper's network is the default.
+    `dtype` is every layer's Keras dtype policy (`precision.layer_policy`; None: the global one); with
+    "mixed_bfloat16" conv5 and conv7 come out in bfloat16, the weights stay float32.
     """
     bn = batch_norm
-    x = keras.layers.Rescaling(input_scale, name="input_scale")(x)
+    x = keras.layers.Rescaling(input_scale, name="input_scale", dtype=dtype)(x)
     for name, kernel, filters, stride, groups, padding in _ALEXNET:
-        x = _conv(x, name, kernel, _scaled(filters, width), stride, groups, padding, bn)
+        x = _conv(x, name, kernel, _scaled(filters, width), stride, groups, padding, bn, dtype)
         if name in ("conv1", "conv2"):
             if lrn:
-                x = LocalResponseNorm(name=f"norm{name[-1]}")(x)
-            x = keras.layers.MaxPooling2D(3, 2, name=f"pool{name[-1]}")(x)
+                x = LocalResponseNorm(name=f"norm{name[-1]}", dtype=dtype)(x)
+            x = keras.layers.MaxPooling2D(3, 2, name=f"pool{name[-1]}", dtype=dtype)(x)
     # conv5-7 widths come from the config as given (the paper's 384/512), `width` scales AlexNet's part.
-    conv5 = _conv(x, "conv5", 3, _scaled(conv5_filters, 1.0), 1, 2, "same", bn)
-    x = _conv(conv5, "conv6", 3, _scaled(conv67_filters, 1.0), 1, 1, "same", bn)
-    conv7 = _conv(x, "conv7", 3, _scaled(conv67_filters, 1.0), 1, 1, "same", bn)
+    conv5 = _conv(x, "conv5", 3, _scaled(conv5_filters, 1.0), 1, 2, "same", bn, dtype)
+    x = _conv(conv5, "conv6", 3, _scaled(conv67_filters, 1.0), 1, 1, "same", bn, dtype)
+    conv7 = _conv(x, "conv7", 3, _scaled(conv67_filters, 1.0), 1, 1, "same", bn, dtype)
     return {"conv5": conv5, "conv7": conv7}
 
 

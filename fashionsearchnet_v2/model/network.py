@@ -9,6 +9,13 @@
 `build_network(..., stage="stage1")` is the classification network of stage 1; `stage="full"` adds the
 localization and the attribute branches. Both name their layers alike, so stage 2 restores stage 1's
 layers by name (`trained.checkpoints.restore_layers`).
+
+`precision="bfloat16"` builds the same network under Keras' mixed policy (issue 16): the backbone, ROI
+pooling and fc8/fc9 compute in bfloat16, every variable stays float32 (the checkpoints are the same).
+Where bfloat16's 8-bit mantissa would change results the layers are float32 whatever the precision
+(`FLOAT32`): the GAP classifiers (logits, softmax in the losses) and the AAMs, the 20% threshold and
+the boxes, the box coordinates of ROI pooling, and fc10_a and cls_a (the representation the search
+ranks and the L_TC logits).
 """
 
 from __future__ import annotations
@@ -19,10 +26,13 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+from fashionsearchnet_v2 import precision as precision_lib
 from fashionsearchnet_v2.configs import ModelConfig
 from fashionsearchnet_v2.model import aam, backbone, roi
 
 INPUT_NAME = "image"
+#: The dtype of the float32 islands of a bfloat16 network (see the module docstring).
+FLOAT32 = "float32"
 
 
 def safe_name(name: str) -> str:
@@ -118,15 +128,21 @@ class WholeImageBoxes(keras.layers.Layer):
         return {**super().get_config(), "n": self.n}
 
 
-def attribute_branch(x, index: int, fragment: str, num_values: int, cfg: ModelConfig, seed: int):
-    """Pooled features [B, F] -> (fc10_a [B, D], cls_a logits [B, C_a]). Dropout after every FC layer."""
+def attribute_branch(x, index: int, fragment: str, num_values: int, cfg: ModelConfig, seed: int, dtype=None):
+    """Pooled features [B, F] -> (fc10_a [B, D], cls_a logits [B, C_a]). Dropout after every FC layer.
+
+    fc8/fc9 compute in `dtype` (the run's policy); fc10_a and cls_a in float32 (module docstring)."""
     for j, units in enumerate(cfg.fc_sizes):
         name = f"fc{8 + j}_{fragment}"
-        x = keras.layers.Dense(units, activation="relu", name=name)(x)
-        x = keras.layers.Dropout(cfg.dropout, seed=seed + 97 * index + j, name=f"drop{8 + j}_{fragment}")(x)
-    fc10 = keras.layers.Dense(cfg.fc10_size, name=f"fc10_{fragment}")(x)
-    x = keras.layers.Dropout(cfg.dropout, seed=seed + 97 * index + 50, name=f"drop10_{fragment}")(fc10)
-    logits = keras.layers.Dense(num_values, name=f"cls_{fragment}")(x)
+        x = keras.layers.Dense(units, activation="relu", name=name, dtype=dtype)(x)
+        x = keras.layers.Dropout(
+            cfg.dropout, seed=seed + 97 * index + j, name=f"drop{8 + j}_{fragment}", dtype=dtype
+        )(x)
+    fc10 = keras.layers.Dense(cfg.fc10_size, name=f"fc10_{fragment}", dtype=FLOAT32)(x)
+    x = keras.layers.Dropout(
+        cfg.dropout, seed=seed + 97 * index + 50, name=f"drop10_{fragment}", dtype=FLOAT32
+    )(fc10)
+    logits = keras.layers.Dense(num_values, name=f"cls_{fragment}", dtype=FLOAT32)(x)
     return fc10, logits
 
 
@@ -137,52 +153,63 @@ def build_network(
     stage: str = "full",
     seed: int = 0,
     name: str | None = None,
+    precision: str = "float32",
 ) -> keras.Model:
     """Builds the stage-1 (`stage="stage1"`) or full network; outputs are a dict of named tensors.
 
     Outputs: logits [B, C] (GAP classifiers, C = sum of values), maps [B, A, h, w], gap [B, K]; and for the full
-    network boxes [B, A, 4], fc10 [B, A, D] (attribute representations) and fc10_logits [B, C].
+    network boxes [B, A, 4], fc10 [B, A, D] (attribute representations) and fc10_logits [B, C]; all float32.
+    `precision` ("float32" or "bfloat16", resolved) is the compute dtype of everything but the float32
+    islands (module docstring); the variables are float32 either way.
     """
     if stage not in ("stage1", "full"):
         raise ValueError(f"stage must be 'stage1' or 'full', got {stage!r}")
+    policy = precision_lib.layer_policy(precision)
     fragments = [safe_name(n) for n in attribute_names]
     if len(set(fragments)) != len(fragments):
         raise ValueError(f"attribute names collide as layer names: {fragments}")
     image = keras.Input((cfg.image_size, cfg.image_size, 3), name=INPUT_NAME)
     feats = backbone.build_backbone(
-        image, cfg.width, cfg.conv5_filters, cfg.conv67_filters, cfg.lrn, cfg.batch_norm, cfg.input_scale
-    )
+        image, cfg.width, cfg.conv5_filters, cfg.conv67_filters, cfg.lrn, cfg.batch_norm, cfg.input_scale,
+        dtype=policy,
+    )  # fmt: skip
+    # The float32 islands take conv7 in bfloat16 and cast it up (Keras' autocast of layer inputs).
     logits, maps = AttributeClassifier(
-        num_values, [f"w_{f}" for f in fragments], name="attribute_classifier"
+        num_values, [f"w_{f}" for f in fragments], name="attribute_classifier", dtype=FLOAT32
     )(feats["conv7"])
-    gap = keras.layers.GlobalAveragePooling2D(name="gap")(feats["conv7"])  # image feature (AMNet's input)
+    # image feature (AMNet's input), float32 like every output
+    gap = keras.layers.GlobalAveragePooling2D(name="gap", dtype=FLOAT32)(feats["conv7"])
     outputs = {"logits": logits, "maps": maps, "gap": gap}
     if stage == "full":
-        boxes = AamBoxes(cfg.aam_threshold, cfg.box_backend, cfg.localization, name="aam_boxes")(maps)
+        boxes = AamBoxes(
+            cfg.aam_threshold, cfg.box_backend, cfg.localization, name="aam_boxes", dtype=FLOAT32
+        )(maps)
         size = (cfg.roi_size, cfg.roi_size)
         grid = backbone.feature_grid_size(cfg.image_size)
         samples = roi.samples_per_bin(grid, cfg.roi_size) if cfg.roi_pooling == "max" else 1
-        pooled = roi.RoiPooling(size, samples, name="roi_pooling")(
+        # RoiPooling keeps the boxes float32 and crops in float32 (crop_and_resize has no bfloat16 kernel);
+        # its output is in the run's precision, for fc8.
+        pooled = roi.RoiPooling(size, samples, name="roi_pooling", dtype=policy)(
             [feats["conv5"], boxes]
         )  # [B, A, r, r, C5]
         global_feats = None
         if cfg.feature_fusion:
-            whole = WholeImageBoxes(1, name="whole_image_boxes")(feats["conv5"])
-            g = roi.RoiPooling(size, samples, name="global_pooling")([feats["conv5"], whole])
-            global_feats = keras.layers.Flatten(name="global_flat")(g)
+            whole = WholeImageBoxes(1, name="whole_image_boxes", dtype=FLOAT32)(feats["conv5"])
+            g = roi.RoiPooling(size, samples, name="global_pooling", dtype=policy)([feats["conv5"], whole])
+            global_feats = keras.layers.Flatten(name="global_flat", dtype=policy)(g)
         fc10s, cls = [], []
         # One unstack instead of A slices: each slice's gradient would build a full-size zero tensor.
         per_attribute = keras.ops.unstack(pooled, num=len(num_values), axis=1)
         for a, (fragment, n) in enumerate(zip(fragments, num_values)):
-            x = keras.layers.Flatten(name=f"roi_flat_{fragment}")(per_attribute[a])
+            x = keras.layers.Flatten(name=f"roi_flat_{fragment}", dtype=policy)(per_attribute[a])
             if global_feats is not None:
-                x = keras.layers.Concatenate(name=f"fusion_{fragment}")([x, global_feats])
-            f, c = attribute_branch(x, a, fragment, n, cfg, seed)
+                x = keras.layers.Concatenate(name=f"fusion_{fragment}", dtype=policy)([x, global_feats])
+            f, c = attribute_branch(x, a, fragment, n, cfg, seed, dtype=policy)
             fc10s.append(f)
             cls.append(c)
         outputs["boxes"] = boxes
         outputs["fc10"] = keras.ops.stack(fc10s, axis=1)
-        outputs["fc10_logits"] = keras.layers.Concatenate(name="fc10_logits")(cls)
+        outputs["fc10_logits"] = keras.layers.Concatenate(name="fc10_logits", dtype=FLOAT32)(cls)
     return keras.Model(image, outputs, name=name or f"fashionsearchnet_v2_{stage}")
 
 

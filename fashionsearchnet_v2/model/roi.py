@@ -55,7 +55,7 @@ class RoiPooling(keras.layers.Layer):
     `samples` per bin, max-pooled (Fast R-CNN style; `samples=1`: one bilinear sample per bin).
 
     Inputs: `[features [batch, H, W, C], boxes [batch, A, 4]]`, boxes as (y1, x1, y2, x2) normalised.
-    Output: `[batch, A, crop_h, crop_w, C]` in the layer's compute dtype.
+    Output: `[batch, A, crop_h, crop_w, C]` in the layer's compute dtype (sampled and pooled in float32).
 
     Boxes are meant to lie in [0, 1] (AAM boxes do); the border is replicated once before cropping so
     that float rounding at the bottom/right edge cannot drop samples to zero (see `_pad_edges`).
@@ -80,7 +80,9 @@ class RoiPooling(keras.layers.Layer):
 
     def call(self, inputs):
         features, boxes = inputs
-        features = tf.cast(features, self.compute_dtype)
+        # Cropped in float32: crop_and_resize has no bfloat16 kernel, and samples between cells are
+        # interpolated at float32 precision whatever the layer's compute dtype.
+        features = tf.cast(features, tf.float32)
         boxes = tf.stop_gradient(tf.cast(boxes, tf.float32))
         # Static sizes where known keep the output shape static for the fc layers that follow.
         attributes = boxes.shape[1] if boxes.shape[1] is not None else tf.shape(boxes)[1]

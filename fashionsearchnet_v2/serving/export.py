@@ -28,7 +28,10 @@ was trained last (L_TC), so its value is the one a result's representation stand
 
 The network is rebuilt with the pure-TF box backend (the scikit-image one is a `tf.numpy_function`, which
 a SavedModel cannot hold; both give identical boxes), so the export loads with TensorFlow alone: no code
-of this project is needed to serve it. The vocabulary (attribute names and value names, in label order)
+of this project is needed to serve it. `precision="bfloat16"` rebuilds it under the mixed policy
+(`model/network.py`): `embed` then computes the backbone, ROI pooling and fc8/fc9 in bfloat16 and
+everything else, `manipulate` included, in float32; its outputs are float32 either way, and export.json
+records the precision. The vocabulary (attribute names and value names, in label order)
 travels as a SavedModel asset (`assets/vocabulary.json`) and as `vocabulary.json` at the export's top
 level; `export.json` beside it records where the weights came from. The export is written into a
 temporary sibling renamed into place; temporaries of killed exports (owner dead) are removed by the next.
@@ -163,17 +166,18 @@ def manipulation_arrays(manipulations: Sequence[Sequence[tuple[int, int]]], slot
 
 
 def exportable_network(
-    model, model_cfg: configs.ModelConfig, vocabulary: Vocabulary
+    model, model_cfg: configs.ModelConfig, vocabulary: Vocabulary, precision: str = "float32"
 ) -> tuple[object, configs.ModelConfig]:
-    """The full network rebuilt with the pure-TF box backend, every weighted layer copied by name.
+    """The full network rebuilt with the pure-TF box backend in `precision` ("float32" or "bfloat16";
+    `model` is float32), every weighted layer copied by name.
 
     Returns (network, its ModelConfig). Raises ExportError when a layer of either model has no
     counterpart of the same shapes in the other (a model that does not match its config).
     """
     cfg = dataclasses.replace(model_cfg, box_backend="tf")
-    if model_cfg.box_backend == "tf":
+    if model_cfg.box_backend == "tf" and precision == "float32":
         return model, cfg
-    rebuilt = network.build_network(vocabulary.num_values, vocabulary.names, cfg, "full")
+    rebuilt = network.build_network(vocabulary.num_values, vocabulary.names, cfg, "full", precision=precision)
     source = {layer.name: layer for layer in model.layers if layer.weights}
     target = {layer.name: layer for layer in rebuilt.layers if layer.weights}
     if sorted(source) != sorted(target):
@@ -208,6 +212,10 @@ class ServingModule(tf.Module):
             )
         self.model = model
         self.global_layer = global_layer
+        # What the network computes in (export.json records it): bfloat16 where any layer does.
+        self.precision = (
+            "bfloat16" if any(layer.compute_dtype == "bfloat16" for layer in model.layers) else "float32"
+        )
         self.num_values = list(vocabulary.num_values)
         self.image_size = int(image_size)
         self.mean_bgr = tuple(records.IMAGENET_MEAN_BGR if mean_bgr is None else mean_bgr)
@@ -364,6 +372,7 @@ def save(
             "format_version": 1,
             "signatures": list(SIGNATURES),
             "image_size": module.image_size,
+            "precision": module.precision,
             "mean_bgr": list(module.mean_bgr),
             "num_values": module.num_values,
             "attribute_dim": int(module.global_layer.dim),
@@ -412,8 +421,10 @@ def exportable_variants() -> list[str]:
     return [v for v, (s2, _) in configs.VARIANTS.items() if s2 in configs.STAGE2_VARIANTS]
 
 
-def load_variant(workdir: str, info: schema.DatasetInfo, variant: str, progress: bool = True):
-    """A trained Table 1 variant, ready to export.
+def load_variant(
+    workdir: str, info: schema.DatasetInfo, variant: str, progress: bool = True, precision: str = "float32"
+):
+    """A trained Table 1 variant, ready to export, its network computing in `precision` (resolved).
 
     Returns (network with the "tf" box backend, GlobalRepresentation layer, ModelConfig, metadata).
     Variants without stage 3 get the identity global layer with the memory block of the training
@@ -440,7 +451,7 @@ def load_variant(workdir: str, info: schema.DatasetInfo, variant: str, progress:
         layer = gm.get_layer("global_representation")
         metadata["stage3_checkpoint"] = s3_ckpt
     vocabulary = Vocabulary.from_info(info)
-    net, model_cfg = exportable_network(model, cfg.model, vocabulary)
+    net, model_cfg = exportable_network(model, cfg.model, vocabulary, precision)
     metadata["dataset"] = info.name
     metadata["dataset_fingerprint"] = info.fingerprint
     return net, layer, model_cfg, metadata

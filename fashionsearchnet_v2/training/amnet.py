@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from fashionsearchnet_v2 import losses
+from fashionsearchnet_v2 import losses, precision
 from fashionsearchnet_v2.model import amnet, network
 from fashionsearchnet_v2.training import trainer
 from fashionsearchnet_v2.training.stage3 import GlobalTripletSampler, primed
@@ -29,9 +29,10 @@ class AmnetTask:
         self.num_values = info.num_values
         self.margin, self.lambda_attr = margin, lambda_attr
         self.global_batch = self.s3.batch_size
+        self.precision = precision.resolve(config.train.precision).precision  # resolved by training.run
 
     def build_model(self):
-        return amnet.build_amnet(self.num_values, self.features.shape[-1])
+        return amnet.build_amnet(self.num_values, self.features.shape[-1], precision=self.precision)
 
     def build_optimizer(self, total_steps: int):
         return trainer.make_optimizer(

@@ -1,4 +1,5 @@
-"""Divergence guard of the training loop: the first non-finite loss term or weight stops the run.
+"""Divergence guard of the training loop: the first non-finite loss term or weight stops the run, and so
+does a loss that explodes while staying finite.
 
 Every step returns its loss terms (the loop reads them on the host anyway, for the running means) and one
 boolean computed inside the step's tf.function: whether every floating variable of the model is finite
@@ -8,14 +9,25 @@ the training loss (batch statistics) still looks finite. The check is one sum pe
 anywhere makes the sum non-finite), a single read of the weights: about 1% of a step at the paper's size,
 measured in WORKSPACE.md (decision R1).
 
+A loss can also explode and stay finite (Adam at lr 1e4 on the embedded default: 5.7e5, 7.2e5, 5.5e6,
+then chance accuracy). `LossBound` follows Model Garden's `loss_upper_bound`: the mean loss of the last
+LOSS_WINDOW steps above an absolute bound, or above a multiple of the run's first step's loss, stops the
+run the same way (`TrainConfig.loss_upper_bound`, `TrainConfig.loss_growth_limit`; WORKSPACE.md R17).
+
 On the first failure the loop raises DivergenceError before anything of that step is saved, so the newest
-checkpoint stays the last finite one.
+checkpoint stays the last finite one (the last one before the loss passed its bound).
 """
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import tensorflow as tf
+
+#: Steps over which the loss is averaged before it is compared with its bounds: one noisy step does not
+#: stop a run, a loss that stays up does.
+LOSS_WINDOW = 10
 
 
 class DivergenceError(RuntimeError):
@@ -59,6 +71,36 @@ def nonfinite_variables(model, optimizer=None) -> list[str]:
     return found
 
 
+class LossBound:
+    """The running loss (mean of the last `window` steps' "loss") against `upper_bound` and against
+    `growth_limit` times the first step's loss seen by this process (0 switches a check off)."""
+
+    def __init__(self, upper_bound: float, growth_limit: float, window: int = LOSS_WINDOW):
+        self.upper_bound, self.growth_limit = float(upper_bound), float(growth_limit)
+        self.recent: collections.deque = collections.deque(maxlen=window)
+        self.first: float | None = None
+
+    def exceeded(self, loss: float) -> str | None:
+        """Adds a step's loss; a sentence saying which bound the running loss passed, or None."""
+        loss = float(loss)
+        if self.first is None:
+            self.first = loss
+        self.recent.append(loss)
+        running = float(np.mean(self.recent))
+        n = len(self.recent)
+        what = f"the loss exploded while staying finite: its mean over the last {n} step{'s' * (n > 1)} is "
+        what += f"{running:.3g}"
+        if self.upper_bound > 0 and running > self.upper_bound:
+            return f"{what}, above --loss_upper_bound={self.upper_bound:g}"
+        limit = self.growth_limit * abs(self.first)
+        if self.growth_limit > 0 and self.first > 0 and running > limit:
+            return (
+                f"{what}, more than --loss_growth_limit={self.growth_limit:g} times its first value "
+                f"{self.first:.3g}"
+            )
+        return None
+
+
 def _first_nonfinite_term(values: dict[str, np.ndarray]) -> str | None:
     # The named terms (L_C, L_T, ...) first: "loss" is their weighted sum and says less.
     for key in sorted(values, key=lambda k: k == "loss"):
@@ -76,15 +118,23 @@ def check_step(
     model,
     optimizer,
     last_checkpoint,
+    bound: LossBound | None = None,
 ) -> None:
-    """Raises DivergenceError when a loss term in `values` (the step's results) or a weight is non-finite.
+    """Raises DivergenceError when a loss term in `values` (the step's results) or a weight is non-finite,
+    or when `bound` says the running loss exploded.
 
     `last_checkpoint` is a callable giving the newest checkpoint's path (called only on failure)."""
     term = _first_nonfinite_term(values)
-    if term is None and weights_finite:
+    exploded = None
+    if term is None and weights_finite and bound is not None and "loss" in values:
+        exploded = bound.exceeded(float(np.sum(values["loss"])))
+    if term is None and weights_finite and exploded is None:
         return
     shown = ", ".join(f"{k} {float(np.sum(v)):.4g}" for k, v in values.items() if np.ndim(v) == 0)
-    if term is not None:
+    if exploded is not None:
+        what = f"{exploded} (this step: {shown})"
+        term = "loss"
+    elif term is not None:
         what = f"{term} is {float(np.sum(values[term]))} ({shown})"
     else:
         layers = nonfinite_variables(model, optimizer)
@@ -93,7 +143,12 @@ def check_step(
         what = f"the update made {where} non-finite while the losses were finite ({shown})"
         term = "weights"
     last = last_checkpoint()
-    kept = f"the newest checkpoint, {last}, is the last finite one" if last else "no checkpoint was written"
+    if not last:
+        kept = "no checkpoint was written"
+    elif exploded is not None:
+        kept = f"the newest checkpoint, {last}, was saved before the loss passed its bound"
+    else:
+        kept = f"the newest checkpoint, {last}, is the last finite one"
     try:
         lr = float(np.asarray(optimizer.learning_rate))
         hint = f"lower the learning rate (it is {lr:g})"

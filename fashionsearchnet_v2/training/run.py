@@ -17,7 +17,7 @@ import sys
 
 import tensorflow as tf
 
-from fashionsearchnet_v2 import configs, locks
+from fashionsearchnet_v2 import configs, locks, precision
 from fashionsearchnet_v2.configs import ExperimentConfig
 from fashionsearchnet_v2.data import integrity, pipeline, schema
 from fashionsearchnet_v2.trained import checkpoints, loading, provenance
@@ -96,14 +96,23 @@ def _train(task, cfg: ExperimentConfig, info, workdir: str, strategy, out):
             task, workdir, strategy, total_steps=total, steps_per_epoch=per_epoch,
             batch_size=cfg.train.batch_size, log_every=cfg.train.log_every_steps,
             checkpoint_every=cfg.train.checkpoint_every_steps, seed=cfg.train.seed,
-            deterministic_ops=cfg.train.deterministic_ops, out=out,
+            deterministic_ops=cfg.train.deterministic_ops, loss_upper_bound=cfg.train.loss_upper_bound,
+            loss_growth_limit=cfg.train.loss_growth_limit, out=out,
         ).run()  # fmt: skip
+
+
+def resolve_precision(cfg: ExperimentConfig, out=sys.stdout) -> ExperimentConfig:
+    """`cfg` with `train.precision` resolved for this device ("auto" -> float32 or bfloat16), said once
+    at the start of the stage; config.json records the resolved one."""
+    choice = precision.resolve(cfg.train.precision)
+    print(f"[{cfg.stage}] {choice}", file=out, flush=True)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=choice.precision))
 
 
 def run_stage1(cfg: ExperimentConfig, info: schema.DatasetInfo, strategy=None, out=sys.stdout):
     """Stage 1 in `<workdir>/stage1`; returns the trained Keras model."""
     strategy = strategy or trainer.make_strategy(cfg.strategy)
-    cfg = dataclasses.replace(cfg, stage="stage1")
+    cfg = resolve_precision(dataclasses.replace(cfg, stage="stage1"), out)
     workdir = loading.stage_dir(cfg.workdir, "stage1")
     return _train(stages.Stage1Task(cfg, info, workdir, strategy), cfg, info, workdir, strategy, out)
 
@@ -126,6 +135,7 @@ def run_stage2(cfg: ExperimentConfig, info: schema.DatasetInfo, strategy=None, o
         )
     provenance.check(stage1_cfg, info, stage1_dir, quick=cfg.quick)
     check_finished(stage1_dir, stage1_cfg, info, "stage 1")
+    cfg = resolve_precision(cfg, out)
     task = stages.Stage2Task(cfg, info, workdir, strategy, stage1_dir, stage1_cfg)
     return _train(task, cfg, info, workdir, strategy, out)
 
@@ -209,7 +219,8 @@ def _train_on_features(task, cfg: ExperimentConfig, workdir: str, num_examples: 
             task, workdir, tf.distribute.get_strategy(), total_steps=total,
             steps_per_epoch=min(per_epoch, total), batch_size=s3.batch_size, log_every=s3.log_every_steps,
             checkpoint_every=max(1, per_epoch // 2), seed=s3.seed,
-            deterministic_ops=cfg.train.deterministic_ops, out=out,
+            deterministic_ops=cfg.train.deterministic_ops, loss_upper_bound=cfg.train.loss_upper_bound,
+            loss_growth_limit=cfg.train.loss_growth_limit, out=out,
         ).run()  # fmt: skip
 
 
@@ -227,5 +238,6 @@ def run_amnet(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout):
         cfg.stage3, optimizer="sgd", learning_rate=0.01, momentum=0.0, lr_schedule="constant", epochs=2.0
     )
     cfg = dataclasses.replace(cfg, stage="amnet", variant="amnet", model=s1_cfg.model, stage3=amnet_schedule)
+    cfg = resolve_precision(cfg, out)
     workdir = os.path.join(cfg.workdir, "amnet")
     return _train_on_features(amnet.AmnetTask(cfg, info, feats), cfg, workdir, len(feats["labels"]), out)

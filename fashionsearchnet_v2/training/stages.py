@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fashionsearchnet_v2 import losses
+from fashionsearchnet_v2 import losses, precision
 from fashionsearchnet_v2.configs import ExperimentConfig
 from fashionsearchnet_v2.data import pipeline, records, schema
 from fashionsearchnet_v2.model import aam, backbone, network
@@ -57,11 +57,18 @@ class _ClassificationTask:
         self.names = info.attribute_names
         self.global_batch = config.train.batch_size
         self._heldout = None
+        # "auto" is resolved by training.run, which says which; a task built directly resolves it here.
+        self.precision = precision.resolve(config.train.precision).precision
 
     # --- construction -------------------------------------------------------------------------
     def build_model(self) -> keras.Model:
         return network.build_network(
-            self.num_values, self.names, self.config.model, self.network_stage, seed=self.config.train.seed
+            self.num_values,
+            self.names,
+            self.config.model,
+            self.network_stage,
+            seed=self.config.train.seed,
+            precision=self.precision,
         )
 
     def build_optimizer(self, total_steps: int):

@@ -1,8 +1,8 @@
 """The one custom training loop all stages share: tf.distribute, tf.function steps, checkpoints,
 resume, progress and TensorBoard. What differs between stages lives in their task objects.
 
-Two guards run inside the loop: a non-finite loss term or weight stops the run before anything of that
-step is saved (`guard`), and under MultiWorkerMirroredStrategy only the chief writes checkpoints and
+Two guards run inside the loop: a non-finite loss term or weight, or a finite loss above its bound, stops
+the run before anything of that step is saved (`guard`), and under MultiWorkerMirroredStrategy only the chief writes checkpoints and
 TensorBoard logs (`distribute`); a corrupt record stops with its shard's name and position.
 
 A task provides `build_model`, `build_optimizer(total_steps)`, `build_inputs(seed)`, `initialize(model)` (weights
@@ -77,9 +77,14 @@ class Trainer:
         checkpoint_every: int,
         seed: int = 0,
         deterministic_ops: bool = False,
+        loss_upper_bound: float = 0.0,
+        loss_growth_limit: float = 0.0,
         out=sys.stdout,
     ):
+        """`loss_upper_bound`, `loss_growth_limit`: `guard.LossBound`'s (0: off; `run` passes the
+        TrainConfig's)."""
         self.task, self.workdir, self.strategy = task, workdir, strategy
+        self.loss_upper_bound, self.loss_growth_limit = loss_upper_bound, loss_growth_limit
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         self.batch_size, self.log_every, self.checkpoint_every = batch_size, log_every, checkpoint_every
         self.seed, self.deterministic_ops, self.out = seed, deterministic_ops, out
@@ -136,6 +141,7 @@ class Trainer:
         iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
 
         checked = guard.checked_variables(model, optimizer)
+        bound = guard.LossBound(self.loss_upper_bound, self.loss_growth_limit)
 
         @tf.function
         def distributed_step(batch):
@@ -152,7 +158,7 @@ class Trainer:
             results, finite = distributed_step(batch)
             values = {k: v.numpy() for k, v in results.items()}
             guard.check_step(self.task.name, s + 1, values, bool(finite), model=model, optimizer=optimizer,
-                             last_checkpoint=lambda: checkpoints.latest(self.ckpt_dir))  # fmt: skip
+                             last_checkpoint=lambda: checkpoints.latest(self.ckpt_dir), bound=bound)  # fmt: skip
             window_images += self.batch_size
             for k, v in values.items():
                 sums[k] = sums.get(k, 0) + v
