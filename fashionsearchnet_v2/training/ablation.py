@@ -159,7 +159,7 @@ def stage3_tables(per_seed, reports, variants, attribute_names, k: int = 20) -> 
     pairs = paired_differences(per_seed, k)
     if pairs:
         lines += [f"Paired differences of Top-{k} avg, same seed ({', '.join(map(str, seeds))}):", "",
-                  "| difference | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
+                  "| difference | " + " | ".join(f"seed {s}" for s in seeds) + (" | mean ± std |" if len(seeds) > 1 else " | mean |"),
                   "|---|" + "---:|" * (len(seeds) + 1)]  # fmt: skip
         for p in pairs:
             spread = f"{p['mean']:+.3f} ± {p['std']:.3f}" if len(p["values"]) > 1 else f"{p['mean']:+.3f}"
