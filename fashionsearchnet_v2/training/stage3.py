@@ -183,6 +183,7 @@ class Stage3Task:
         self.fc10, self.labels, self.ids = fc10[~held], labels[~held], ids[~held]
         self.memory, _ = memory_block.build_memory_block(self.fc10, self.labels, self.num_values)
         self.validation, self._val_triplets = None, None
+        self._no_validation = "no validation split (validation_fraction 0): the last step is kept"
         if held.any():
             searches = validation.ValidationSearches(
                 fc10[held], labels[held], ids[held], self.num_values, self.names,
@@ -190,6 +191,9 @@ class Stage3Task:
             )  # fmt: skip
             # Too few validation images for a single search (tiny test sets): nothing to select on.
             self.validation = searches if len(searches) else None
+            self._no_validation = (
+                f"a validation split of {int(held.sum())} images has no search: the last step is kept"
+            )
             self._val_triplets = self._fixed_triplets(fc10[held], labels[held])
         self.enumerator = (
             ManipulationEnumerator(self.labels, self.num_values) if self.s3.sampling == "enumerate" else None
@@ -220,7 +224,7 @@ class Stage3Task:
             if self.enumerator is not None
             else f"one manipulation per training image, {len(self.labels)} per epoch"
         )
-        val = self.validation.describe() if self.validation else "no validation split"
+        val = self.validation.describe() if self.validation else self._no_validation
         return f"{what} = {self.steps_per_epoch()} steps of {self.s3.batch_size}; {self.s3.negatives} negatives; {val}"
 
     def _fixed_triplets(self, fc10, labels, limit: int = 2048):
