@@ -16,14 +16,9 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
+from optional import BEAM_INSTALL, BEAM_MISSING, require
 
-try:
-    import apache_beam  # noqa: F401
-except ImportError:
-    _MESSAGE = 'the Beam pipeline\'s tests need the beam extra: pip install -e ".[beam]" (as .ci/run does)'
-    if os.environ.get("CI"):
-        pytest.fail(_MESSAGE, pytrace=False)
-    pytest.skip(_MESSAGE, allow_module_level=True)
+require(not BEAM_MISSING, f"the Beam pipeline's tests need the beam extra: {BEAM_INSTALL}", module_level=True)
 
 from index_fixture import write_tiny_dataset  # noqa: E402  (export_dir, model, folder: conftest's)
 

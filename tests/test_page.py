@@ -16,7 +16,7 @@ import tempfile
 import urllib.request
 
 import cv2
-import pytest
+from optional import require
 from service_fixture import live_server
 
 from fashionsearchnet_v2.serving import index as index_lib
@@ -65,16 +65,10 @@ def _settled(driver, summary_part: str):
 
 
 def test_pick_an_item_change_its_colour_and_see_the_results_change(trained, tmp_path):
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        # The one test that needs a system package: a person's view of the page exists only in a real
-        # browser. Elsewhere it says how to get one; under CI (.ci/run sets CI=true) it fails instead.
-        message = (
+    # The one test that needs a system package: a person's view of the page exists only in a real browser.
+    require(os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER),
             f"the search page is tested in real headless Chromium, and {CHROMIUM} or {CHROMEDRIVER} is "
-            "missing: apt-get install -y chromium chromium-driver (as .ci/run does)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+            "missing: apt-get install -y chromium chromium-driver (as .ci/run does)")  # fmt: skip
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 

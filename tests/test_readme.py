@@ -27,6 +27,7 @@ import urllib.request
 import cv2
 import numpy as np
 import pytest
+from optional import BEAM_INSTALL, BEAM_MISSING, require
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING = ("experiments.main", "experiments.export", "experiments.index", "experiments.search")
@@ -203,13 +204,7 @@ def test_readme_serving_commands_and_curl_examples(served_main_job):
 def test_readme_beam_commands_from_a_folder_to_a_running_service(served_main_job):
     """README's "Catalogues of millions" block: a folder embedded on Beam's DirectRunner with two worker
     processes, indexed from the shards and served (the main job's quick export)."""
-    try:
-        import apache_beam  # noqa: F401
-    except ImportError:
-        message = 'README\'s Beam commands need the beam extra: pip install -e ".[beam]" (as .ci/run does)'
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require(not BEAM_MISSING, f"README's Beam commands need the beam extra: {BEAM_INSTALL}")
     cwd, _ = served_main_job
     commands = readme_block("### Catalogues of millions")
     assert [c.split()[2] for c in commands if c.startswith("python -m")] == [
