@@ -1,4 +1,9 @@
-"""What does stage 3's global ranking loss L_G (Eq. 8) learn, and does learning it help the search?
+"""What did the old stage 3's global ranking loss L_G (Eq. 8) learn, and did learning it help the search?
+
+Kept as the record of WORKSPACE.md decision 57, which issue 15 superseded. It scores its rows on the query
+and gallery (the test split), so no setting may be chosen from it: stage 3's settings are chosen on the
+validation split by `python -m experiments.stage3_select` (decisions 59-62). "default" below means the
+default of decision 57 (unit F, SGD 0.01), not today's.
 
 Trains the global representation (Eq. 7: λ, w_r, memory block M) on a trained stage 2's fixed fc10
 features with several settings, each for a number of steps, and evaluates each with the paper's protocol

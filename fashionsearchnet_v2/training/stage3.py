@@ -247,7 +247,7 @@ class Stage3Task:
 
     def _negatives(self, rng, anchors, attrs, values):
         if self.s3.negatives == "near":
-            target = np.where(self.labels[anchors] >= 0, self.labels[anchors], -1)
+            target = self.labels[anchors].copy()  # unlabelled stays -1: don't care
             target[np.arange(len(anchors)), attrs] = values
             return near_negatives(self.labels, target, self.num_values, rng)
         return rng.integers(len(self.labels), size=len(anchors))
