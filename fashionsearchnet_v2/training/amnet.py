@@ -16,7 +16,7 @@ from fashionsearchnet_v2.training import trainer
 from fashionsearchnet_v2.training.stage3 import GlobalTripletSampler, primed
 
 
-class AmnetTask:
+class AmnetTask(trainer.FixedFeatureTask):
     """Trains AMNet's memory, fusion and attribute layers: margin triplet + λ · attribute prediction."""
 
     name = "amnet"
@@ -33,17 +33,6 @@ class AmnetTask:
 
     def build_model(self):
         return amnet.build_amnet(self.num_values, self.features.shape[-1], precision=self.precision)
-
-    def build_optimizer(self, total_steps: int):
-        return trainer.make_optimizer(
-            self.s3.optimizer, self.s3.learning_rate, self.s3.momentum, self.s3.lr_schedule, total_steps
-        )
-
-    def trainable_variables(self, model):
-        return model.trainable_variables
-
-    def extra_checkpoint(self) -> dict:
-        return {}
 
     def initialize(self, model) -> str:
         return f"AMNet on fixed stage-1 GAP features {self.features.shape}; memory and fusion start random"
@@ -108,6 +97,3 @@ class AmnetTask:
 
     def evaluate(self, model, step: int | None = None) -> dict:
         return {}
-
-    def summary_images(self, model):
-        return None

@@ -159,7 +159,7 @@ def near_negatives(
     return out
 
 
-class Stage3Task:
+class Stage3Task(trainer.FixedFeatureTask):
     """Trains the GlobalRepresentation layer (λ, w_r, optionally M) with L_G on fixed fc10 features.
 
     The training split's features are cut in two by `validation.carve`: the validation images never enter
@@ -306,17 +306,6 @@ class Stage3Task:
             normalize=self.s3.normalize, train_w_r=self.s3.train_w_r,
         )  # fmt: skip
 
-    def build_optimizer(self, total_steps: int):
-        return trainer.make_optimizer(
-            self.s3.optimizer, self.s3.learning_rate, self.s3.momentum, self.s3.lr_schedule, total_steps
-        )
-
-    def trainable_variables(self, model):
-        return model.trainable_variables
-
-    def extra_checkpoint(self) -> dict:
-        return {}
-
     def initialize(self, model) -> str:
         """Step 0: M from the training means (validation images left out), λ = 1, w_r as configured;
         scored on validation, which is the first candidate of the selection."""
@@ -457,6 +446,3 @@ class Stage3Task:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2)
         os.replace(tmp, self.selection_path)
-
-    def summary_images(self, model):
-        return None

@@ -54,6 +54,26 @@ def make_optimizer(name: str, learning_rate: float, momentum: float, schedule: s
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
 
 
+class FixedFeatureTask:
+    """What the tasks on fixed features (stage 3, AMNet) share: stage 3's optimiser settings
+    (`self.s3`, a Stage3Config), every weight of their small model trained, no pictures."""
+
+    s3 = None
+
+    def build_optimizer(self, total_steps: int):
+        s3 = self.s3
+        return make_optimizer(s3.optimizer, s3.learning_rate, s3.momentum, s3.lr_schedule, total_steps)
+
+    def trainable_variables(self, model):
+        return model.trainable_variables
+
+    def extra_checkpoint(self) -> dict:
+        return {}
+
+    def summary_images(self, model):
+        return None
+
+
 def format_seconds(s: float) -> str:
     if not math.isfinite(s):
         return "?"
