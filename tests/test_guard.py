@@ -47,10 +47,12 @@ class ToyTask:
     def initialize(self, model):
         return "toy"
 
-    def build_inputs(self, seed):
+    def build_inputs(self, seed, skip_steps=0):
         x = np.random.default_rng(seed).normal(size=(64, 3)).astype(np.float32)
         y = x.sum(axis=1, keepdims=True)
-        return tf.data.Dataset.from_tensor_slices((x, y)).batch(8, drop_remainder=True).repeat()
+        return (
+            tf.data.Dataset.from_tensor_slices((x, y)).batch(8, drop_remainder=True).repeat().skip(skip_steps)
+        )
 
     def train_step(self, model, optimizer, batch, step):
         x, y = batch

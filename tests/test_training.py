@@ -127,3 +127,52 @@ def test_mirrored_strategy_matches_one_device(info, tmp_path):
     assert trainer.make_strategy("mirrored").num_replicas_in_sync == 2
     for a, b in zip(single, mirrored):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _kill_at(monkeypatch, at_step):
+    """Makes the training loop stop as a kill would, right after step `at_step` ran (not yet saved)."""
+    from fashionsearchnet_v2.training import guard
+
+    check = guard.check_step
+
+    def check_then_kill(name, step, *args, **kwargs):
+        check(name, step, *args, **kwargs)
+        if step == at_step:
+            raise KeyboardInterrupt(f"killed after step {step}")
+
+    monkeypatch.setattr(guard, "check_step", check_then_kill)
+    return lambda: monkeypatch.setattr(guard, "check_step", check)
+
+
+def _weights(model):
+    return {w.path: w.numpy() for w in model.weights}
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_a_run_resumed_after_a_kill_equals_one_that_never_stopped(info, tmp_path, monkeypatch, stage):
+    """Killed mid-stage (after step 7, last checkpoint at 6, in the second epoch: 72 images, batch 8)
+    and started again, a stage ends with the weights of the same run uninterrupted: the resume continues
+    the input stream where it stopped and restores dropout's random state (stage 2: dropout, triplets)."""
+    steps = dict(max_steps=12, checkpoint_every_steps=3, heldout_images=8, summary_images=0)
+    first = run.run_stage1 if stage == "stage1" else run.run_stage2
+    if stage == "stage2":  # one stage 1 for both runs
+        run.run_stage1(_config(tmp_path / "whole", max_steps=2), info, out=io.StringIO())
+        import shutil
+
+        shutil.copytree(tmp_path / "whole" / "stage1", tmp_path / "killed" / "stage1")
+    whole = _weights(first(_config(tmp_path / "whole", **steps), info, out=io.StringIO()))
+
+    restore = _kill_at(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        first(_config(tmp_path / "killed", **steps), info, out=io.StringIO())
+    restore()
+    log = io.StringIO()
+    resumed = _weights(first(_config(tmp_path / "killed", **steps), info, out=log))
+    assert "at step 6" in log.getvalue() and "random-number state" not in log.getvalue()
+    _assert_same_weights(whole, resumed)

@@ -24,10 +24,15 @@ def make_dataset(
     with_boxes: bool = False,
     drop_remainder: bool | None = None,
     mean_bgr=records.IMAGENET_MEAN_BGR,
+    skip: int = 0,
 ) -> tf.data.Dataset:
     """Batches of {"image": float32 [B, S, S, 3], "labels": int32 [B, A], "id": string [B]
     (, "boxes": [B, A, 4])}. Training data is shuffled and repeated forever; evaluation data is read
-    once in file order (deterministic)."""
+    once in file order (deterministic).
+
+    `skip` (training): leave out the stream's first `skip` examples, still encoded (read and shuffled,
+    never decoded): a run resumed at step s with skip = s x batch size sees the batches an uninterrupted
+    run would have seen from step s on."""
     files = info.shard_paths(split)
     num_attributes = info.num_attributes
     with_boxes = with_boxes and info.has_boxes
@@ -43,6 +48,8 @@ def make_dataset(
         ds = ds.take(take)
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+        if skip:
+            ds = ds.skip(skip)
     ds = ds.map(
         lambda s: records.decode_and_preprocess(
             records.parse_example(s, num_attributes, with_boxes), image_size, mean_bgr

@@ -88,6 +88,31 @@ def restore_layers(model: keras.Model, checkpoint_dir: str, names: Iterable[str]
     return path
 
 
-def stage_checkpoint(model: keras.Model, optimizer, step: tf.Variable, **extra) -> tf.train.Checkpoint:
-    """What a stage saves to resume: its step, its optimizer's state and every layer by name."""
+RNG_KEY = "rng_state"
+
+
+def rng_state(model: keras.Model) -> dict[str, list]:
+    """{layer name: [variables]} of the state that is not a weight: the seed generators of the dropout
+    layers (Keras' `Layer.weights` leaves them out, so `layer_dict` does not save them)."""
+    out = {}
+    for layer in model.layers:
+        weights = {id(w) for w in layer.weights}
+        extra = [v for v in layer.variables if id(v) not in weights]
+        if extra:
+            out[layer.name] = extra
+    return out
+
+
+def has_rng_state(path: str) -> bool:
+    """Whether the checkpoint at `path` holds `rng_state` (checkpoints of earlier versions do not)."""
+    return any(name.startswith(f"{RNG_KEY}/") for name, _ in tf.train.list_variables(path))
+
+
+def stage_checkpoint(
+    model: keras.Model, optimizer, step: tf.Variable, rng: bool = True, **extra
+) -> tf.train.Checkpoint:
+    """What a stage saves to resume: its step, its optimizer's state, every layer by name and (`rng`) the
+    random-number state of its dropout layers."""
+    if rng and rng_state(model):
+        extra[RNG_KEY] = rng_state(model)
     return tf.train.Checkpoint(step=step, optimizer=optimizer, **extra, **layer_dict(model))

@@ -7,6 +7,8 @@ ranking loss and attribute prediction, the same way stage 3 trains on fixed feat
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import tensorflow as tf
 
@@ -53,7 +55,8 @@ class AmnetTask(trainer.FixedFeatureTask):
                 self.features[negatives], self.labels[negatives].astype(np.int32),
             )  # fmt: skip
 
-    def build_inputs(self, seed: int) -> tf.data.Dataset:
+    def build_inputs(self, seed: int, skip_steps: int = 0) -> tf.data.Dataset:
+        """Batches of `seed` from step `skip_steps` on (see Stage3Task.build_inputs)."""
         f, c, a, b = self.features.shape[1], sum(self.num_values), len(self.num_values), self.s3.batch_size
         spec = (
             tf.TensorSpec((b, f), tf.float32), tf.TensorSpec((b, c), tf.float32), tf.TensorSpec((b, a), tf.int32),
@@ -69,7 +72,9 @@ class AmnetTask(trainer.FixedFeatureTask):
             "negative",
             "negative_labels",
         )
-        ds = tf.data.Dataset.from_generator(primed(self._batches(seed)), output_signature=spec)
+        ds = tf.data.Dataset.from_generator(
+            primed(itertools.islice(self._batches(seed), skip_steps, None)), output_signature=spec
+        )
         return ds.map(lambda *x: dict(zip(keys, x))).prefetch(2)
 
     def train_step(self, model, optimizer, batch, step):

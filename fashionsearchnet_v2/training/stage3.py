@@ -12,6 +12,7 @@ scored on the validation split with the paper's protocol and the best state (ste
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 
@@ -284,7 +285,9 @@ class Stage3Task(trainer.FixedFeatureTask):
                 self.fc10, anchors, attrs, values, positives, self._negatives(rng, anchors, attrs, values)
             )
 
-    def build_inputs(self, seed: int) -> tf.data.Dataset:
+    def build_inputs(self, seed: int, skip_steps: int = 0) -> tf.data.Dataset:
+        """Batches of `seed` from step `skip_steps` on (the skipped ones are drawn and dropped, so a
+        resume continues the uninterrupted run's sequence)."""
         a, d = self.fc10.shape[1:]
         c = sum(self.num_values)
         b = self.s3.batch_size
@@ -294,7 +297,9 @@ class Stage3Task(trainer.FixedFeatureTask):
             tf.TensorSpec((b, a, d), tf.float32),
             tf.TensorSpec((b, a, d), tf.float32),
         )
-        ds = tf.data.Dataset.from_generator(primed(self._batches(seed)), output_signature=spec)
+        ds = tf.data.Dataset.from_generator(
+            primed(itertools.islice(self._batches(seed), skip_steps, None)), output_signature=spec
+        )
         return ds.map(
             lambda q, t, p, n: {"anchor": q, "manipulation": t, "positive": p, "negative": n}
         ).prefetch(2)

@@ -81,8 +81,16 @@ class _ClassificationTask:
     def extra_checkpoint(self) -> dict:
         return {}
 
-    def build_inputs(self, seed: int) -> tf.data.Dataset:
+    def build_inputs(self, seed: int, skip_steps: int = 0) -> tf.data.Dataset:
+        """The training stream of `seed`, from step `skip_steps` on (a resume continues it exactly)."""
         t = self.config.train
+        workers = distribute.num_workers(self.strategy)
+        policy = distribute.shard_policy(len(self.info.shards["train"]), workers) if workers > 1 else None
+        # Each pipeline's stream advances by what it feeds per step: the global batch, or with FILE
+        # sharding its worker's share of it (its own files, rebatched by tf.distribute).
+        per_step = (
+            t.batch_size // workers if policy == tf.data.experimental.AutoShardPolicy.FILE else t.batch_size
+        )
         ds = pipeline.make_dataset(
             self.info,
             "train",
@@ -91,13 +99,11 @@ class _ClassificationTask:
             training=True,
             seed=seed,
             shuffle_buffer=t.shuffle_buffer,
+            skip=skip_steps * per_step,
         )
-        workers = distribute.num_workers(self.strategy)
         if workers > 1:  # every worker builds the same pipeline; tf.distribute gives each its part
             options = tf.data.Options()
-            options.experimental_distribute.auto_shard_policy = distribute.shard_policy(
-                len(self.info.shards["train"]), workers
-            )
+            options.experimental_distribute.auto_shard_policy = policy
             ds = ds.with_options(options)
         return ds
 

@@ -5,7 +5,7 @@ Two guards run inside the loop: a non-finite loss term or weight, or a finite lo
 the run before anything of that step is saved (`guard`), and under MultiWorkerMirroredStrategy only the chief writes checkpoints and
 TensorBoard logs (`distribute`); a corrupt record stops with its shard's name and position.
 
-A task provides `build_model`, `build_optimizer(total_steps)`, `build_inputs(seed)`, `initialize(model)` (weights
+A task provides `build_model`, `build_optimizer(total_steps)`, `build_inputs(seed, skip_steps)`, `initialize(model)` (weights
 for a fresh start: ImageNet or the previous stage), `train_step(model, optimizer, batch, step)`
 (one replica's step; returns per-replica sums already divided by the global batch), and optionally
 `evaluate(model)` and `summary_images(model)`.
@@ -141,10 +141,18 @@ class Trainer:
             optimizer = self.task.build_optimizer(self.total_steps)
             optimizer.build(self.task.trainable_variables(model))
             step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        ckpt = checkpoints.stage_checkpoint(model, optimizer, step, **self.task.extra_checkpoint())
+        latest = checkpoints.latest(self.ckpt_dir)
+        # The random-number state (dropout masks) is saved too, so a resumed run equals an uninterrupted
+        # one; a checkpoint written before it was saved resumes without it (and says so).
+        with_rng = not latest or not checkpoints.rng_state(model) or checkpoints.has_rng_state(latest)
+        ckpt = checkpoints.stage_checkpoint(
+            model, optimizer, step, rng=with_rng, **self.task.extra_checkpoint()
+        )
         # Every worker saves (saving runs collectives) but only the chief into ckpt/; all resume from it.
         manager = tf.train.CheckpointManager(ckpt, save_dir, max_to_keep=3)
-        latest = checkpoints.latest(self.ckpt_dir)
+        if latest and not with_rng:
+            self.log(f"[{self.task.name}] {latest} has no random-number state: dropout after the resume "
+                     "differs from an uninterrupted run")  # fmt: skip
         if latest:
             ckpt.restore(latest).assert_existing_objects_matched()
             checkpoints.check_finite(checkpoints.layer_dict(model), latest)
@@ -156,8 +164,10 @@ class Trainer:
             self.log(f"[{self.task.name}] already trained ({start}/{self.total_steps} steps): nothing to do")
             return model
         writer = tf.summary.create_file_writer(tb_dir) if tb_dir else tf.summary.create_noop_writer()
-        # A resumed run reshuffles from a seed that depends on where it resumed.
-        dataset = self.task.build_inputs(self.seed + start)
+        # A resumed run continues the same input stream where it stopped (the skipped examples are read,
+        # not decoded): with the restored weights, optimizer and random state it repeats the run that never
+        # stopped (tests/test_training.py).
+        dataset = self.task.build_inputs(self.seed, skip_steps=start)
         iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
 
         checked = guard.checked_variables(model, optimizer)
