@@ -153,6 +153,20 @@ def test_loss_bound_is_on_the_mean_of_the_last_steps():
     assert [off.exceeded(x) for x in (1.0, 1e30, 1e30)] == [None] * 3
 
 
+def test_a_loss_that_starts_near_zero_is_measured_from_the_floor():
+    """Stage 3's L_G started at 3.05e-5 and was 0.008 a step later (a bfloat16 main job stopped there):
+    that is not an explosion. Growth counts from max(first loss, 1); a run that starts at 3e-5 and then
+    holds 150 still stops."""
+    bound = guard.LossBound(upper_bound=1e6, growth_limit=100)
+    assert [bound.exceeded(x) for x in (3.05e-5, 0.008253, 0.02, 0.5)] == [None] * 4
+    spiking = guard.LossBound(upper_bound=0, growth_limit=100)
+    assert spiking.exceeded(3.05e-5) is None
+    assert spiking.exceeded(300.0) == (
+        "the loss exploded while staying finite: its mean over the last 2 steps is 150, more than "
+        "--loss_growth_limit=100 times 1 (its first value 3.05e-05 is below 1)"
+    )
+
+
 def test_the_guard_costs_little(tmp_path):
     """The check is one reduction per variable inside the step: on a stage-2-sized variable set (the
     tiny test network here, so the bound is loose) it must cost far less than a step."""

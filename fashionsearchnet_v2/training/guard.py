@@ -71,9 +71,16 @@ def nonfinite_variables(model, optimizer=None) -> list[str]:
     return found
 
 
+#: The growth check measures from max(first loss, GROWTH_FLOOR): a loss that starts near 0 (stage 3's soft
+#: triplet L_G, bounded by 1 per triplet, started at 3e-5 and was 0.008 one step later) is not 100x
+#: "exploding"; losses that start at chance (L_C ≈ Σ ln C_a, 8-25 here) are measured from their start.
+GROWTH_FLOOR = 1.0
+
+
 class LossBound:
     """The running loss (mean of the last `window` steps' "loss") against `upper_bound` and against
-    `growth_limit` times the first step's loss seen by this process (0 switches a check off)."""
+    `growth_limit` times max(the first step's loss seen by this process, GROWTH_FLOOR) (0 switches a check
+    off)."""
 
     def __init__(self, upper_bound: float, growth_limit: float, window: int = LOSS_WINDOW):
         self.upper_bound, self.growth_limit = float(upper_bound), float(growth_limit)
@@ -92,12 +99,12 @@ class LossBound:
         what += f"{running:.3g}"
         if self.upper_bound > 0 and running > self.upper_bound:
             return f"{what}, above --loss_upper_bound={self.upper_bound:g}"
-        limit = self.growth_limit * abs(self.first)
-        if self.growth_limit > 0 and self.first > 0 and running > limit:
-            return (
-                f"{what}, more than --loss_growth_limit={self.growth_limit:g} times its first value "
-                f"{self.first:.3g}"
-            )
+        reference = max(abs(self.first), GROWTH_FLOOR)
+        if self.growth_limit > 0 and running > self.growth_limit * reference:
+            start = f"its first value {self.first:.3g}" if reference == abs(self.first) else (
+                f"{reference:g} (its first value {self.first:.3g} is below {GROWTH_FLOOR:g})"
+            )  # fmt: skip
+            return f"{what}, more than --loss_growth_limit={self.growth_limit:g} times {start}"
         return None
 
 
