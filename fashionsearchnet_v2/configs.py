@@ -85,6 +85,10 @@ class TrainConfig:
     learning_rate: float = 0.01  # §4.1
     momentum: float = 0.0  # §4.1 says plain "stochastic gradient descent"; 0.9 (Caffe's) is 10x the step
     lr_schedule: str = "constant"  # §4.1 gives one rate; "cosine" decays it to 0 over the stage
+    # Not in the paper: the rate ramps up linearly over each stage's first `warmup_steps` steps (stages 1
+    # and 2; 0 = none, the paper). From ImageNet weights at lr 0.01 the first steps otherwise overshoot
+    # (WORKSPACE.md decision 64).
+    warmup_steps: int = 0
     lambda_c: float = 1.0  # Eq. 9 weights (§3.4, stage 2)
     lambda_t: float = 1.5
     lambda_tc: float = 1.0

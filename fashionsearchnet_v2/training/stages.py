@@ -73,7 +73,9 @@ class _ClassificationTask:
 
     def build_optimizer(self, total_steps: int):
         t = self.config.train
-        return trainer.make_optimizer(t.optimizer, t.learning_rate, t.momentum, t.lr_schedule, total_steps)
+        return trainer.make_optimizer(
+            t.optimizer, t.learning_rate, t.momentum, t.lr_schedule, total_steps, t.warmup_steps
+        )
 
     def trainable_variables(self, model):
         return model.trainable_variables

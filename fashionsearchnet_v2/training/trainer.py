@@ -40,13 +40,47 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     raise ValueError(f"--strategy must be default, mirrored or multi_worker, got {name!r}")
 
 
-def make_optimizer(name: str, learning_rate: float, momentum: float, schedule: str, total_steps: int):
+@keras.saving.register_keras_serializable(package="fashionsearchnet_v2")
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """`rate` (a float or a schedule) times min(1, (step + 1) / warmup_steps): the first steps of a stage
+    ramp up linearly to the configured rate, which then holds (WORKSPACE.md decision 64)."""
+
+    def __init__(self, rate, warmup_steps: int):
+        self.rate, self.warmup_steps = rate, int(warmup_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        base = self.rate(step) if callable(self.rate) else tf.constant(self.rate, tf.float32)
+        return base * tf.minimum(1.0, (step + 1.0) / float(max(self.warmup_steps, 1)))
+
+    def get_config(self):
+        rate = self.rate
+        if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+            rate = keras.optimizers.schedules.serialize(rate)
+        return {"rate": rate, "warmup_steps": self.warmup_steps}
+
+    @classmethod
+    def from_config(cls, config):
+        rate = config["rate"]
+        if isinstance(rate, dict):
+            rate = keras.optimizers.schedules.deserialize(rate)
+        return cls(rate, config["warmup_steps"])
+
+
+def make_optimizer(
+    name: str, learning_rate: float, momentum: float, schedule: str, total_steps: int, warmup_steps: int = 0
+):
     """The stages' optimiser: SGD (§4.1; `momentum` 0 is plain SGD) or Adam (Keras' defaults; `momentum`
-    unused), at a constant rate or decayed to 0 by a cosine over the stage."""
+    unused), at a constant rate or decayed to 0 by a cosine over the stage, after a linear warm-up of
+    `warmup_steps` (0: none, the paper)."""
     if schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, total_steps))
     elif schedule != "constant":
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if warmup_steps:
+        learning_rate = LinearWarmup(learning_rate, warmup_steps)
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
     if name == "adam":
