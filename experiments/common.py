@@ -97,6 +97,19 @@ OPTIMIZER = flags.DEFINE_enum(
     "optimizer", None, ["sgd", "adam"], "Optimiser of stages 1 and 2 (paper: sgd; embedded default: adam)."
 )
 MOMENTUM = flags.DEFINE_float("momentum", None, "SGD momentum of stages 1 and 2 (paper: 0, plain SGD).")
+WARMUP_STEPS = flags.DEFINE_integer(
+    "warmup_steps",
+    None,
+    "Steps over which the learning rate of stages 1 and 2 ramps up linearly (default 100 on real data, "
+    "0 on the embedded default; 0 = the paper: lr 0.01 from the first step). WORKSPACE.md decision 64.",
+)
+CLASSIFIER_INIT = flags.DEFINE_enum(
+    "classifier_init",
+    None,
+    ["zeros", "glorot"],
+    "Stage 1's fresh GAP classifiers w_a: glorot (default; a first loss about twice chance) or zeros "
+    "(a first loss of exactly chance; trained less in the first 150 steps). WORKSPACE.md decision 64.",
+)
 PAPER_STAGE3 = flags.DEFINE_bool(
     "paper_stage3",
     False,
@@ -124,9 +137,10 @@ LAMBDA_T = flags.DEFINE_float("lambda_t", None, "Eq. 9 weight of L_T (paper: 1.5
 LAMBDA_TC = flags.DEFINE_float("lambda_tc", None, "Eq. 9 weight of L_TC.")
 PRECISION = flags.DEFINE_string(
     "precision",
-    "float32",
-    "auto, float32 or bfloat16: the compute precision of stages 1 and 2 and AMNet (export: of embed); "
-    "float32 until bfloat16's accuracy parity is measured (WORKSPACE.md decision 63). "
+    "auto",
+    "auto, float32 or bfloat16: the compute precision of stages 1 and 2 and AMNet (export: of embed, "
+    "default float32 there); bfloat16's accuracy is float32's within the seeds' spread (README, "
+    "WORKSPACE.md decision 63). "
     "auto = bfloat16 where the device multiplies in it natively (a CPU with avx512_bf16 or amx_bf16, "
     "GPUs of compute capability 8.0+), else float32. Weights, losses, boxes and every distance stay "
     "float32; a run resumes in either precision. Stage 3 and the evaluation always run in float32.",
@@ -360,6 +374,12 @@ def build_config(
         t["optimizer"] = OPTIMIZER.value
     if MOMENTUM.value is not None:
         t["momentum"] = MOMENTUM.value
+    if WARMUP_STEPS.value is not None:
+        if WARMUP_STEPS.value < 0:
+            fail(f"--warmup_steps must be >= 0 (0: no warm-up, the paper), got {WARMUP_STEPS.value}")
+        t["warmup_steps"] = WARMUP_STEPS.value
+    if CLASSIFIER_INIT.value is not None:
+        t["classifier_init"] = CLASSIFIER_INIT.value
     if PAPER_STAGE3.value:
         cfg.stage3 = configs.paper_stage3(cfg.stage3)
     if STAGE3_LEARNING_RATE.value is not None:

@@ -86,9 +86,14 @@ class TrainConfig:
     momentum: float = 0.0  # §4.1 says plain "stochastic gradient descent"; 0.9 (Caffe's) is 10x the step
     lr_schedule: str = "constant"  # §4.1 gives one rate; "cosine" decays it to 0 over the stage
     # Not in the paper: the rate ramps up linearly over each stage's first `warmup_steps` steps (stages 1
-    # and 2; 0 = none, the paper). From ImageNet weights at lr 0.01 the first steps otherwise overshoot
-    # (WORKSPACE.md decision 64).
-    warmup_steps: int = 0
+    # and 2; 0 = none, the paper). At lr 0.01 the first steps otherwise overshoot: every image's GAP(conv7)
+    # points about the same way (|gap|² ≈ 1,700, mean 1.3 per channel vs 0.5 spread), so one step moves
+    # every logit by ~lr·|gap|² ≈ 17 times (p − y) (WORKSPACE.md decision 64).
+    warmup_steps: int = 100
+    # Stage 1's fresh GAP classifiers w_a: "glorot" (the frameworks' default: logits of rms ~2.4 on
+    # GAP(conv7), a first loss about twice chance) or "zeros" (a first loss of exactly chance, Σ_a ln C_a,
+    # but the backbone then gets no gradient until w_a grows: it trained less in 150 steps). Decision 64.
+    classifier_init: str = "glorot"
     lambda_c: float = 1.0  # Eq. 9 weights (§3.4, stage 2)
     lambda_t: float = 1.5
     lambda_tc: float = 1.0
@@ -108,9 +113,9 @@ class TrainConfig:
     # Stages 1 and 2 and AMNet: "auto" (bfloat16 where the device multiplies in it natively, else
     # float32), "float32" or "bfloat16" (Keras' mixed policy: float32 variables, float32 losses, softmax,
     # AAMs, boxes and representations; `precision.py`, WORKSPACE.md decision 63). config.json records
-    # the resolved one; checkpoints do not depend on it.
-    # float32 until issue 16's parity runs show bfloat16 within float32's seed spread (decision 63)
-    precision: str = "float32"
+    # the resolved one; checkpoints do not depend on it. "auto" since issue 16's parity runs put bfloat16
+    # within float32's seed spread on the main job (decision 63).
+    precision: str = "auto"
     # The divergence guard also stops a loss that explodes while staying finite (Model Garden's
     # `loss_upper_bound`): the mean loss of the last `guard.LOSS_WINDOW` steps above `loss_upper_bound`,
     # or above `loss_growth_limit` times the run's first step's loss. 0 switches either check off
@@ -120,6 +125,10 @@ class TrainConfig:
 
     def __post_init__(self):
         precision_lib.check(self.precision)
+        if self.classifier_init not in ("zeros", "glorot"):
+            raise ValueError(f"classifier_init must be 'zeros' or 'glorot', got {self.classifier_init!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
 @dataclasses.dataclass
@@ -264,6 +273,9 @@ def dataset_defaults(dataset: str) -> tuple[ModelConfig, TrainConfig, Stage3Conf
                 heldout_images=256,
                 optimizer="adam",
                 learning_rate=1e-3,
+                # Adam with BatchNorm from scratch does not overshoot (its step does not grow with |gap|²);
+                # every embedded-default table was measured with the framework's start (decision 64).
+                warmup_steps=0,
             ),
             Stage3Config(),
         )

@@ -176,3 +176,29 @@ def test_a_run_resumed_after_a_kill_equals_one_that_never_stopped(info, tmp_path
     resumed = _weights(first(_config(tmp_path / "killed", **steps), info, out=log))
     assert "at step 6" in log.getvalue() and "random-number state" not in log.getvalue()
     _assert_same_weights(whole, resumed)
+
+
+def test_linear_warmup_ramps_to_the_rate_then_holds():
+    schedule = trainer.LinearWarmup(0.01, 100)
+    got = [float(schedule(s)) for s in (0, 49, 99, 100, 5000)]
+    np.testing.assert_allclose(got, [0.0001, 0.005, 0.01, 0.01, 0.01], rtol=1e-6)
+    cosine = trainer.make_optimizer("sgd", 0.01, 0.0, "cosine", 1000, warmup_steps=10).learning_rate
+    assert float(cosine) == pytest.approx(0.001)  # step 0: a tenth of the cosine's start
+    plain = trainer.make_optimizer("sgd", 0.01, 0.0, "constant", 1000, warmup_steps=0)
+    assert float(plain.learning_rate) == pytest.approx(0.01)  # the paper: the full rate from step 1
+
+
+@pytest.mark.parametrize("init", ["zeros", "glorot"])
+def test_zero_initialised_classifiers_start_at_chance(info, tmp_path, init):
+    """Decision 64: with w_a at zero every attribute's softmax is uniform, so stage 1's first loss is
+    exactly Σ_a ln C_a; the framework's glorot start is not (here, as on real data, above it)."""
+    cfg = _config(tmp_path, max_steps=1, log_every_steps=1, classifier_init=init, heldout_images=0)
+    log = io.StringIO()
+    run.run_stage1(cfg, info, out=log)
+    first = float(log.getvalue().split(" L_C ")[1].split()[0])
+    chance = sum(np.log(n) for n in info.num_values)
+    if init == "zeros":
+        assert first == pytest.approx(chance, abs=2e-3)  # (the log prints 3 decimals)
+        assert "w_a start at zero" in log.getvalue()
+    else:
+        assert abs(first - chance) > 0.05

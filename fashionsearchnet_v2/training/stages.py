@@ -173,11 +173,19 @@ class Stage1Task(_ClassificationTask):
     network_stage = "stage1"
 
     def initialize(self, model) -> str:
+        t = self.config.train
+        start = ""
+        if t.classifier_init == "zeros":  # the first loss is chance, Σ_a ln C_a (decision 64)
+            for w in model.get_layer("attribute_classifier").kernels:
+                w.assign(tf.zeros_like(w))
+            start = "; w_a start at zero"
+        if t.warmup_steps:
+            start += f"; lr warms up over {t.warmup_steps} steps"
         path = self.config.alexnet_weights
         if not path:
-            return "no --alexnet_weights: training from scratch (the paper starts from ImageNet up to conv4)"
+            return f"no --alexnet_weights: training from scratch (the paper starts from ImageNet up to conv4){start}"
         loaded = backbone.load_alexnet_weights(model, path)
-        return f"loaded ImageNet weights for {', '.join(loaded)} from {path}; the rest starts fresh"
+        return f"loaded ImageNet weights for {', '.join(loaded)} from {path}; the rest starts fresh{start}"
 
     def train_step(self, model, optimizer, batch, step):
         labels = batch["labels"]
@@ -230,7 +238,12 @@ class Stage2Task(_ClassificationTask):
     def initialize(self, model) -> str:
         names = self.stage1_layer_names()
         path = checkpoints.restore_layers(model, os.path.join(self.stage1_dir, "ckpt"), names, "stage 1")
-        return f"restored {len(names)} stage-1 layers ({', '.join(names)}) from {path}"
+        warm = (
+            f"; lr warms up over {self.config.train.warmup_steps} steps"
+            if self.config.train.warmup_steps
+            else ""
+        )
+        return f"restored {len(names)} stage-1 layers ({', '.join(names)}) from {path}{warm}"
 
     def train_step(self, model, optimizer, batch, step):
         t = self.config.train
