@@ -6,8 +6,11 @@ seed, image size and start, each in a fresh temporary work directory, and prints
 loss against chance (Σ_a ln C_a, a uniform prediction), the largest loss of the run and its step, the loss
 at step 20, the mean of the last 20 steps, and whether the divergence guard stopped it. Starts:
 
-  paper    the paper's start: the rate at 0.01 from the first step (no warm-up)
-  default  this project's default start (WORKSPACE.md decision 64)
+  paper         the paper's start: the rate at 0.01 from the first step (no warm-up), glorot w_a
+  default       this project's default start: the rate warms up over 100 steps (WORKSPACE.md decision 64)
+  warmup30      a 30-step warm-up
+  zeros         w_a start at zero (a first loss of exactly chance), no warm-up
+  zeros_warmup  w_a at zero and the 100-step warm-up
 
     python benchmarks/imagenet_start.py --data_dir=data/fashion_product \\
         --alexnet_weights=../shared/weights/alexnet-imagenet-lossy/bvlc_alexnet.npy \\
@@ -32,10 +35,14 @@ from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.data import schema
 from fashionsearchnet_v2.training import guard, run
 
-# TrainConfig fields of each start; "default" keeps the dataset's defaults.
+# TrainConfig fields of each start; "default" keeps the dataset's defaults (decision 64: a 100-step
+# warm-up, glorot w_a). The others are the candidates decision 64 compared.
 STARTS = {
     "paper": {"warmup_steps": 0},
     "default": {},
+    "warmup30": {"warmup_steps": 30},
+    "zeros": {"warmup_steps": 0, "classifier_init": "zeros"},
+    "zeros_warmup": {"classifier_init": "zeros"},
 }
 _STEP = re.compile(r"\[stage1\] step (\d+)/\d+ .*?\bloss ([0-9.eE+-]+|nan|inf)")
 
