@@ -153,8 +153,8 @@ LOSS_UPPER_BOUND = flags.DEFINE_float(
 LOSS_GROWTH_LIMIT = flags.DEFINE_float(
     "loss_growth_limit",
     None,
-    "Stop (error, exit 2) when the mean loss of the last 10 steps exceeds this many times the first "
-    "step's loss (default 100; 0: off).",
+    "Stop (error, exit 2) when the mean loss of the last 10 steps exceeds this many times max(1, the first "
+    "step's loss) (default 100; 0: off).",
 )
 # Entry points whose networks have no bfloat16 path: --precision there is a mistake, not a no-op.
 FLOAT32_STAGES = ("stage3", "evaluate")

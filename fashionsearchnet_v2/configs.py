@@ -118,7 +118,7 @@ class TrainConfig:
     precision: str = "auto"
     # The divergence guard also stops a loss that explodes while staying finite (Model Garden's
     # `loss_upper_bound`): the mean loss of the last `guard.LOSS_WINDOW` steps above `loss_upper_bound`,
-    # or above `loss_growth_limit` times the run's first step's loss. 0 switches either check off
+    # or above `loss_growth_limit` times max(the run's first step's loss, 1). 0 switches either check off
     # (WORKSPACE.md decision R17).
     loss_upper_bound: float = 1e6
     loss_growth_limit: float = 100.0

@@ -113,6 +113,7 @@ def stage_checkpoint(
 ) -> tf.train.Checkpoint:
     """What a stage saves to resume: its step, its optimizer's state, every layer by name and (`rng`) the
     random-number state of its dropout layers."""
-    if rng and rng_state(model):
-        extra[RNG_KEY] = rng_state(model)
+    state = rng_state(model) if rng else {}
+    if state:
+        extra[RNG_KEY] = state
     return tf.train.Checkpoint(step=step, optimizer=optimizer, **extra, **layer_dict(model))

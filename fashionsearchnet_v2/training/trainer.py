@@ -77,8 +77,6 @@ def make_optimizer(
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, total_steps))
     elif schedule != "constant":
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if warmup_steps:
         learning_rate = LinearWarmup(learning_rate, warmup_steps)
     if name == "sgd":
