@@ -131,3 +131,21 @@ def test_pipeline_batches_and_is_deterministic_for_eval(tmp_path):
     assert b1 == b2 and [len(b) for b in b1] == [2, 2, 1]
     train = next(iter(pipeline.make_dataset(info, "train", 8, 4, training=True)))
     assert train["image"].shape == (4, 8, 8, 3) and train["labels"].shape == (4, 2)
+
+
+def test_figure_images_are_the_extracted_rows_records_when_a_split_has_several_shards(tmp_path):
+    # Extraction interleaves shards, so row i is not the i-th record of the files: the result grid once
+    # drew other records' images beside the searched rows' labels. Each image's red value is its id.
+    from fashionsearchnet_v2.retrieval import evaluation
+
+    info = convert.write_dataset(_images(tmp_path, 20), ATTRS, output_dir=str(tmp_path / "o"), name="t",
+                                 source="f", num_query=2, num_gallery=5, progress=False, per_shard=3)  # fmt: skip
+    rows = [i.decode() for b in pipeline.make_dataset(info, "gallery", 8, 2) for i in b["id"].numpy()]
+    files = [records.parse_example(s, 2)["id"].numpy().decode() for s in tf.data.TFRecordDataset(info.shard_paths("gallery"))]  # fmt: skip
+    assert rows != files and sorted(rows) == sorted(files)  # the case that went wrong
+    wanted = [rows[4], rows[1], rows[4]]
+    images = evaluation.read_images(info, "gallery", wanted, 8)
+    assert images.shape == (3, 8, 8, 3)
+    assert [int(round(img[..., 0].mean())) for img in images] == [int(i) for i in wanted]
+    with pytest.raises(ValueError, match="no record with id"):
+        evaluation.read_images(info, "gallery", ["nope"], 8)

@@ -28,7 +28,8 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Batches of {"image": float32 [B, S, S, 3], "labels": int32 [B, A], "id": string [B]
     (, "boxes": [B, A, 4])}. Training data is shuffled and repeated forever; evaluation data is read
-    once in file order (deterministic).
+    once in a fixed order: up to 4 shards interleaved record by record (deterministic, but not the files'
+    concatenation: a consumer that needs a row's record looks it up by "id").
 
     `skip` (training): leave out the stream's first `skip` examples, still encoded (read and shuffled,
     never decoded): a run resumed at step s with skip = s x batch size sees the batches an uninterrupted

@@ -48,18 +48,28 @@ class Representation:
         return np.concatenate(out) if out else np.zeros((0, self.layer.output_dim), np.float32)
 
 
-def read_images(info, split: str, positions, image_size: int) -> np.ndarray:
-    """uint8 RGB [n, S, S, 3] of the records at `positions` (file order) of `split`."""
-    wanted = {int(p): i for i, p in enumerate(positions)}
-    out = np.zeros((len(positions), image_size, image_size, 3), np.uint8)
-    ds = tf.data.TFRecordDataset(info.shard_paths(split))
-    for pos, serialized in enumerate(ds):
-        if pos in wanted:
-            ex = records.parse_example(serialized, info.num_attributes)
+def read_images(info, split: str, ids, image_size: int) -> np.ndarray:
+    """uint8 RGB [n, S, S, 3] of the records of `split` whose ids are `ids`, in that order.
+
+    By id, not by position: extraction reads a split's shards interleaved (`pipeline.make_dataset`), so
+    its row order is not the order of the files; a figure drawn by position showed other records'
+    images beside the searched ones' labels whenever a split had more than one shard."""
+    wanted: dict[str, list[int]] = {}
+    for i, image_id in enumerate(ids):
+        wanted.setdefault(str(image_id), []).append(i)
+    out = np.zeros((len(ids), image_size, image_size, 3), np.uint8)
+    found = 0
+    for serialized in tf.data.TFRecordDataset(info.shard_paths(split)):
+        ex = records.parse_example(serialized, info.num_attributes)
+        rows = wanted.pop(ex["id"].numpy().decode("utf-8"), None)
+        if rows:
             img = tf.image.resize(records.decode_image(ex["encoded"]), [image_size, image_size])
-            out[wanted[pos]] = np.clip(img.numpy(), 0, 255).astype(np.uint8)
-        if pos >= max(wanted, default=-1):
+            out[rows] = np.clip(img.numpy(), 0, 255).astype(np.uint8)
+            found += 1
+        if not wanted:
             break
+    if wanted:
+        raise ValueError(f"{split} of {info.data_dir} has no record with id(s) {sorted(wanted)[:5]}")
     return out
 
 
@@ -224,9 +234,9 @@ def _draw(info, model, q, g, manips, query_vectors, gallery_vectors, size, out_d
     idx, _ = metrics.search_topk(query_vectors(chosen), gallery_vectors, 4)
     matched = metrics.target_hits(idx, manips.target[chosen], g["labels"])
     qpos = manips.query_index[chosen]
-    q_images = read_images(info, "query", qpos, size)
+    q_images = read_images(info, "query", q["ids"][qpos], size)
     uniq = np.unique(idx)
-    g_images = read_images(info, "gallery", uniq, size)
+    g_images = read_images(info, "gallery", g["ids"][uniq], size)
     lookup = {int(p): i for i, p in enumerate(uniq)}
     results = np.stack([[g_images[lookup[int(p)]] for p in row] for row in idx])
     texts = [
