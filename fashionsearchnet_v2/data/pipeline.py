@@ -6,6 +6,9 @@ the input stays ahead of the training step on 2 cores.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import tensorflow as tf
 
 from fashionsearchnet_v2.data import records, schema
@@ -64,3 +67,18 @@ def make_dataset(
 
 def steps_per_epoch(info: schema.DatasetInfo, batch_size: int, split: str = "train") -> int:
     return max(1, info.splits[split] // batch_size)
+
+
+def read_split_images(info: schema.DatasetInfo, split: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """{id: uint8 RGB [H, W, 3]} of the records of `split` whose id is in `ids` (one pass over the split,
+    stopping when all are found): how a row of `make_dataset`'s evaluation order is found in the files."""
+    wanted = set(ids)
+    out: dict[str, np.ndarray] = {}
+    for serialized in tf.data.TFRecordDataset(info.shard_paths(split)):
+        ex = records.parse_example(serialized, info.num_attributes)
+        image_id = ex["id"].numpy().decode("utf-8")
+        if image_id in wanted:
+            out[image_id] = records.decode_image(ex["encoded"]).numpy()
+            if len(out) == len(wanted):
+                break
+    return out

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from fashionsearchnet_v2.configs import LABELS, VARIANTS
-from fashionsearchnet_v2.data import records, schema
+from fashionsearchnet_v2.data import pipeline, records, schema
 from fashionsearchnet_v2.model import aam, backbone, memory_block
 from fashionsearchnet_v2.retrieval import figures, localization, metrics, search
 from fashionsearchnet_v2.trained import checkpoints, loading
@@ -54,22 +54,15 @@ def read_images(info, split: str, ids, image_size: int) -> np.ndarray:
     By id, not by position: extraction reads a split's shards interleaved (`pipeline.make_dataset`), so
     its row order is not the order of the files; a figure drawn by position showed other records'
     images beside the searched ones' labels whenever a split had more than one shard."""
-    wanted: dict[str, list[int]] = {}
-    for i, image_id in enumerate(ids):
-        wanted.setdefault(str(image_id), []).append(i)
+    ids = [str(i) for i in ids]
+    found = pipeline.read_split_images(info, split, ids)
+    missing = sorted(set(ids) - set(found))
+    if missing:
+        raise ValueError(f"{split} of {info.data_dir} has no record with id(s) {missing[:5]}")
     out = np.zeros((len(ids), image_size, image_size, 3), np.uint8)
-    found = 0
-    for serialized in tf.data.TFRecordDataset(info.shard_paths(split)):
-        ex = records.parse_example(serialized, info.num_attributes)
-        rows = wanted.pop(ex["id"].numpy().decode("utf-8"), None)
-        if rows:
-            img = tf.image.resize(records.decode_image(ex["encoded"]), [image_size, image_size])
-            out[rows] = np.clip(img.numpy(), 0, 255).astype(np.uint8)
-            found += 1
-        if not wanted:
-            break
-    if wanted:
-        raise ValueError(f"{split} of {info.data_dir} has no record with id(s) {sorted(wanted)[:5]}")
+    for i, image_id in enumerate(ids):
+        img = tf.image.resize(found[image_id], [image_size, image_size])
+        out[i] = np.clip(img.numpy(), 0, 255).astype(np.uint8)
     return out
 
 

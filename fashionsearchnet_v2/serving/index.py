@@ -39,6 +39,7 @@ import tensorflow as tf
 
 from fashionsearchnet_v2.data import integrity, records, schema
 from fashionsearchnet_v2.data.convert import Progress
+from fashionsearchnet_v2.data.pipeline import read_split_images
 from fashionsearchnet_v2.retrieval import figures, metrics
 from fashionsearchnet_v2.serving import embeddings
 
@@ -119,20 +120,6 @@ def list_images(folder: str) -> list[str]:
             if name.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(os.path.relpath(os.path.join(root, name), folder))
     return sorted(found)
-
-
-def read_split_images(info: schema.DatasetInfo, split: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
-    """{id: uint8 RGB [H, W, 3]} of the records of `split` whose id is in `ids` (one pass over the split)."""
-    wanted = set(ids)
-    out: dict[str, np.ndarray] = {}
-    for serialized in tf.data.TFRecordDataset(info.shard_paths(split)):
-        ex = records.parse_example(serialized, info.num_attributes)
-        image_id = ex["id"].numpy().decode("utf-8")
-        if image_id in wanted:
-            out[image_id] = records.decode_image(ex["encoded"]).numpy()
-            if len(out) == len(wanted):
-                break
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------
