@@ -21,15 +21,10 @@ import glob
 import json
 import os
 
+from fashionsearchnet_v2.configs import LABELS
+
+# Table 1's rows that a run of experiments.ablation can hold, in the paper's order.
 VARIANTS = ("wo_rank", "rank", "rank_l", "rank_lg_untrained", "rank_lg", "full")
-LABELS = {
-    "wo_rank": "w/o Rank",
-    "rank": "Rank",
-    "rank_l": "Rank-L",
-    "rank_lg_untrained": "Rank-LG, untrained",
-    "rank_lg": "Rank-LG",
-    "full": "Full",
-}
 
 
 def load_row(workdir: str, seed: int, variant: str, k: int) -> dict | None:
@@ -62,7 +57,7 @@ def comparison(a: str, b: str, seeds: list[int], k: int, variants=VARIANTS) -> s
                 continue
             if rb is None:
                 lines.append(
-                    f"| {LABELS[v]} | {s} | {ra['avg']:.3f} | not run | | {ra['gain']:+.3f} | not run | |"
+                    f"| {LABELS[v]} | {s} | {ra['avg']:.3f} | no results.json | | {ra['gain']:+.3f} | no results.json | |"
                 )
                 continue
             lines.append(
