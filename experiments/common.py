@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import sys
+from typing import NamedTuple
 
 from absl import app, flags, logging
 
@@ -209,6 +211,7 @@ def guarded(main):
     @functools.wraps(main)
     def wrapper(argv):
         try:
+            use_seed_directory()
             return main(argv)
         except UsageError:
             raise
@@ -231,8 +234,51 @@ def seed_workdir(workdir: str, seed: int) -> str:
     return os.path.join(workdir, f"seed{seed}")
 
 
-def resolve_dirs(seed: int | None = None) -> tuple[str, str, str]:
-    """(dataset, data directory, the dataset's work directory); a seed's runs go to `seed_workdir`.
+def seed_of_directory(directory: str) -> int | None:
+    """N when `directory` is a seed's work directory (named seed<N>, holding a trained stage), else None."""
+    m = re.fullmatch(r"seed(\d+)", os.path.basename(os.path.normpath(directory)))
+    if m is None or not os.path.isdir(directory):
+        return None
+    stages = [d for d in os.listdir(directory) if os.path.isfile(os.path.join(directory, d, "config.json"))]
+    return int(m.group(1)) if stages or os.path.isdir(os.path.join(directory, "stage1")) else None
+
+
+def use_seed_directory() -> None:
+    """`--workdir=W/seed<N>` (where the stages are) means `--workdir=W --seed=N`, so it never becomes
+    W/seed<N>/seed<N>; a conflicting --seed or --seeds is refused with the flags that were meant."""
+    if "workdir" not in flags.FLAGS or not WORKDIR.value:
+        return
+    seed = seed_of_directory(WORKDIR.value)
+    if seed is None:
+        return
+    given, parent = WORKDIR.value, os.path.dirname(os.path.normpath(WORKDIR.value)) or "."
+    if flags.FLAGS["seeds"].present and [s.strip() for s in SEEDS.value] != [str(seed)]:
+        fail(f"--workdir={given} is seed {seed}'s directory; for --seeds={','.join(SEEDS.value)} pass the "
+             f"directory above it: --workdir={parent} --seeds={','.join(SEEDS.value)}")  # fmt: skip
+    if flags.FLAGS["seed"].present and SEED.value != seed:
+        fail(f"--workdir={given} is seed {seed}'s directory, not seed {SEED.value}'s: pass --workdir={parent} "
+             f"--seed={SEED.value}")  # fmt: skip
+    flags.FLAGS.workdir, flags.FLAGS.seed = parent, seed
+    print(f"--workdir={given} is seed {seed}'s directory: --workdir={parent} --seed={seed}", file=sys.stderr)
+
+
+# Entry points that may generate the embedded default when its directory is missing or empty: those that
+# train stage 1 from nothing. Every other command reads a dataset that is there, and says where it is not.
+GENERATES_DATASET = ("main", "stage1", "ablation")
+
+
+class Dirs(NamedTuple):
+    """Where a command's dataset and work directory are, and how the data directory was chosen."""
+
+    dataset: str
+    data_dir: str
+    workdir: str  # the dataset's work directory; a seed's runs go to `seed_workdir`
+    given: bool  # --data_dir was passed
+    recorded_by: str | None  # the stage config.json that gave data_dir, when neither flag did
+
+
+def resolve_dirs(seed: int | None = None) -> Dirs:
+    """The dataset, its directory and work directory of a command (`Dirs`).
 
     `--data_dir` alone names any converted dataset (your own catalogue included): its name is read from
     dataset.json, and the work directory defaults to work/<that name>. Without `--data_dir` and
@@ -245,23 +291,36 @@ def resolve_dirs(seed: int | None = None) -> tuple[str, str, str]:
         dataset = dataset_name(data_dir) or dataset
     # A smoke check never writes where a real run reads: its own work directory and, for the generated
     # dataset, its own data directory. (A real dataset is only read, so --quick uses it where it is.)
-    quick = "-quick" if QUICK.value else ""
-    workdir = WORKDIR.value or os.path.join("work", dataset + quick)
-    default = os.path.join("data", dataset + (quick if dataset == "synthetic" else ""))
+    workdir = WORKDIR.value or os.path.join("work", dataset + ("-quick" if QUICK.value else ""))
+    default = default_data_dir(dataset)
+    recorded_by = None
     if not explicit:
         remembered = remembered_dataset(seed_workdir(workdir, SEED.value if seed is None else seed))
         if remembered is not None:
-            dataset, data_dir, where = remembered
+            dataset, data_dir, recorded_by = remembered
             if os.path.abspath(data_dir) != os.path.abspath(default):
-                print(f"dataset {dataset}: {data_dir}, as recorded in {where}", file=sys.stderr, flush=True)
+                print(
+                    f"dataset {dataset}: {data_dir}, as recorded in {recorded_by}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     data_dir = data_dir or default
-    if dataset not in DATASETS and not os.path.isfile(os.path.join(data_dir, schema.DATASET_JSON)):
+    if (
+        dataset not in DATASETS
+        and recorded_by is None
+        and not os.path.isfile(os.path.join(data_dir, schema.DATASET_JSON))
+    ):
         fail(
             f"unknown --dataset={dataset!r} and no {os.path.join(data_dir, schema.DATASET_JSON)}; registered "
             f"datasets: {', '.join(DATASETS)}; a catalogue of your own: convert it with "
             "`python -m data_prep.catalog ... --output_dir=DIR` and pass --data_dir=DIR"
         )
-    return dataset, data_dir, workdir
+    return Dirs(dataset, data_dir, workdir, given=bool(DATA_DIR.value), recorded_by=recorded_by)
+
+
+def default_data_dir(dataset: str) -> str:
+    """data/<dataset>; for a --quick smoke check of the embedded default, data/synthetic-quick."""
+    return os.path.join("data", dataset + ("-quick" if QUICK.value and dataset == "synthetic" else ""))
 
 
 def remembered_dataset(seed_dir: str) -> tuple[str, str, str] | None:
@@ -284,7 +343,7 @@ def export_data_dir(export_metadata: dict) -> str:
     """The dataset directory for a command given an export (indexing a split): `--data_dir` or
     `--dataset` when given, else the one the export was made from (its export.json), else the default."""
     if DATA_DIR.value or flags.FLAGS["dataset"].present or not export_metadata.get("data_dir"):
-        return resolve_dirs()[1]
+        return resolve_dirs().data_dir
     return export_metadata["data_dir"]
 
 
@@ -296,23 +355,24 @@ def dataset_name(data_dir: str) -> str | None:
         return None
 
 
-def load_or_make_dataset(dataset: str, data_dir: str, quick: bool) -> schema.DatasetInfo:
-    """The converted dataset, checked (format version, records against dataset.json); the embedded
-    default is generated on first use (no download). A real run refuses a --quick run's dataset."""
+def load_dataset(dirs: Dirs, quick: bool, stage: str, seed: int) -> schema.DatasetInfo:
+    """The converted dataset, checked (format version, records against dataset.json). Only the entry
+    points of `GENERATES_DATASET` generate the embedded default (no download), and only into the default
+    directory or a --data_dir given, when it is missing or empty. A real run refuses a --quick run's
+    dataset."""
     from fashionsearchnet_v2.data import integrity
 
+    dataset, data_dir = dirs.dataset, dirs.data_dir
     if not os.path.isfile(os.path.join(data_dir, schema.DATASET_JSON)):
-        if dataset == "synthetic" and (not os.path.exists(data_dir) or not os.listdir(data_dir)):
+        at_default = os.path.abspath(data_dir) == os.path.abspath(default_data_dir(dataset))
+        empty = not os.path.exists(data_dir) or (os.path.isdir(data_dir) and not os.listdir(data_dir))
+        if dataset == "synthetic" and stage in GENERATES_DATASET and (dirs.given or at_default) and empty:
             from fashionsearchnet_v2.data import synthetic
 
             kwargs = dict(num_images=400, num_query=40, num_gallery=120, quick=True) if quick else {}
             print(f"generating the embedded default dataset into {data_dir} ...", flush=True)
             return synthetic.write_synthetic(data_dir, **kwargs)
-        try:
-            return schema.load_dataset_info(data_dir)
-        except schema.DatasetError as e:
-            how = DATASETS.get(dataset, "python -m data_prep.catalog ... --output_dir={data_dir}")
-            fail(f"{e}\nFor --dataset={dataset}: {how.format(data_dir=data_dir)}")
+        fail(missing_dataset_message(dirs, quick, os.path.join(seed_workdir(dirs.workdir, seed), "stage1")))
     try:
         info = schema.load_dataset_info(data_dir)
         integrity.check_records(info)
@@ -325,6 +385,36 @@ def load_or_make_dataset(dataset: str, data_dir: str, quick: bool) -> schema.Dat
             "give --data_dir."
         )
     return info
+
+
+def missing_dataset_message(dirs: Dirs, quick: bool, stage1_dir: str | None = None) -> str:
+    """One line: which dataset directory is missing, who expects it there, and how to make or point to it
+    (`stage1_dir`: the seed's stage 1, named when it is missing too)."""
+    dataset, data_dir = dirs.dataset, dirs.data_dir
+    if not os.path.isdir(data_dir):
+        what = "does not exist"
+    else:
+        what = f"holds {sorted(os.listdir(data_dir))[:5] or 'nothing'} but no {schema.DATASET_JSON}"
+    if dataset == "synthetic" and quick:
+        how = (
+            f"`python -m experiments.stage1 --quick --data_dir={data_dir}` generates it again, byte for byte"
+        )
+    elif dataset == "synthetic":
+        how = f"`python -m data_prep.synthetic --output_dir={data_dir}` generates it (the same bytes every time)"
+    else:
+        how = DATASETS.get(dataset, "python -m data_prep.catalog ... --output_dir={data_dir}")
+        how = f"`{how.format(data_dir=data_dir)}` converts it"
+    if dirs.recorded_by:
+        return (
+            f"{data_dir} {what}: {dirs.recorded_by} records it as the dataset its stage was trained on. "
+            f"Restore it there, pass --data_dir=DIR where a copy of it is, or {how}"
+        )
+    flag = "--data_dir" if dirs.given else f"the default --data_dir of --dataset={dataset}"
+    if dataset == "synthetic" and stage1_dir and not os.path.isdir(stage1_dir):
+        # Nothing trained yet: the stage order is the mistake, and stage 1 makes the data.
+        quick_flag = " --quick" if quick else ""
+        how = f"{stage1_dir} does not exist either: run stage 1 first (`python -m experiments.stage1{quick_flag}`, which generates it), or {how}"
+    return f"{data_dir} ({flag}) {what}: {how}, or pass --data_dir=DIR of a converted dataset"
 
 
 def build_config(
@@ -342,8 +432,8 @@ def build_config(
         from fashionsearchnet_v2.training import trainer
 
         trainer.make_strategy("multi_worker")  # before any other TensorFlow op, as collectives require
-    dataset, data_dir, workdir = resolve_dirs(seed)
-    workdir = seed_workdir(workdir, seed)
+    dirs = resolve_dirs(seed)
+    dataset, data_dir, workdir = dirs.dataset, dirs.data_dir, seed_workdir(dirs.workdir, seed)
     model, train, stage3 = configs.dataset_defaults(dataset)
     if SCHEDULE.value == "paper":
         model, train, stage3 = configs.ModelConfig(), configs.TrainConfig(), configs.Stage3Config()
@@ -411,7 +501,7 @@ def build_config(
         fail(f"--momentum applies to SGD only; stages 1 and 2 here use --optimizer={cfg.train.optimizer} "
              "(pass --optimizer=sgd with it)")  # fmt: skip
     cfg.stage3 = dataclasses.replace(cfg.stage3, **s3)
-    info = load_or_make_dataset(dataset, data_dir, cfg.quick)
+    info = load_dataset(dirs, cfg.quick, stage, seed)
     return cfg, info
 
 

@@ -35,9 +35,9 @@ def main(argv):
     from fashionsearchnet_v2 import precision
 
     choice = precision.resolve(common.precision_flag())
-    dataset, data_dir, workdir = common.resolve_dirs()
-    workdir = common.seed_workdir(workdir, common.SEED.value)
-    info = common.load_or_make_dataset(dataset, data_dir, common.QUICK.value)
+    dirs = common.resolve_dirs()
+    workdir = common.seed_workdir(dirs.workdir, common.SEED.value)
+    info = common.load_dataset(dirs, common.QUICK.value, "export", common.SEED.value)
     try:
         net, layer, model_cfg, metadata = export.load_variant(
             workdir, info, VARIANT.value, precision=choice.precision
@@ -46,7 +46,7 @@ def main(argv):
         common.fail(str(e))
     vocabulary = export.Vocabulary.from_info(info)
     module = export.ServingModule(net, layer, vocabulary, model_cfg.image_size)
-    metadata["data_dir"] = os.path.abspath(data_dir)
+    metadata["data_dir"] = os.path.abspath(dirs.data_dir)
     try:
         out = export.save(module, vocabulary, EXPORT_DIR.value, OVERWRITE.value, metadata)
     except export.ExportError as e:

@@ -35,7 +35,14 @@ def serialize_example(encoded: bytes, image_id: str, labels, boxes=None) -> byte
     if boxes is not None:
         flat = np.asarray(boxes, np.float32).reshape(-1).tolist()
         feature[FEATURE_BOXES] = tf.train.Feature(float_list=tf.train.FloatList(value=flat))
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return serialize(feature)
+
+
+def serialize(feature: dict) -> bytes:
+    """A tf.train.Example of `feature` as bytes, its map serialized in key order: the default order
+    depends on the process (string hashing), so the same record would give other bytes, and the same
+    dataset another fingerprint, on every conversion."""
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 class ShardWriter:

@@ -9,6 +9,8 @@ pool5 is not used: conv6/conv7 keep conv5's grid (13x13 at 227 px) so the AAMs k
 
 from __future__ import annotations
 
+import pickle
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -136,20 +138,66 @@ class WeightsError(ValueError):
     """The AlexNet weights file is missing or does not fit the network; the message says which layer."""
 
 
+# The only globals a pickled dict of arrays needs (np.save of a dict; Python 2's bvlc_alexnet.npy too):
+# numpy's array and dtype rebuilders, and _codecs.encode for bytes pickled by Python 2 with protocol 2.
+# `numpy.core` is numpy 1's name for `numpy._core`.
+_SAFE_GLOBALS = {
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _ArraysUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, tuples, numbers, strings, numpy arrays and dtypes; refuses any other class
+    or function, so a crafted file cannot run code (np.load with allow_pickle=True would)."""
+
+    def find_class(self, module, name):
+        module = (
+            module.replace("numpy.core.", "numpy._core.", 1) if module.startswith("numpy.core.") else module
+        )
+        if (module, name) not in _SAFE_GLOBALS:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a dict of arrays never needs")
+        return super().find_class(module, name)
+
+
+def read_weights_dict(path: str) -> dict:
+    """The dict that `path` (an .npy of a pickled dict of arrays, bvlc_alexnet.npy's format) holds, read
+    without running code: the pickle goes through `_ArraysUnpickler`. Raises WeightsError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }
+            if version not in read_header:
+                raise ValueError(f"unsupported .npy format version {version}")
+            shape, _, dtype = read_header[version](f, max_header_size=1 << 20)
+            if dtype != np.dtype(object) or shape != ():
+                raise ValueError(f"it holds an array of {dtype} {shape}, not a pickled dict")
+            array = _ArraysUnpickler(f, encoding="latin1").load()
+    except FileNotFoundError as e:
+        raise WeightsError(f"--alexnet_weights: {path} does not exist") from e
+    except pickle.UnpicklingError as e:
+        raise WeightsError(f"--alexnet_weights: {path} was refused, nothing in it was run: {e}") from e
+    except (OSError, ValueError, EOFError) as e:
+        raise WeightsError(f"--alexnet_weights: {path} is not a bvlc_alexnet.npy dict ({e})") from e
+    data = array.item() if isinstance(array, np.ndarray) and array.shape == () else array
+    if not isinstance(data, dict):
+        raise WeightsError(f"--alexnet_weights: {path} holds {type(data).__name__}, expected a dict")
+    return data
+
+
 def load_alexnet_weights(model: keras.Model, path: str, layers=PRETRAINED_LAYERS) -> list[str]:
     """Loads conv1–conv4 of `bvlc_alexnet.npy` into `model`; returns the names of the layers set.
 
     The file (Caffe AlexNet converted to numpy) holds a dict {"conv1": [W, b], ...} with W in
     [kh, kw, in/groups, out] layout, e.g. conv2 W [5, 5, 48, 256] for 2 groups of 128 outputs.
     """
-    try:
-        data = np.load(path, encoding="latin1", allow_pickle=True).item()
-    except FileNotFoundError as e:
-        raise WeightsError(f"--alexnet_weights: {path} does not exist") from e
-    except (OSError, ValueError, AttributeError) as e:
-        raise WeightsError(f"--alexnet_weights: {path} is not a bvlc_alexnet.npy dict ({e})") from e
-    if not isinstance(data, dict):
-        raise WeightsError(f"--alexnet_weights: {path} holds {type(data).__name__}, expected a dict")
+    data = read_weights_dict(path)
     names = {layer.name for layer in model.layers}
     loaded = []
     for name in layers:

@@ -35,6 +35,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from fashionsearchnet_v2.data import records
+
 MANIFEST = "embeddings.json"
 VECTORS_PREFIX = "vectors"
 VECTORS_SUFFIX = ".tfrecord"
@@ -73,7 +75,7 @@ def serialize_row(image_id: str, path: str, order, labels, outputs: dict) -> byt
         "predicted_values": _ints(outputs["predicted_values"]),
         "predicted_probabilities": _floats(outputs["predicted_probabilities"]),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return records.serialize(feature)
 
 
 def _parser(dim: int, num_attributes: int):

@@ -84,7 +84,8 @@ def check(
         )
         raise ProvenanceError(
             f"{directory} was trained on another version of the dataset (fingerprint {schema.short(theirs)}); "
-            f"{info.data_dir} now holds {schema.short(info.fingerprint)}{legacy}. It was converted again since: "
+            f"{info.data_dir} now holds {schema.short(info.fingerprint)}{legacy}: other content (converted from "
+            "other files or with other flags since; the same files and flags give the same fingerprint): "
             "train again in another --workdir (or delete this stage), or restore the dataset it was "
             "trained on."
         )
