@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -223,3 +224,32 @@ def test_every_candidate_is_a_valid_stage3_config():
     with pytest.raises(ValueError, match="negatives"):
         configs.Stage3Config(negatives="hard")
     assert list(itertools.islice(stage3_selection.CANDIDATES, 1)) == ["paper"]
+
+
+def test_stage2_validation_reads_only_the_training_split_and_sees_the_learnt_colour(trained, monkeypatch):
+    """`evaluation.validate_stage2` (the warm-up's measure, decision 64): the tiny colour model's Rank-L on
+    validation searches of the training split only; its colour manipulation beats the unmanipulated
+    query, as on the test split."""
+    from fashionsearchnet_v2.retrieval import evaluation
+
+    read = []
+    real_make, real_extract = pipeline.make_dataset, features.extract
+    monkeypatch.setattr(
+        pipeline, "make_dataset", lambda i, split, *a, **k: read.append(split) or real_make(i, split, *a, **k)
+    )
+    monkeypatch.setattr(
+        features,
+        "extract",
+        lambda m, i, split, *a, **k: read.append(split) or real_extract(m, i, split, *a, **k),
+    )
+    workdir = os.path.join(trained.root, "work")
+    # Cached features would hide what is read: embed again (the cache is rebuilt for the other tests).
+    shutil.rmtree(
+        os.path.join(loading.stage_dir(workdir, "stage2", "rank_l"), "features"), ignore_errors=True
+    )
+    results = evaluation.validate_stage2(workdir, trained.info, "rank_l", progress=False)
+    assert set(read) == {"train"}, f"validation read {sorted(set(read))}"
+    k = str(results["k"])
+    # 980 training images: ~196 validation images, ~131 in the validation gallery: K = 20 x 131 / 200.
+    assert results["k"] == validation.top20_share(int(results["validation"].split()[3]), 200)
+    assert results["topk"][k]["color"] > results["unmanipulated"]["topk"][k]["color"] + 0.1

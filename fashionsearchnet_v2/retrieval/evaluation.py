@@ -17,7 +17,7 @@ import tensorflow as tf
 from fashionsearchnet_v2.configs import LABELS, VARIANTS
 from fashionsearchnet_v2.data import pipeline, records, schema
 from fashionsearchnet_v2.model import aam, backbone, memory_block
-from fashionsearchnet_v2.retrieval import figures, localization, metrics, search
+from fashionsearchnet_v2.retrieval import figures, localization, metrics, search, validation
 from fashionsearchnet_v2.trained import checkpoints, loading
 
 
@@ -157,6 +157,39 @@ def build_searcher(workdir: str, info: schema.DatasetInfo, variant: str, progres
         gm, ckpt = loading.load_global_model(directory, info.num_values, feats["train"]["fc10"].shape[-1])
         rep = Representation(info, global_model=gm)
     return Searcher(model, ckpt, size, feats, rep, one_hot, localization=cfg.model.localization)
+
+
+def validate_stage2(
+    workdir: str,
+    info: schema.DatasetInfo,
+    stage2_variant: str,
+    *,
+    fraction: float = 0.2,
+    query_share: float = 1 / 3,
+    progress: bool = True,
+) -> dict:
+    """A trained stage 2 without stage 3 (Rank-L's search: the concatenation of the fc10_a, M the means
+    of the training images outside the validation split) scored on decision 59's validation split at
+    Top-20's share of the gallery, with the unmanipulated baseline. Reads only the training split: for
+    choices of stages 1 and 2 (decision 64's warm-up). Stages 1-2 trained on these images too, so the
+    numbers flatter both sides of a comparison alike; they are not comparable with Table 1's."""
+    model, ckpt, cfg = loading.load_stage2(workdir, info, stage2_variant)
+    s2_dir = loading.stage_dir(workdir, "stage2", stage2_variant)
+    train = loading.split_features(model, ckpt, info, "train", cfg.model.image_size, s2_dir, progress)
+    ids = np.asarray(train["ids"]).astype(str)
+    held = validation.carve(ids, fraction)
+    memory, _ = memory_block.build_memory_block(train["fc10"][~held], train["labels"][~held], info.num_values)
+    gallery = int((~validation.query_mask(ids[held], query_share)).sum())
+    k = validation.top20_share(gallery, info.splits.get("gallery", 0))
+    searches = validation.ValidationSearches(
+        train["fc10"][held], train["labels"][held], ids[held], info.num_values, info.attribute_names,
+        query_share, (k,),
+    )  # fmt: skip
+    results = searches.evaluate(Representation(info, memory=memory))
+    results.update(
+        validation=searches.describe(), k=searches.ks[0], checkpoint=os.path.relpath(ckpt, workdir)
+    )
+    return results
 
 
 def evaluate_variant(

@@ -46,6 +46,12 @@ def query_mask(ids: Sequence, query_share: float) -> np.ndarray:
     return _unit_hash(ids, _QUERY_SALT) < query_share
 
 
+def top20_share(validation_gallery: int, test_gallery: int) -> int:
+    """The K that reads the validation gallery's share that Top-20 reads of the test gallery (at least 1;
+    20 when the dataset has no test gallery)."""
+    return max(1, round(20 * validation_gallery / test_gallery)) if test_gallery else 20
+
+
 class ValidationSearches:
     """The validation protocol on fixed features: validation queries × their manipulations, ranked in
     the validation gallery.

@@ -210,9 +210,8 @@ class Stage3Task(trainer.FixedFeatureTask):
         """Config's validation_k, or Top-20's share of the test gallery applied to the validation gallery."""
         if self.s3.validation_k:
             return int(self.s3.validation_k)
-        gallery = self.info.splits.get("gallery", 0)
         n = int((~validation.query_mask(held_ids, self.s3.validation_query_share)).sum())
-        return max(1, round(20 * n / gallery)) if gallery else 20
+        return validation.top20_share(n, self.info.splits.get("gallery", 0))
 
     # --- data ---------------------------------------------------------------------------------
     def steps_per_epoch(self) -> int:
