@@ -410,3 +410,27 @@ def test_fashion_product_bad_header(tmp_path):
     fx.write_text(os.path.join(src, "styles.csv"), ["id;gender;masterCategory", "1;Men;Apparel"])
     with pytest.raises(DatasetError, match=r"styles.csv:1: expected the header"):
         fashion_product.convert(src, str(tmp_path / "out"), **SMALL)
+
+
+def test_subset_keeps_query_and_gallery_and_nests_its_training_images(info, tmp_path):
+    """data_prep.subset (the training-set-size curve): query and gallery byte for byte, training images
+    chosen by id hash so that a smaller subset lies inside a larger one, in the source's order."""
+    from data_prep import subset
+
+    def train_ids(part):
+        return [i for i, r in fx.read_records(part).items() if r["split"] == "train"]
+
+    small = subset.subset(info.data_dir, str(tmp_path / "small"), 18)
+    large = subset.subset(info.data_dir, str(tmp_path / "large"), 36)
+    for part in (small, large):
+        for split in ("query", "gallery"):
+            assert [open(p, "rb").read() for p in part.shard_paths(split)] == [
+                open(p, "rb").read() for p in info.shard_paths(split)
+            ]
+        assert part.extra["subset_of"] == info.fingerprint and part.fingerprint != info.fingerprint
+    everything, a, b = train_ids(info), train_ids(small), train_ids(large)
+    assert (len(a), len(b), small.splits["train"], large.splits["train"]) == (18, 36, 18, 36)
+    assert set(a) < set(b) < set(everything)
+    assert b == [i for i in everything if i in set(b)]  # the source's order
+    with pytest.raises(DatasetError, match=r"--train_images must be in 1\.\.72"):
+        subset.subset(info.data_dir, str(tmp_path / "none"), 73)

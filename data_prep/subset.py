@@ -1,0 +1,113 @@
+"""A converted dataset with fewer training images: the same query and gallery records, byte for byte.
+
+    python -m data_prep.subset --input_dir=data/celeba --output_dir=data/celeba-train6679 --train_images=6679
+
+For curves against training-set size (how much of a distance to the paper is data): the training images
+kept are the first `--train_images` by a hash of their ids, so a smaller subset is inside every larger one
+and the choice is the same on every run and machine. Records are copied unchanged; dataset.json says what
+the subset was taken from (`extra.subset_of`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+
+from absl import app, flags
+
+from data_prep import common
+from fashionsearchnet_v2 import errors
+from fashionsearchnet_v2.data import convert, records, schema
+
+# --input_dir (here a converted dataset), --output_dir and --overwrite are the converters' flags.
+TRAIN_IMAGES = flags.DEFINE_integer("train_images", None, "Training images to keep.")
+
+_SALT = b"fsnv2-subset:"
+
+
+def _id(record: bytes) -> bytes:
+    from tensorflow.core.example import example_pb2
+
+    return example_pb2.Example.FromString(record).features.feature[records.FEATURE_ID].bytes_list.value[0]
+
+
+def _rank(image_id: bytes) -> bytes:
+    return hashlib.blake2b(_SALT + image_id, digest_size=8).digest()
+
+
+def subset(
+    input_dir: str, output_dir: str, train_images: int, *, overwrite: bool = False
+) -> schema.DatasetInfo:
+    """Writes `input_dir` with only `train_images` of its training images into `output_dir`."""
+    import tensorflow as tf
+
+    info = schema.load_dataset_info(input_dir)
+    have = info.splits.get("train", 0)
+    if not 0 < train_images <= have:
+        raise schema.DatasetError(f"--train_images must be in 1..{have} (the training images of {input_dir}), got {train_images}")  # fmt: skip
+    tmp = convert.prepare_output_dir(output_dir, overwrite)
+    try:
+        shards = {}
+        for split in schema.SPLITS:
+            paths = info.shard_paths(split) if info.shards.get(split) else []
+            keep = None
+            if split == "train":  # two passes: ids first, so that only the kept records are held
+                ids = [_id(r.numpy()) for r in tf.data.TFRecordDataset(paths)]
+                keep = set(sorted(range(len(ids)), key=lambda i: _rank(ids[i]))[:train_images])
+            writer = records.ShardWriter(tmp, split)
+            for i, row in enumerate(tf.data.TFRecordDataset(paths) if paths else []):
+                if keep is None or i in keep:  # the source's order among those kept
+                    writer.write(row.numpy())
+            shards[split] = writer.finish()
+        splits = {s: info.splits.get(s, 0) for s in schema.SPLITS}
+        splits["train"] = train_images
+        out = schema.DatasetInfo(
+            name=info.name,
+            attributes=info.attributes,
+            splits=splits,
+            seed=info.seed,
+            source=f"{train_images} of the {have} training images of {os.path.abspath(input_dir)}",
+            shards=shards,
+            report={"images_written": sum(splits.values())},
+            has_boxes=info.has_boxes,
+            localized=dict(info.localized),
+            extra={**info.extra, "subset_of": info.fingerprint, "train_images_of": have},
+            fingerprint=schema.content_fingerprint(tmp, info.attributes, shards),
+            quick=info.quick,
+        )
+        with open(os.path.join(tmp, schema.DATASET_JSON), "w", encoding="utf-8") as f:
+            json.dump(out.to_json(), f, indent=2)
+        convert.commit_output_dir(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    out.data_dir = os.path.abspath(output_dir)
+    return out
+
+
+def main(argv):
+    del argv
+    for flag in (common.INPUT_DIR, common.OUTPUT_DIR, TRAIN_IMAGES):
+        if flag.value is None:
+            raise app.UsageError(f"--{flag.name} is required")
+    try:
+        info = subset(
+            common.INPUT_DIR.value,
+            common.OUTPUT_DIR.value,
+            TRAIN_IMAGES.value,
+            overwrite=common.OVERWRITE.value,
+        )
+    except Exception as e:  # bad input or a full disk: one line (errors.user_message); a bug: traceback
+        message = errors.user_message(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {info.data_dir}: splits {info.splits}")
+
+
+if __name__ == "__main__":
+    app.run(main)
