@@ -188,6 +188,30 @@ def test_linear_warmup_ramps_to_the_rate_then_holds():
     assert float(plain.learning_rate) == pytest.approx(0.01)  # the paper: the full rate from step 1
 
 
+def _logged(directory, tag):
+    acc = event_accumulator.EventAccumulator(directory, size_guidance={"tensors": 0})
+    acc.Reload()
+    return {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+
+
+def test_warmup_ramps_each_stage_and_continues_across_a_resume(info, tmp_path):
+    """Decision 64's schedule as trained (issue 25 asked whether it is what the decision says): stages 1
+    and 2 each ramp from their own first step, and a stage 2 stopped at step 4 and resumed goes on where
+    it stopped. TensorBoard logs, after step s, the rate of step s + 1: lr x min(1, (s + 1) / warm-up)."""
+    warm = dict(warmup_steps=6, log_every_steps=1, checkpoint_every_steps=2, heldout_images=0)
+    run.run_stage1(_config(tmp_path, max_steps=8, **warm), info, out=io.StringIO())
+    run.run_stage2(_config(tmp_path, max_steps=4, **warm), info, out=io.StringIO())
+    log = io.StringIO()
+    run.run_stage2(_config(tmp_path, max_steps=8, **warm), info, out=log)
+    assert "resumed from" in log.getvalue() and "at step 4" in log.getvalue()
+    rate = _config(tmp_path).train.learning_rate
+    want = {s: rate * min(1.0, (s + 1) / 6) for s in range(1, 9)}
+    for stage in ("stage1", "stage2_rank_l"):
+        got = _logged(os.path.join(tmp_path, stage, "tb"), "learning_rate")
+        assert sorted(got) == sorted(want), stage
+        np.testing.assert_allclose([got[s] for s in want], list(want.values()), rtol=1e-5, err_msg=stage)
+
+
 @pytest.mark.parametrize("init", ["zeros", "glorot"])
 def test_zero_initialised_classifiers_start_at_chance(info, tmp_path, init):
     """Decision 64: with w_a at zero every attribute's softmax is uniform, so stage 1's first loss is
