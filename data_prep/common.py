@@ -36,18 +36,24 @@ def run(convert, needs_input: bool = True) -> None:
             seed=SEED.value,
             overwrite=OVERWRITE.value,
         )
-        try:
-            if needs_input:
-                info = convert(INPUT_DIR.value, OUTPUT_DIR.value, **kwargs)
-            else:
-                info = convert(OUTPUT_DIR.value, **kwargs)
-        except Exception as e:  # bad data, a full disk: one line (errors.user_message); a bug: traceback
-            message = errors.user_message(e)
-            if message is None:
-                raise
-            print(f"error: {message}", file=sys.stderr)
-            sys.exit(2)
+        if needs_input:
+            info = one_error_line(convert, INPUT_DIR.value, OUTPUT_DIR.value, **kwargs)
+        else:
+            info = one_error_line(convert, OUTPUT_DIR.value, **kwargs)
         print(f"wrote {info.data_dir}: splits {info.splits}")
         print(f"report: {info.report}")
 
     app.run(main)
+
+
+def one_error_line(fn, *args, **kwargs):
+    """`fn(*args, **kwargs)`; bad data or a full disk ends the process with one `error:` line and exit
+    status 2 (`errors.user_message`), a bug keeps its traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:
+        message = errors.user_message(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)

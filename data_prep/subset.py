@@ -14,12 +14,10 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 
 from absl import app, flags
 
 from data_prep import common
-from fashionsearchnet_v2 import errors
 from fashionsearchnet_v2.data import convert, records, schema
 
 # --input_dir (here a converted dataset), --output_dir and --overwrite are the converters' flags.
@@ -93,19 +91,13 @@ def main(argv):
     for flag in (common.INPUT_DIR, common.OUTPUT_DIR, TRAIN_IMAGES):
         if flag.value is None:
             raise app.UsageError(f"--{flag.name} is required")
-    try:
-        info = subset(
-            common.INPUT_DIR.value,
-            common.OUTPUT_DIR.value,
-            TRAIN_IMAGES.value,
-            overwrite=common.OVERWRITE.value,
-        )
-    except Exception as e:  # bad input or a full disk: one line (errors.user_message); a bug: traceback
-        message = errors.user_message(e)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+    info = common.one_error_line(
+        subset,
+        common.INPUT_DIR.value,
+        common.OUTPUT_DIR.value,
+        TRAIN_IMAGES.value,
+        overwrite=common.OVERWRITE.value,
+    )
     print(f"wrote {info.data_dir}: splits {info.splits}")
 
 

@@ -156,12 +156,8 @@ def test_identity_start_ranks_as_the_concatenation(tmp_path):
     assert 0.1 < 1 / scale[0] < 100
 
 
-def test_stage3_reads_only_the_training_split_and_the_control_is_rank_lg_at_step_0(
-    info, tmp_path, monkeypatch
-):
-    cfg = configs.quick(configs.ExperimentConfig(dataset="synthetic", workdir=str(tmp_path)))
-    run.run_stage1(cfg, info, out=io.StringIO())
-    run.run_stage2(cfg, info, out=io.StringIO())
+def _record_reads(monkeypatch) -> list[str]:
+    """The splits read from now on (records or features extracted), in order."""
     read = []
     real_make, real_extract = pipeline.make_dataset, features.extract
     monkeypatch.setattr(
@@ -172,6 +168,16 @@ def test_stage3_reads_only_the_training_split_and_the_control_is_rank_lg_at_step
         "extract",
         lambda m, i, split, *a, **k: read.append(split) or real_extract(m, i, split, *a, **k),
     )
+    return read
+
+
+def test_stage3_reads_only_the_training_split_and_the_control_is_rank_lg_at_step_0(
+    info, tmp_path, monkeypatch
+):
+    cfg = configs.quick(configs.ExperimentConfig(dataset="synthetic", workdir=str(tmp_path)))
+    run.run_stage1(cfg, info, out=io.StringIO())
+    run.run_stage2(cfg, info, out=io.StringIO())
+    read = _record_reads(monkeypatch)
     # Rank-LG with a zero learning rate stays where it started; the control is that start, saved.
     lg = dataclasses.replace(
         cfg, stage3=dataclasses.replace(cfg.stage3, learning_rate=0.0, select_on_validation=False)
@@ -232,16 +238,7 @@ def test_stage2_validation_reads_only_the_training_split_and_sees_the_learnt_col
     query, as on the test split."""
     from fashionsearchnet_v2.retrieval import evaluation
 
-    read = []
-    real_make, real_extract = pipeline.make_dataset, features.extract
-    monkeypatch.setattr(
-        pipeline, "make_dataset", lambda i, split, *a, **k: read.append(split) or real_make(i, split, *a, **k)
-    )
-    monkeypatch.setattr(
-        features,
-        "extract",
-        lambda m, i, split, *a, **k: read.append(split) or real_extract(m, i, split, *a, **k),
-    )
+    read = _record_reads(monkeypatch)
     workdir = os.path.join(trained.root, "work")
     # Cached features would hide what is read: embed again (the cache is rebuilt for the other tests).
     shutil.rmtree(
