@@ -8,7 +8,7 @@ A row or seed missing from the second run is shown as such, never filled in.
 `--times` adds the stage table of the first run, from the TensorBoard event files each stage wrote:
 one line per process that trained it (a stage resumed after a kill has several), its first and last
 logged step, the wall time between them and images/s (steps x batch size / wall time), and the stage's
-sum. Event files hold no memory figures; peak memory comes from the run's own monitor (README).
+sum. Event files hold no memory figures; peak memory comes from the run's own monitor (docs/results.md).
 
     python benchmarks/operating_points.py --a=work/fashion_product-paper --b=work/fashion_product-imagenet \
         --seeds=0 --times

@@ -141,7 +141,7 @@ PRECISION = flags.DEFINE_string(
     "precision",
     "auto",
     "auto, float32 or bfloat16: the compute precision of stages 1 and 2 and AMNet (export: of embed, "
-    "default float32 there); bfloat16's accuracy is float32's within the seeds' spread (README, "
+    "default float32 there); bfloat16's accuracy is float32's within the seeds' spread (docs/results.md, "
     "WORKSPACE.md decision 63). "
     "auto = bfloat16 where the device multiplies in it natively (a CPU with avx512_bf16 or amx_bf16, "
     "GPUs of compute capability 8.0+), else float32. Weights, losses, boxes and every distance stay "

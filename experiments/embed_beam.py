@@ -11,8 +11,8 @@
 Without pipeline options it runs on Beam's DirectRunner on this machine, in --direct_num_workers worker
 processes. Everything after `--` is handed to Beam as pipeline options: the same pipeline runs on
 Dataflow, Flink or Spark (`-- --runner=DataflowRunner --project=... --temp_location=gs://...`; README,
-"Catalogues of millions"); the export, the images and --output must then be where every worker reads
-them. An image that cannot be read or decoded is listed with its reason in <output>/skipped.jsonl and
+"Catalogues of millions"; docs/serving.md); the export, the images and --output must then be where every
+worker reads them. An image that cannot be read or decoded is listed with its reason in <output>/skipped.jsonl and
 counted; the pipeline goes on. A split's dataset is --data_dir (or --dataset) when given, else the one
 the export was made from.
 """

@@ -127,7 +127,7 @@ def write_catalogue(root, n: int = 1600) -> None:
 
 def test_readme_catalogue_commands_convert_train_export_index_and_serve(tmp_path):
     write_catalogue(tmp_path)
-    commands = readme_block("### Your own catalogue")
+    commands = readme_block("## Your own catalogue")
     assert [c.split()[2] for c in commands] == [
         "data_prep.catalog", "experiments.main", "experiments.export", "experiments.index", "experiments.serve",
     ]  # fmt: skip
