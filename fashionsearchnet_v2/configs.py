@@ -1,7 +1,7 @@
-"""Configs are code: one dataclass per concern, one `get_config` per stage, a `quick` switch.
+"""Configs are code: one dataclass per concern, defaults per dataset (`dataset_defaults`), a `quick` switch.
 
-Every value the paper leaves open is decided here once (and listed in WORKSPACE.md's decisions
-table with its reason). Entry points in `experiments/` turn flags into these objects; library code
+Every value the paper leaves open is decided here once (and listed in WORKSPACE.md's decisions with its
+reason). Entry points in `experiments/` turn flags into these objects; library code
 only ever sees the objects.
 """
 
@@ -15,7 +15,6 @@ from fashionsearchnet_v2 import precision as precision_lib
 
 # Table 1 rows -> what each needs from stages 2 and 3 (§4.3, §4.5).
 STAGE2_VARIANTS = ("wo_rank", "rank", "rank_l", "rank_l_ff")
-STAGE3_VARIANTS = ("lg", "full", "untrained")  # "untrained": Rank-LG at step 0, the control of L_G
 # Table 1 rows: name -> (stage-2 variant, stage-3 variant or None); AMNet is the baseline of §4.3 built on
 # stage 1. LABELS are the row names as printed in the paper.
 VARIANTS = {

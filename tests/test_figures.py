@@ -65,8 +65,13 @@ def test_result_grid_frames_and_size(tmp_path):
     )
     image = read_rgb(path)
     tile_h, tile_w = h + 2 * frame, w + 2 * frame
-    assert image.shape == (gap + n * (tile_h + gap), gap + (k + 1) * (tile_w + gap) + text_width + gap, 3)
+    rows_h = gap + n * (tile_h + gap)
+    assert image.shape == (rows_h + figures.KEY_HEIGHT, gap + (k + 1) * (tile_w + gap) + text_width + gap, 3)
     np.testing.assert_array_equal(image, canvas)
+    # The key below the rows: a green and a red swatch, each with its words.
+    key = image[rows_h:]
+    assert (key == (0, 255, 0)).all(axis=-1).any() and (key == (255, 0, 0)).all(axis=-1).any()
+    assert (key.max(axis=-1) < 128).sum() > 20  # dark pixels: the words (the swatches are not dark)
     for i in range(n):
         y = gap + i * (tile_h + gap)
         np.testing.assert_array_equal(

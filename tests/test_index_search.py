@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from index_fixture import VOCAB, write_tiny_dataset
+from optional import FAISS_AVAILABLE, FAISS_INSTALL, require
 
 from fashionsearchnet_v2.data import records, schema
 from fashionsearchnet_v2.serving import index as index_lib
@@ -91,7 +92,7 @@ def test_split_index_keeps_ids_labels_and_checks_the_vocabulary(model, tmp_path)
 
 
 def test_faiss_matches_exact_where_it_scans_everything(tmp_path, model):
-    pytest.importorskip("faiss")
+    require(FAISS_AVAILABLE, f"faiss is not installed: {FAISS_INSTALL}")
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(8, 32)).astype(np.float32) * 4
     vectors = (centers[rng.integers(0, 8, 800)] + rng.normal(size=(800, 32))).astype(np.float32)

@@ -44,9 +44,6 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> str:
     return path
 
 
-_write_atomic = write_atomic  # the name callers used before it was public
-
-
 def write_png(path: str | os.PathLike, image: np.ndarray) -> str:
     """Write an RGB uint8 image [H, W, 3] as PNG, atomically; returns the path."""
     ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR))
@@ -235,8 +232,9 @@ def result_grid(
     results, each framed green where every target attribute matches and red otherwise.
 
     Layout (pixels): rows of height H + 2*frame separated and surrounded by `gap`; a row is
-    [query (white frame) | text (text_width) | k results (coloured frame)], so the canvas is
-    (gap + n*(H + 2*frame + gap)) x (gap + (k + 1)*(W + 2*frame + gap) + text_width + gap).
+    [query (white frame) | text (text_width) | k results (coloured frame)]; below them a key of the frames'
+    colours, KEY_HEIGHT high. The canvas is
+    (gap + n*(H + 2*frame + gap) + KEY_HEIGHT) x (gap + (k + 1)*(W + 2*frame + gap) + text_width + gap).
 
     Args:
         query_images: [n, H, W, 3] uint8 RGB.
@@ -266,9 +264,10 @@ def result_grid(
         )
     text_width = max(2 * w, 160) if text_width is None else text_width
     tile_h, tile_w = h + 2 * frame, w + 2 * frame
-    height = gap + n * (tile_h + gap)
+    height = gap + n * (tile_h + gap) + KEY_HEIGHT
     width = gap + (k + 1) * (tile_w + gap) + text_width + gap
     canvas = np.full((height, width, 3), WHITE, np.uint8)
+    canvas[height - KEY_HEIGHT :] = _key(width)
     for i in range(n):
         y = gap + i * (tile_h + gap)
         x = gap
@@ -282,6 +281,20 @@ def result_grid(
             x += tile_w + gap
     write_png(path, canvas)
     return canvas
+
+
+KEY_HEIGHT = 22
+
+
+def _key(width: int) -> np.ndarray:
+    """The result grid's key, [KEY_HEIGHT, width, 3]: a green and a red swatch with what each frame means."""
+    key = np.full((KEY_HEIGHT, width, 3), WHITE, np.uint8)
+    half = width // 2
+    for x0, colour, text in ((0, GREEN, "has every target attribute"), (half, RED, "misses one or more")):
+        key[5:17, x0 + 8 : x0 + 20] = colour
+        words = min(half - 24, 8 * len(text) + 8)  # about the words' width: they sit beside the swatch
+        key[:, x0 + 24 : x0 + 24 + words] = _text_image(text, words, KEY_HEIGHT, 9.0)
+    return key
 
 
 def _upsample_aligned(values: np.ndarray, height: int, width: int) -> np.ndarray:
