@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from service_fixture import live_server
 from tf_serving_stub import running_stub
 
+from fashionsearchnet_v2.data import images
 from fashionsearchnet_v2.serving import export, items, remote, service
 from fashionsearchnet_v2.serving import index as index_lib
 
@@ -192,12 +193,12 @@ def test_unknown_items_are_404_and_listing_is_bounded(client):
 def test_image_dimensions_from_headers(trained):
     img = np.zeros((37, 53, 3), np.uint8)
     for ext in (".png", ".jpg", ".bmp"):
-        assert service.image_dimensions(cv2.imencode(ext, img)[1].tobytes()) == (53, 37), ext
-    assert service.image_dimensions(b"GIF89a" + (53).to_bytes(2, "little") + (37).to_bytes(2, "little")) == (
+        assert images.dimensions(cv2.imencode(ext, img)[1].tobytes()) == (53, 37), ext
+    assert images.dimensions(b"GIF89a" + (53).to_bytes(2, "little") + (37).to_bytes(2, "little")) == (
         53,
         37,
     )
-    assert service.image_dimensions(b"not an image") is None
+    assert images.dimensions(b"not an image") is None
 
 
 def test_concurrent_requests_get_the_answers_they_get_alone(searcher, trained):

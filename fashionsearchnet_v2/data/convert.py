@@ -29,11 +29,8 @@ import cv2
 import numpy as np
 
 from fashionsearchnet_v2 import locks
-from fashionsearchnet_v2.data import records, schema
+from fashionsearchnet_v2.data import images, records, schema
 from fashionsearchnet_v2.data.schema import DatasetError
-
-# Formats tf.io.decode_image reads; anything else that OpenCV can decode is re-encoded as PNG.
-_TF_MAGIC = {b"\xff\xd8\xff": "jpeg", b"\x89PNG": "png", b"GIF8": "gif", b"BM": "bmp"}
 
 
 @dataclasses.dataclass
@@ -50,13 +47,6 @@ class Example:
     where: str = ""
 
 
-def image_format(data: bytes) -> str | None:
-    for magic, name in _TF_MAGIC.items():
-        if data.startswith(magic):
-            return name
-    return None
-
-
 def check_image(data: bytes) -> tuple[bytes | None, str]:
     """Returns (bytes to store, "") or (None, reason). Keeps the bytes as found when TensorFlow can
     decode their format; re-encodes other formats OpenCV reads (TIFF, WebP, ...) as PNG."""
@@ -65,11 +55,9 @@ def check_image(data: bytes) -> tuple[bytes | None, str]:
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if decoded is None or decoded.size == 0:
         return None, "undecodable"
-    fmt = image_format(data)
-    if fmt == "jpeg" and b"\xff\xd9" not in data[-4096:]:
-        # OpenCV pads a truncated JPEG with grey; TensorFlow's decoder fails on it later.
+    if images.truncated_jpeg(data):
         return None, "truncated"
-    if fmt is None:
+    if images.image_format(data) is None:  # not a format TensorFlow decodes: stored as PNG
         ok, png = cv2.imencode(".png", decoded)
         return (png.tobytes(), "") if ok else (None, "undecodable")
     return data, ""

@@ -21,7 +21,7 @@ import tensorflow as tf
 from fashionsearchnet_v2.data import records, schema
 
 # TFRecord framing: uint64 length, uint32 masked CRC of the length, data, uint32 masked CRC of the data.
-_HEADER, _FOOTER = 12, 4
+HEADER_BYTES, FOOTER_BYTES = 12, 4
 
 
 def record_spans(path: str):
@@ -32,11 +32,11 @@ def record_spans(path: str):
         offset, index = 0, 0
         while offset < size:
             f.seek(offset)
-            header = f.read(_HEADER)
-            if len(header) < _HEADER:
+            header = f.read(HEADER_BYTES)
+            if len(header) < HEADER_BYTES:
                 raise _truncated(path, index, offset, f"{size - offset} bytes left, a record header needs 12")
             (length,) = struct.unpack("<Q", header[:8])
-            end = offset + _HEADER + length + _FOOTER
+            end = offset + HEADER_BYTES + length + FOOTER_BYTES
             if end > size:
                 raise _truncated(
                     path, index, offset, f"it needs {end - offset} bytes, the file has {size - offset}"
@@ -56,7 +56,7 @@ def first_record(path: str) -> bytes | None:
     """The serialized first record of a TFRecord file (None if it is empty)."""
     for _, offset, length in record_spans(path):
         with open(path, "rb") as f:
-            f.seek(offset + _HEADER)
+            f.seek(offset + HEADER_BYTES)
             return f.read(length)
     return None
 

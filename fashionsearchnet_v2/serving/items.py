@@ -16,53 +16,24 @@ Every request opens its own file handle: nothing mutable is shared between concu
 
 from __future__ import annotations
 
-import os
-import struct
-
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from fashionsearchnet_v2.data import records, schema
-
-_HEADER = 12  # uint64 length + uint32 masked CRC of the length
-_FOOTER = 4  # uint32 masked CRC of the data
-_MEDIA_TYPES = {
-    b"\xff\xd8\xff": "image/jpeg",
-    b"\x89PNG": "image/png",
-    b"GIF8": "image/gif",
-    b"BM": "image/bmp",
-}
+from fashionsearchnet_v2.data import integrity, records, schema
 
 
 class ItemImageError(RuntimeError):
     """An item's image cannot be served (its source is missing or changed); the message says why."""
 
 
-def media_type(data: bytes) -> str:
-    """The MIME type of encoded image bytes, from their magic number."""
-    for magic, name in _MEDIA_TYPES.items():
-        if data.startswith(magic):
-            return name
-    return "application/octet-stream"
-
-
 def record_offsets(path: str) -> list[tuple[int, int]]:
     """(offset of the data, its length) of every record of a TFRecord file, from the length headers."""
-    out = []
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        offset = 0
-        while offset < size:
-            f.seek(offset)
-            header = f.read(_HEADER)
-            if len(header) < _HEADER:
-                raise ItemImageError(f"{path}: truncated record header at byte {offset}")
-            (length,) = struct.unpack("<Q", header[:8])
-            if offset + _HEADER + length + _FOOTER > size:
-                raise ItemImageError(f"{path}: record at byte {offset} runs past the end of the file")
-            out.append((offset + _HEADER, length))
-            offset += _HEADER + length + _FOOTER
-    return out
+    try:
+        return [
+            (offset + integrity.HEADER_BYTES, length) for _, offset, length in integrity.record_spans(path)
+        ]
+    except schema.DatasetError as e:
+        raise ItemImageError(str(e)) from e
 
 
 def parse_record(data: bytes) -> tuple[str, bytes]:

@@ -35,7 +35,6 @@ import base64
 import binascii
 import json
 import os
-import struct
 import threading
 import time
 import urllib.parse
@@ -43,6 +42,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fashionsearchnet_v2.data import images
 from fashionsearchnet_v2.retrieval import metrics
 from fashionsearchnet_v2.serving import export, items
 from fashionsearchnet_v2.serving import index as index_lib
@@ -133,49 +133,17 @@ class RequestError(Exception):
 # Uploads
 
 
-def image_dimensions(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG, GIF, BMP or JPEG header without decoding; None when not found."""
-    try:
-        if data.startswith(b"\x89PNG") and data[12:16] == b"IHDR":
-            return struct.unpack(">II", data[16:24])
-        if data.startswith(b"GIF8"):
-            return struct.unpack("<HH", data[6:10])
-        if data.startswith(b"BM"):
-            w, h = struct.unpack("<ii", data[18:26])
-            return abs(w), abs(h)
-        if data.startswith(b"\xff\xd8"):
-            i = 2
-            while i + 9 < len(data):
-                if data[i] != 0xFF:
-                    i += 1
-                    continue
-                marker = data[i + 1]
-                if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-                    i += 1 if marker == 0xFF else 2
-                    continue
-                # Start of frame: every SOFn but DHT (C4), JPG (C8) and DAC (CC) carries the size.
-                if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                    h, w = struct.unpack(">HH", data[i + 5 : i + 9])
-                    return w, h
-                (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-                i += 2 + length
-    except struct.error:
-        return None
-    return None
-
-
 def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Uploaded bytes -> uint8 RGB [H, W, 3]; RequestError 400 (not an image, truncated) or 413 (too many
     pixels, checked from the header before decoding)."""
     if not data:
         raise RequestError(400, "the uploaded image is empty")
-    size = image_dimensions(data)
+    size = images.dimensions(data)
     if size is not None and size[0] * size[1] > max_pixels:
         raise RequestError(
             413, f"the image has {size[0]} x {size[1]} pixels, more than the limit of {max_pixels:,}"
         )
-    if data.startswith(b"\xff\xd8") and b"\xff\xd9" not in data[-4096:]:
-        # A JPEG without its end marker is truncated; some decoders pad it with grey instead of failing.
+    if images.truncated_jpeg(data):
         raise RequestError(
             400, "the uploaded image is not a decodable JPEG/PNG/BMP/GIF image (truncated JPEG)"
         )
@@ -284,7 +252,7 @@ class Searcher:
             data = self.item_images.read(row)
         except items.ItemImageError as e:
             raise RequestError(500, str(e)) from None
-        return data, items.media_type(data)
+        return data, images.media_type(data)
 
     # -- search
 
