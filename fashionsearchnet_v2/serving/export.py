@@ -45,7 +45,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -521,24 +521,11 @@ class ExportedModel(ExportInfo):
 
         Raises ExportError for an image that is not [H, W, 3]; the signature raises InvalidArgumentError
         when the model's outputs are not finite."""
-        groups: dict[tuple, list[int]] = {}
-        for i, img in enumerate(images):
-            shape = np.shape(img)
-            if len(shape) != 3 or shape[-1] != 3 or min(shape) < 1:
-                raise ExportError(f"image {i} has shape {shape}: embed takes RGB images [height, width, 3]")
-            groups.setdefault(shape, []).append(i)
-        out: dict[str, np.ndarray] = {}
-        for positions in groups.values():
-            for start in range(0, len(positions), batch_size):
-                chunk = positions[start : start + batch_size]
-                batch = np.stack([np.asarray(images[i], np.uint8) for i in chunk])
-                result = self._embed(images=tf.constant(batch))
-                for key, value in result.items():
-                    value = value.numpy()
-                    if key not in out:
-                        out[key] = np.zeros((len(images),) + value.shape[1:], value.dtype)
-                    out[key][chunk] = value
-        return out
+        return embed_in_batches(
+            images,
+            batch_size,
+            lambda batch: {k: v.numpy() for k, v in self._embed(images=tf.constant(batch)).items()},
+        )
 
     def manipulate(self, attribute_representations, attributes, values) -> np.ndarray:
         """[N, A, D], int [N, M], int [N, M] (-1 = unused) -> global representations [N, r]."""
@@ -548,6 +535,30 @@ class ExportedModel(ExportInfo):
             values=tf.constant(np.asarray(values, np.int32)),
         )
         return out["global_representation"].numpy()
+
+
+def embed_in_batches(
+    images: Sequence[np.ndarray], batch_size: int, run: Callable[[np.ndarray], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """The client side of `embed`, for a loaded export and for TensorFlow Serving alike: checks every
+    image is uint8-able RGB [H, W, 3] (ExportError naming the first that is not, before anything runs),
+    batches images only with others of their size, calls `run(uint8 [n, H, W, 3]) -> {output: [n, ...]}`
+    per batch and returns the outputs stacked in input order, [N, ...]."""
+    groups: dict[tuple, list[int]] = {}
+    for i, img in enumerate(images):
+        shape = np.shape(img)
+        if len(shape) != 3 or shape[-1] != 3 or min(shape) < 1:
+            raise ExportError(f"image {i} has shape {shape}: embed takes RGB images [height, width, 3]")
+        groups.setdefault(shape, []).append(i)
+    out: dict[str, np.ndarray] = {}
+    for positions in groups.values():
+        for start in range(0, len(positions), batch_size):
+            chunk = positions[start : start + batch_size]
+            for key, value in run(np.stack([np.asarray(images[i], np.uint8) for i in chunk])).items():
+                if key not in out:
+                    out[key] = np.zeros((len(images),) + value.shape[1:], value.dtype)
+                out[key][chunk] = value
+    return out
 
 
 def rest_request(signature_name: str, inputs: dict, columnar: bool = True) -> dict:

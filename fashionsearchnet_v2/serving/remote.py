@@ -134,20 +134,11 @@ class RemoteModel:
     def embed(self, images: Sequence[np.ndarray], batch_size: int = 32) -> dict[str, np.ndarray]:
         """uint8 RGB images [H_i, W_i, 3] -> the `embed` outputs stacked in input order, [N, ...].
 
-        Like `ExportedModel.embed`, images are batched only with others of the same size.
+        The same client as `ExportedModel.embed` (`export.embed_in_batches`): checked, batched by size.
         """
-        groups: dict[tuple, list[int]] = {}
-        for i, img in enumerate(images):
-            groups.setdefault(np.shape(img), []).append(i)
-        out: dict[str, np.ndarray] = {}
-        for positions in groups.values():
-            for start in range(0, len(positions), batch_size):
-                chunk = positions[start : start + batch_size]
-                batch = np.stack([np.asarray(images[i], np.uint8) for i in chunk])
-                for key, value in self.predict("embed", {"images": batch}).items():
-                    if key not in out:
-                        out[key] = np.zeros((len(images),) + value.shape[1:], value.dtype)
-                    out[key][chunk] = value
+        out = export.embed_in_batches(
+            images, batch_size, lambda batch: self.predict("embed", {"images": batch})
+        )
         missing = set(export.EMBED_OUTPUTS) - set(out)
         if images and missing:
             raise RemoteModelError(f"TensorFlow Serving's embed lacks the outputs {sorted(missing)}")
