@@ -190,7 +190,7 @@ def run_row(args, row: str, input_kind: str, precision: str = "float32") -> dict
     from fashionsearchnet_v2 import precision as precision_lib
     from fashionsearchnet_v2.data import pipeline, schema
     from fashionsearchnet_v2.model import backbone
-    from fashionsearchnet_v2.training import guard, stages
+    from fashionsearchnet_v2.training import stages, trainer
 
     if args.intra_op_threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
@@ -294,21 +294,11 @@ def run_row(args, row: str, input_kind: str, precision: str = "float32") -> dict
     else:
         task = stages.Stage2Task(config, info, "", strategy, stage1_dir="", stage1_config=None)
 
-    # As training.trainer.Trainer builds and runs it.
-    with strategy.scope():
-        model = task.build_model()
-        optimizer = task.build_optimizer(args.warmup + args.steps)
-        optimizer.build(task.trainable_variables(model))
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-
-    checked = [] if row == "stage2_noguard" else guard.checked_variables(model, optimizer)
-
-    @tf.function
-    def distributed_step(batch):
-        results = strategy.run(task.train_step, args=(model, optimizer, batch, step))
-        reduced = {k: strategy.reduce("SUM", v, axis=None) for k, v in results.items()}
-        step.assign_add(1)
-        return reduced, guard.all_finite(checked)
+    # The trainer's own state and step (training.trainer), so the benchmark times what training runs.
+    model, optimizer, step = trainer.build_state(task, strategy, args.warmup + args.steps)
+    distributed_step = trainer.step_function(
+        task, strategy, model, optimizer, step, guarded=row != "stage2_noguard"
+    )
 
     waits, steps, losses = [], [], []
     for i in range(total):

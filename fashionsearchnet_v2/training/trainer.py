@@ -86,6 +86,32 @@ def make_optimizer(
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
 
 
+def build_state(task, strategy, total_steps: int):
+    """(model, optimizer with its slots built, step counter) of a task, under `strategy`'s scope."""
+    with strategy.scope():
+        model = task.build_model()
+        optimizer = task.build_optimizer(total_steps)
+        optimizer.build(task.trainable_variables(model))
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    return model, optimizer, step
+
+
+def step_function(task, strategy, model, optimizer, step, guarded: bool = True):
+    """The training step as the trainer runs it, in `tf.function`: the task's step on every replica, the
+    results summed, the step counted, and (`guarded`) one flag saying every checked variable is finite
+    (the divergence check, decision R1). Returns `batch -> (results, finite)`."""
+    checked = guard.checked_variables(model, optimizer) if guarded else []
+
+    @tf.function
+    def distributed_step(batch):
+        results = strategy.run(task.train_step, args=(model, optimizer, batch, step))
+        reduced = {k: strategy.reduce("SUM", v, axis=None) for k, v in results.items()}
+        step.assign_add(1)
+        return reduced, guard.all_finite(checked)
+
+    return distributed_step
+
+
 class FixedFeatureTask:
     """What the tasks on fixed features (stage 3, AMNet) share: stage 3's optimiser settings
     (`self.s3`, a Stage3Config), every weight of their small model trained, no pictures."""
@@ -168,11 +194,7 @@ class Trainer:
         keras.utils.set_random_seed(self.seed)
         if self.deterministic_ops:
             tf.config.experimental.enable_op_determinism()  # process-wide, like TensorFlow's own switch
-        with self.strategy.scope():
-            model = self.task.build_model()
-            optimizer = self.task.build_optimizer(self.total_steps)
-            optimizer.build(self.task.trainable_variables(model))
-            step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        model, optimizer, step = build_state(self.task, self.strategy, self.total_steps)
         latest = checkpoints.latest(self.ckpt_dir)
         # The random-number state (dropout masks) is saved too, so a resumed run equals an uninterrupted
         # one; a checkpoint written before it was saved resumes without it (and says so).
@@ -202,15 +224,8 @@ class Trainer:
         dataset = self.task.build_inputs(self.seed, skip_steps=start)
         iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
 
-        checked = guard.checked_variables(model, optimizer)
+        distributed_step = step_function(self.task, self.strategy, model, optimizer, step)
         bound = guard.LossBound(self.loss_upper_bound, self.loss_growth_limit)
-
-        @tf.function
-        def distributed_step(batch):
-            results = self.strategy.run(self.task.train_step, args=(model, optimizer, batch, step))
-            reduced = {k: self.strategy.reduce("SUM", v, axis=None) for k, v in results.items()}
-            step.assign_add(1)
-            return reduced, guard.all_finite(checked)
 
         t0 = time.time()
         window_start, window_images = time.time(), 0
