@@ -152,3 +152,10 @@ def test_every_candidate_is_a_valid_config_within_stage_3s_budget():
     for name in amnet_selection.CANDIDATES:
         am = amnet_selection.candidate_config(cfg, name, 2.0).amnet
         assert am.select_on_validation and am.validation_fraction == 0.2 and am.epochs == 2.0
+    # Candidates mean what they meant when the search ran, whatever the defaults it chose.
+    base = amnet_selection.candidate_config(cfg, "proto-adam1e-3", 6.0).amnet
+    assert (base.margin, base.lambda_attr, base.learning_rate) == (0.2, 1.0, 1e-3)
+    assert (
+        amnet_selection.candidate_config(cfg, "proto-adam1e-3-attr0.1-m0.5", 6.0).amnet
+        == configs.AmnetConfig()
+    )

@@ -22,6 +22,7 @@ from fashionsearchnet_v2.training import run
 
 BUDGET = 25  # stage 3's search trained 25 candidates (decision 62); AMNet's gets no more
 
+SEARCH_BASE = dict(margin=0.2, lambda_attr=1.0)
 _P = dict(memory_init="prototypes")
 _R = dict(memory_init="random")
 
@@ -65,8 +66,10 @@ def candidate_config(cfg: ExperimentConfig, name: str, epochs: float) -> Experim
     validation split (for "old" too: its validation images are then held out, as for every candidate)."""
     if name not in CANDIDATES:
         raise ValueError(f"unknown AMNet candidate {name!r}; valid: {', '.join(CANDIDATES)}")
+    # The search's starting point is AMNet before it (margin 0.2, attribute prediction at weight 1), not
+    # today's defaults, which it chose: every candidate keeps meaning what it meant when it ran.
     base = configs.AmnetConfig(
-        seed=cfg.amnet.seed, batch_size=cfg.amnet.batch_size, max_steps=cfg.amnet.max_steps
+        seed=cfg.amnet.seed, batch_size=cfg.amnet.batch_size, max_steps=cfg.amnet.max_steps, **SEARCH_BASE
     )
     if name == "old":
         base = configs.old_amnet(base)
