@@ -119,6 +119,9 @@ def test_amnet_reads_only_the_training_split_and_the_control_is_its_step_0(info,
     kept, _ = loading.load_amnet(str(tmp_path / "amnet_untrained"), info, dim)
     for x, y in zip(kept.weights, control.weights):
         np.testing.assert_array_equal(x.numpy(), y.numpy())
+    kept = run.run_amnet_untrained(cfg, info, out=io.StringIO())  # already saved: loaded, not rebuilt
+    for x, y in zip(kept.weights, control.weights):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
 
 
 def test_selection_keeps_step_0_when_learning_makes_validation_worse(tmp_path):

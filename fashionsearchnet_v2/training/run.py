@@ -267,6 +267,6 @@ def run_amnet_untrained(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys
     task.workdir = None  # its step-0 validation score is AMNet's own (amnet/selection.json)
 
     def load():
-        return loading.load_amnet(workdir, info)[0]
+        return loading.load_amnet(workdir, info, task.features.shape[-1])[0]
 
     return _save_untrained(task, cfg, info, workdir, am.seed, load, out)
