@@ -53,9 +53,7 @@ WORKDIR = flags.DEFINE_string(
 IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Input size (paper: 227; synthetic default 128).")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size.")
 EPOCHS = flags.DEFINE_float("epochs", None, "Epochs of stages 1 and 2 (paper: 12 each).")
-STAGE3_EPOCHS = flags.DEFINE_float(
-    "stage3_epochs", None, "Epochs of stage 3 (default 6; paper: 2; AMNet: 2)."
-)
+STAGE3_EPOCHS = flags.DEFINE_float("stage3_epochs", None, "Epochs of stage 3 (default 6; paper: 2).")
 LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "SGD learning rate (paper: 0.01).")
 MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Stop after this many steps (overrides --epochs).")
 ALEXNET_WEIGHTS = flags.DEFINE_string("alexnet_weights", None, "bvlc_alexnet.npy for conv1-conv4 (§4.1).")
@@ -117,6 +115,13 @@ PAPER_STAGE3 = flags.DEFINE_bool(
     False,
     "Stage 3 exactly as the paper writes it (random w_r, raw F, random negatives, SGD 0.01, 2 epochs, the "
     "last step kept) instead of the settings chosen on the validation split (WORKSPACE.md decision 62).",
+)
+OLD_AMNET = flags.DEFINE_bool(
+    "old_amnet",
+    False,
+    "AMNet as measured before issue 24 (random memory, one manipulation per image, plain SGD 0.01 for 2 "
+    "epochs, the last step kept; README's 227 px rows) instead of the settings chosen on the validation "
+    "split (WORKSPACE.md A9, docs/amnet_selection.md).",
 )
 STAGE3_LEARNING_RATE = flags.DEFINE_float(
     "stage3_learning_rate", None, "Stage 3's learning rate (default 1e-4 with Adam; the paper's SGD: 0.01)."
@@ -458,7 +463,7 @@ def build_config(
             if key not in (
                 "epochs",
                 "learning_rate",
-            ):  # stage 3 has its own (--stage3_epochs, --stage3_learning_rate)
+            ):  # stage 3 and AMNet have their own (--stage3_epochs, --stage3_learning_rate)
                 s3[key] = flag.value
     if OPTIMIZER.value is not None:
         t["optimizer"] = OPTIMIZER.value
@@ -501,6 +506,11 @@ def build_config(
         fail(f"--momentum applies to SGD only; stages 1 and 2 here use --optimizer={cfg.train.optimizer} "
              "(pass --optimizer=sgd with it)")  # fmt: skip
     cfg.stage3 = dataclasses.replace(cfg.stage3, **s3)
+    if OLD_AMNET.value:
+        cfg.amnet = configs.old_amnet(cfg.amnet)
+    # AMNet shares stage 3's seed, batch size and step limit (--seed, --batch_size, --max_steps).
+    am = {k: v for k, v in s3.items() if k in ("seed", "batch_size", "max_steps")}
+    cfg.amnet = dataclasses.replace(cfg.amnet, **am)
     info = load_dataset(dirs, cfg.quick, stage, seed)
     return cfg, info
 

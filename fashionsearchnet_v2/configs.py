@@ -18,6 +18,7 @@ STAGE2_VARIANTS = ("wo_rank", "rank", "rank_l", "rank_l_ff")
 # Table 1 rows: name -> (stage-2 variant, stage-3 variant or None); AMNet is the baseline of §4.3 built on
 # stage 1. LABELS are the row names as printed in the paper.
 VARIANTS = {
+    "amnet_untrained": ("stage1", "amnet_untrained"),
     "amnet": ("stage1", "amnet"),
     "wo_rank": ("wo_rank", None),
     "rank": ("rank", None),
@@ -28,6 +29,7 @@ VARIANTS = {
     "full_ff": ("rank_l_ff", "full"),
 }
 LABELS = {
+    "amnet_untrained": "AMNet, untrained",
     "amnet": "AMNet",
     "wo_rank": "w/o Rank",
     "rank": "Rank",
@@ -199,6 +201,64 @@ def paper_stage3(base: Stage3Config) -> Stage3Config:
 
 
 @dataclasses.dataclass
+class AmnetConfig:
+    """AMNet, Table 1's baseline (Zhao et al., CVPR 2017; WORKSPACE.md A1-A12), on fixed stage-1 features.
+
+    The defaults are the choices made on the validation split (A9, `docs/amnet_selection.md`);
+    `old_amnet` gives AMNet as it was measured before issue 24 (the 227 px table still cites it).
+    The schedule's fields carry Stage3Config's names: both train through `trainer.FixedFeatureTask`.
+    """
+
+    memory_dim: int = 256  # the memory's width with memory_init="random"; "prototypes": the feature's
+    embedding_dim: int = 256  # the fusion layer's output, ranked by the triplet loss and searched
+    # "prototypes": each value's row starts at the mean stage-1 feature of the training images with that
+    # value ("prototype attribute representations", AMNet's abstract), so the read t·M starts as the
+    # difference of the new and the old value's prototypes; "random": N(0, 0.1²), width memory_dim.
+    memory_init: str = "prototypes"
+    # Of the triplet on unit vectors (squared distances in [0, 4]): 0.5 validated 0.963 against 0.949 for
+    # 0.2 (A9).
+    margin: float = 0.5
+    # Weight of the attribute prediction on the fused representation: 0.1 validated above 1 (0.949 vs
+    # 0.919) and 0 (ranking only, 0.934; not AMNet) (A7, A9).
+    lambda_attr: float = 0.1
+    sampling: str = "enumerate"  # an epoch walks every manipulation, as stage 3 (decision 60); or "images"
+    negatives: str = "random"  # "random" (AMNet: any image) or "near" (one attribute off the target)
+    # Adam 1e-3 learns most in 1-2 epochs; plain SGD 0.01 (the paper's and the old AMNet's) still rose
+    # at epoch 3 (A9). 6 epochs as stage 3, the best validated epoch kept.
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.0
+    lr_schedule: str = "constant"
+    epochs: float = 6.0
+    batch_size: int = 64
+    max_steps: int | None = None
+    log_every_steps: int = 100
+    seed: int = 0
+    # The validation split of decision 59 (the same images as stage 3's), selection of the best epoch.
+    validation_fraction: float = 0.2
+    validation_query_share: float = 1 / 3
+    validation_k: int | None = None
+    select_on_validation: bool = True
+
+    def __post_init__(self):
+        choices = {"sampling": ("enumerate", "images"), "negatives": ("random", "near"),
+                   "memory_init": ("prototypes", "random"), "optimizer": ("sgd", "adam")}  # fmt: skip
+        for field, valid in choices.items():
+            if getattr(self, field) not in valid:
+                raise ValueError(f"AMNet {field} must be one of {valid}, got {getattr(self, field)!r}")
+
+
+def old_amnet(base: AmnetConfig) -> AmnetConfig:
+    """AMNet as measured before issue 24 (README's 227 px rows): random memory, one manipulation per
+    random training image, plain SGD 0.01 for 2 epochs, every training image used, the last step kept."""
+    return dataclasses.replace(
+        base, memory_init="random", memory_dim=256, margin=0.2, lambda_attr=1.0, sampling="images",
+        negatives="random", optimizer="sgd", learning_rate=0.01, momentum=0.0, lr_schedule="constant",
+        epochs=2.0, validation_fraction=0.0, select_on_validation=False,
+    )  # fmt: skip
+
+
+@dataclasses.dataclass
 class ExperimentConfig:
     """What an entry point resolved: dataset, directories, the stage's configs."""
 
@@ -210,6 +270,7 @@ class ExperimentConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     stage3: Stage3Config = dataclasses.field(default_factory=Stage3Config)
+    amnet: AmnetConfig = dataclasses.field(default_factory=AmnetConfig)
     alexnet_weights: str | None = None
     strategy: str = "default"
     quick: bool = False
@@ -227,6 +288,8 @@ class ExperimentConfig:
         obj["model"] = ModelConfig(**obj.get("model", {}))
         obj["train"] = TrainConfig(**obj.get("train", {}))
         obj["stage3"] = Stage3Config(**obj.get("stage3", {}))
+        # A config written before issue 24 has no "amnet": its AMNet was `old_amnet`'s.
+        obj["amnet"] = AmnetConfig(**obj["amnet"]) if "amnet" in obj else old_amnet(AmnetConfig())
         return cls(**obj)
 
     def write(self, directory: str, name: str = "config.json") -> str:
@@ -305,6 +368,9 @@ def quick(config: ExperimentConfig) -> ExperimentConfig:
         shuffle_buffer=64,
     )
     config.stage3 = dataclasses.replace(config.stage3, r=16, batch_size=16, max_steps=4, log_every_steps=2)
+    config.amnet = dataclasses.replace(
+        config.amnet, memory_dim=16, embedding_dim=16, batch_size=16, max_steps=4, log_every_steps=2
+    )
     return config
 
 

@@ -25,8 +25,10 @@ def _layer_types(model):
 
 def test_every_table1_row_is_a_variant():
     assert list(configs.VARIANTS) == [
-        "amnet", "wo_rank", "rank", "rank_l", "rank_lg_untrained", "rank_lg", "full", "full_ff"
+        "amnet_untrained", "amnet", "wo_rank", "rank", "rank_l", "rank_lg_untrained", "rank_lg", "full", "full_ff"
     ]  # fmt: skip
+    # Each trained row has its step 0 beside it: AMNet's and stage 3's untrained controls.
+    assert configs.VARIANTS["amnet_untrained"] == ("stage1", "amnet_untrained")
     # Stage 3's control is Rank-LG's step 0, built on the same stage 2.
     assert configs.VARIANTS["rank_lg_untrained"] == ("rank_l", "untrained")
     assert configs.VARIANTS["rank_lg"] == ("rank_l", "lg") and configs.VARIANTS["full_ff"] == (

@@ -7,14 +7,15 @@ it reads with the query image's feature into the representation used for retriev
     f      = image feature                                  [B, F]   (here: GAP(conv7) of stage 1)
     t      = manipulation indicator, +1 desired value,
              -1 the value to remove, 0 elsewhere             [B, C]
-    r      = t M                                            [B, Dm]  (memory read; M learned)
+    r      = t M                                            [B, Dm]  (memory read; M learned, starting
+                                                                      at the values' prototypes: Dm = F)
     e      = ReLU(W_f [f ; r] + b)                           [B, De]  (fusion)
     logits = W_c e                                          [B, C]   (attribute prediction)
     embedding = e / ‖e‖                                     [B, De]  (ranked by the triplet loss; searched)
 
 trained with a triplet ranking loss on e (anchor: manipulated query, positive: an image with the target
 attributes, negative: a random image) plus attribute prediction of the target attributes. Gallery
-images are embedded with t = 0. What this reproduction had to assume is listed in WORKSPACE.md.
+images are embedded with t = 0. What this reproduction had to assume is listed in WORKSPACE.md (A1-A12).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from fashionsearchnet_v2 import precision as precision_lib
+from fashionsearchnet_v2.model import memory_block
 
 
 def signed_manipulation(labels, attributes, values, num_values) -> np.ndarray:
@@ -37,6 +39,15 @@ def signed_manipulation(labels, attributes, values, num_values) -> np.ndarray:
     known = old >= 0
     t[rows[known], offsets[attributes[known]] + old[known]] = -1.0
     return t
+
+
+def prototypes(features, labels, num_values) -> np.ndarray:
+    """AMNet's memory start [C, F]: per attribute value, the mean feature of the images with that value
+    (a value no image has stays zero); unlabelled (-1) entries are ignored."""
+    features = np.asarray(features, np.float32)
+    n, f = features.shape
+    view = np.broadcast_to(features[:, None, :], (n, len(num_values), f))
+    return memory_block.build_memory_block(view, labels, num_values)[0]
 
 
 @keras.saving.register_keras_serializable(package="fashionsearchnet_v2")

@@ -18,7 +18,7 @@ from fashionsearchnet_v2.configs import LABELS, VARIANTS
 from fashionsearchnet_v2.data import pipeline, records, schema
 from fashionsearchnet_v2.model import aam, backbone, memory_block
 from fashionsearchnet_v2.retrieval import figures, localization, metrics, search, validation
-from fashionsearchnet_v2.trained import checkpoints, loading
+from fashionsearchnet_v2.trained import loading
 
 
 class Representation:
@@ -112,7 +112,7 @@ def build_searcher(workdir: str, info: schema.DatasetInfo, variant: str, progres
         t[np.arange(len(attributes)), offsets[attributes] + values] = 1.0
         return t
 
-    if variant == "amnet":
+    if variant in ("amnet", "amnet_untrained"):
         from fashionsearchnet_v2.model import amnet
 
         model, ckpt, cfg = loading.load_stage1(workdir, info)
@@ -122,9 +122,9 @@ def build_searcher(workdir: str, info: schema.DatasetInfo, variant: str, progres
             s: loading.split_features(model, ckpt, info, s, size, s1_dir, progress)
             for s in ("train", "query", "gallery")
         }
-        am = amnet.build_amnet(info.num_values, feats["train"]["gap"].shape[-1])
-        am_ckpt = checkpoints.restore_layers(am, os.path.join(workdir, "amnet", "ckpt"),
-                                             sorted(checkpoints.layer_dict(am)), "the AMNet stage")  # fmt: skip
+        am, am_ckpt = loading.load_amnet(
+            os.path.join(workdir, variant), info, feats["train"]["gap"].shape[-1]
+        )
         fn = tf.function(
             lambda f, t: am({"features": f, "manipulation": t})["embedding"], reduce_retracing=True
         )

@@ -57,15 +57,20 @@ class ValidationSearches:
     the validation gallery.
 
     Args:
-        fc10: [N, A, D] attribute representations of the validation images.
+        fc10: [N, ...] the validation images' features ([N, A, D] attribute representations for stage 3,
+            [N, F] stage-1 features for AMNet).
         labels: [N, A] int, -1 = unlabelled.
         ids: [N] the images' ids (which are queries is decided by their hash).
         num_values: values per attribute; attribute_names: A names.
         query_share: share of validation images used as queries.
         ks: the K of Top-K reported.
+        manipulation: (query labels [n, A], attributes [n], values [n]) -> t [n, C], the indicator the
+            model reads (AMNet's signed one); None: one-hot at the new value (FashionSearchNet-v2's).
     """
 
-    def __init__(self, fc10, labels, ids, num_values, attribute_names, query_share=1 / 3, ks=(20,)):
+    def __init__(
+        self, fc10, labels, ids, num_values, attribute_names, query_share=1 / 3, ks=(20,), manipulation=None
+    ):
         fc10, labels = np.asarray(fc10, np.float32), np.asarray(labels)
         is_query = query_mask(ids, query_share)
         self.query_fc10, self.query_labels = fc10[is_query], labels[is_query]
@@ -77,8 +82,13 @@ class ValidationSearches:
         self.ks = tuple(k for k in ks if k <= len(self.gallery_labels)) or (max(1, len(self.gallery_labels)),)
         offsets = np.concatenate([[0], np.cumsum(self.num_values)[:-1]]).astype(np.int64)
         m = self.manipulations
-        self._t = np.zeros((len(m), sum(self.num_values)), np.float32)
-        self._t[np.arange(len(m)), offsets[m.attribute] + m.value] = 1.0
+        if manipulation is not None:
+            self._t = np.asarray(
+                manipulation(self.query_labels[m.query_index], m.attribute, m.value), np.float32
+            ).reshape(len(m), sum(self.num_values))
+        else:
+            self._t = np.zeros((len(m), sum(self.num_values)), np.float32)
+            self._t[np.arange(len(m)), offsets[m.attribute] + m.value] = 1.0
 
     def __len__(self) -> int:
         return len(self.manipulations)

@@ -10,7 +10,7 @@ import os
 
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.data import schema
-from fashionsearchnet_v2.model import memory_block, network
+from fashionsearchnet_v2.model import amnet, memory_block, network
 from fashionsearchnet_v2.trained import checkpoints, features, provenance
 
 
@@ -70,6 +70,27 @@ def load_global_model(directory: str, num_values, dim: int):
         else os.path.join(directory, "ckpt")
     )
     path = checkpoints.restore_layers(model, source, ["global_representation"], "stage 3")
+    return model, path
+
+
+def load_amnet(directory: str, info: schema.DatasetInfo, feature_dim: int):
+    """(AMNet model, checkpoint path) in `directory` (`<workdir>/amnet` or `amnet_untrained`), checked
+    against `info`: the state it selected on the validation split (`<directory>/selected`) when it selects,
+    else its last step. A directory written before issue 24 reads back as `configs.old_amnet`."""
+    cfg = configs.read_config(directory)
+    if cfg is None:
+        raise checkpoints.RestoreError(f"{directory} has no config.json: run the AMNet stage first")
+    provenance.check(cfg, info, directory)
+    am = cfg.amnet
+    memory_dim = feature_dim if am.memory_init == "prototypes" else am.memory_dim
+    model = amnet.build_amnet(info.num_values, feature_dim, memory_dim, am.embedding_dim)
+    selected = os.path.join(directory, "selected")
+    source = (
+        selected
+        if am.select_on_validation and checkpoints.latest(selected)
+        else os.path.join(directory, "ckpt")
+    )
+    path = checkpoints.restore_layers(model, source, sorted(checkpoints.layer_dict(model)), "the AMNet stage")
     return model, path
 
 

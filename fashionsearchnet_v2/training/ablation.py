@@ -40,6 +40,10 @@ def train_variant(cfg: ExperimentConfig, info, variant: str, out=sys.stdout) -> 
         _say("AMNet baseline: memory + fusion on stage-1 features", out)
         run.run_amnet(cfg, info, out=out)
         return
+    if variant == "amnet_untrained":
+        _say("AMNet at step 0, its untrained control", out)
+        run.run_amnet_untrained(cfg, info, out=out)
+        return
     _say(f"stage 2 ({s2}): attribute representations", out)
     run.run_stage2(dataclasses.replace(cfg, variant=s2), info, out=out)
     if s3 == "untrained":
@@ -54,8 +58,8 @@ def train_variant(cfg: ExperimentConfig, info, variant: str, out=sys.stdout) -> 
 def _current_checkpoint(workdir: str, variant: str) -> str | None:
     s2, s3 = configs.VARIANTS[variant]
     directory = loading.stage3_dir(workdir, s2, s3) if s3 else loading.stage_dir(workdir, "stage2", s2)
-    if variant == "amnet":
-        directory = os.path.join(workdir, "amnet")
+    if variant in ("amnet", "amnet_untrained"):
+        directory = os.path.join(workdir, variant)
     selected = checkpoints.latest(os.path.join(directory, "selected")) if s3 else None
     return f"{checkpoints.latest(os.path.join(directory, 'ckpt'))} {selected}"
 
@@ -111,6 +115,8 @@ def aggregate(per_seed: dict[int, dict[str, dict]], attribute_names: Sequence[st
 
 # Paired differences of Table 1 rows, same seed (what each step adds); read where both rows were run.
 PAIRS = (
+    ("amnet", "amnet_untrained", "what AMNet learned: AMNet − its untrained control"),
+    ("amnet", "wo_rank", "the baseline against the paper's weakest row: AMNet − w/o Rank"),
     ("rank_lg_untrained", "rank_l", "projection, no learning: Rank-LG at step 0 − Rank-L"),
     ("rank_lg", "rank_lg_untrained", "what L_G learned: Rank-LG − its untrained control"),
     ("full", "rank_lg", "updating M: Full − Rank-LG"),
@@ -135,7 +141,7 @@ def stage3_report(workdir: str, variant: str) -> dict | None:
     """What a stage-3 row kept (selection.json): the selected step, validation Top-K there and at step 0,
     λ and how far M moved (‖M − M_0‖ / ‖M_0‖); None for rows without stage 3."""
     s2, s3 = configs.VARIANTS[variant]
-    if s3 is None or variant == "amnet":
+    if s3 is None or variant in ("amnet", "amnet_untrained"):
         return None
     path = os.path.join(loading.stage3_dir(workdir, s2, s3), "selection.json")
     if not os.path.isfile(path):
@@ -150,6 +156,41 @@ def stage3_report(workdir: str, variant: str) -> dict | None:
     return {"step": chosen["step"], "validation_top": chosen[f"top{k}"],
             "validation_top_step0": history[0][f"top{k}"] if history else None,
             "lambda": chosen["lambda"], "memory_shift": chosen["memory_shift"]}  # fmt: skip
+
+
+def amnet_report(workdir: str) -> dict | None:
+    """What AMNet kept (its selection.json): the selected step, validation Top-K and L_rank there and at
+    step 0; None when it did not select (AMNet before issue 24) or did not run."""
+    path = os.path.join(workdir, "amnet", "selection.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        sel = json.load(f)
+    history, chosen = sel.get("history") or [], sel.get("selected")
+    if not history or chosen is None:
+        return None
+    k = sel.get("k", 20)
+    return {"k": k, "step": chosen["step"], "validation_top": chosen[f"top{k}"],
+            "validation_top_step0": history[0][f"top{k}"], "validation_gain": chosen[f"gain{k}"],
+            "L_rank_validation": chosen.get("L_rank_validation"),
+            "L_rank_validation_step0": history[0].get("L_rank_validation")}  # fmt: skip
+
+
+def amnet_table(reports: dict) -> str:
+    """Markdown: per seed, what AMNet's selection kept on the validation split."""
+    seeds = [s for s in sorted(reports) if reports[s]]
+    if not seeds:
+        return ""
+    k = reports[seeds[0]]["k"]
+    lines = [f"AMNet as kept (selected on the validation split, Top-{k}):", "",
+             f"| seed | selected step | validation Top-{k} at step 0 | selected | its gain | validation L_rank at step 0 | selected |",
+             "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for s in seeds:
+        r = reports[s]
+        lr0, lr = r["L_rank_validation_step0"], r["L_rank_validation"]
+        lines.append(f"| {s} | {r['step']} | {r['validation_top_step0']:.3f} | {r['validation_top']:.3f} | "
+                     f"{r['validation_gain']:+.3f} | {lr0 if lr0 is None else f'{lr0:.4f}'} | {lr if lr is None else f'{lr:.4f}'} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def stage3_tables(per_seed, reports, variants, attribute_names, k: int = 20) -> str:
@@ -211,6 +252,8 @@ def run_ablation(
     table = figures.results_tables(per_variant, info.attribute_names, k=20, where=where)
     reports = {cfg.train.seed: {v: stage3_report(cfg.workdir, v) for v in variants} for cfg in cfgs}
     extra = stage3_tables(per_seed, reports, variants, info.attribute_names)
+    amnet_reports = {cfg.train.seed: amnet_report(cfg.workdir) for cfg in cfgs} if "amnet" in variants else {}
+    extra = "\n".join(x for x in (extra, amnet_table(amnet_reports)) if x)
     if extra:
         table = f"{table.rstrip()}\n\n{extra}"
     os.makedirs(out_dir, exist_ok=True)
@@ -233,6 +276,7 @@ def run_ablation(
         "ndcg@30": {v: _mean_std([per_seed[s][v]["ndcg@30"]["avg"] for s in seeds]) for v in variants},
         "paired": paired_differences(per_seed),
         "stage3": {str(s): r for s, r in reports.items()},
+        "amnet": {str(s): r for s, r in amnet_reports.items()},
         "workdirs": {str(cfg.train.seed): cfg.workdir for cfg in cfgs},
         "seconds": round(time.time() - t0, 1),
     }

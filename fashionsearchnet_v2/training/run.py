@@ -179,31 +179,41 @@ def run_stage3_untrained(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sy
     `<workdir>/stage3_<variant>_untrained`. What Rank-LG gains over it is what L_G learned."""
     cfg = dataclasses.replace(cfg, stage3=dataclasses.replace(cfg.stage3, update_memory=False))
     task, cfg, workdir = _stage3_task(cfg, info, "untrained")
-    with stage_lock(workdir, "stage3") as lock:
-        _say_taken_over(lock, "stage3", out)
+    cfg = dataclasses.replace(cfg, stage3=dataclasses.replace(cfg.stage3, max_steps=0))
+
+    def load():
+        return loading.load_global_model(workdir, info.num_values, task.fc10.shape[-1])[0]
+
+    return _save_untrained(task, cfg, info, workdir, cfg.stage3.seed, load, out)
+
+
+def _save_untrained(task, cfg: ExperimentConfig, info, workdir: str, seed: int, load, out):
+    """Builds and initialises `task`'s model as its training starts (same seed) and saves it without a
+    step into `<workdir>/ckpt`; a control already saved there is loaded with `load()` instead."""
+    with stage_lock(workdir, cfg.stage) as lock:
+        _say_taken_over(lock, cfg.stage, out)
         ckpt_dir = os.path.join(workdir, "ckpt")
         old = configs.read_config(workdir)
         if old is not None and checkpoints.latest(ckpt_dir):
             provenance.check(old, info, workdir, quick=cfg.quick)
-            print(f"[stage3] untrained control already saved in {workdir}", file=out)
-            return loading.load_global_model(workdir, info.num_values, task.fc10.shape[-1])[0]
-        cfg = provenance.stamp(
-            dataclasses.replace(cfg, stage3=dataclasses.replace(cfg.stage3, max_steps=0)), info
-        )
+            print(f"[{cfg.stage}] untrained control already saved in {workdir}", file=out)
+            return load()
+        cfg = provenance.stamp(cfg, info)
         cfg.write(workdir)
         import keras
 
-        keras.utils.set_random_seed(cfg.stage3.seed)  # as the Trainer does before building the model
+        keras.utils.set_random_seed(seed)  # as the Trainer does before building the model
         model = task.build_model()
-        print(f"[stage3] untrained control: {task.initialize(model)}", file=out, flush=True)
+        print(f"[{cfg.stage}] untrained control: {task.initialize(model)}", file=out, flush=True)
         ckpt = tf.train.Checkpoint(step=tf.Variable(0, dtype=tf.int64), **checkpoints.layer_dict(model))
         tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=1).save(checkpoint_number=0)
         return model
 
 
 def _train_on_features(task, cfg: ExperimentConfig, workdir: str, num_examples: int, out):
-    """Stage 3 and AMNet: small models on fixed features, stage 3's schedule, one device."""
-    s3 = cfg.stage3
+    """Stage 3 and AMNet: small models on fixed features, one device; the schedule is the task's `s3`
+    (stage 3's Stage3Config, AMNet's AmnetConfig)."""
+    s3 = task.s3
     per_epoch = (
         task.steps_per_epoch() if hasattr(task, "steps_per_epoch") else max(1, num_examples // s3.batch_size)
     )
@@ -224,20 +234,39 @@ def _train_on_features(task, cfg: ExperimentConfig, workdir: str, num_examples: 
         ).run()  # fmt: skip
 
 
-def run_amnet(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout):
-    """The AMNet baseline on fixed stage-1 features, into `<workdir>/amnet` (stage-3 schedule)."""
+def _amnet_task(cfg: ExperimentConfig, info: schema.DatasetInfo, workdir: str | None = None, out=sys.stdout):
+    """(task, config, work directory) of AMNet on fixed stage-1 features of the training split (cached)."""
     from fashionsearchnet_v2.training import amnet
 
     model, ckpt, s1_cfg = loading.load_stage1(cfg.workdir, info, quick=cfg.quick)
     s1_dir = loading.stage_dir(cfg.workdir, "stage1")
     check_finished(s1_dir, s1_cfg, info, "stage 1")
     feats = loading.split_features(model, ckpt, info, "train", s1_cfg.model.image_size, s1_dir)
-    # The baseline keeps the paper's stage-3 schedule (WORKSPACE.md A8): stage 3's own settings were chosen
-    # on validation for FashionSearchNet-v2 (decision 62), AMNet's were never searched.
-    amnet_schedule = dataclasses.replace(
-        cfg.stage3, optimizer="sgd", learning_rate=0.01, momentum=0.0, lr_schedule="constant", epochs=2.0
-    )
-    cfg = dataclasses.replace(cfg, stage="amnet", variant="amnet", model=s1_cfg.model, stage3=amnet_schedule)
+    cfg = dataclasses.replace(cfg, stage="amnet", variant="amnet", model=s1_cfg.model)
     cfg = resolve_precision(cfg, out)
-    workdir = os.path.join(cfg.workdir, "amnet")
-    return _train_on_features(amnet.AmnetTask(cfg, info, feats), cfg, workdir, len(feats["labels"]), out)
+    workdir = workdir or os.path.join(cfg.workdir, "amnet")
+    return amnet.AmnetTask(cfg, info, feats, workdir), cfg, workdir
+
+
+def run_amnet(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout, amnet_dir: str | None = None):
+    """The AMNet baseline on fixed stage-1 features into `<workdir>/amnet` (or `amnet_dir`: the
+    validation sweep trains its candidates side by side), with `cfg.amnet`'s schedule (WORKSPACE.md A9).
+    """
+    task, cfg, workdir = _amnet_task(cfg, info, amnet_dir, out)
+    return _train_on_features(task, cfg, workdir, len(task.labels), out)
+
+
+def run_amnet_untrained(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout):
+    """AMNet's control (Table 1's "AMNet, untrained"): AMNet exactly as its training starts (same seed,
+    memory at the prototypes, random fusion), saved without a step into `<workdir>/amnet_untrained`.
+    What AMNet gains over it is what its training learned."""
+    workdir = os.path.join(cfg.workdir, "amnet_untrained")
+    am = dataclasses.replace(cfg.amnet, max_steps=0, select_on_validation=False)
+    task, cfg, workdir = _amnet_task(dataclasses.replace(cfg, amnet=am), info, workdir, out)
+    cfg = dataclasses.replace(cfg, variant="amnet_untrained")
+    task.workdir = None  # its step-0 validation score is AMNet's own (amnet/selection.json)
+
+    def load():
+        return loading.load_amnet(workdir, info, task.features.shape[-1])[0]
+
+    return _save_untrained(task, cfg, info, workdir, am.seed, load, out)
