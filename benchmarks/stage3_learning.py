@@ -74,7 +74,6 @@ def near_negatives(sampler, rng, anchors, attrs, values, num_values):
 def train_and_score(feats, info, manips, memory, *, normalize=True, optimizer="sgd", lr=0.01, steps=200,
                     near=False, batch=64, seed=0):  # fmt: skip
     nv = info.num_values
-    offsets = np.asarray(info.value_offsets())
     keras.utils.set_random_seed(seed)
     model = memory_block.build_global_model(
         nv, feats["train"]["fc10"].shape[-1], 256, True, normalize=normalize
@@ -101,17 +100,15 @@ def train_and_score(feats, info, manips, memory, *, normalize=True, optimizer="s
     history = []
     for _ in range(steps):
         anchors, attrs, values, positives = sampler.batch(rng, batch)
-        t = np.zeros((batch, info.total_values), np.float32)
-        t[np.arange(batch), offsets[attrs] + values] = 1.0
+        t = memory_block.manipulations(attrs, values, nv)
         negatives = (near_negatives(sampler, rng, anchors, attrs, values, nv) if near
                      else rng.integers(len(x), size=batch))  # fmt: skip
         history.append([float(v) for v in step(x[anchors], t, x[positives], x[negatives])])
     q, g = feats["query"], feats["gallery"]
 
     def vectors(fc10, attributes=None, values=None):
-        t = np.zeros((len(fc10), info.total_values), np.float32)
-        if attributes is not None:
-            t[np.arange(len(fc10)), offsets[attributes] + values] = 1.0
+        t = (memory_block.manipulations(attributes, values, nv) if attributes is not None
+             else np.zeros((len(fc10), info.total_values), np.float32))  # fmt: skip
         return model({"fc10": fc10, "manipulation": t})["global"].numpy()
 
     results = search.evaluate(

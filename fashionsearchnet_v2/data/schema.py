@@ -89,14 +89,6 @@ class DatasetInfo:
         """C, the number of rows of the memory block (§3.3)."""
         return sum(self.num_values)
 
-    def value_offsets(self) -> list[int]:
-        """Start row in the memory block of each attribute's values."""
-        offsets, total = [], 0
-        for n in self.num_values:
-            offsets.append(total)
-            total += n
-        return offsets
-
     def shard_paths(self, split: str) -> list[str]:
         if split not in self.shards:
             raise DatasetError(f"{self.data_dir}: no split {split!r}; has {sorted(self.shards)}")

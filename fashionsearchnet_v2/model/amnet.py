@@ -30,11 +30,9 @@ from fashionsearchnet_v2.model import memory_block
 
 def signed_manipulation(labels, attributes, values, num_values) -> np.ndarray:
     """AMNet's t [B, C]: +1 at each search's new value, -1 at the query's current value of that attribute."""
-    offsets = np.concatenate([[0], np.cumsum(num_values)[:-1]])
-    b = len(attributes)
-    t = np.zeros((b, sum(num_values)), np.float32)
-    rows = np.arange(b)
-    t[rows, offsets[attributes] + values] = 1.0
+    attributes = np.asarray(attributes, np.int64)
+    t = memory_block.manipulations(attributes, values, num_values)
+    offsets, rows = memory_block.value_offsets(num_values), np.arange(len(attributes))
     old = np.asarray(labels)[rows, attributes]
     known = old >= 0
     t[rows[known], offsets[attributes[known]] + old[known]] = -1.0

@@ -57,19 +57,42 @@ def build_memory_block(
     return memory.astype(np.float32), counts
 
 
-def manipulation_vector(manipulations: Sequence[tuple[int, int]], num_values: Sequence[int]) -> np.ndarray:
-    """[(attribute, value), ...] -> multi-hot t [C]; one value per attribute at most."""
-    offsets = np.concatenate([[0], np.cumsum(num_values)[:-1]])
-    t = np.zeros(sum(num_values), np.float32)
+def value_offsets(num_values: Sequence[int]) -> np.ndarray:
+    """[A] int64: where each attribute's values start among the C = Σ num_values entries of t and M."""
+    return np.concatenate([[0], np.cumsum(num_values)[:-1]]).astype(np.int64)
+
+
+def manipulations(attributes, values, num_values: Sequence[int]) -> np.ndarray:
+    """The manipulation indicator t of §3.3 for n searches of one manipulation each: [n, C] float32, 1 at
+    `values[i]` of attribute `attributes[i]` (int [n] each). The one encoder of t, numpy side; the
+    signature's graph uses `manipulations_tf`."""
+    attributes, values = np.asarray(attributes, np.int64), np.asarray(values, np.int64)
+    t = np.zeros((len(attributes), int(sum(num_values))), np.float32)
+    t[np.arange(len(attributes)), value_offsets(num_values)[attributes] + values] = 1.0
+    return t
+
+
+def manipulations_tf(attributes, values, num_values: Sequence[int]) -> tf.Tensor:
+    """`manipulations` in TensorFlow for several manipulations per search: int [N, M] attributes and values
+    (-1 = unused slot) -> multi-hot t [N, C] float32. Indices are not checked here (the caller asserts)."""
+    used = attributes >= 0
+    safe = tf.where(used, attributes, 0)
+    offsets = tf.constant(value_offsets(num_values).astype(np.int32))
+    index = tf.where(used, tf.gather(offsets, safe) + values, -1)
+    return tf.reduce_sum(tf.one_hot(index, int(sum(num_values)), dtype=tf.float32), axis=1)
+
+
+def manipulation_vector(manipulations_: Sequence[tuple[int, int]], num_values: Sequence[int]) -> np.ndarray:
+    """[(attribute, value), ...] -> multi-hot t [C] of one search; one value per attribute at most."""
     seen = set()
-    for a, v in manipulations:
+    for a, v in manipulations_:
         if a in seen:
             raise ValueError(f"attribute {a} is manipulated twice")
         if not 0 <= v < num_values[a]:
             raise ValueError(f"value {v} is outside 0..{num_values[a] - 1} for attribute {a}")
         seen.add(a)
-        t[offsets[a] + v] = 1.0
-    return t
+    pairs = np.asarray(list(manipulations_), np.int64).reshape(-1, 2)
+    return manipulations(pairs[:, 0], pairs[:, 1], num_values).sum(axis=0)
 
 
 def manipulate(fc10, t, memory, value_attr):

@@ -104,13 +104,10 @@ class Searcher:
 
 def build_searcher(workdir: str, info: schema.DatasetInfo, variant: str, progress: bool = True) -> Searcher:
     """Loads the variant's checkpoints and embeds train, query and gallery (cached)."""
-    offsets = np.asarray(info.value_offsets())
     c = info.total_values
 
     def one_hot(labels, attributes, values):
-        t = np.zeros((len(attributes), c), np.float32)
-        t[np.arange(len(attributes)), offsets[attributes] + values] = 1.0
-        return t
+        return memory_block.manipulations(attributes, values, info.num_values)
 
     if variant in ("amnet", "amnet_untrained"):
         from fashionsearchnet_v2.model import amnet

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from fashionsearchnet_v2.model import memory_block
 from fashionsearchnet_v2.retrieval import metrics, search
 
 # Salts of the two hashes: which training images are validation, and which of those are queries.
@@ -80,15 +81,13 @@ class ValidationSearches:
             self.query_labels, self.gallery_labels, self.num_values
         )
         self.ks = tuple(k for k in ks if k <= len(self.gallery_labels)) or (max(1, len(self.gallery_labels)),)
-        offsets = np.concatenate([[0], np.cumsum(self.num_values)[:-1]]).astype(np.int64)
         m = self.manipulations
         if manipulation is not None:
             self._t = np.asarray(
                 manipulation(self.query_labels[m.query_index], m.attribute, m.value), np.float32
             ).reshape(len(m), sum(self.num_values))
         else:
-            self._t = np.zeros((len(m), sum(self.num_values)), np.float32)
-            self._t[np.arange(len(m)), offsets[m.attribute] + m.value] = 1.0
+            self._t = memory_block.manipulations(m.attribute, m.value, self.num_values)
 
     def __len__(self) -> int:
         return len(self.manipulations)

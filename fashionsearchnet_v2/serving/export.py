@@ -266,11 +266,10 @@ class ServingModule(tf.Module):
         return _finite(outputs, "embed")
 
     def _manipulate(self, attribute_representations, attributes, values):
-        a_count, c = len(self.num_values), sum(self.num_values)
+        a_count = len(self.num_values)
         attribute_representations = tf.debugging.assert_all_finite(
             attribute_representations, "manipulate: attribute_representations holds NaN or inf"
         )
-        offsets = np.concatenate([[0], np.cumsum(self.num_values)[:-1]]).astype(np.int32)
         used = attributes >= 0
         safe = tf.where(used, attributes, 0)
         # Bad indices must fail loudly: one_hot would silently turn them into "no manipulation".
@@ -303,8 +302,7 @@ class ServingModule(tf.Module):
                 ),
             ]
         with tf.control_dependencies(checks2):
-            index = tf.where(used, tf.gather(tf.constant(offsets), safe) + values, -1)
-            t = tf.reduce_sum(tf.one_hot(index, c, dtype=tf.float32), axis=1)  # multi-hot [N, C]
+            t = memory_block.manipulations_tf(attributes, values, self.num_values)  # multi-hot [N, C]
             return _finite(
                 {"global_representation": self._global(attribute_representations, t)}, "manipulate"
             )

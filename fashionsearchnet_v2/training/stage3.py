@@ -240,9 +240,7 @@ class Stage3Task(trainer.FixedFeatureTask):
         )
 
     def _arrays(self, fc10, anchors, attrs, values, positives, negatives):
-        offsets = np.concatenate([[0], np.cumsum(self.num_values)[:-1]]).astype(np.int64)
-        t = np.zeros((len(anchors), sum(self.num_values)), np.float32)
-        t[np.arange(len(anchors)), offsets[attrs] + values] = 1.0
+        t = memory_block.manipulations(attrs, values, self.num_values)
         return fc10[anchors], t, fc10[positives], fc10[negatives]
 
     def _negatives(self, rng, anchors, attrs, values):
