@@ -56,7 +56,7 @@ def main():
     runs = {}
     with tempfile.TemporaryDirectory() as root:
         for precision in PRECISIONS:
-            net, layer, cfg, meta = export.load_variant(
+            net, layer, cfg, meta = export.exportable_variant(
                 args.workdir, info, args.variant, progress=False, precision=precision
             )
             module = export.ServingModule(net, layer, vocabulary, cfg.image_size)

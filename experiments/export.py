@@ -39,7 +39,7 @@ def main(argv):
     workdir = common.seed_workdir(dirs.workdir, common.SEED.value)
     info = common.load_dataset(dirs, common.QUICK.value, "export", common.SEED.value)
     try:
-        net, layer, model_cfg, metadata = export.load_variant(
+        net, layer, model_cfg, metadata = export.exportable_variant(
             workdir, info, VARIANT.value, precision=choice.precision
         )
     except checkpoints.RestoreError as e:

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.data import convert, schema
-from fashionsearchnet_v2.model import network
+from fashionsearchnet_v2.model import memory_block, network
 from fashionsearchnet_v2.serving import export
 
 VOCAB = export.Vocabulary(
@@ -31,7 +31,9 @@ def export_dir(tmp_path_factory):
     tf.keras.utils.set_random_seed(7)
     net = network.build_network(VOCAB.num_values, VOCAB.names, TINY, "full")
     memory = np.random.default_rng(0).normal(size=(5, 16)).astype(np.float32)
-    module = export.ServingModule(net, export.identity_global_layer(memory, VOCAB.num_values), VOCAB, 64)
+    module = export.ServingModule(
+        net, memory_block.identity_global_layer(memory, VOCAB.num_values), VOCAB, 64
+    )
     return export.save(module, VOCAB, str(tmp_path_factory.mktemp("export") / "1"))
 
 

@@ -46,7 +46,7 @@ def train_tiny_colour_model(root: str, seed: int = 0, steps: int = STEPS) -> typ
                                     precision="float32")  # fmt: skip
     run.run_stage1(cfg, info, out=io.StringIO())
     run.run_stage2(cfg, info, out=io.StringIO())
-    net, layer, model_cfg, metadata = export.load_variant(cfg.workdir, info, "rank_l", progress=False)
+    net, layer, model_cfg, metadata = export.exportable_variant(cfg.workdir, info, "rank_l", progress=False)
     vocabulary = export.Vocabulary.from_info(info)
     module = export.ServingModule(net, layer, vocabulary, model_cfg.image_size)
     export_dir = export.save(module, vocabulary, os.path.join(root, "exports", "fsn", "1"), metadata=metadata)

@@ -238,7 +238,7 @@ def _module(poison_global: bool = False, poison_net: bool = False):
         layer_name = next(layer.name for layer in net.layers if layer.name.startswith("fc10_"))
         w = net.get_layer(layer_name).weights[0]
         w.assign(np.full(w.shape, np.nan, np.float32))
-    layer = export.identity_global_layer(memory, VOCAB.num_values)
+    layer = memory_block.identity_global_layer(memory, VOCAB.num_values)
     return export.ServingModule(net, layer, VOCAB, cfg.image_size)
 
 

@@ -110,10 +110,10 @@ def test_orphaned_export_temporaries_are_removed(tmp_path, live_pid, dead_pid):
     alive = _orphan(parent, f".1.tmp-{live_pid}-abcd1234", live_pid)
     vocab = export.Vocabulary((schema.Attribute("color", ("red", "blue")),))
     cfg = dataclasses.replace(configs.quick(configs.ExperimentConfig()).model, box_backend="tf")
-    from fashionsearchnet_v2.model import network
+    from fashionsearchnet_v2.model import memory_block, network
 
     net = network.build_network(vocab.num_values, vocab.names, cfg, "full")
-    layer = export.identity_global_layer(np.zeros((2, cfg.fc10_size), np.float32), vocab.num_values)
+    layer = memory_block.identity_global_layer(np.zeros((2, cfg.fc10_size), np.float32), vocab.num_values)
     out = export.save(export.ServingModule(net, layer, vocab, cfg.image_size), vocab, str(parent / "1"))
     assert not os.path.exists(dead) and not os.path.exists(old) and os.path.exists(alive)
     assert locks.OWNER_FILE not in os.listdir(out)

@@ -166,7 +166,7 @@ def test_bfloat16_export_outputs_float32_and_ranks_like_the_float32_one(tmp_path
     cfg = _quick_model(box_backend="skimage")
     keras.utils.set_random_seed(5)
     model = network.build_network(vocab.num_values, vocab.names, cfg, "full")
-    layer = export.identity_global_layer(
+    layer = memory_block.identity_global_layer(
         np.random.default_rng(0).normal(size=(sum(vocab.num_values), cfg.fc10_size)), vocab.num_values
     )
     outs, dirs = {}, {}

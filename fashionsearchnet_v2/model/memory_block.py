@@ -187,6 +187,16 @@ class GlobalRepresentation(keras.layers.Layer):
         }
 
 
+def identity_global_layer(memory: np.ndarray, num_values: Sequence[int]) -> GlobalRepresentation:
+    """The plain-concatenation global layer of the variants without stage 3 (w_r = I, λ = 1), holding
+    memory block M [C, D]."""
+    memory = np.asarray(memory, np.float32)
+    layer = GlobalRepresentation(num_values, memory.shape[1], identity=True, name="global_representation")
+    layer.build([(None, len(num_values), memory.shape[1]), (None, sum(num_values))])
+    layer.memory_block.assign(memory)
+    return layer
+
+
 def build_global_model(
     num_values, dim, r=256, update_memory=False, identity=False, normalize=False, train_w_r=True
 ) -> keras.Model:

@@ -24,16 +24,9 @@ from fashionsearchnet_v2.trained import loading
 class Representation:
     """Maps (fc10 [N, A, D], manipulation t [N, C]) to global vectors [N, r] in chunks."""
 
-    def __init__(self, info, memory: np.ndarray | None = None, global_model=None):
+    def __init__(self, info, layer):
         self.num_values = info.num_values
-        self.global_model = global_model
-        if global_model is None:
-            dim = memory.shape[1]
-            self.layer = memory_block.GlobalRepresentation(self.num_values, dim, identity=True)
-            self.layer.build([(None, len(self.num_values), dim), (None, sum(self.num_values))])
-            self.layer.memory_block.assign(memory)
-        else:
-            self.layer = global_model.get_layer("global_representation")
+        self.layer = layer  # a GlobalRepresentation (`trained.loading.load_variant`)
         self._fn = tf.function(lambda f, t: self.layer([f, t]), reduce_retracing=True)
 
     @property
@@ -73,7 +66,7 @@ def manipulation_text(info, query_labels, attribute: int, value: int) -> str:
     return f"{attr.name}: {before} → {attr.values[value]}"
 
 
-class Searcher:
+class VariantSearch:
     """A trained variant ready to search: embedded query/gallery splits and the vectors to rank.
 
     `query_vectors(query rows, attributes, values)` -> manipulated global representations [s, r];
@@ -102,7 +95,9 @@ class Searcher:
         return self._vectors(self.query[self._key][rows], None)
 
 
-def build_searcher(workdir: str, info: schema.DatasetInfo, variant: str, progress: bool = True) -> Searcher:
+def build_searcher(
+    workdir: str, info: schema.DatasetInfo, variant: str, progress: bool = True
+) -> VariantSearch:
     """Loads the variant's checkpoints and embeds train, query and gallery (cached)."""
     c = info.total_values
 
@@ -134,26 +129,19 @@ def build_searcher(workdir: str, info: schema.DatasetInfo, variant: str, progres
         def signed(labels, attributes, values):
             return amnet.signed_manipulation(labels, attributes, values, info.num_values)
 
-        return Searcher(model, am_ckpt, size, feats, vectors, signed)
+        return VariantSearch(model, am_ckpt, size, feats, vectors, signed)
 
     s2_variant, s3_variant = VARIANTS[variant]
-    model, ckpt, cfg = loading.load_stage2(workdir, info, s2_variant)
+    v = loading.load_variant(workdir, info, variant, progress)
     s2_dir = loading.stage_dir(workdir, "stage2", s2_variant)
-    size = cfg.model.image_size
+    size = v.config.model.image_size
     feats = {
-        s: loading.split_features(model, ckpt, info, s, size, s2_dir, progress)
+        s: loading.split_features(v.model, v.checkpoint, info, s, size, s2_dir, progress)
         for s in ("train", "query", "gallery")
     }
-    if s3_variant is None:
-        memory, _ = memory_block.build_memory_block(
-            feats["train"]["fc10"], feats["train"]["labels"], info.num_values
-        )
-        rep = Representation(info, memory=memory)
-    else:
-        directory = loading.stage3_dir(workdir, s2_variant, s3_variant)
-        gm, ckpt = loading.load_global_model(directory, info.num_values, feats["train"]["fc10"].shape[-1])
-        rep = Representation(info, global_model=gm)
-    return Searcher(model, ckpt, size, feats, rep, one_hot, localization=cfg.model.localization)
+    rep = Representation(info, v.layer)
+    ckpt = v.stage3_checkpoint or v.checkpoint
+    return VariantSearch(v.model, ckpt, size, feats, rep, one_hot, localization=v.config.model.localization)
 
 
 def validate_stage2(
@@ -182,7 +170,9 @@ def validate_stage2(
         train["fc10"][held], train["labels"][held], ids[held], info.num_values, info.attribute_names,
         query_share, (k,),
     )  # fmt: skip
-    results = searches.evaluate(Representation(info, memory=memory))
+    results = searches.evaluate(
+        Representation(info, memory_block.identity_global_layer(memory, info.num_values))
+    )
     results.update(
         validation=searches.describe(), k=searches.ks[0], checkpoint=os.path.relpath(ckpt, workdir)
     )

@@ -419,51 +419,28 @@ def exportable_variants() -> list[str]:
     return [v for v, (s2, _) in configs.VARIANTS.items() if s2 in configs.STAGE2_VARIANTS]
 
 
-def load_variant(
+def exportable_variant(
     workdir: str, info: schema.DatasetInfo, variant: str, progress: bool = True, precision: str = "float32"
 ):
-    """A trained Table 1 variant, ready to export, its network computing in `precision` (resolved).
+    """A trained Table 1 variant (`trained.loading.load_variant`) made ready to export, its network
+    computing in `precision` (resolved).
 
     Returns (network with the "tf" box backend, GlobalRepresentation layer, ModelConfig, metadata).
-    Variants without stage 3 get the identity global layer with the memory block of the training
-    means (§3.3), computed from the cached stage-2 features of the train split.
     Raises checkpoints.RestoreError when a stage has not been trained.
     """
     from fashionsearchnet_v2.trained import loading  # heavy imports only where needed
 
     if variant not in exportable_variants():
         raise ValueError(f"cannot export variant {variant!r}; exportable: {', '.join(exportable_variants())}")
-    s2_variant, s3_variant = configs.VARIANTS[variant]
-    model, ckpt, cfg = loading.load_stage2(workdir, info, s2_variant)
-    dim = cfg.model.fc10_size
-    metadata = {"variant": variant, "workdir": os.path.abspath(workdir), "stage2_checkpoint": ckpt}
-    if s3_variant is None:
-        s2_dir = loading.stage_dir(workdir, "stage2", s2_variant)
-        feats = loading.split_features(model, ckpt, info, "train", cfg.model.image_size, s2_dir, progress)
-        memory, _ = memory_block.build_memory_block(feats["fc10"], feats["labels"], info.num_values)
-        layer = identity_global_layer(memory, info.num_values)
-    else:
-        gm, s3_ckpt = loading.load_global_model(
-            loading.stage3_dir(workdir, s2_variant, s3_variant), info.num_values, dim
-        )
-        layer = gm.get_layer("global_representation")
-        metadata["stage3_checkpoint"] = s3_ckpt
+    v = loading.load_variant(workdir, info, variant, progress)
+    metadata = {"variant": variant, "workdir": os.path.abspath(workdir), "stage2_checkpoint": v.checkpoint}
+    if v.stage3_checkpoint:
+        metadata["stage3_checkpoint"] = v.stage3_checkpoint
     vocabulary = Vocabulary.from_info(info)
-    net, model_cfg = exportable_network(model, cfg.model, vocabulary, precision)
+    net, model_cfg = exportable_network(v.model, v.config.model, vocabulary, precision)
     metadata["dataset"] = info.name
     metadata["dataset_fingerprint"] = info.fingerprint
-    return net, layer, model_cfg, metadata
-
-
-def identity_global_layer(memory: np.ndarray, num_values: Sequence[int]):
-    """The plain-concatenation global layer (variants without stage 3) holding memory block M [C, D]."""
-    memory = np.asarray(memory, np.float32)
-    layer = memory_block.GlobalRepresentation(
-        num_values, memory.shape[1], identity=True, name="global_representation"
-    )
-    layer.build([(None, len(num_values), memory.shape[1]), (None, sum(num_values))])
-    layer.memory_block.assign(memory)
-    return layer
+    return net, v.layer, model_cfg, metadata
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ functions, which sit below all three (they need only the configs, the model and 
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.data import schema
@@ -92,6 +93,32 @@ def load_amnet(directory: str, info: schema.DatasetInfo, feature_dim: int):
     )
     path = checkpoints.restore_layers(model, source, sorted(checkpoints.layer_dict(model)), "the AMNet stage")
     return model, path
+
+
+class Variant(NamedTuple):
+    """A trained Table 1 row of FashionSearchNet-v2 (not AMNet): its stage-2 network and global layer."""
+
+    model: object  # the stage-2 network (keras.Model)
+    checkpoint: str  # the stage-2 checkpoint
+    config: configs.ExperimentConfig  # stage 2's
+    layer: memory_block.GlobalRepresentation  # stage 3's, or the identity with M = the training means
+    stage3_checkpoint: str | None  # None for the rows without stage 3
+
+
+def load_variant(workdir: str, info: schema.DatasetInfo, variant: str, progress: bool = True) -> Variant:
+    """The one loader of a Table 1 variant, for the evaluation and the export alike. Rows without stage 3
+    get the identity global layer (the concatenation, §4.5) with memory block M of the training means
+    (§3.3), from the cached stage-2 features of the train split. Raises checkpoints.RestoreError when a
+    stage has not been trained."""
+    s2_variant, s3_variant = configs.VARIANTS[variant]
+    model, ckpt, cfg = load_stage2(workdir, info, s2_variant)
+    if s3_variant is None:
+        train = split_features(model, ckpt, info, "train", cfg.model.image_size, stage_dir(workdir, "stage2", s2_variant), progress)  # fmt: skip
+        memory, _ = memory_block.build_memory_block(train["fc10"], train["labels"], info.num_values)
+        return Variant(model, ckpt, cfg, memory_block.identity_global_layer(memory, info.num_values), None)
+    directory = stage3_dir(workdir, s2_variant, s3_variant)
+    gm, s3_ckpt = load_global_model(directory, info.num_values, cfg.model.fc10_size)
+    return Variant(model, ckpt, cfg, gm.get_layer("global_representation"), s3_ckpt)
 
 
 def split_features(model, ckpt_path, info, split, image_size, stage_directory, progress=True):
