@@ -422,6 +422,38 @@ def missing_dataset_message(dirs: Dirs, quick: bool, stage1_dir: str | None = No
     return f"{data_dir} ({flag}) {what}: {how}, or pass --data_dir=DIR of a converted dataset"
 
 
+# Flag -> the config fields it sets, (section, field) each; a flag left unset keeps the default. Stage 3
+# and AMNet keep their own epochs and learning rate (--stage3_epochs, --stage3_learning_rate).
+FLAG_FIELDS = (
+    (IMAGE_SIZE, (("model", "image_size"),)),
+    (BOX_BACKEND, (("model", "box_backend"),)),
+    (BATCH_SIZE, (("train", "batch_size"), ("stage3", "batch_size"))),
+    (EPOCHS, (("train", "epochs"),)),
+    (LEARNING_RATE, (("train", "learning_rate"),)),
+    (MAX_STEPS, (("train", "max_steps"), ("stage3", "max_steps"))),
+    (OPTIMIZER, (("train", "optimizer"),)),
+    (MOMENTUM, (("train", "momentum"),)),
+    (WARMUP_STEPS, (("train", "warmup_steps"),)),
+    (CLASSIFIER_INIT, (("train", "classifier_init"),)),
+    (LAMBDA_C, (("train", "lambda_c"),)),
+    (LAMBDA_T, (("train", "lambda_t"),)),
+    (LAMBDA_TC, (("train", "lambda_tc"),)),
+    (LOSS_UPPER_BOUND, (("train", "loss_upper_bound"),)),
+    (LOSS_GROWTH_LIMIT, (("train", "loss_growth_limit"),)),
+    (STAGE3_EPOCHS, (("stage3", "epochs"),)),
+    (STAGE3_LEARNING_RATE, (("stage3", "learning_rate"),)),
+    (STAGE3_NEGATIVES, (("stage3", "negatives"),)),
+    (W_R_INIT, (("stage3", "w_r_init"),)),
+    (NORMALIZE_GLOBAL, (("stage3", "normalize"),)),
+)
+# Flags whose negative values mean nothing, with what 0 means.
+NON_NEGATIVE = {
+    WARMUP_STEPS.name: "0: no warm-up, the paper",
+    LOSS_UPPER_BOUND.name: "0 switches the check off",
+    LOSS_GROWTH_LIMIT.name: "0 switches the check off",
+}
+
+
 def build_config(
     stage: str, variant: str, seed: int | None = None
 ) -> tuple[configs.ExperimentConfig, schema.DatasetInfo]:
@@ -449,57 +481,24 @@ def build_config(
     )  # fmt: skip
     if QUICK.value:
         cfg = configs.quick(cfg)
-    m, t, s3 = {}, {}, {}
-    if IMAGE_SIZE.value:
-        m["image_size"] = IMAGE_SIZE.value
-    if BOX_BACKEND.value:
-        m["box_backend"] = BOX_BACKEND.value
-    if BATCH_NORM.value is not None:
-        m["batch_norm"], m["lrn"] = BATCH_NORM.value, not BATCH_NORM.value
-    for flag, key in ((BATCH_SIZE, "batch_size"), (EPOCHS, "epochs"), (LEARNING_RATE, "learning_rate"),
-                      (MAX_STEPS, "max_steps")):  # fmt: skip
-        if flag.value is not None:
-            t[key] = flag.value
-            if key not in (
-                "epochs",
-                "learning_rate",
-            ):  # stage 3 and AMNet have their own (--stage3_epochs, --stage3_learning_rate)
-                s3[key] = flag.value
-    if OPTIMIZER.value is not None:
-        t["optimizer"] = OPTIMIZER.value
-    if MOMENTUM.value is not None:
-        t["momentum"] = MOMENTUM.value
-    if WARMUP_STEPS.value is not None:
-        if WARMUP_STEPS.value < 0:
-            fail(f"--warmup_steps must be >= 0 (0: no warm-up, the paper), got {WARMUP_STEPS.value}")
-        t["warmup_steps"] = WARMUP_STEPS.value
-    if CLASSIFIER_INIT.value is not None:
-        t["classifier_init"] = CLASSIFIER_INIT.value
     if PAPER_STAGE3.value:
         cfg.stage3 = configs.paper_stage3(cfg.stage3)
-    if STAGE3_LEARNING_RATE.value is not None:
-        s3["learning_rate"] = STAGE3_LEARNING_RATE.value
-    if STAGE3_NEGATIVES.value is not None:
-        s3["negatives"] = STAGE3_NEGATIVES.value
-    if W_R_INIT.value is not None:
-        s3["w_r_init"] = W_R_INIT.value
-    if NORMALIZE_GLOBAL.value is not None:
-        s3["normalize"] = NORMALIZE_GLOBAL.value
-    if STAGE3_EPOCHS.value is not None:
-        s3["epochs"] = STAGE3_EPOCHS.value
-    for flag, key in ((LAMBDA_C, "lambda_c"), (LAMBDA_T, "lambda_t"), (LAMBDA_TC, "lambda_tc")):
-        if flag.value is not None:
-            t[key] = flag.value
+    fields: dict[str, dict] = {"model": {}, "train": {}, "stage3": {}}
+    for flag, targets in FLAG_FIELDS:
+        if flag.value is None:
+            continue  # unset: the dataset's (or the schedule's) default
+        if flag.name in NON_NEGATIVE and flag.value < 0:
+            fail(f"--{flag.name} must be >= 0 ({NON_NEGATIVE[flag.name]}), got {flag.value:g}")
+        for section, field in targets:
+            fields[section][field] = flag.value
+    m, t, s3 = fields["model"], fields["train"], fields["stage3"]
+    if BATCH_NORM.value is not None:
+        m["batch_norm"], m["lrn"] = BATCH_NORM.value, not BATCH_NORM.value
     t["seed"] = s3["seed"] = seed
     t["deterministic_ops"] = DETERMINISTIC_OPS.value
     if flags.FLAGS["precision"].present and stage in FLOAT32_STAGES:
         fail(f"--precision applies to stages 1 and 2, AMNet and the export; {stage} always runs in float32")
     t["precision"] = precision_flag()
-    for flag, key in ((LOSS_UPPER_BOUND, "loss_upper_bound"), (LOSS_GROWTH_LIMIT, "loss_growth_limit")):
-        if flag.value is not None:
-            if flag.value < 0:
-                fail(f"--{key} must be >= 0 (0 switches the check off), got {flag.value:g}")
-            t[key] = flag.value
     cfg.model = dataclasses.replace(cfg.model, **m)
     cfg.train = dataclasses.replace(cfg.train, **t)
     if MOMENTUM.value is not None and cfg.train.optimizer != "sgd":
