@@ -54,8 +54,7 @@ def prepare_gallery(root: str):
     from fashionsearchnet_v2 import configs
     from fashionsearchnet_v2.data import synthetic
     from fashionsearchnet_v2.model import memory_block, network
-    from fashionsearchnet_v2.serving import export
-    from fashionsearchnet_v2.serving import index as index_lib
+    from fashionsearchnet_v2.serving import export, indexing
 
     info = synthetic.write_synthetic(os.path.join(root, "data"), num_images=3100, image_size=128, num_query=50,
                                      num_gallery=3000, progress=False)  # fmt: skip
@@ -73,7 +72,7 @@ def prepare_gallery(root: str):
     export_dir = export.save(export.ServingModule(net, layer, vocab, 128), vocab, os.path.join(root, "export", "1"),
                              metadata={"variant": "full", "dataset": "synthetic", "note": "random weights"})  # fmt: skip
     model = export.ExportedModel(export_dir)
-    index = index_lib.index_split(model, info, "gallery", progress=False)
+    index = indexing.index_split(model, info, "gallery", progress=False)
     return export_dir, index.save(os.path.join(root, "gallery.npz")), info
 
 

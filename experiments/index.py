@@ -21,7 +21,7 @@ from absl import flags
 
 from experiments import common
 from fashionsearchnet_v2.data import schema
-from fashionsearchnet_v2.serving import export
+from fashionsearchnet_v2.serving import export, indexing
 from fashionsearchnet_v2.serving import index as index_lib
 
 EXPORT_DIR = flags.DEFINE_string("export_dir", None, "SavedModel written by experiments.export.")
@@ -60,15 +60,15 @@ def main(argv):
         if not OVERWRITE.value and os.path.lexists(INDEX.value):
             raise index_lib.IndexFileError(f"{INDEX.value} already exists; pass --overwrite to replace it")
         if EMBEDDINGS.value is not None:  # embedded already: the export's description is all it needs
-            index = index_lib.index_embeddings(export.ExportInfo(EXPORT_DIR.value), EMBEDDINGS.value)
+            index = indexing.index_embeddings(export.ExportInfo(EXPORT_DIR.value), EMBEDDINGS.value)
         elif IMAGES.value is not None:
-            index, _ = index_lib.index_folder(
+            index, _ = indexing.index_folder(
                 export.ExportedModel(EXPORT_DIR.value), IMAGES.value, BATCH.value
             )
         else:
             model = export.ExportedModel(EXPORT_DIR.value)
             info = schema.load_dataset_info(common.export_data_dir(model.metadata))
-            index = index_lib.index_split(model, info, SPLIT.value, BATCH.value)
+            index = indexing.index_split(model, info, SPLIT.value, BATCH.value)
         skipped = index.metadata.get("skipped", [])
         for entry in skipped[:20]:
             print(f"skipped {entry.get('path') or entry['id']}: {entry['reason']}", file=sys.stderr)

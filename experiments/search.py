@@ -19,7 +19,7 @@ from absl import flags
 
 from experiments import common
 from fashionsearchnet_v2.data import schema
-from fashionsearchnet_v2.serving import export
+from fashionsearchnet_v2.serving import export, indexing, search_figure
 from fashionsearchnet_v2.serving import index as index_lib
 
 EXPORT_DIR = flags.DEFINE_string("export_dir", None, "SavedModel written by experiments.export.")
@@ -65,11 +65,9 @@ def main(argv):
         manipulations = vocabulary.parse_manipulations(SET.value)
         image = index_lib.read_image(IMAGE.value)
         index = index_lib.SearchIndex.load(INDEX.value)
-        index_lib.check_compatible(
-            index, vocabulary.to_json(), index.vectors.shape[1]
-        )  # before the slow load
+        indexing.check_compatible(index, vocabulary.to_json(), index.vectors.shape[1])  # before the slow load
         model = export.ExportedModel(EXPORT_DIR.value)
-        index_lib.check_compatible(
+        indexing.check_compatible(
             index, vocabulary.to_json(), int(model.metadata.get("global_dim", 0)), model.fingerprint
         )
         emb = model.embed([image])
@@ -114,10 +112,10 @@ def main(argv):
         known = index.known_values()
         matched = [all(known[r, a] == v for a, v in manipulations) for r in shown_rows]
         try:
-            images = index_lib.result_images(index, shown_rows, common.DATA_DIR.value)
+            images = search_figure.result_images(index, shown_rows, common.DATA_DIR.value)
         except (index_lib.ImageReadError, index_lib.IndexFileError, schema.DatasetError) as e:
             common.fail(f"cannot draw --grid: {e}")
-        index_lib.search_figure(image, text, images, matched, GRID.value, emb["maps"][0], emb["boxes"][0],
+        search_figure.search_figure(image, text, images, matched, GRID.value, emb["maps"][0], emb["boxes"][0],
                                 vocabulary.names)  # fmt: skip
         print(f"wrote {GRID.value}", file=sys.stderr)
 

@@ -24,8 +24,7 @@ import pytest
 
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.data import synthetic
-from fashionsearchnet_v2.serving import export
-from fashionsearchnet_v2.serving import index as index_lib
+from fashionsearchnet_v2.serving import export, indexing
 from fashionsearchnet_v2.training import run
 
 STEPS = 250
@@ -51,7 +50,7 @@ def train_tiny_colour_model(root: str, seed: int = 0, steps: int = STEPS) -> typ
     module = export.ServingModule(net, layer, vocabulary, model_cfg.image_size)
     export_dir = export.save(module, vocabulary, os.path.join(root, "exports", "fsn", "1"), metadata=metadata)
     model = export.ExportedModel(export_dir)
-    index = index_lib.index_split(model, info, "gallery", progress=False)
+    index = indexing.index_split(model, info, "gallery", progress=False)
     index_path = index.save(os.path.join(root, "indexes", "gallery.npz"))
     return types.SimpleNamespace(root=root, info=info, data_dir=info.data_dir, export_dir=export_dir,
                                  index_path=index_path, model=model)  # fmt: skip

@@ -22,8 +22,18 @@ require(not BEAM_MISSING, f"the Beam pipeline's tests need the beam extra: {BEAM
 
 from index_fixture import write_tiny_dataset  # noqa: E402  (export_dir, model, folder: conftest's)
 
-from fashionsearchnet_v2.data import records, schema  # noqa: E402
-from fashionsearchnet_v2.serving import beam_embed, embeddings, export, items  # noqa: E402
+from fashionsearchnet_v2.data import (  # noqa: E402
+    pipeline,  # noqa: E402
+    records,
+    schema,
+)
+from fashionsearchnet_v2.serving import (  # noqa: E402
+    beam_embed,
+    embeddings,
+    export,
+    indexing,  # noqa: E402
+    items,
+)
 from fashionsearchnet_v2.serving import index as index_lib  # noqa: E402
 
 
@@ -35,7 +45,7 @@ def test_folder_on_two_worker_processes_gives_experiments_index_vectors_ids_and_
     contents = beam_embed.run(export_dir, out, folder=folder, batch_size=4, options=options)
     assert contents["count"] == 9 and contents["skipped"] == 1
     assert contents["pipeline"] == {"runner": "DirectRunner", "workers": 2, "batch_size": 4}
-    want, want_skipped = index_lib.index_folder(model, folder, progress=False)
+    want, want_skipped = indexing.index_folder(model, folder, progress=False)
 
     # The corrupt image: in the side output with the reason experiments.index gives, and counted.
     with open(os.path.join(out, embeddings.SKIPPED)) as f:
@@ -45,7 +55,7 @@ def test_folder_on_two_worker_processes_gives_experiments_index_vectors_ids_and_
     ]
     assert "not a decodable" in side[0]["reason"]
 
-    got = index_lib.index_embeddings(export.ExportInfo(export_dir), out)
+    got = indexing.index_embeddings(export.ExportInfo(export_dir), out)
     assert list(got.ids) == list(want.ids) and "sub/img4.jpg" in list(got.ids)  # order: sorted paths
     assert list(got.paths) == list(want.paths)
     np.testing.assert_allclose(got.vectors, want.vectors, rtol=1e-5, atol=1e-5)
@@ -82,14 +92,14 @@ def test_split_through_beams_tfrecord_io_keeps_record_order_and_skips_a_corrupt_
 ):
     info = _dataset_in_two_shards(tmp_path)
     assert len(info.shard_paths("gallery")) == 3  # 9 records, 4 per shard: order spans shards
-    want = index_lib.index_split(model, info, "gallery", batch_size=3, chunk=4, progress=False)
+    want = indexing.index_split(model, info, "gallery", batch_size=3, chunk=4, progress=False)
     _insert_corrupt_record(info.shard_paths("gallery")[1], at=2)
 
     out = str(tmp_path / "embeddings")
     options = beam_embed.pipeline_options([], direct_num_workers=1, direct_running_mode="in_memory")
     contents = beam_embed.run(export_dir, out, info=info, split="gallery", batch_size=3, options=options)
     assert contents["count"] == 9 and contents["skipped"] == 1
-    got = index_lib.index_embeddings(model, out)
+    got = indexing.index_embeddings(model, out)
     assert list(got.ids) == list(want.ids) and got.labels.tolist() == want.labels.tolist()
     np.testing.assert_allclose(got.vectors, want.vectors, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(got.predicted_values, want.predicted_values)
@@ -102,7 +112,7 @@ def test_split_through_beams_tfrecord_io_keeps_record_order_and_skips_a_corrupt_
     images = items.ItemImages(got)
     for row in range(len(got)):
         np.testing.assert_array_equal(
-            images.decode(row), index_lib.read_split_images(info, "gallery", [got.ids[row]])[got.ids[row]]
+            images.decode(row), pipeline.read_split_images(info, "gallery", [got.ids[row]])[got.ids[row]]
         )
 
 
@@ -110,16 +120,16 @@ def test_index_refuses_shards_of_another_export_or_an_unfinished_run(model, expo
     out = str(tmp_path / "embeddings")
     options = beam_embed.pipeline_options([], direct_running_mode="in_memory")
     beam_embed.run(export_dir, out, folder=folder, options=options)
-    assert len(index_lib.index_embeddings(model, out)) == 9
+    assert len(indexing.index_embeddings(model, out)) == 9
     with open(os.path.join(out, embeddings.MANIFEST)) as f:
         contents = json.load(f)
     contents["export_fingerprint"] = "1234"  # as if another SavedModel had embedded them
     embeddings.write_manifest(out, contents)
     with pytest.raises(index_lib.IndexFileError, match="embedded by another export"):
-        index_lib.index_embeddings(model, out)
+        indexing.index_embeddings(model, out)
     os.remove(os.path.join(out, embeddings.MANIFEST))
     with pytest.raises(index_lib.IndexFileError, match="holds no embeddings.json.*did not finish"):
-        index_lib.index_embeddings(model, out)
+        indexing.index_embeddings(model, out)
 
 
 def test_a_damaged_shard_stops_the_pipeline_naming_shard_and_record(export_dir, tmp_path):

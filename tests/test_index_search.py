@@ -15,6 +15,7 @@ from optional import FAISS_AVAILABLE, FAISS_INSTALL, require
 
 from fashionsearchnet_v2.data import records, schema
 from fashionsearchnet_v2.serving import index as index_lib
+from fashionsearchnet_v2.serving import indexing, search_figure
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,7 +27,7 @@ def _brute_force(vectors, queries, k):
 
 
 def test_folder_index_embeds_each_image_and_exact_search_is_brute_force(model, folder, tmp_path):
-    index, skipped = index_lib.index_folder(model, folder, batch_size=2, chunk=4, progress=False)
+    index, skipped = indexing.index_folder(model, folder, batch_size=2, chunk=4, progress=False)
     assert [p for p, _ in skipped] == ["broken.png"] and "not a decodable" in skipped[0][1]
     assert list(index.ids) == sorted(index.ids) and len(index) == 9 and "sub/img4.jpg" in list(index.ids)
     assert (index.labels == -1).all() and index.vectors.shape == (9, 32)
@@ -59,7 +60,7 @@ def test_folder_index_embeds_each_image_and_exact_search_is_brute_force(model, f
 
 
 def test_index_file_is_not_replaced_without_consent(model, folder, tmp_path):
-    index, _ = index_lib.index_folder(model, folder, progress=False)
+    index, _ = indexing.index_folder(model, folder, progress=False)
     path = index.save(str(tmp_path / "idx.npz"))
     with pytest.raises(index_lib.IndexFileError, match="pass --overwrite"):
         index.save(path)
@@ -69,7 +70,7 @@ def test_index_file_is_not_replaced_without_consent(model, folder, tmp_path):
 
 def test_split_index_keeps_ids_labels_and_checks_the_vocabulary(model, tmp_path):
     info = write_tiny_dataset(tmp_path)
-    index = index_lib.index_split(model, info, "gallery", batch_size=4, chunk=5, progress=False)
+    index = indexing.index_split(model, info, "gallery", batch_size=4, chunk=5, progress=False)
     want = {}
     for s in tf.data.TFRecordDataset(info.shard_paths("gallery")):
         ex = records.parse_example(s, 2)
@@ -81,14 +82,14 @@ def test_split_index_keeps_ids_labels_and_checks_the_vocabulary(model, tmp_path)
     attrs = index.attributes(row)
     assert attrs["color"] == {"value": VOCAB.attributes[0].values[index.labels[row, 0]], "source": "label"}
     path = index.save(str(tmp_path / "g.npz"))
-    images = index_lib.result_images(index_lib.SearchIndex.load(path), [2, 0])
-    one = index_lib.result_images(index_lib.SearchIndex.load(path), [2])[0]
+    images = search_figure.result_images(index_lib.SearchIndex.load(path), [2, 0])
+    one = search_figure.result_images(index_lib.SearchIndex.load(path), [2])[0]
     np.testing.assert_array_equal(images[0], one)
     np.testing.assert_allclose(index.vectors[2], model.embed([one])["global_representation"][0], atol=1e-5)
     other = dict(info.__dict__)
     other["attributes"] = [schema.Attribute("colour", ("red", "blue", "black")), VOCAB.attributes[1]]
     with pytest.raises(index_lib.IndexFileError, match="differ from the export's"):
-        index_lib.index_split(model, schema.DatasetInfo(**other), "gallery", progress=False)
+        indexing.index_split(model, schema.DatasetInfo(**other), "gallery", progress=False)
 
 
 def test_faiss_matches_exact_where_it_scans_everything(tmp_path, model):

@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 from service_fixture import live_server
 from tf_serving_stub import running_stub
 
-from fashionsearchnet_v2.data import images
-from fashionsearchnet_v2.serving import export, items, remote, service
+from fashionsearchnet_v2.data import images, pipeline
+from fashionsearchnet_v2.serving import export, indexing, items, remote, service
 from fashionsearchnet_v2.serving import index as index_lib
 
 
@@ -56,7 +56,7 @@ def test_health_vocabulary_and_items(client, searcher, trained):
     assert item["attributes"] == index.attributes(3) and item["image_url"] == f"/images/{item_id}"
     image = client.get(item["image_url"])
     assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
-    want = index_lib.read_split_images(trained.info, "gallery", [item_id])[item_id]
+    want = pipeline.read_split_images(trained.info, "gallery", [item_id])[item_id]
     np.testing.assert_array_equal(index_lib.decode_image(image.content, "x"), want)
     page = client.get("/")
     assert page.status_code == 200 and '<script src="/static/app.js"></script>' in page.text
@@ -74,7 +74,7 @@ def test_search_is_the_library_search(client, searcher, trained):
     new_name = vocab.attributes[colour].values[new]
     answer = client.post("/search", data={"item": item_id, "set": f"color={new_name}", "top_k": "7"}).json()
 
-    image = index_lib.read_split_images(trained.info, "gallery", [item_id])[item_id]
+    image = pipeline.read_split_images(trained.info, "gallery", [item_id])[item_id]
     emb = trained.model.embed([image])
     query = trained.model.manipulate(emb["attribute_representations"], [[colour]], [[new]])
     rows, dist = index.search(query, 8)
@@ -205,7 +205,7 @@ def test_concurrent_requests_get_the_answers_they_get_alone(searcher, trained):
     vocab = trained.model.vocabulary
     index = searcher.index
     image = cv2.imencode(
-        ".png", index_lib.read_split_images(trained.info, "gallery", [str(index.ids[9])])[str(index.ids[9])]
+        ".png", pipeline.read_split_images(trained.info, "gallery", [str(index.ids[9])])[str(index.ids[9])]
     )[1].tobytes()
     requests = []
     for i in range(24):
@@ -288,7 +288,7 @@ def test_batcher_batches_concurrent_calls_and_returns_each_its_result():
 
 def test_tf_serving_path_gives_the_in_process_answers(searcher, trained):
     index = searcher.index
-    image = index_lib.read_split_images(trained.info, "gallery", [str(index.ids[11])])[str(index.ids[11])]
+    image = pipeline.read_split_images(trained.info, "gallery", [str(index.ids[11])])[str(index.ids[11])]
     with running_stub(trained.export_dir) as stub:
         model = remote.RemoteModel(stub.model_url + ":predict", trained.export_dir)  # either URL form works
         assert model.check_available() == ["1"]
@@ -343,7 +343,7 @@ def test_folder_index_items_are_served_from_their_files(trained, tmp_path):
     (folder / "sub").mkdir(parents=True)
     for i in range(4):
         cv2.imwrite(str(folder / ("sub" if i else ".") / f"p{i}.png"), np.full((30, 30, 3), 60 * i, np.uint8))
-    index, _ = index_lib.index_folder(trained.model, str(folder), progress=False)
+    index, _ = indexing.index_folder(trained.model, str(folder), progress=False)
     client = TestClient(service.create_app(service.Searcher(trained.model, index)))
     item = client.get("/items/sub/p2.png").json()
     assert item["image_url"] == "/images/sub%2Fp2.png"

@@ -57,7 +57,11 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunIn
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions  # noqa: E402
 
 from fashionsearchnet_v2.data import records, schema  # noqa: E402
-from fashionsearchnet_v2.serving import embeddings, export  # noqa: E402
+from fashionsearchnet_v2.serving import (  # noqa: E402
+    embeddings,
+    export,
+    indexing,  # noqa: E402
+)
 from fashionsearchnet_v2.serving import index as index_lib  # noqa: E402
 
 NAMESPACE = "fashionsearchnet_v2"
@@ -316,7 +320,7 @@ def build(
         items = read_folder(pipeline, folder, num_attributes)
         source = {"kind": "folder", "folder": folder}
     else:
-        index_lib.check_dataset_vocabulary(export_info, info)
+        indexing.check_dataset_vocabulary(export_info, info)
         items = read_split(pipeline, info, split)
         source = {"kind": "split", "data_dir": export.absolute(info.data_dir), "split": split,
                   "dataset": info.name}  # fmt: skip

@@ -14,7 +14,7 @@ import numpy as np
 
 from fashionsearchnet_v2.data import images
 from fashionsearchnet_v2.retrieval import metrics
-from fashionsearchnet_v2.serving import export, items
+from fashionsearchnet_v2.serving import export, indexing, items
 from fashionsearchnet_v2.serving import index as index_lib
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20  # a phone photo is 2-8 MB
@@ -162,7 +162,7 @@ class Searcher:
         self.index = index
         self.vocabulary: export.Vocabulary = model.vocabulary
         global_dim = int(model.metadata.get("global_dim") or index.vectors.shape[1])
-        index_lib.check_compatible(index, self.vocabulary.to_json(), global_dim, model.fingerprint)
+        indexing.check_compatible(index, self.vocabulary.to_json(), global_dim, model.fingerprint)
         self.names = self.vocabulary.names
         self.item_images = item_images if item_images is not None else items.ItemImages(index)
         self.max_top_k = int(max_top_k)
