@@ -125,7 +125,9 @@ def test_amnet_reads_only_the_training_split_and_the_control_is_its_step_0(info,
 
 
 def test_selection_keeps_step_0_when_learning_makes_validation_worse(tmp_path):
-    task = _task(_fake_gap(), str(tmp_path), optimizer="sgd", learning_rate=100.0, lambda_attr=0.0)
+    task = _task(
+        _fake_gap(), str(tmp_path), optimizer="sgd", learning_rate=100.0, lambda_attr=0.0, margin=0.2
+    )
     _train(task, tmp_path, 40)
     with open(os.path.join(tmp_path, "selection.json"), encoding="utf-8") as f:
         sel = json.load(f)
