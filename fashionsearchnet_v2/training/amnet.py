@@ -13,8 +13,6 @@ and the best state is kept in `<workdir>/selected` (`selection.json` has every e
 from __future__ import annotations
 
 import itertools
-import json
-import os
 
 import numpy as np
 import tensorflow as tf
@@ -73,12 +71,7 @@ class AmnetTask(trainer.FixedFeatureTask):
         self.enumerator = (
             ManipulationEnumerator(self.labels, self.num_values) if self.am.sampling == "enumerate" else None
         )
-        self.history: list[dict] = []
-        self.selected: dict | None = None
-        if workdir and os.path.isfile(self.selection_path):  # resuming: what was evaluated so far
-            with open(self.selection_path, encoding="utf-8") as f:
-                saved = json.load(f)
-            self.history, self.selected = saved.get("history", []), saved.get("selected")
+        self.load_selection()  # resuming: what was evaluated so far
 
     def _signed(self, labels, attributes, values):
         return amnet.signed_manipulation(labels, np.asarray(attributes), np.asarray(values), self.num_values)
@@ -250,10 +243,6 @@ class AmnetTask(trainer.FixedFeatureTask):
         return out
 
     # --- validation and selection -------------------------------------------------------------
-    @property
-    def selection_path(self) -> str:
-        return os.path.join(self.workdir or ".", "selection.json")
-
     def vectors(self, model):
         """features [n, F], t [n, C] or None -> AMNet's unit embedding [n, De] (the validation search)."""
         if getattr(self, "_vectors_model", None) is not model:  # one traced function per model
@@ -300,13 +289,7 @@ class AmnetTask(trainer.FixedFeatureTask):
                   "per_attribute": {n: top.get(n) for n in self.names},
                   "gain_per_attribute": {n: gain.get(n) for n in self.names},
                   "L_rank_validation": out.get("L_rank/validation"), "L_attr_validation": out.get("L_attr/validation")}  # fmt: skip
-        self.history.append(record)
-        if self.am.select_on_validation and (
-            self.selected is None or record[f"top{k}"] > self.selected[f"top{k}"]
-        ):
-            self.selected = record
-            self._save_selected(model, step)
-        self._write_selection()
+        self.keep(record, f"top{k}", checkpoints.layer_dict(model), step)
         return out
 
     def epoch_message(self, scores: dict) -> str:
@@ -318,25 +301,3 @@ class AmnetTask(trainer.FixedFeatureTask):
             f"validation Top-{k} avg {avg:.4f} (gain {gain:+.4f}), L_rank {scores.get('L_rank/validation', float('nan')):.4f}, "
             f"L_attr {scores.get('L_attr/validation', float('nan')):.4f}{best}"
         )
-
-    def _save_selected(self, model, step: int) -> None:
-        if not self.workdir:
-            return
-        manager = tf.train.CheckpointManager(
-            tf.train.Checkpoint(**checkpoints.layer_dict(model)),
-            os.path.join(self.workdir, "selected"),
-            max_to_keep=1,
-        )
-        manager.save(checkpoint_number=step)
-
-    def _write_selection(self) -> None:
-        if not self.workdir:
-            return
-        os.makedirs(self.workdir, exist_ok=True)
-        obj = {"validation": self.validation.describe(), "k": self.validation.ks[0],
-               "select_on_validation": self.am.select_on_validation, "selected": self.selected,
-               "history": self.history}  # fmt: skip
-        tmp = f"{self.selection_path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, self.selection_path)

@@ -13,8 +13,6 @@ scored on the validation split with the paper's protocol and the best state (ste
 from __future__ import annotations
 
 import itertools
-import json
-import os
 
 import numpy as np
 import tensorflow as tf
@@ -199,12 +197,7 @@ class Stage3Task(trainer.FixedFeatureTask):
         self.enumerator = (
             ManipulationEnumerator(self.labels, self.num_values) if self.s3.sampling == "enumerate" else None
         )
-        self.history: list[dict] = []
-        self.selected: dict | None = None
-        if workdir and os.path.isfile(self.selection_path):  # resuming: what was evaluated so far
-            with open(self.selection_path, encoding="utf-8") as f:
-                saved = json.load(f)
-            self.history, self.selected = saved.get("history", []), saved.get("selected")
+        self.load_selection()  # resuming: what was evaluated so far
 
     def _validation_k(self, held_ids) -> int:
         """Config's validation_k, or Top-20's share of the test gallery applied to the validation gallery."""
@@ -360,10 +353,6 @@ class Stage3Task(trainer.FixedFeatureTask):
         return out
 
     # --- validation and selection -------------------------------------------------------------
-    @property
-    def selection_path(self) -> str:
-        return os.path.join(self.workdir or ".", "selection.json")
-
     def vectors(self, model):
         """fc10 [n, A, D], t [n, C] or None -> F [n, r] through `model` (for the validation search)."""
         if getattr(self, "_vectors_model", None) is not model:  # one traced function per model
@@ -408,13 +397,7 @@ class Stage3Task(trainer.FixedFeatureTask):
         )
         record = {"step": step, f"top{k}": top["avg"], f"gain{k}": gain["avg"], "per_attribute": {n: top.get(n) for n in self.names},
                   "L_G_validation": out.get("L_G/validation"), "lambda": dict(zip(self.names, lambdas)), "memory_shift": shift}  # fmt: skip
-        self.history.append(record)
-        if self.s3.select_on_validation and (
-            self.selected is None or record[f"top{k}"] > self.selected[f"top{k}"]
-        ):
-            self.selected = record
-            self._save_selected(layer, step)
-        self._write_selection()
+        self.keep(record, f"top{k}", {"global_representation": layer}, step)
         return out
 
     def epoch_message(self, scores: dict) -> str:
@@ -426,25 +409,3 @@ class Stage3Task(trainer.FixedFeatureTask):
         lam = " ".join(f"{scores[f'lambda/{n}']:.2f}" for n in self.names if f"lambda/{n}" in scores)
         best = f"; selected: step {self.selected['step']}" if self.selected else ""
         return f"validation Top-{k} avg {avg:.4f}, L_G {scores.get('L_G/validation', float('nan')):.4f}, λ [{lam}]{best}"
-
-    def _save_selected(self, layer, step: int) -> None:
-        if not self.workdir:
-            return
-        manager = tf.train.CheckpointManager(
-            tf.train.Checkpoint(global_representation=layer),
-            os.path.join(self.workdir, "selected"),
-            max_to_keep=1,
-        )
-        manager.save(checkpoint_number=step)
-
-    def _write_selection(self) -> None:
-        if not self.workdir:
-            return
-        os.makedirs(self.workdir, exist_ok=True)
-        obj = {"validation": self.validation.describe(), "k": self.validation.ks[0],
-               "select_on_validation": self.s3.select_on_validation, "selected": self.selected,
-               "history": self.history}  # fmt: skip
-        tmp = f"{self.selection_path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, self.selection_path)

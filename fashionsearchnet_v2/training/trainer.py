@@ -13,6 +13,7 @@ for a fresh start: ImageNet or the previous stage), `train_step(model, optimizer
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -117,6 +118,7 @@ class FixedFeatureTask:
     (`self.s3`, a Stage3Config), every weight of their small model trained, no pictures."""
 
     s3 = None
+    workdir: str | None = None
 
     def build_optimizer(self, total_steps: int):
         s3 = self.s3
@@ -130,6 +132,42 @@ class FixedFeatureTask:
 
     def summary_images(self, model):
         return None
+
+    # --- what was validated: every scored epoch, and the best one kept (decisions 61, A8) ----------
+    @property
+    def selection_path(self) -> str:
+        return os.path.join(self.workdir or ".", "selection.json")
+
+    def load_selection(self) -> None:
+        """`history` and `selected` as `selection.json` left them (a resumed run), else empty."""
+        self.history, self.selected = [], None
+        if self.workdir and os.path.isfile(self.selection_path):
+            with open(self.selection_path, encoding="utf-8") as f:
+                saved = json.load(f)
+            self.history, self.selected = saved.get("history", []), saved.get("selected")
+
+    def keep(self, record: dict, key: str, weights: dict, step: int) -> None:
+        """Adds a validated state's `record` to the history; with `s3.select_on_validation` a record
+        whose `key` beats the selected one's becomes selected and `weights` ({name: trackable}) are saved
+        in `<workdir>/selected`. Writes `selection.json` either way."""
+        self.history.append(record)
+        select = self.s3.select_on_validation
+        if select and (self.selected is None or record[key] > self.selected[key]):
+            self.selected = record
+            if self.workdir:
+                manager = tf.train.CheckpointManager(
+                    tf.train.Checkpoint(**weights), os.path.join(self.workdir, "selected"), max_to_keep=1
+                )
+                manager.save(checkpoint_number=step)
+        if not self.workdir:
+            return
+        os.makedirs(self.workdir, exist_ok=True)
+        obj = {"validation": self.validation.describe(), "k": self.validation.ks[0],
+               "select_on_validation": select, "selected": self.selected, "history": self.history}  # fmt: skip
+        tmp = f"{self.selection_path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(tmp, self.selection_path)
 
 
 def format_seconds(s: float) -> str:
