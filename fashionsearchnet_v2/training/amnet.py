@@ -76,29 +76,6 @@ class AmnetTask(trainer.FixedFeatureTask):
     def _signed(self, labels, attributes, values):
         return amnet.signed_manipulation(labels, np.asarray(attributes), np.asarray(values), self.num_values)
 
-    def _validation_k(self, held_ids) -> int:
-        """Config's validation_k, or Top-20's share of the test gallery applied to the validation gallery
-        (the K stage 3 is selected with: the same validation split, the same searches)."""
-        if self.am.validation_k:
-            return int(self.am.validation_k)
-        gallery = self.info.splits.get("gallery", 0)
-        n = int((~validation.query_mask(held_ids, self.am.validation_query_share)).sum())
-        return max(1, round(20 * n / gallery)) if gallery else 20
-
-    # --- data ---------------------------------------------------------------------------------
-    def steps_per_epoch(self) -> int:
-        n = len(self.enumerator) if self.enumerator is not None else len(self.labels)
-        return max(1, n // self.am.batch_size)
-
-    def describe_data(self) -> str:
-        what = (
-            f"{len(self.enumerator)} manipulations of {len(self.labels)} training images per epoch"
-            if self.enumerator is not None
-            else f"one manipulation per training image, {len(self.labels)} per epoch"
-        )
-        val = self.validation.describe() if self.validation else self._no_validation
-        return f"{what} = {self.steps_per_epoch()} steps of {self.am.batch_size}; {self.am.negatives} negatives; {val}"
-
     def _target(self, labels, anchors, attrs, values):
         target = labels[anchors].copy()  # unlabelled stays -1: don't care
         target[np.arange(len(anchors)), attrs] = values

@@ -199,27 +199,6 @@ class Stage3Task(trainer.FixedFeatureTask):
         )
         self.load_selection()  # resuming: what was evaluated so far
 
-    def _validation_k(self, held_ids) -> int:
-        """Config's validation_k, or Top-20's share of the test gallery applied to the validation gallery."""
-        if self.s3.validation_k:
-            return int(self.s3.validation_k)
-        n = int((~validation.query_mask(held_ids, self.s3.validation_query_share)).sum())
-        return validation.top20_share(n, self.info.splits.get("gallery", 0))
-
-    # --- data ---------------------------------------------------------------------------------
-    def steps_per_epoch(self) -> int:
-        n = len(self.enumerator) if self.enumerator is not None else len(self.labels)
-        return max(1, n // self.s3.batch_size)
-
-    def describe_data(self) -> str:
-        what = (
-            f"{len(self.enumerator)} manipulations of {len(self.labels)} training images per epoch"
-            if self.enumerator is not None
-            else f"one manipulation per training image, {len(self.labels)} per epoch"
-        )
-        val = self.validation.describe() if self.validation else self._no_validation
-        return f"{what} = {self.steps_per_epoch()} steps of {self.s3.batch_size}; {self.s3.negatives} negatives; {val}"
-
     def _fixed_triplets(self, fc10, labels, limit: int = 2048):
         """Validation triplets for L_G on validation images (fixed; for TensorBoard), or None."""
         enum = ManipulationEnumerator(labels, self.num_values)

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from fashionsearchnet_v2.data import integrity
+from fashionsearchnet_v2.retrieval import validation
 from fashionsearchnet_v2.trained import checkpoints
 from fashionsearchnet_v2.training import distribute, guard
 
@@ -132,6 +133,28 @@ class FixedFeatureTask:
 
     def summary_images(self, model):
         return None
+
+    # --- data: an epoch of the enumeration (decision 60) or one manipulation per image -------------
+    def steps_per_epoch(self) -> int:
+        n = len(self.enumerator) if self.enumerator is not None else len(self.labels)
+        return max(1, n // self.s3.batch_size)
+
+    def describe_data(self) -> str:
+        what = (
+            f"{len(self.enumerator)} manipulations of {len(self.labels)} training images per epoch"
+            if self.enumerator is not None
+            else f"one manipulation per training image, {len(self.labels)} per epoch"
+        )
+        val = self.validation.describe() if self.validation else self._no_validation
+        return f"{what} = {self.steps_per_epoch()} steps of {self.s3.batch_size}; {self.s3.negatives} negatives; {val}"
+
+    def _validation_k(self, held_ids) -> int:
+        """Config's validation_k, or Top-20's share of the test gallery applied to the validation gallery
+        (decision 59: the same K for stage 3 and AMNet)."""
+        if self.s3.validation_k:
+            return int(self.s3.validation_k)
+        n = int((~validation.query_mask(held_ids, self.s3.validation_query_share)).sum())
+        return validation.top20_share(n, self.info.splits.get("gallery", 0))
 
     # --- what was validated: every scored epoch, and the best one kept (decisions 61, A8) ----------
     @property
