@@ -106,3 +106,17 @@ def label_counts(examples: Sequence[Example], attribute_names: Sequence[str]) ->
         for i, v in enumerate(ex.labels):
             counts[i] += v != UNLABELLED
     return dict(zip(attribute_names, counts))
+
+
+def write_labelled(examples: list[Example], attributes, *, skipped=(), extra=None, **write_kwargs):
+    """`convert.write_dataset` after every converter's last steps: rows with no attribute labelled are
+    dropped and reported (`drop_unlabelled`), and `extra` records the labelled rows per attribute.
+    `write_kwargs`: write_dataset's (output_dir, name, source, rows_read and the split's flags)."""
+    from fashionsearchnet_v2.data import convert
+
+    examples, unlabelled = drop_unlabelled(examples)
+    counts = label_counts(examples, [a.name for a in attributes])
+    extra = {**(extra or {}), "labelled_rows_per_attribute": counts}
+    return convert.write_dataset(
+        examples, attributes, skipped=[*skipped, *unlabelled], extra=extra, **write_kwargs
+    )

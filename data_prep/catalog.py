@@ -135,11 +135,7 @@ def convert(
     other_value: str = "other",
     unlabelled: Sequence[str] = (),
     delimiter: str = ",",
-    num_query: int = 2000,
-    num_gallery: int = 18000,
-    seed: int = 0,
-    overwrite: bool = False,
-    progress: bool = True,
+    **protocol,
 ) -> DatasetInfo:
     name = dataset_name(name, output_dir)
     attributes = [a.strip() for a in attributes if a.strip()]
@@ -197,7 +193,6 @@ def convert(
             )
         path = rel if os.path.isabs(rel) else os.path.join(root, rel)
         examples.append(engine.Example(image_id, labels, path=path, where=where))
-    examples, unlabelled_rows = _parsing.drop_unlabelled(examples)
     extra = {
         "csv": {"image_column": image_column, "id_column": id_column, "image_root": os.path.abspath(root),
                 "attributes": attributes, "unlabelled": sorted(missing_marks - {""})},
@@ -205,23 +200,10 @@ def convert(
         "other_value": other_value,
         "grouped_into_other": grouped,
         "value_counts": extra_counts,
-        "labelled_rows_per_attribute": _parsing.label_counts(examples, attributes),
     }  # fmt: skip
-    return engine.write_dataset(
-        examples,
-        attrs,
-        output_dir=output_dir,
-        name=name,
-        source=os.path.abspath(csv_path),
-        num_query=num_query,
-        num_gallery=num_gallery,
-        seed=seed,
-        overwrite=overwrite,
-        rows_read=len(rows),
-        skipped=skipped + unlabelled_rows,
-        extra=extra,
-        progress=progress,
-    )
+    return _parsing.write_labelled(examples, attrs, output_dir=output_dir, name=name,
+                                   source=os.path.abspath(csv_path), rows_read=len(rows), skipped=skipped,
+                                   extra=extra, **protocol)  # fmt: skip
 
 
 def _convert_from_flags(output_dir: str, **kwargs) -> DatasetInfo:

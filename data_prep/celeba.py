@@ -160,12 +160,7 @@ def describe_groups() -> dict:
 def convert(
     input_dir: str,
     output_dir: str,
-    *,
-    num_query: int = 2000,
-    num_gallery: int = 18000,
-    seed: int = 0,
-    overwrite: bool = False,
-    progress: bool = True,
+    **protocol,
 ) -> DatasetInfo:
     attr_path = _parsing.find_file(
         input_dir, ("list_attr_celeba.txt", "Anno/list_attr_celeba.txt"), "CelebA attribute file"
@@ -194,25 +189,13 @@ def convert(
     attrs = attributes()
     extra = {
         "grouping": describe_groups(),
-        "labelled_rows_per_attribute": _parsing.label_counts(examples, [a.name for a in attrs]),
         "official_partition": partition,
         "split_protocol": "paper §4.2 (query/gallery/train from a seeded permutation); "
         "the official partition is not used",
     }
-    return engine.write_dataset(
-        examples,
-        attrs,
-        output_dir=output_dir,
-        name=NAME,
-        source=os.path.abspath(attr_path),
-        num_query=num_query,
-        num_gallery=num_gallery,
-        seed=seed,
-        overwrite=overwrite,
-        rows_read=len(examples),
-        extra=extra,
-        progress=progress,
-    )
+    return _parsing.write_labelled(examples, attrs, output_dir=output_dir, name=NAME,
+                                   source=os.path.abspath(attr_path), rows_read=len(examples), extra=extra,
+                                   **protocol)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Flags and the entry-point wrapper shared by every converter (`python -m data_prep.<name>`).
 
-Each converter module defines `convert(input_dir, output_dir, *, num_query, num_gallery, seed, overwrite,
-progress=True) -> DatasetInfo`, which tests call directly, and ends with `common.run(convert)`.
+Each converter module defines `convert(input_dir, output_dir, **protocol) -> DatasetInfo`, which tests call
+directly, and ends with `common.run(convert)`; `protocol` is the split's (num_query, num_gallery, seed,
+overwrite, progress), passed to `fashionsearchnet_v2.data.convert.write_dataset` through
+`_parsing.write_labelled`, whose defaults are the paper's (2,000 query, 18,000 gallery, seed 0).
 """
 
 from __future__ import annotations

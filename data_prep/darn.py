@@ -112,12 +112,7 @@ def read_split(input_dir: str, split: str) -> list[tuple[str, list[int], str]] |
 def convert(
     input_dir: str,
     output_dir: str,
-    *,
-    num_query: int = 2000,
-    num_gallery: int = 18000,
-    seed: int = 0,
-    overwrite: bool = False,
-    progress: bool = True,
+    **protocol,
 ) -> DatasetInfo:
     if not os.path.isdir(input_dir):
         raise DatasetError(f"--input_dir {input_dir} does not exist")
@@ -139,30 +134,16 @@ def convert(
             continue
         first_seen[rel] = where
         examples.append(engine.Example(rel, labels, path=os.path.join(root, rel), where=where))
-    examples, unlabelled = _parsing.drop_unlabelled(examples)
     attrs = attributes()
     extra = {
         "pooled_splits": used,
         "image_root": os.path.abspath(root),
         "value_names": "not distributed; named <attribute>_<value index>",
         "total_values_note": "185 values as indexed by the label lists; the paper (§4.2) says 179",
-        "labelled_rows_per_attribute": _parsing.label_counts(examples, [a.name for a in attrs]),
     }
-    return engine.write_dataset(
-        examples,
-        attrs,
-        output_dir=output_dir,
-        name=NAME,
-        source=os.path.abspath(input_dir),
-        num_query=num_query,
-        num_gallery=num_gallery,
-        seed=seed,
-        overwrite=overwrite,
-        rows_read=len(rows),
-        skipped=skipped + unlabelled,
-        extra=extra,
-        progress=progress,
-    )
+    return _parsing.write_labelled(examples, attrs, output_dir=output_dir, name=NAME,
+                                   source=os.path.abspath(input_dir), rows_read=len(rows), skipped=skipped,
+                                   extra=extra, **protocol)  # fmt: skip
 
 
 if __name__ == "__main__":

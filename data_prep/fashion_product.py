@@ -154,12 +154,7 @@ def parse_styles(path: str) -> list[tuple[str, list[str], int]]:
 def convert(
     input_dir: str,
     output_dir: str,
-    *,
-    num_query: int = 2000,
-    num_gallery: int = 18000,
-    seed: int = 0,
-    overwrite: bool = False,
-    progress: bool = True,
+    **protocol,
 ) -> DatasetInfo:
     styles = _parsing.find_file(input_dir, ("styles.csv",), "styles.csv")
     rows = parse_styles(styles)
@@ -175,7 +170,6 @@ def convert(
         examples.append(
             engine.Example(image_id, labels, path=os.path.join(images, f"{image_id}.jpg"), where=where)
         )
-    examples, unlabelled = _parsing.drop_unlabelled(examples)
     attrs = attributes()
     extra = {
         "columns": {name: column for name, column, _, _, _ in ATTRIBUTES},
@@ -187,23 +181,10 @@ def convert(
             "usage": USAGE,
         },
         "unmapped_values": dict(unmapped.most_common()),
-        "labelled_rows_per_attribute": _parsing.label_counts(examples, [a.name for a in attrs]),
     }
-    return engine.write_dataset(
-        examples,
-        attrs,
-        output_dir=output_dir,
-        name=NAME,
-        source=os.path.abspath(styles),
-        num_query=num_query,
-        num_gallery=num_gallery,
-        seed=seed,
-        overwrite=overwrite,
-        rows_read=len(rows),
-        skipped=skipped + unlabelled,
-        extra=extra,
-        progress=progress,
-    )
+    return _parsing.write_labelled(examples, attrs, output_dir=output_dir, name=NAME,
+                                   source=os.path.abspath(styles), rows_read=len(rows), skipped=skipped,
+                                   extra=extra, **protocol)  # fmt: skip
 
 
 if __name__ == "__main__":

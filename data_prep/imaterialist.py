@@ -189,12 +189,7 @@ def image_dir(input_dir: str, split: str, single: bool) -> str:
 def convert(
     input_dir: str,
     output_dir: str,
-    *,
-    num_query: int = 2000,
-    num_gallery: int = 18000,
-    seed: int = 0,
-    overwrite: bool = False,
-    progress: bool = True,
+    **protocol,
 ) -> DatasetInfo:
     map_path = _parsing.find_file(input_dir, (LABEL_MAP,), "iMaterialist label map")
     label_map = parse_label_map(map_path)
@@ -227,7 +222,6 @@ def convert(
                 )
             )
         del rows
-    examples, unlabelled = _parsing.drop_unlabelled(examples)
     extra = {
         "pooled_splits": present,
         "images_listed": listed,
@@ -236,23 +230,10 @@ def convert(
         "dropped_tasks": list(DROPPED_TASKS),
         "multi_label_rule": "several labels of one task mapping to different values -> -1",
         "unlabelled_by_disagreement": dict(sorted(ambiguous.items())),
-        "labelled_rows_per_attribute": _parsing.label_counts(examples, [a.name for a in attrs]),
     }
-    return engine.write_dataset(
-        examples,
-        attrs,
-        output_dir=output_dir,
-        name=NAME,
-        source=os.path.abspath(input_dir),
-        num_query=num_query,
-        num_gallery=num_gallery,
-        seed=seed,
-        overwrite=overwrite,
-        rows_read=rows_read,
-        skipped=skipped + unlabelled,
-        extra=extra,
-        progress=progress,
-    )
+    return _parsing.write_labelled(examples, attrs, output_dir=output_dir, name=NAME,
+                                   source=os.path.abspath(input_dir), rows_read=rows_read, skipped=skipped,
+                                   extra=extra, **protocol)  # fmt: skip
 
 
 if __name__ == "__main__":

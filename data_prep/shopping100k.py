@@ -115,12 +115,7 @@ def read_split(input_dir: str, split: str, sizes: list[int]) -> list[tuple[str, 
 def convert(
     input_dir: str,
     output_dir: str,
-    *,
-    num_query: int = 2000,
-    num_gallery: int = 18000,
-    seed: int = 0,
-    overwrite: bool = False,
-    progress: bool = True,
+    **protocol,
 ) -> DatasetInfo:
     attr_num_path = _parsing.find_file(input_dir, ("attr_num.txt",), "Shopping100k block sizes")
     sizes = parse_attr_num(attr_num_path)
@@ -144,29 +139,15 @@ def convert(
             continue
         first_seen[rel] = where
         examples.append(engine.Example(rel, labels, path=os.path.join(root, rel), where=where))
-    examples, unlabelled = _parsing.drop_unlabelled(examples)
     attrs = attributes(sizes)
     extra = {
         "pooled_splits": used,
         "image_root": os.path.abspath(root),
         "value_names": "not distributed; named <attribute>_<block index>",
-        "labelled_rows_per_attribute": _parsing.label_counts(examples, ATTRIBUTE_NAMES),
     }
-    return engine.write_dataset(
-        examples,
-        attrs,
-        output_dir=output_dir,
-        name=NAME,
-        source=os.path.abspath(input_dir),
-        num_query=num_query,
-        num_gallery=num_gallery,
-        seed=seed,
-        overwrite=overwrite,
-        rows_read=len(rows),
-        skipped=skipped + unlabelled,
-        extra=extra,
-        progress=progress,
-    )
+    return _parsing.write_labelled(examples, attrs, output_dir=output_dir, name=NAME,
+                                   source=os.path.abspath(input_dir), rows_read=len(rows), skipped=skipped,
+                                   extra=extra, **protocol)  # fmt: skip
 
 
 if __name__ == "__main__":
