@@ -87,13 +87,10 @@ class TrainConfig:
     momentum: float = 0.0  # §4.1 says plain "stochastic gradient descent"; 0.9 (Caffe's) is 10x the step
     lr_schedule: str = "constant"  # §4.1 gives one rate; "cosine" decays it to 0 over the stage
     # Not in the paper: the rate ramps up linearly over each stage's first `warmup_steps` steps (stages 1
-    # and 2; 0 = none, the paper). At lr 0.01 the first steps otherwise overshoot: every image's GAP(conv7)
-    # points about the same way (|gap|² ≈ 1,700, mean 1.3 per channel vs 0.5 spread), so one step moves
-    # every logit by ~lr·|gap|² ≈ 17 times (p − y) (WORKSPACE.md decision 64).
+    # and 2; 0 = none, the paper), because at lr 0.01 the first steps overshoot (decision 64).
     warmup_steps: int = 100
-    # Stage 1's fresh GAP classifiers w_a: "glorot" (the frameworks' default: logits of rms ~2.4 on
-    # GAP(conv7), a first loss about twice chance) or "zeros" (a first loss of exactly chance, Σ_a ln C_a,
-    # but the backbone then gets no gradient until w_a grows: it trained less in 150 steps). Decision 64.
+    # Stage 1's fresh GAP classifiers w_a: "glorot" (the frameworks' default) or "zeros" (a first loss of
+    # exactly chance, but a backbone without gradient until w_a grows). Decision 64.
     classifier_init: str = "glorot"
     lambda_c: float = 1.0  # Eq. 9 weights (§3.4, stage 2)
     lambda_t: float = 1.5

@@ -14,14 +14,9 @@ pooled over the whole image must be misleading. So the background holds 4-8 frag
 garment vocabulary -- a collar on a piece of shoulder, a single sleeve, a hem, a button placket, a zipper,
 pockets, fabric swatches -- in palette colours and patterns, drawn exactly like the garment and at its
 scale, and a third of the backdrops are a muted palette colour. A whole-image descriptor sees collars,
-sleeves, hems, stripes and dots from distractors as much as from the garment. Measured with linear probes
-on simple features (12x12 thumbnail, colour and gradient histograms), 4,000 training images at 96 px:
-pooled over the whole image they reach 0.27 / 0.47 / 0.33 / 0.37 accuracy on collar / sleeve_length /
-front / hem (chance 0.25 / 0.33 / 0.25 / 0.25) and 0.60 on pattern; pooled from the attribute's box
-0.96 / 0.98 / 0.94 / 0.97, and 0.87 on pattern from the garment's box. Colour stays easy either way
-(0.98 / 1.00): the garment is the largest coloured shape. The garment stays identifiable: it is the one
-big, complete, upright, outlined shape, always drawn in front; fragments are at most about half its
-height.
+sleeves, hems, stripes and dots from distractors as much as from the garment (linear probes confirm it:
+WORKSPACE.md, "Synthetic"). The garment stays identifiable: it is the one big, complete, upright, outlined
+shape, always drawn in front; fragments are at most about half its height.
 
 Every image is a pure function of its `Params`, which come from `np.random.default_rng([seed, index])`, so
 images do not depend on generation order and the same seed gives the same bytes. Changing a localized
