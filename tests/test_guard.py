@@ -14,7 +14,7 @@ import tensorflow as tf
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.data import synthetic
 from fashionsearchnet_v2.model import memory_block, network
-from fashionsearchnet_v2.serving import export
+from fashionsearchnet_v2.serving import export, indexing
 from fashionsearchnet_v2.serving import index as index_lib
 from fashionsearchnet_v2.trained import checkpoints, loading
 from fashionsearchnet_v2.training import guard, run, stages, trainer
@@ -264,7 +264,7 @@ def test_embed_and_index_refuse_nonfinite_outputs(tmp_path, monkeypatch):
     with pytest.raises(
         index_lib.IndexFileError, match=r"non-finite global representations for 2 of 2 images \(first: a\)"
     ):
-        index_lib._from_embeddings(model, fake, ["a", "b"], ["", ""], np.zeros((2, 6)), {})
+        indexing._from_embeddings(model, fake, ["a", "b"], ["", ""], np.zeros((2, 6)), {})
     # manipulate refuses NaN attribute representations, and a manipulation through the poisoned memory
     # block is refused instead of answered with inf.
     fc10 = np.zeros((1, 6, 16), np.float32)
