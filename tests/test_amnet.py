@@ -10,12 +10,13 @@ import os
 import numpy as np
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
+from test_stage3 import _record_reads
 
 from fashionsearchnet_v2 import configs
-from fashionsearchnet_v2.data import pipeline, schema
+from fashionsearchnet_v2.data import schema
 from fashionsearchnet_v2.model import amnet
 from fashionsearchnet_v2.retrieval import validation
-from fashionsearchnet_v2.trained import features, loading
+from fashionsearchnet_v2.trained import loading
 from fashionsearchnet_v2.training import amnet as amnet_training
 from fashionsearchnet_v2.training import amnet_selection, run, trainer
 
@@ -91,16 +92,7 @@ def test_validation_images_never_enter_a_triplet_or_the_prototypes():
 def test_amnet_reads_only_the_training_split_and_the_control_is_its_step_0(info, tmp_path, monkeypatch):
     cfg = configs.quick(configs.ExperimentConfig(dataset="synthetic", workdir=str(tmp_path)))
     run.run_stage1(cfg, info, out=io.StringIO())
-    read = []
-    real_make, real_extract = pipeline.make_dataset, features.extract
-    monkeypatch.setattr(
-        pipeline, "make_dataset", lambda i, split, *a, **k: read.append(split) or real_make(i, split, *a, **k)
-    )
-    monkeypatch.setattr(
-        features,
-        "extract",
-        lambda m, i, split, *a, **k: read.append(split) or real_extract(m, i, split, *a, **k),
-    )
+    read = _record_reads(monkeypatch)
     # The selection: two candidates on validation only.
     rows = amnet_selection.run_selection(
         cfg, info, ["old", "proto-adam1e-3"], str(tmp_path / "sel"), epochs=1.0, out=io.StringIO()

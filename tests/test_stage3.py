@@ -250,3 +250,18 @@ def test_stage2_validation_reads_only_the_training_split_and_sees_the_learnt_col
     # 980 training images: ~196 validation images, ~131 in the validation gallery: K = 20 x 131 / 200.
     assert results["k"] == validation.top20_share(int(results["validation"].split()[3]), 200)
     assert results["topk"][k]["color"] > results["unmanipulated"]["topk"][k]["color"] + 0.1
+
+
+def test_selection_tables_show_each_epoch_the_selected_state_and_what_learning_added():
+    """Stage 3's and AMNet's sweeps print one table shape (`stage3_selection.epochs_table`)."""
+    from fashionsearchnet_v2.training import amnet_selection, stage3_selection
+
+    h = [{"step": 0, "top6": 0.4, "gain6": 0.1, "L_rank_validation": 0.2, "lambda": {"a": 1.0}},
+         {"step": 10, "top6": 0.9, "gain6": 0.4, "L_rank_validation": 0.01, "lambda": {"a": 1.1}},
+         {"step": 20, "top6": 0.8, "gain6": 0.3, "L_rank_validation": 0.02, "lambda": {"a": 1.2}}]  # fmt: skip
+    rows = [{"name": "x", "k": 6, "validation": "v", "history": h, "selected": h[1]}]
+    s3 = stage3_selection.selection_table(rows, ["a"]).splitlines()
+    assert s3[2] == "| candidate | step 0 | epoch 1 | epoch 2 | selected | learned | λ (a) |"
+    assert s3[4] == "| x | 0.400 | 0.900 | 0.800 | 0.900 (epoch 1) | +0.500 | 1.10 |"
+    am = amnet_selection.selection_table(rows).splitlines()
+    assert am[4] == "| x | 0.400 | 0.900 | 0.800 | 0.900 (epoch 1) | +0.500 | +0.400 | 0.2000 → 0.0100 |"

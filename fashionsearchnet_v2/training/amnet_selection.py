@@ -18,7 +18,7 @@ import time
 
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.configs import ExperimentConfig
-from fashionsearchnet_v2.training import run
+from fashionsearchnet_v2.training import run, stage3_selection
 
 BUDGET = 25  # stage 3's search trained 25 candidates (decision 62); AMNet's gets no more
 
@@ -109,29 +109,16 @@ def run_selection(
 
 
 def selection_table(rows: list[dict]) -> str:
-    """Markdown: per candidate, validation Top-K at step 0, after each epoch, the selected state, what
-    learning added (selected − step 0), the manipulation gain there and L_rank on validation triplets at
-    step 0 and there."""
+    """`stage3_selection.epochs_table` with the manipulation gain at the selected state and L_rank on
+    validation triplets at step 0 and there."""
     if not rows:
         return ""
     k = rows[0]["k"]
-    epochs = max(len(r["history"]) - 1 for r in rows)
-    head = (
-        ["candidate", "step 0"]
-        + [f"epoch {e}" for e in range(1, epochs + 1)]
-        + ["selected", "learned", "gain there", "val. L_rank step 0 → there"]
-    )
-    lines = [f"Validation Top-{k} avg ({rows[0]['validation']}).", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
-    for r in rows:
-        h = r["history"]
-        cells = [f"{x[f'top{k}']:.3f}" for x in h] + [""] * (epochs + 1 - len(h))
-        s = r["selected"]
-        epoch_of = {x["step"]: i for i, x in enumerate(h)}
-        chosen = f"{s[f'top{k}']:.3f} (epoch {epoch_of.get(s['step'], '?')})"
-        learned = f"{s[f'top{k}'] - h[0][f'top{k}']:+.3f}"
-        gain = f"{s[f'gain{k}']:+.3f}"
+
+    def loss(h, s):
         l0, l1 = h[0].get("L_rank_validation"), s.get("L_rank_validation")
-        loss = f"{l0:.4f} → {l1:.4f}" if l0 is not None and l1 is not None else ""
-        lines.append(f"| {r['name']} | " + " | ".join(cells + [chosen, learned, gain, loss]) + " |")
-    return "\n".join(lines) + "\n"
+        return f"{l0:.4f} → {l1:.4f}" if l0 is not None and l1 is not None else ""
+
+    return stage3_selection.epochs_table(
+        rows, [("gain there", lambda h, s: f"{s[f'gain{k}']:+.3f}"), ("val. L_rank step 0 → there", loss)]
+    )

@@ -106,9 +106,10 @@ def run_selection(
     return rows
 
 
-def selection_table(rows: list[dict], attribute_names) -> str:
-    """Markdown: per candidate, validation Top-K at step 0, after each epoch, the selected state, what
-    learning added (selected − step 0) and λ there."""
+def epochs_table(rows: list[dict], extra_columns) -> str:
+    """Markdown of a validation sweep (stage 3's, AMNet's): per candidate, validation Top-K at step 0, after
+    each epoch, the selected state and what learning added (selected − step 0), then `extra_columns`:
+    [(heading, fn(history, selected) -> cell)]."""
     if not rows:
         return ""
     k = rows[0]["k"]
@@ -116,7 +117,8 @@ def selection_table(rows: list[dict], attribute_names) -> str:
     head = (
         ["candidate", "step 0"]
         + [f"epoch {e}" for e in range(1, epochs + 1)]
-        + ["selected", "learned", "λ (" + ", ".join(attribute_names) + ")"]
+        + ["selected", "learned"]
+        + [heading for heading, _ in extra_columns]
     )
     lines = [f"Validation Top-{k} avg ({rows[0]['validation']}).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
@@ -127,6 +129,15 @@ def selection_table(rows: list[dict], attribute_names) -> str:
         epoch_of = {x["step"]: i for i, x in enumerate(h)}
         chosen = f"{s[f'top{k}']:.3f} (epoch {epoch_of.get(s['step'], '?')})"
         learned = f"{s[f'top{k}'] - h[0][f'top{k}']:+.3f}"
-        lam = ", ".join(f"{v:.2f}" for v in s["lambda"].values())
-        lines.append(f"| {r['name']} | " + " | ".join(cells + [chosen, learned, lam]) + " |")
+        extra = [fn(h, s) for _, fn in extra_columns]
+        lines.append(f"| {r['name']} | " + " | ".join(cells + [chosen, learned, *extra]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def selection_table(rows: list[dict], attribute_names) -> str:
+    """`epochs_table` with λ at the selected state."""
+    lam = (
+        "λ (" + ", ".join(attribute_names) + ")",
+        lambda h, s: ", ".join(f"{v:.2f}" for v in s["lambda"].values()),
+    )
+    return epochs_table(rows, [lam])
