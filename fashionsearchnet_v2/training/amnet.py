@@ -29,6 +29,17 @@ from fashionsearchnet_v2.training.stage3 import (
     primed,
 )
 
+# The arrays of one AMNet batch, in the order the sampler yields them.
+BATCH_KEYS = (
+    "anchor",
+    "manipulation",
+    "target",
+    "positive",
+    "positive_labels",
+    "negative",
+    "negative_labels",
+)
+
 
 class AmnetTask(trainer.FixedFeatureTask):
     """Trains AMNet's memory, fusion and attribute layers: margin triplet + λ · attribute prediction."""
@@ -56,18 +67,7 @@ class AmnetTask(trainer.FixedFeatureTask):
             if self.am.memory_init == "prototypes"
             else None
         )
-        self.validation, self._val_triplets = None, None
-        self._no_validation = "no validation split (validation_fraction 0): the last step is kept"
-        if held.any():
-            searches = validation.ValidationSearches(
-                gap[held], labels[held], ids[held], self.num_values, self.names,
-                self.am.validation_query_share, (self._validation_k(ids[held]),), manipulation=self._signed,
-            )  # fmt: skip
-            self.validation = searches if len(searches) else None
-            self._no_validation = (
-                f"a validation split of {int(held.sum())} images has no search: the last step is kept"
-            )
-            self._val_triplets = self._fixed_triplets(gap[held], labels[held])
+        self.set_up_validation(gap, labels, ids, held, manipulation=self._signed)
         self.enumerator = (
             ManipulationEnumerator(self.labels, self.num_values) if self.am.sampling == "enumerate" else None
         )
@@ -146,15 +146,7 @@ class AmnetTask(trainer.FixedFeatureTask):
             tf.TensorSpec((b, f), tf.float32), tf.TensorSpec((b, a), tf.int32),
             tf.TensorSpec((b, f), tf.float32), tf.TensorSpec((b, a), tf.int32),
         )  # fmt: skip
-        keys = (
-            "anchor",
-            "manipulation",
-            "target",
-            "positive",
-            "positive_labels",
-            "negative",
-            "negative_labels",
-        )
+        keys = BATCH_KEYS
         ds = tf.data.Dataset.from_generator(
             primed(itertools.islice(self._batches(seed), skip_steps, None)), output_signature=spec
         )
@@ -249,15 +241,7 @@ class AmnetTask(trainer.FixedFeatureTask):
         out[f"validation/top{k}/avg"] = top["avg"]
         out[f"validation/gain{k}/avg"] = gain["avg"]
         if self._val_triplets is not None:
-            keys = (
-                "anchor",
-                "manipulation",
-                "target",
-                "positive",
-                "positive_labels",
-                "negative",
-                "negative_labels",
-            )
+            keys = BATCH_KEYS
             l_rank, l_attr = self.batch_losses(model, dict(zip(keys, self._val_triplets)), False)
             out["L_rank/validation"] = float(tf.reduce_mean(l_rank))
             out["L_attr/validation"] = float(tf.reduce_mean(l_attr))

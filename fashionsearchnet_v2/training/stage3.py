@@ -181,19 +181,7 @@ class Stage3Task(trainer.FixedFeatureTask):
         held = validation.carve(ids, self.s3.validation_fraction)
         self.fc10, self.labels, self.ids = fc10[~held], labels[~held], ids[~held]
         self.memory, _ = memory_block.build_memory_block(self.fc10, self.labels, self.num_values)
-        self.validation, self._val_triplets = None, None
-        self._no_validation = "no validation split (validation_fraction 0): the last step is kept"
-        if held.any():
-            searches = validation.ValidationSearches(
-                fc10[held], labels[held], ids[held], self.num_values, self.names,
-                self.s3.validation_query_share, (self._validation_k(ids[held]),),
-            )  # fmt: skip
-            # Too few validation images for a single search (tiny test sets): nothing to select on.
-            self.validation = searches if len(searches) else None
-            self._no_validation = (
-                f"a validation split of {int(held.sum())} images has no search: the last step is kept"
-            )
-            self._val_triplets = self._fixed_triplets(fc10[held], labels[held])
+        self.set_up_validation(fc10, labels, ids, held)
         self.enumerator = (
             ManipulationEnumerator(self.labels, self.num_values) if self.s3.sampling == "enumerate" else None
         )

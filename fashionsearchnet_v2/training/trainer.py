@@ -148,6 +148,24 @@ class FixedFeatureTask:
         val = self.validation.describe() if self.validation else self._no_validation
         return f"{what} = {self.steps_per_epoch()} steps of {self.s3.batch_size}; {self.s3.negatives} negatives; {val}"
 
+    def set_up_validation(self, features, labels, ids, held, manipulation=None) -> None:
+        """Decision 59's validation searches over the `held` training images (their `features`), or None
+        with the reason when there are none or too few for a single search (tiny test sets: nothing to
+        select on, the last step is kept); fixed validation triplets for TensorBoard."""
+        self.validation, self._val_triplets = None, None
+        self._no_validation = "no validation split (validation_fraction 0): the last step is kept"
+        if not held.any():
+            return
+        searches = validation.ValidationSearches(
+            features[held], labels[held], ids[held], self.num_values, self.names,
+            self.s3.validation_query_share, (self._validation_k(ids[held]),), manipulation=manipulation,
+        )  # fmt: skip
+        self.validation = searches if len(searches) else None
+        self._no_validation = (
+            f"a validation split of {int(held.sum())} images has no search: the last step is kept"
+        )
+        self._val_triplets = self._fixed_triplets(features[held], labels[held])
+
     def _validation_k(self, held_ids) -> int:
         """Config's validation_k, or Top-20's share of the test gallery applied to the validation gallery
         (decision 59: the same K for stage 3 and AMNet)."""
