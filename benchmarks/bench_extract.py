@@ -1,7 +1,7 @@
 """Feature extraction through the exported `embed` signature against the bare backbone's inference.
 
 Issue 11: extracting features through `embed` (preprocessing, backbone, AAMs, boxes, ROI pooling, every
-attribute branch, the global representation) should run at >= 0.85x the images/s of the bare backbone's
+attribute branch, the global representation) should run at >= 0.9x (issue 26; issue 11 asked 0.85x) the images/s of the bare backbone's
 inference on the same batches; and how long 10,000 images take (the paper, §4.7: about 60 s on a
 Titan X GPU).
 
@@ -36,7 +36,7 @@ import time
 
 import fashionsearchnet_v2  # noqa: F401  (oneDNN on before TensorFlow loads)
 
-GOAL = 0.85
+GOAL = 0.9  # issue 26 (issue 11: 0.85)
 BF16_GOAL = 1.3  # issue 16: bfloat16 embed vs float32 embed
 SYNTHETIC_VALUES = (8, 4, 4, 3, 4, 4)
 DARN_VALUES = (20, 13, 55, 7, 28, 11, 26, 8, 17)
@@ -172,8 +172,27 @@ def measure(size: int, args, root: str) -> dict:
             rows[name](b[:take] if take < n else b)
             done += take
         seconds[name] = time.perf_counter() - start
-    return {"size": size, **rate, "ratio": rate["embed"] / rate["backbone"],
+    profiles = {}
+    if args.profile_dir:  # where embed's time goes beyond the backbone's (issue 26)
+        import trace_ops
+
+        for name in ("embed", "backbone"):
+            logdir = os.path.join(args.profile_dir, f"{name}-{size}px")
+            run, it = rows[name], iter(batches * args.profile_batches)
+            trace_ops.trace(lambda run=run, it=it: run(next(it)), args.profile_batches, logdir)
+            profiles[name] = trace_ops.summarize(logdir, args.profile_batches, top=15)
+    return {"size": size, **rate, "ratio": rate["embed"] / rate["backbone"], "profiles": profiles,
             "bf16_ratio": rate["embed_bf16"] / rate["embed"], "count": args.count, "seconds": seconds}  # fmt: skip
+
+
+def trace_ops_format(title: str, summary: dict) -> str:
+    import trace_ops
+
+    return (
+        trace_ops.format_summary(title, summary)
+        .replace("ms per step", "ms per batch")
+        .replace("ms/step", "ms/batch")
+    )
 
 
 def main():
@@ -185,6 +204,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=12, help="timed batches per row (rows in turn)")
     parser.add_argument("--distinct", type=int, default=256, help="distinct images drawn (then cycled)")
     parser.add_argument("--count", type=int, default=10_000, help="images embedded end to end")
+    parser.add_argument("--profile_dir", default="", help="also trace embed and the backbone (trace_ops.py)")
+    parser.add_argument("--profile_batches", type=int, default=4)
     args = parser.parse_args()
     import tensorflow as tf
 
@@ -199,6 +220,8 @@ def main():
                   f"{r['backbone']:.1f} images/s, ratio {r['ratio']:.2f}x, bfloat16 / float32 {r['bf16_ratio']:.2f}x; "
                   f"{r['count']:,} images through embed in {r['seconds']['embed']:.1f} s "
                   f"(bfloat16 {r['seconds']['embed_bf16']:.1f} s)", flush=True)  # fmt: skip
+            for name, summary in r["profiles"].items():
+                print(trace_ops_format(f"\n{name}, {size} px, per batch of {args.batch_size}", summary))
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}\n")
     print("| input | embed images/s | bare backbone images/s | embed / backbone | goal | embed bfloat16 images/s | "
           f"bfloat16 / float32 | goal | {args.count:,} images through embed, float32 / bfloat16 |")  # fmt: skip

@@ -95,6 +95,25 @@ def parse_args(argv=None):
         default=0.01,
         help="the paper's 0.01; random weights on random data may diverge at it (reported, not fatal)",
     )
+    p.add_argument(
+        "--optimizer",
+        choices=("sgd", "adam"),
+        default="sgd",
+        help="stages' optimiser: the paper's SGD (momentum 0) or the embedded default's Adam",
+    )
+    p.add_argument(
+        "--fused_update",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="the optimiser's update as one fused kernel per variable (yes) or Keras' ops (no); auto: TrainConfig's default",
+    )
+    p.add_argument(
+        "--profile_dir",
+        default="",
+        help="also trace --profile_steps steps of every row with the TensorFlow profiler into this directory "
+        "and print the top ops (benchmarks/trace_ops.py)",
+    )
+    p.add_argument("--profile_steps", type=int, default=5)
     p.add_argument("--input", choices=("memory", "pipeline"), default="memory")
     p.add_argument(
         "--rows",
@@ -260,8 +279,14 @@ def run_row(args, row: str, input_kind: str, precision: str = "float32") -> dict
         feature_fusion=row == "stage2_ff",
     )
     # Momentum 0.9 and λ_C, λ_T, λ_TC = 1, 1.5, 1 as in training; lr 0.01 (§4.1) unless --learning_rate.
+    fused = {} if args.fused_update == "auto" else {"fused_update": args.fused_update == "yes"}
     train_cfg = configs.TrainConfig(
-        batch_size=b, seed=args.seed, learning_rate=args.learning_rate, precision=precision
+        batch_size=b,
+        seed=args.seed,
+        learning_rate=args.learning_rate,
+        precision=precision,
+        optimizer=args.optimizer,
+        **fused,
     )
     config = configs.ExperimentConfig(dataset=info.name, model=model_cfg, train=train_cfg)
     strategy = tf.distribute.get_strategy()
@@ -328,6 +353,17 @@ def run_row(args, row: str, input_kind: str, precision: str = "float32") -> dict
         model_config=dataclasses.asdict(model_cfg),
     )
     result["peak_rss_gib"] = _peak_rss_gib()
+    if args.profile_dir:
+        import trace_ops
+
+        def one_step():
+            out, finite = distributed_step(next_batch())
+            out["loss"].numpy()
+            bool(finite)
+
+        logdir = os.path.join(args.profile_dir, f"{row}-{input_kind}-{precision}-{s}px")
+        trace_ops.trace(one_step, args.profile_steps, logdir)
+        result["profile"] = trace_ops.summarize(logdir, args.profile_steps)
     return result
 
 
@@ -347,6 +383,10 @@ def child_command(args, row: str, input_kind: str, data_dir: str, precision: str
         f"--box_backend={args.box_backend}",
         f"--input={input_kind}",
         f"--learning_rate={args.learning_rate}",
+        f"--optimizer={args.optimizer}",
+        f"--fused_update={args.fused_update}",
+        f"--profile_dir={args.profile_dir}",
+        f"--profile_steps={args.profile_steps}",
         f"--intra_op_threads={args.intra_op_threads}",
         f"--inter_op_threads={args.inter_op_threads}",
         f"--shuffle_buffer={args.shuffle_buffer}",
@@ -537,6 +577,15 @@ def main(argv=None) -> int:
         print("trainable parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()))
     print()
     print(format_table(args, results))
+    if args.profile_dir:
+        import trace_ops
+
+        for r in ok:
+            if "profile" in r:
+                title = (
+                    f"\n{row_label(r['row'], args)} ({r['input']}, {r['precision']}, {args.image_size} px)"
+                )
+                print(trace_ops.format_summary(title, r["profile"]))
     for (row, kind), up in speedups(results).items():
         goal = ""
         if row == "stage2" and (args.image_size, args.batch_size) == (227, 32):

@@ -103,6 +103,18 @@ WARMUP_STEPS = flags.DEFINE_integer(
     "Steps over which the learning rate of stages 1 and 2 ramps up linearly (default 100 on real data, "
     "0 on the embedded default; 0 = the paper: lr 0.01 from the first step). WORKSPACE.md decision 64.",
 )
+FUSED_UPDATE = flags.DEFINE_bool(
+    "fused_update",
+    None,
+    "Stages 1 and 2 update each weight with one fused kernel (default; Keras' arithmetic up to float32 "
+    "rounding, faster); --nofused_update: Keras' optimiser ops. WORKSPACE.md decision P1.",
+)
+CACHE_DECODED_MIB = flags.DEFINE_integer(
+    "cache_decoded_mib",
+    None,
+    "Stages 1 and 2 decode the training split once and hold it in memory when its pixels fit in this many "
+    "MiB and share one size (default 1024; the same batches as decoding every epoch); 0: decode as read.",
+)
 CLASSIFIER_INIT = flags.DEFINE_enum(
     "classifier_init",
     None,
@@ -434,6 +446,8 @@ FLAG_FIELDS = (
     (OPTIMIZER, (("train", "optimizer"),)),
     (MOMENTUM, (("train", "momentum"),)),
     (WARMUP_STEPS, (("train", "warmup_steps"),)),
+    (FUSED_UPDATE, (("train", "fused_update"),)),
+    (CACHE_DECODED_MIB, (("train", "cache_decoded_mib"),)),
     (CLASSIFIER_INIT, (("train", "classifier_init"),)),
     (LAMBDA_C, (("train", "lambda_c"),)),
     (LAMBDA_T, (("train", "lambda_t"),)),
@@ -449,6 +463,7 @@ FLAG_FIELDS = (
 # Flags whose negative values mean nothing, with what 0 means.
 NON_NEGATIVE = {
     WARMUP_STEPS.name: "0: no warm-up, the paper",
+    CACHE_DECODED_MIB.name: "0 switches the cache off",
     LOSS_UPPER_BOUND.name: "0 switches the check off",
     LOSS_GROWTH_LIMIT.name: "0 switches the check off",
 }

@@ -86,6 +86,12 @@ class TrainConfig:
     learning_rate: float = 0.01  # §4.1
     momentum: float = 0.0  # §4.1 says plain "stochastic gradient descent"; 0.9 (Caffe's) is 10x the step
     lr_schedule: str = "constant"  # §4.1 gives one rate; "cosine" decays it to 0 over the stage
+    # Not the paper's arithmetic changed, its speed: each variable's optimiser update as one fused kernel
+    # (training/optimizers.py; equal to Keras' ops up to float32 rounding). False: Keras' ops. Issue 26.
+    fused_update: bool = True
+    # Training reads the split decoded once, held in memory as uint8, when its pixels fit in this many MiB
+    # and its images share one size (data/pipeline.py; the same batches as decoding each epoch). 0: off.
+    cache_decoded_mib: int = 1024
     # Not in the paper: the rate ramps up linearly over each stage's first `warmup_steps` steps (stages 1
     # and 2; 0 = none, the paper), because at lr 0.01 the first steps overshoot (decision 64).
     warmup_steps: int = 100

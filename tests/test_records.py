@@ -149,3 +149,42 @@ def test_figure_images_are_the_extracted_rows_records_when_a_split_has_several_s
     assert [int(round(img[..., 0].mean())) for img in images] == [int(i) for i in wanted]
     with pytest.raises(ValueError, match="no record with id"):
         evaluation.read_images(info, "gallery", ["nope"], 8)
+
+
+def _stream(info, decoded, skip, steps, seed):
+    ds = pipeline.make_dataset(info, "train", 8, 4, training=True, seed=seed, shuffle_buffer=5, skip=skip,
+                               decoded=decoded)  # fmt: skip
+    return [{k: v.numpy() for k, v in b.items()} for b, _ in zip(ds, range(steps))]
+
+
+@pytest.mark.parametrize("seed,skip", [(0, 0), (3, 7)])
+def test_training_from_the_split_decoded_once_gives_the_same_batches(tmp_path, seed, skip):
+    """Issue 26: several shards, shuffled files, a shuffle buffer smaller than the split, three epochs,
+    and a resume's skip: element for element the same ids, labels and pixels as decoding the files."""
+    info = convert.write_dataset(_images(tmp_path, 30), ATTRS, output_dir=str(tmp_path / "o"), name="t",
+                                 source="f", num_query=2, num_gallery=5, progress=False, per_shard=4)  # fmt: skip
+    assert len(info.shard_paths("train")) >= 4
+    decoded = pipeline.decode_split(info, "train", max_bytes=10**6)
+    assert decoded is not None and len(decoded) == info.splits["train"]
+    files = _stream(info, None, skip, 20, seed)  # 20 x 4 = 80 images: more than 3 epochs of 23
+    cached = _stream(info, decoded, skip, 20, seed)
+    assert [b["id"].tolist() for b in files] == [b["id"].tolist() for b in cached]
+    for a, b in zip(files, cached):
+        np.testing.assert_array_equal(a["labels"], b["labels"])
+        np.testing.assert_array_equal(a["image"], b["image"])
+    assert len({i for b in files for i in b["id"].tolist()}) == info.splits["train"]  # every image, 3 epochs
+
+
+def test_a_split_too_large_or_of_mixed_sizes_is_not_held(tmp_path):
+    info = convert.write_dataset(_images(tmp_path, 30), ATTRS, output_dir=str(tmp_path / "o"), name="t",
+                                 source="f", num_query=2, num_gallery=5, progress=False, per_shard=4)  # fmt: skip
+    pixels = info.splits["train"] * 10 * 12 * 3
+    assert pipeline.decode_split(info, "train", max_bytes=pixels) is not None
+    assert pipeline.decode_split(info, "train", max_bytes=pixels - 1) is None
+    (tmp_path / "mixed").mkdir()
+    examples = _images(tmp_path / "mixed", 30)
+    for i in range(0, 30, 2):  # every other image one row taller: the training split holds both sizes
+        cv2.imwrite(examples[i].path, np.zeros((11, 12, 3), np.uint8))
+    mixed = convert.write_dataset(examples, ATTRS, output_dir=str(tmp_path / "m"), name="t", source="f",
+                                  num_query=2, num_gallery=5, progress=False, per_shard=4)  # fmt: skip
+    assert pipeline.decode_split(mixed, "train", max_bytes=10**6) is None

@@ -226,3 +226,17 @@ def test_zero_initialised_classifiers_start_at_chance(info, tmp_path, init):
         assert "w_a start at zero" in log.getvalue()
     else:
         assert abs(first - chance) > 0.05
+
+
+def test_periodic_checkpoints_skip_the_ones_an_epoch_end_is_about_to_write():
+    """Issue 26: a save every 200 steps and one at each epoch's end wrote the main job's stage 2 twice
+    within 3 steps (200 and 203); the periodic save now yields to an epoch end less than 100 steps on."""
+
+    def saved(total, per_epoch, every):
+        t = trainer.Trainer(None, "unused", None, total_steps=total, steps_per_epoch=per_epoch, batch_size=1,
+                            log_every=10**6, checkpoint_every=every)  # fmt: skip
+        return [d for d in range(1, total + 1) if d % per_epoch == 0 or d == total or t._periodic_save(d)]
+
+    assert saved(812, 203, 200) == [203, 406, 609, 812]  # the embedded default: 4 saves, not 8
+    assert saved(1668, 834, 200) == [200, 400, 600, 834, 1000, 1200, 1400, 1668]  # CelebA at 128 px
+    assert saved(12, 9, 3) == [3, 6, 9, 12]  # small intervals keep every periodic save

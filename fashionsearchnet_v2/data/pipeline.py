@@ -2,6 +2,12 @@
 
 Records are shuffled while still encoded (a few KB each), decoded in parallel, and prefetched so
 the input stays ahead of the training step on 2 cores.
+
+Training can instead read a split decoded once (`DecodedSplit`, issue 26): every record's pixels held in
+memory as uint8, and a stream of record indices built exactly like the stream of records (the same
+file shuffle, interleave, shuffle buffer, repeat and skip, whose randomness depends only on the seeds and
+the counts), so each step gets the same images in the same order as from the files, preprocessed by the
+same function; the decoding the training would repeat every epoch is done once.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ def make_dataset(
     drop_remainder: bool | None = None,
     mean_bgr=records.IMAGENET_MEAN_BGR,
     skip: int = 0,
+    decoded: DecodedSplit | None = None,
 ) -> tf.data.Dataset:
     """Batches of {"image": float32 [B, S, S, 3], "labels": int32 [B, A], "id": string [B]
     (, "boxes": [B, A, 4])}. Training data is shuffled and repeated forever; evaluation data is read
@@ -36,7 +43,15 @@ def make_dataset(
 
     `skip` (training): leave out the stream's first `skip` examples, still encoded (read and shuffled,
     never decoded): a run resumed at step s with skip = s x batch size sees the batches an uninterrupted
-    run would have seen from step s on."""
+    run would have seen from step s on.
+
+    `decoded` (training only): `split` decoded once (`decode_split`); the batches are the same, element
+    for element, as without it."""
+    if decoded is not None:
+        if not training or take is not None or with_boxes:
+            raise ValueError("a DecodedSplit feeds training streams only (no take, no boxes)")
+        return _decoded_stream(decoded, image_size, batch_size, seed, shuffle_buffer, skip, mean_bgr,
+                               drop_remainder)  # fmt: skip
     files = info.shard_paths(split)
     num_attributes = info.num_attributes
     with_boxes = with_boxes and info.has_boxes
@@ -62,6 +77,98 @@ def make_dataset(
         deterministic=True,
     )
     ds = ds.batch(batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class DecodedSplit:
+    """A split's records decoded once: uint8 pixels [N, H, W, 3] in a (non-trainable, CPU) variable that
+    the input stream gathers from, labels [N, A], ids [N], and each file's range of record indices."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, ids: np.ndarray, counts: Sequence[int]):
+        with tf.device("/CPU:0"):
+            self.images = tf.Variable(images, trainable=False, name="decoded_images")
+        self.labels = tf.constant(labels, tf.int32)
+        self.ids = tf.constant(ids)
+        ends = np.cumsum(np.asarray(counts, np.int64))
+        self.starts, self.ends = ends - np.asarray(counts, np.int64), ends
+        self.nbytes = int(images.nbytes)
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+
+def decode_split(info: schema.DatasetInfo, split: str, max_bytes: int) -> DecodedSplit | None:
+    """`split`'s records decoded in file order, or None when its pixels would take more than `max_bytes`
+    or its images differ in size (the stream then decodes as it reads). The first image's size and the
+    split's count bound the memory before anything else is decoded."""
+    files = info.shard_paths(split)
+    count = info.splits.get(split, 0)
+    if not files or not count or max_bytes <= 0:
+        return None
+    first = next(iter(tf.data.TFRecordDataset(files[:1]).take(1)), None)
+    if first is None:
+        return None
+    shape = records.decode_image(records.parse_example(first, info.num_attributes)["encoded"]).shape
+    if count * int(np.prod(shape)) > max_bytes:
+        return None
+
+    def parse(serialized):
+        ex = records.parse_example(serialized, info.num_attributes)
+        return records.decode_image(ex["encoded"]), ex["labels"], ex["id"]
+
+    images = np.empty((count, *shape), np.uint8)
+    labels = np.empty((count, info.num_attributes), np.int32)
+    ids, counts, n = [], [], 0
+    for path in files:
+        start = n
+        ds = tf.data.TFRecordDataset(path).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        for image, label, image_id in ds.as_numpy_iterator():
+            if image.shape != shape or n >= count:
+                return None  # another size, or more records than dataset.json says: stream instead
+            images[n], labels[n] = image, label
+            ids.append(image_id)
+            n += 1
+        counts.append(n - start)
+    if n != count:
+        return None
+    return DecodedSplit(images, labels, np.asarray(ids), counts)
+
+
+_DECODED: dict = {}
+
+
+def decoded_split_cached(info: schema.DatasetInfo, split: str, max_bytes: int) -> DecodedSplit | None:
+    """`decode_split`, kept for the process (the main job's stages 1 and 2 decode the split once)."""
+    key = (info.data_dir, info.fingerprint, split, max_bytes)
+    if key not in _DECODED:
+        _DECODED.clear()  # one split held at a time
+        _DECODED[key] = decode_split(info, split, max_bytes)
+    return _DECODED[key]
+
+
+def _decoded_stream(decoded, image_size, batch_size, seed, shuffle_buffer, skip, mean_bgr, drop_remainder):
+    """make_dataset's training stream over `decoded`: indices in the records' order, then the pixels."""
+    ranges = tf.data.Dataset.from_tensor_slices((decoded.starts, decoded.ends))
+    ranges = ranges.shuffle(len(decoded.starts), seed=seed)
+    index = ranges.interleave(
+        lambda start, end: tf.data.Dataset.range(start, end),
+        cycle_length=min(4, len(decoded.starts)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    index = index.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    if skip:
+        index = index.skip(skip)
+    images, labels, ids = decoded.images, decoded.labels, decoded.ids
+
+    def element(i):
+        return {
+            "id": tf.gather(ids, i),
+            "labels": tf.gather(labels, i),
+            "image": records.preprocess_image(tf.gather(images, i), image_size, mean_bgr),
+        }
+
+    ds = index.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=True if drop_remainder is None else drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

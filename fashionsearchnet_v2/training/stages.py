@@ -74,8 +74,9 @@ class _ClassificationTask:
     def build_optimizer(self, total_steps: int):
         t = self.config.train
         return trainer.make_optimizer(
-            t.optimizer, t.learning_rate, t.momentum, t.lr_schedule, total_steps, t.warmup_steps
-        )
+            t.optimizer, t.learning_rate, t.momentum, t.lr_schedule, total_steps, t.warmup_steps,
+            fused=t.fused_update,
+        )  # fmt: skip
 
     def trainable_variables(self, model):
         return model.trainable_variables
@@ -93,6 +94,17 @@ class _ClassificationTask:
         per_step = (
             t.batch_size // workers if policy == tf.data.experimental.AutoShardPolicy.FILE else t.batch_size
         )
+        # One worker: the split decoded once, when it fits (issue 26; the same batches either way).
+        decoded = (
+            pipeline.decoded_split_cached(self.info, "train", t.cache_decoded_mib * 2**20)
+            if workers == 1 and t.cache_decoded_mib > 0
+            else None
+        )
+        if decoded is not None:
+            self.input_note = (
+                f"training split decoded once: {len(decoded)} images, {decoded.nbytes / 2**20:.0f} MiB "
+                "in memory (--cache_decoded_mib=0: decode as read)"
+            )
         ds = pipeline.make_dataset(
             self.info,
             "train",
@@ -102,6 +114,7 @@ class _ClassificationTask:
             seed=seed,
             shuffle_buffer=t.shuffle_buffer,
             skip=skip_steps * per_step,
+            decoded=decoded,
         )
         if workers > 1:  # every worker builds the same pipeline; tf.distribute gives each its part
             options = tf.data.Options()

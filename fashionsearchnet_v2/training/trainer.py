@@ -26,7 +26,7 @@ import tensorflow as tf
 from fashionsearchnet_v2.data import integrity
 from fashionsearchnet_v2.retrieval import validation
 from fashionsearchnet_v2.trained import checkpoints
-from fashionsearchnet_v2.training import distribute, guard
+from fashionsearchnet_v2.training import distribute, guard, optimizers
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -70,11 +70,18 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def make_optimizer(
-    name: str, learning_rate: float, momentum: float, schedule: str, total_steps: int, warmup_steps: int = 0
+    name: str,
+    learning_rate: float,
+    momentum: float,
+    schedule: str,
+    total_steps: int,
+    warmup_steps: int = 0,
+    fused: bool = True,
 ):
     """The stages' optimiser: SGD (§4.1; `momentum` 0 is plain SGD) or Adam (Keras' defaults; `momentum`
     unused), at a constant rate or decayed to 0 by a cosine over the stage, after a linear warm-up of
-    `warmup_steps` (0: none, the paper)."""
+    `warmup_steps` (0: none, the paper). `fused`: each variable's update as one kernel (the same
+    arithmetic, `training/optimizers.py`); False: Keras' optimisers as they are."""
     if schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, total_steps))
     elif schedule != "constant":
@@ -82,9 +89,11 @@ def make_optimizer(
     if warmup_steps:
         learning_rate = LinearWarmup(learning_rate, warmup_steps)
     if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
+        sgd = optimizers.FusedSGD if fused else keras.optimizers.SGD
+        return sgd(learning_rate=learning_rate, momentum=momentum)
     if name == "adam":
-        return keras.optimizers.Adam(learning_rate=learning_rate)
+        adam = optimizers.FusedAdam if fused else keras.optimizers.Adam
+        return adam(learning_rate=learning_rate)
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
 
 
@@ -123,7 +132,10 @@ class FixedFeatureTask:
 
     def build_optimizer(self, total_steps: int):
         s3 = self.s3
-        return make_optimizer(s3.optimizer, s3.learning_rate, s3.momentum, s3.lr_schedule, total_steps)
+        # Keras' own update: these models are small, a fused kernel would save nothing (issue 26).
+        return make_optimizer(
+            s3.optimizer, s3.learning_rate, s3.momentum, s3.lr_schedule, total_steps, fused=False
+        )
 
     def trainable_variables(self, model):
         return model.trainable_variables
@@ -301,6 +313,8 @@ class Trainer:
         # not decoded): with the restored weights, optimizer and random state it repeats the run that never
         # stopped (tests/test_training.py).
         dataset = self.task.build_inputs(self.seed, skip_steps=start)
+        if getattr(self.task, "input_note", ""):
+            self.log(f"[{self.task.name}] {self.task.input_note}")
         iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
 
         distributed_step = step_function(self.task, self.strategy, model, optimizer, step)
@@ -338,7 +352,7 @@ class Trainer:
                     f"epoch {epoch:.2f} {shown} | {ips:.1f} img/s | ETA {format_seconds(eta)}"
                 )
                 sums, window_start, window_images = {}, time.time(), 0
-            if done % self.checkpoint_every == 0 or end_of_epoch:
+            if end_of_epoch or self._periodic_save(done):
                 manager.save(checkpoint_number=done)
             if end_of_epoch and tb_dir:  # held-out accuracy and pictures: the chief's
                 self._epoch_end(model, writer, done)
@@ -347,6 +361,16 @@ class Trainer:
             f"[{self.task.name}] done: {self.total_steps - start} steps in {format_seconds(time.time() - t0)}"
         )
         return model
+
+    def _periodic_save(self, done: int) -> bool:
+        """Every `checkpoint_every` steps, except when the epoch's end (which saves anyway) is less than
+        half that away: a stage-2 checkpoint is 0.3 GB, and saving at step 200 and again at the epoch's end
+        at 203 cost the main job seconds for nothing (issue 26). A resume loses at most 1.5x
+        `checkpoint_every` steps."""
+        if done % self.checkpoint_every:
+            return False
+        epoch_end = min((done // self.steps_per_epoch + 1) * self.steps_per_epoch, self.total_steps)
+        return not 0 < epoch_end - done < self.checkpoint_every / 2
 
     def _epoch_end(self, model, writer, done):
         heldout = self.task.evaluate(model, step=done)
