@@ -20,6 +20,9 @@ Configurations:
 * million (exact): the same vectors, exact search (`--exact_million`, on by default).
 * gallery with `--max_batch=1` (`--unbatched`, on by default): every search computed on its own, to show
   what batching concurrent searches (`service.Batcher`) brings.
+* gallery with `--precision=float32` (`--float32_baseline`, on by default): the service calling the
+  export's float32 `embed` instead of what `--precision=auto` picks (`embed_bfloat16` on a CPU with native
+  bfloat16; issue 26), the baseline of the same run.
 
 The client threads share the 2 cores with the server; reported figures are therefore what one machine
 does while also generating its load (conservative).
@@ -69,7 +72,10 @@ def prepare_gallery(root: str):
     layer.memory_block.assign(
         np.random.default_rng(0).normal(size=(sum(vocab.num_values), d)).astype(np.float32)
     )
-    export_dir = export.save(export.ServingModule(net, layer, vocab, 128), vocab, os.path.join(root, "export", "1"),
+    # As experiments.export writes it: `embed` in float32 and `embed_bfloat16` beside it (issue 26).
+    fast, _ = export.exportable_network(net, model_cfg, vocab, "bfloat16", stored_bfloat16=True)
+    module = export.ServingModule(net, layer, vocab, 128, model_bfloat16=fast)
+    export_dir = export.save(module, vocab, os.path.join(root, "export", "1"),
                              metadata={"variant": "full", "dataset": "synthetic", "note": "random weights"})  # fmt: skip
     model = export.ExportedModel(export_dir)
     index = indexing.index_split(model, info, "gallery", progress=False)
@@ -199,6 +205,9 @@ def main():
     parser.add_argument("--million", type=int, default=1_000_000, help="vectors of the large index (0: skip)")
     parser.add_argument("--exact_million", type=int, default=1, help="also serve the large index exactly")
     parser.add_argument("--unbatched", type=int, default=1, help="also serve the gallery with --max_batch=1")
+    parser.add_argument(
+        "--float32_baseline", type=int, default=1, help="also serve the gallery with --precision=float32"
+    )
     args = parser.parse_args()
     import numpy as np
 
@@ -231,6 +240,9 @@ def main():
                        for i in range(64)]  # fmt: skip
         upload_bodies = [multipart({"set": change(i), "top_k": 20}, uploads[i % 16]) for i in range(64)]
         configs = [("gallery, 3,000, exact", gallery, (), [("item", item_bodies), ("upload", upload_bodies)])]
+        if args.float32_baseline:  # the same service calling the float32 `embed` (issue 26's baseline)
+            configs.append(("gallery, 3,000, exact, --precision=float32", gallery, ("--precision=float32",),
+                            [("item", item_bodies), ("upload", upload_bodies)]))  # fmt: skip
         if args.unbatched:
             configs.append(("gallery, 3,000, exact, --max_batch=1", gallery, ("--max_batch=1",),
                             [("upload", upload_bodies)]))  # fmt: skip
@@ -254,7 +266,8 @@ def main():
         for name, index_path, extra, kinds in configs:
             start = time.perf_counter()
             server = Server(export_dir, index_path, os.path.join(root, "serve.log"), extra)
-            print(f"[{name}] server up in {time.perf_counter() - start:.0f} s", flush=True)
+            print(f"[{name}] server up in {time.perf_counter() - start:.0f} s, {server.health.get('embed')}",
+                  flush=True)  # fmt: skip
             try:
                 for kind, bodies in kinds:
                     for c in clients:

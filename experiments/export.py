@@ -2,6 +2,7 @@
 
     python -m experiments.export --dataset=synthetic --export_dir=exports/synthetic/1 [--variant=full]
         [--workdir=work/synthetic] [--data_dir=data/synthetic] [--overwrite] [--precision=bfloat16]
+        [--noembed_bfloat16]
 
 The dataset flags only locate the vocabulary (and, for variants without stage 3, the train split whose
 means fill the memory block); without them, the dataset the stages were trained on (their config.json)
@@ -20,6 +21,13 @@ from fashionsearchnet_v2.trained import checkpoints
 EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Directory to write the SavedModel into.")
 VARIANT = flags.DEFINE_enum("variant", "full", export.exportable_variants(), "Table 1 row to export.")
 OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing export directory.")
+EMBED_BFLOAT16 = flags.DEFINE_bool(
+    "embed_bfloat16",
+    True,
+    "A float32 export also gets `embed_bfloat16`: the same network with its weights stored in bfloat16, "
+    "which experiments.serve calls where the CPU multiplies bfloat16 natively (--precision=auto there); "
+    "`embed` is unchanged. WORKSPACE.md P4.",
+)
 flags.mark_flag_as_required("export_dir")
 # An export is served on machines unknown here (TensorFlow Serving, another CPU): float32 unless asked
 # (WORKSPACE.md decision 63); --precision=auto picks by this machine, bfloat16 asks for it.
@@ -45,7 +53,10 @@ def main(argv):
     except checkpoints.RestoreError as e:
         common.fail(str(e))
     vocabulary = export.Vocabulary.from_info(info)
-    module = export.ServingModule(net, layer, vocabulary, model_cfg.image_size)
+    fast = None
+    if EMBED_BFLOAT16.value and choice.precision == "float32":
+        fast, _ = export.exportable_network(net, model_cfg, vocabulary, "bfloat16", stored_bfloat16=True)
+    module = export.ServingModule(net, layer, vocabulary, model_cfg.image_size, model_bfloat16=fast)
     metadata["data_dir"] = os.path.abspath(dirs.data_dir)
     try:
         out = export.save(module, vocabulary, EXPORT_DIR.value, OVERWRITE.value, metadata)
@@ -54,6 +65,8 @@ def main(argv):
     a, d, r = len(vocabulary.names), layer.dim, layer.output_dim
     print(f"wrote {out}: variant {VARIANT.value}, {model_cfg.image_size} px, A={a} D={d} r={r}, {choice}")
     print(f"  embed(images uint8 [N,H,W,3]) -> {', '.join(export.EMBED_OUTPUTS)}")
+    if fast is not None:
+        print(f"  {export.BFLOAT16_EMBED}(images) -> the same outputs, weights stored in bfloat16")
     print("  manipulate(attribute_representations, attributes, values) -> global_representation")
     print(f"  inspect: saved_model_cli show --all --dir {out}")
 

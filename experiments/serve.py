@@ -3,7 +3,7 @@
     pip install -e .[web]
     python -m experiments.serve --export_dir=exports/synthetic/1 --index=indexes/gallery.npz \\
         [--host=127.0.0.1 --port=8000] [--model_url=http://tf-serving:8501/v1/models/fsn] \\
-        [--data_dir=DIR] [--max_upload_bytes=10485760] [--backend=exact|faiss]
+        [--data_dir=DIR] [--max_upload_bytes=10485760] [--backend=exact|faiss] [--precision=auto]
 
 The model is the export loaded in this process, or, with --model_url, a TensorFlow Serving deployment
 of that export called over its REST API (the export directory then only provides the vocabulary and
@@ -60,7 +60,7 @@ def build_searcher() -> service.Searcher:
         if MODEL_URL.value:
             model = remote.RemoteModel(MODEL_URL.value, EXPORT_DIR.value, timeout=MODEL_TIMEOUT.value)
         else:
-            model = export.ExportedModel(EXPORT_DIR.value)
+            model = export.ExportedModel(EXPORT_DIR.value, precision=common.precision_flag())
         images = items.ItemImages(index, common.DATA_DIR.value)
         return service.Searcher(
             model, index, images, BACKEND.value, NPROBE.value, EF_SEARCH.value, MAX_TOP_K.value
@@ -79,8 +79,8 @@ def main(argv):
     searcher = build_searcher()
     web = service.create_app(searcher, MAX_UPLOAD_BYTES.value, MAX_PIXELS.value)
     health = searcher.health()
-    print(f"serving {health['items']} items ({health['backend']} search, model {health['model']}) "
-          f"on http://{HOST.value}:{PORT.value}/", file=sys.stderr, flush=True)  # fmt: skip
+    print(f"serving {health['items']} items ({health['backend']} search, model {health['model']}, "
+          f"{health['embed']}) on http://{HOST.value}:{PORT.value}/", file=sys.stderr, flush=True)  # fmt: skip
     uvicorn.run(web, host=HOST.value, port=PORT.value, log_level=LOG_LEVEL.value)
 
 

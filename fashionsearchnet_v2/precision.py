@@ -116,11 +116,15 @@ def resolve(
     return Choice(precision, f"as asked; {device}")
 
 
-def layer_policy(precision: str):
+def layer_policy(precision: str, stored: bool = False):
     """The Keras dtype policy of the layers that follow the run's precision: "mixed_bfloat16" (bfloat16
-    compute, float32 variables) or "float32". `precision` is resolved ("float32" or "bfloat16")."""
+    compute, float32 variables) or "float32". `precision` is resolved ("float32" or "bfloat16").
+    `stored`: the variables too in bfloat16 ("bfloat16"; inference only: the export's `embed_bfloat16`,
+    which then reads half the bytes and casts nothing per call)."""
     import keras
 
     if precision not in ("float32", "bfloat16"):
         raise ValueError(f"layer_policy needs a resolved precision (float32 or bfloat16), got {precision!r}")
-    return keras.DTypePolicy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    if precision == "bfloat16":
+        return keras.DTypePolicy("bfloat16" if stored else "mixed_bfloat16")
+    return keras.DTypePolicy("float32")

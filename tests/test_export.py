@@ -230,3 +230,43 @@ def test_embed_checks_its_input(exported):
     client = export.ExportedModel(out_dir)
     with pytest.raises(export.ExportError, match=r"image 1 has shape \(40, 40\): embed takes RGB images"):
         client.embed([np.zeros((40, 40, 3), np.uint8), np.zeros((40, 40), np.uint8)])
+
+
+def test_embed_bfloat16_beside_an_unchanged_embed_and_chosen_by_the_rule(exported, tmp_path, monkeypatch):
+    """Issue 26: a float32 export may carry `embed_bfloat16` (the network with its weights stored in
+    bfloat16); `embed` gives exactly what it gave without it, and ExportedModel picks by `precision`."""
+    from fashionsearchnet_v2 import precision
+
+    _, module, layer, plain_dir = exported
+    fast, _ = export.exportable_network(module.model, TINY, VOCAB, "bfloat16", stored_bfloat16=True)
+    assert {v.dtype for v in fast.get_layer("conv1").weights} == {"bfloat16"}
+    assert {v.dtype for v in fast.get_layer(module.model.layers[-1].name).weights} <= {"float32"}
+    both = export.ServingModule(module.model, layer, VOCAB, 64, model_bfloat16=fast)
+    both_dir = export.save(both, VOCAB, str(tmp_path / "both" / "1"))
+    with open(os.path.join(both_dir, export.EXPORT_JSON), encoding="utf-8") as f:
+        assert json.load(f)["signatures"] == ["embed", "manipulate", export.BFLOAT16_EMBED]
+
+    images = _images(4, 64, 64)
+    plain = export.ExportedModel(plain_dir)
+    f32 = export.ExportedModel(both_dir)  # default: float32, what the evaluation computes
+    b16 = export.ExportedModel(both_dir, precision="bfloat16")
+    assert (f32.embed_precision, b16.embed_precision) == ("float32", "bfloat16")
+    a, b, c = plain.embed(list(images)), f32.embed(list(images)), b16.embed(list(images))
+    for key in export.EMBED_OUTPUTS:
+        np.testing.assert_array_equal(a[key], b[key])  # embed unchanged by the extra signature
+    x, y = a["global_representation"], c["global_representation"]
+    assert not np.array_equal(x, y)  # really another computation
+    cosine = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
+    assert cosine.min() > 0.98, cosine
+
+    native = precision.Choice("bfloat16", "test: native")
+    monkeypatch.setattr(
+        precision, "resolve", lambda p="auto", **k: native if p == "auto" else precision.Choice(p, "")
+    )
+    assert export.ExportedModel(both_dir, precision="auto").embed_precision == "bfloat16"
+    auto_plain = export.ExportedModel(plain_dir, precision="auto")
+    assert auto_plain.embed_precision == "float32" and "no embed_bfloat16" in auto_plain.embed_reason
+    monkeypatch.setattr(precision, "resolve", lambda p="auto", **k: precision.Choice("float32", "test: none"))
+    assert export.ExportedModel(both_dir, precision="auto").embed_precision == "float32"
+    with pytest.raises(export.ExportError, match="no embed_bfloat16 signature"):
+        export.ExportedModel(plain_dir, precision="bfloat16")

@@ -154,17 +154,19 @@ def build_network(
     seed: int = 0,
     name: str | None = None,
     precision: str = "float32",
+    stored_bfloat16: bool = False,
 ) -> keras.Model:
     """Builds the stage-1 (`stage="stage1"`) or full network; outputs are a dict of named tensors.
 
     Outputs: logits [B, C] (GAP classifiers, C = sum of values), maps [B, A, h, w], gap [B, K]; and for the full
     network boxes [B, A, 4], fc10 [B, A, D] (attribute representations) and fc10_logits [B, C]; all float32.
     `precision` ("float32" or "bfloat16", resolved) is the compute dtype of everything but the float32
-    islands (module docstring); the variables are float32 either way.
+    islands (module docstring); the variables are float32 either way, except with `stored_bfloat16`
+    (inference only: the export's `embed_bfloat16`), where the bfloat16 layers store them in bfloat16.
     """
     if stage not in ("stage1", "full"):
         raise ValueError(f"stage must be 'stage1' or 'full', got {stage!r}")
-    policy = precision_lib.layer_policy(precision)
+    policy = precision_lib.layer_policy(precision, stored=stored_bfloat16)
     fragments = [safe_name(n) for n in attribute_names]
     if len(set(fragments)) != len(fragments):
         raise ValueError(f"attribute names collide as layer names: {fragments}")

@@ -58,6 +58,8 @@ from fashionsearchnet_v2.trained import checkpoints
 VOCABULARY_JSON = "vocabulary.json"
 EXPORT_JSON = "export.json"
 SIGNATURES = ("embed", "manipulate")
+#: The optional third signature: `embed` with the network's weights stored in bfloat16 (issue 26).
+BFLOAT16_EMBED = "embed_bfloat16"
 EMBED_OUTPUTS = (
     "attribute_representations",
     "global_representation",
@@ -166,10 +168,15 @@ def manipulation_arrays(manipulations: Sequence[Sequence[tuple[int, int]]], slot
 
 
 def exportable_network(
-    model, model_cfg: configs.ModelConfig, vocabulary: Vocabulary, precision: str = "float32"
+    model,
+    model_cfg: configs.ModelConfig,
+    vocabulary: Vocabulary,
+    precision: str = "float32",
+    stored_bfloat16: bool = False,
 ) -> tuple[object, configs.ModelConfig]:
     """The full network rebuilt with the pure-TF box backend in `precision` ("float32" or "bfloat16";
-    `model` is float32), every weighted layer copied by name.
+    `model` is float32), every weighted layer copied by name (`stored_bfloat16`: the bfloat16 layers'
+    weights rounded to bfloat16 and stored so, for `embed_bfloat16`).
 
     Returns (network, its ModelConfig). Raises ExportError when a layer of either model has no
     counterpart of the same shapes in the other (a model that does not match its config).
@@ -177,7 +184,10 @@ def exportable_network(
     cfg = dataclasses.replace(model_cfg, box_backend="tf")
     if model_cfg.box_backend == "tf" and precision == "float32":
         return model, cfg
-    rebuilt = network.build_network(vocabulary.num_values, vocabulary.names, cfg, "full", precision=precision)
+    rebuilt = network.build_network(
+        vocabulary.num_values, vocabulary.names, cfg, "full", precision=precision,
+        stored_bfloat16=stored_bfloat16 and precision == "bfloat16",
+    )  # fmt: skip
     source = {layer.name: layer for layer in model.layers if layer.weights}
     target = {layer.name: layer for layer in rebuilt.layers if layer.weights}
     if sorted(source) != sorted(target):
@@ -203,7 +213,9 @@ class ServingModule(tf.Module):
         image_size: S, the network's input size.
     """
 
-    def __init__(self, model, global_layer, vocabulary: Vocabulary, image_size: int, mean_bgr=None):
+    def __init__(
+        self, model, global_layer, vocabulary: Vocabulary, image_size: int, mean_bgr=None, model_bfloat16=None
+    ):
         super().__init__(name="fashionsearchnet_v2")
         if getattr(global_layer, "num_values", None) != vocabulary.num_values:
             raise ExportError(
@@ -220,9 +232,15 @@ class ServingModule(tf.Module):
         self.image_size = int(image_size)
         self.mean_bgr = tuple(records.IMAGENET_MEAN_BGR if mean_bgr is None else mean_bgr)
         a, d = len(self.num_values), int(global_layer.dim)
-        self.embed = tf.function(
-            self._embed, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
-        )
+        images_spec = [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
+        self.embed = tf.function(lambda images: self._embed(images, self.model), input_signature=images_spec)
+        # Optional: the same network with its weights stored in bfloat16 (issue 26), a second signature;
+        # `embed` stays exactly what it was. The service picks one with --precision (auto's rule).
+        self.model_bfloat16 = model_bfloat16
+        if model_bfloat16 is not None:
+            self.embed_bfloat16 = tf.function(
+                lambda images: self._embed(images, self.model_bfloat16), input_signature=images_spec
+            )
         self.manipulate = tf.function(
             self._manipulate,
             input_signature=[
@@ -235,7 +253,7 @@ class ServingModule(tf.Module):
     def _global(self, fc10, t):
         return tf.cast(self.global_layer([fc10, t]), tf.float32)
 
-    def _embed(self, images):
+    def _embed(self, images, model):
         # The signature's shape is not enforced when it is called (a [N, H, W, 1] batch would broadcast
         # against the mean): EnsureShape checks rank and channels at run time.
         images = tf.ensure_shape(images, [None, None, None, 3], name="images_must_be_N_H_W_3")
@@ -248,7 +266,7 @@ class ServingModule(tf.Module):
         # One call of preprocess_image on the batch equals calling it image by image: resize, channel
         # reversal and mean subtraction are all per image.
         x = records.preprocess_image(images, self.image_size, self.mean_bgr)
-        out = self.model(x, training=False)
+        out = model(x, training=False)
         fc10 = tf.cast(out["fc10"], tf.float32)
         t = tf.zeros([tf.shape(fc10)[0], sum(self.num_values)], tf.float32)
         probs = [
@@ -365,10 +383,13 @@ def save(
         with open(vocab_path, "w", encoding="utf-8") as f:
             json.dump(vocabulary.to_json(), f, indent=2)
         module.vocabulary_file = tf.saved_model.Asset(vocab_path)  # copied into assets/ by save
-        tf.saved_model.save(module, tmp, signatures={"embed": module.embed, "manipulate": module.manipulate})
+        signatures = {"embed": module.embed, "manipulate": module.manipulate}
+        if getattr(module, "model_bfloat16", None) is not None:
+            signatures[BFLOAT16_EMBED] = module.embed_bfloat16
+        tf.saved_model.save(module, tmp, signatures=signatures)
         info = {
             "format_version": 1,
-            "signatures": list(SIGNATURES),
+            "signatures": list(signatures),
             "image_size": module.image_size,
             "precision": module.precision,
             "mean_bgr": list(module.mean_bgr),
@@ -482,13 +503,19 @@ class ExportedModel(ExportInfo):
     since one tensor holds one size (resizing on the client would change the pixels the model sees).
     """
 
-    def __init__(self, export_dir: str):
+    def __init__(self, export_dir: str, precision: str = "float32"):
+        """`precision`: which embed to call. "float32" (default): `embed`, what the evaluation computes;
+        "bfloat16": `embed_bfloat16` (ExportError when the export has none); "auto": `embed_bfloat16`
+        where the export has it and this machine multiplies bfloat16 natively (training's rule,
+        `precision.resolve`), else `embed`. `embed_precision` and `embed_reason` say which and why."""
         super().__init__(export_dir)
         self.loaded = tf.saved_model.load(self.export_dir)
         missing = [s for s in SIGNATURES if s not in self.loaded.signatures]
         if missing:
             raise ExportError(f"{self.export_dir} lacks the signatures {missing}")
-        self._embed = self.loaded.signatures["embed"]
+        self.embed_precision, self.embed_reason = _choose_embed(self.loaded.signatures, precision, export_dir)
+        name = BFLOAT16_EMBED if self.embed_precision == "bfloat16" else "embed"
+        self._embed = self.loaded.signatures[name]
         self._manipulate = self.loaded.signatures["manipulate"]
 
     def embed(self, images: Sequence[np.ndarray], batch_size: int = 32) -> dict[str, np.ndarray]:
@@ -510,6 +537,28 @@ class ExportedModel(ExportInfo):
             values=tf.constant(np.asarray(values, np.int32)),
         )
         return out["global_representation"].numpy()
+
+
+def _choose_embed(signatures, precision: str, export_dir: str) -> tuple[str, str]:
+    """(the embed's precision, why) for ExportedModel (see there)."""
+    from fashionsearchnet_v2 import precision as precision_lib
+
+    precision_lib.check(precision)
+    has = BFLOAT16_EMBED in signatures
+    if precision == "float32":
+        return "float32", "embed (float32, as asked)"
+    if precision == "bfloat16":
+        if not has:
+            raise ExportError(
+                f"{export_dir} has no {BFLOAT16_EMBED} signature (exported before issue 26, or with "
+                "--noembed_bfloat16): serve it with --precision=float32 or auto, or export it again"
+            )
+        return "bfloat16", f"{BFLOAT16_EMBED} (as asked)"
+    if not has:
+        return "float32", f"embed: the export has no {BFLOAT16_EMBED} signature"
+    choice = precision_lib.resolve("auto")
+    name = BFLOAT16_EMBED if choice.precision == "bfloat16" else "embed"
+    return choice.precision, f"{name} ({choice.reason})"
 
 
 def embed_in_batches(

@@ -367,4 +367,5 @@ class Searcher:
             "variant": meta.get("variant"),
             "dataset": meta.get("dataset"),
             "item_images": self.item_images.available,
+            "embed": getattr(self.model, "embed_reason", "embed"),
         }
