@@ -9,6 +9,12 @@ lies within the float32 seeds' spread (its mean within float32's mean ± std, an
     python -m experiments.main --seeds=0,1,2 --precision=float32 --workdir=work/synthetic
     python -m experiments.main --seeds=0,1,2 --precision=bfloat16 --workdir=work/synthetic-bf16
     python benchmarks/precision_parity.py --float32=work/synthetic --bfloat16=work/synthetic-bf16
+
+Any two versions of the main job pair the same way (issue 26: before and after a speed change), for
+each of `--variants`:
+
+    python benchmarks/precision_parity.py --a=work/before --b=work/after --labels=before,after \
+        --variants=full,rank_lg_untrained
 """
 
 from __future__ import annotations
@@ -47,12 +53,16 @@ def signed(values) -> str:
     return f"{v.mean():+.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
 
 
-def table(f32: dict, bf16: dict, seeds: list[int], k: int) -> str:
+def table(f32: dict, bf16: dict, seeds: list[int], k: int, labels=("float32", "bfloat16")) -> str:
     attrs = list(f32[seeds[0]]["gain"])
     rows = [(f"Top-{k} avg", lambda r: r["avg"])] + [
         (f"gain {a}", lambda r, a=a: r["gain"][a]) for a in attrs
     ]
-    head = "| metric | float32 | bfloat16 | " + " | ".join(f"Δ seed {s}" for s in seeds) + " | Δ mean ± std |"
+    head = (
+        f"| metric | {labels[0]} | {labels[1]} | "
+        + " | ".join(f"Δ seed {s}" for s in seeds)
+        + " | Δ mean ± std |"
+    )
     lines = [head, "|---|---:|---:|" + "---:|" * len(seeds) + "---:|"]
     for name, get in rows:
         a = [get(f32[s]) for s in seeds]
@@ -68,13 +78,33 @@ def table(f32: dict, bf16: dict, seeds: list[int], k: int) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--float32", required=True, help="work directory of the float32 main job")
-    p.add_argument("--bfloat16", required=True, help="work directory of the bfloat16 main job")
+    p.add_argument("--float32", help="work directory of the float32 main job")
+    p.add_argument("--bfloat16", help="work directory of the bfloat16 main job")
+    p.add_argument("--a", help="instead of --float32/--bfloat16: any two main jobs' work directories")
+    p.add_argument("--b")
+    p.add_argument("--labels", default="a,b", help="names of --a and --b in the table")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--variant", default="full")
+    p.add_argument("--variants", default="", help="several variants, one table each (default: --variant)")
     p.add_argument("--k", type=int, default=20)
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.a or args.b:
+        if not (args.a and args.b):
+            p.error("--a and --b go together")
+        labels = tuple(args.labels.split(","))
+        for variant in (args.variants or args.variant).split(","):
+            a_runs, b_runs = load(args.a, seeds, variant, args.k), load(args.b, seeds, variant, args.k)
+            print(f"{variant}, seeds {args.seeds}: {args.a} ({labels[0]}) vs {args.b} ({labels[1]})\n")
+            print(table(a_runs, b_runs, seeds, args.k, labels))
+            a = np.array([a_runs[s]["avg"] for s in seeds])
+            b = np.array([b_runs[s]["avg"] for s in seeds])
+            sd = a.std(ddof=1) if len(a) > 1 else 0.0
+            print(f"\n{labels[1]}'s Top-{args.k} avg {b.mean():.3f}: {labels[0]} {a.mean():.3f} ± {sd:.3f} "
+                  f"(range {a.min():.3f}-{a.max():.3f}); within one std: {'yes' if abs(b.mean() - a.mean()) <= sd else 'NO'}\n")  # fmt: skip
+        return
+    if not (args.float32 and args.bfloat16):
+        p.error("give --float32 and --bfloat16, or --a and --b")
     f32 = load(args.float32, seeds, args.variant, args.k)
     bf16 = load(args.bfloat16, seeds, args.variant, args.k)
     for name, runs, want in (("--float32", f32, "float32"), ("--bfloat16", bf16, "bfloat16")):
