@@ -47,20 +47,45 @@ def make_dataset(
 
     `decoded` (training only): `split` decoded once (`decode_split`); the batches are the same, element
     for element, as without it."""
+    if decoded is not None and (not training or take is not None or with_boxes):
+        raise ValueError("a DecodedSplit feeds training streams only (no take, no boxes)")
     if decoded is not None:
-        if not training or take is not None or with_boxes:
-            raise ValueError("a DecodedSplit feeds training streams only (no take, no boxes)")
-        return _decoded_stream(decoded, image_size, batch_size, seed, shuffle_buffer, skip, mean_bgr,
-                               drop_remainder)  # fmt: skip
-    files = info.shard_paths(split)
-    num_attributes = info.num_attributes
-    with_boxes = with_boxes and info.has_boxes
-    ds = tf.data.Dataset.from_tensor_slices(files)
+        # The same order over record indices, then the held pixels through the same preprocessing.
+        sources = tf.data.Dataset.from_tensor_slices((decoded.starts, decoded.ends))
+        ds = _record_order(sources, len(decoded.starts), tf.data.Dataset.range, training, seed, shuffle_buffer,
+                           take, skip)  # fmt: skip
+        images, labels, ids = decoded.images, decoded.labels, decoded.ids
+
+        def element(i):
+            image = records.preprocess_image(tf.gather(images, i), image_size, mean_bgr)
+            return {"id": tf.gather(ids, i), "labels": tf.gather(labels, i), "image": image}
+    else:
+        files = info.shard_paths(split)
+        num_attributes = info.num_attributes
+        with_boxes = with_boxes and info.has_boxes
+        sources = tf.data.Dataset.from_tensor_slices(files)
+        ds = _record_order(sources, len(files), tf.data.TFRecordDataset, training, seed, shuffle_buffer, take,
+                           skip)  # fmt: skip
+
+        def element(serialized):
+            example = records.parse_example(serialized, num_attributes, with_boxes)
+            return records.decode_and_preprocess(example, image_size, mean_bgr)
+
+    ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _record_order(sources, num_sources, open_source, training, seed, shuffle_buffer, take, skip):
+    """The order records are read in, whatever stands for a record (its bytes, or its index in a
+    DecodedSplit): the sources (one per file) shuffled for training, up to 4 interleaved record by
+    record, then for training a shuffle buffer, repeated, `skip` left out. Its randomness depends on the
+    seeds and the counts only, so files and indices give the same order."""
     if training:
-        ds = ds.shuffle(len(files), seed=seed)
-    ds = ds.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(4, len(files)),
+        sources = sources.shuffle(num_sources, seed=seed)
+    ds = sources.interleave(
+        open_source,
+        cycle_length=min(4, num_sources),
         num_parallel_calls=tf.data.AUTOTUNE if training else None,
     )
     if take is not None:
@@ -69,15 +94,7 @@ def make_dataset(
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
         if skip:
             ds = ds.skip(skip)
-    ds = ds.map(
-        lambda s: records.decode_and_preprocess(
-            records.parse_example(s, num_attributes, with_boxes), image_size, mean_bgr
-        ),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    ds = ds.batch(batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds
 
 
 class DecodedSplit:
@@ -144,32 +161,6 @@ def decoded_split_cached(info: schema.DatasetInfo, split: str, max_bytes: int) -
         _DECODED.clear()  # one split held at a time
         _DECODED[key] = decode_split(info, split, max_bytes)
     return _DECODED[key]
-
-
-def _decoded_stream(decoded, image_size, batch_size, seed, shuffle_buffer, skip, mean_bgr, drop_remainder):
-    """make_dataset's training stream over `decoded`: indices in the records' order, then the pixels."""
-    ranges = tf.data.Dataset.from_tensor_slices((decoded.starts, decoded.ends))
-    ranges = ranges.shuffle(len(decoded.starts), seed=seed)
-    index = ranges.interleave(
-        lambda start, end: tf.data.Dataset.range(start, end),
-        cycle_length=min(4, len(decoded.starts)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    index = index.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    if skip:
-        index = index.skip(skip)
-    images, labels, ids = decoded.images, decoded.labels, decoded.ids
-
-    def element(i):
-        return {
-            "id": tf.gather(ids, i),
-            "labels": tf.gather(labels, i),
-            "image": records.preprocess_image(tf.gather(images, i), image_size, mean_bgr),
-        }
-
-    ds = index.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=True if drop_remainder is None else drop_remainder)
-    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def steps_per_epoch(info: schema.DatasetInfo, batch_size: int, split: str = "train") -> int:
