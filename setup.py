@@ -8,7 +8,7 @@ Apache Beam for embedding catalogues on many workers (`.ci/run` installs it too,
 import setuptools
 
 # The search service (`python -m experiments.serve`): FastAPI on uvicorn, python-multipart for uploads.
-WEB = ["fastapi>=0.110,<1", "uvicorn>=0.29,<1", "python-multipart>=0.0.9,<1"]
+WEB = ["fastapi>=0.110,<1", "uvicorn>=0.29,<1", "python-multipart>=0.0.9,<1", "threadpoolctl>=3.5,<4"]
 # Batch embedding on Apache Beam (`python -m experiments.embed_beam`). One minor version: the pipeline
 # subclasses Beam's TFRecord source to number the records, and 2.77 is the release checked against
 # TensorFlow 2.21 (it needs protobuf < 7 and pillow < 13, which pip then installs: versions TensorFlow,

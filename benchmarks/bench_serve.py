@@ -20,6 +20,9 @@ Configurations:
 * million (exact): the same vectors, exact search (`--exact_million`, on by default).
 * gallery with `--max_batch=1` (`--unbatched`, on by default): every search computed on its own, to show
   what batching concurrent searches (`service.Batcher`) brings.
+* gallery with `--gather_ms=0 --blas_threads=0` (`--untuned_baseline`, on by default): the service as it
+  was before issue 26 tuned it (a batch never waits for the previous batch's callers to come back;
+  NumPy's BLAS on its default threads, which spin after each ranking and slow the next model call).
 * gallery with `--precision=float32` (`--float32_baseline`, on by default): the service calling the
   export's float32 `embed` instead of what `--precision=auto` picks (`embed_bfloat16` on a CPU with native
   bfloat16; issue 26), the baseline of the same run.
@@ -208,6 +211,12 @@ def main():
     parser.add_argument(
         "--float32_baseline", type=int, default=1, help="also serve the gallery with --precision=float32"
     )
+    parser.add_argument(
+        "--untuned_baseline",
+        type=int,
+        default=1,
+        help="also serve the gallery with --gather_ms=0 --blas_threads=0",
+    )
     args = parser.parse_args()
     import numpy as np
 
@@ -240,6 +249,9 @@ def main():
                        for i in range(64)]  # fmt: skip
         upload_bodies = [multipart({"set": change(i), "top_k": 20}, uploads[i % 16]) for i in range(64)]
         configs = [("gallery, 3,000, exact", gallery, (), [("item", item_bodies), ("upload", upload_bodies)])]
+        if args.untuned_baseline:  # the service before issue 26's batching and BLAS settings
+            configs.append(("gallery, 3,000, exact, --gather_ms=0 --blas_threads=0", gallery,
+                            ("--gather_ms=0", "--blas_threads=0"), [("item", item_bodies), ("upload", upload_bodies)]))  # fmt: skip
         if args.float32_baseline:  # the same service calling the float32 `embed` (issue 26's baseline)
             configs.append(("gallery, 3,000, exact, --precision=float32", gallery, ("--precision=float32",),
                             [("item", item_bodies), ("upload", upload_bodies)]))  # fmt: skip

@@ -3,7 +3,8 @@
     pip install -e .[web]
     python -m experiments.serve --export_dir=exports/synthetic/1 --index=indexes/gallery.npz \\
         [--host=127.0.0.1 --port=8000] [--model_url=http://tf-serving:8501/v1/models/fsn] \\
-        [--data_dir=DIR] [--max_upload_bytes=10485760] [--backend=exact|faiss] [--precision=auto]
+        [--data_dir=DIR] [--max_upload_bytes=10485760] [--backend=exact|faiss] [--precision=auto] \\
+        [--max_batch=16 --gather_ms=5 --blas_threads=1]
 
 The model is the export loaded in this process, or, with --model_url, a TensorFlow Serving deployment
 of that export called over its REST API (the export directory then only provides the vocabulary and
@@ -42,6 +43,18 @@ MAX_BATCH = flags.DEFINE_integer(
     service.DEFAULT_MAX_BATCH,
     "Concurrent searches computed together, at most (1: one at a time).",
 )
+GATHER_MS = flags.DEFINE_float(
+    "gather_ms",
+    service.DEFAULT_GATHER_MS,
+    "How long a batch may wait for as many searches as the previous batch held (0: never waits; a "
+    "lone client is never delayed).",
+)
+BLAS_THREADS = flags.DEFINE_integer(
+    "blas_threads",
+    1,
+    "Threads of NumPy's BLAS (the exact ranking's product); 0: the library's default. One, because "
+    "BLAS threads that spin after a product slow the model's next call (issue 26).",
+)
 BACKEND = flags.DEFINE_enum("backend", None, list(index_lib.BACKENDS), "Override the index's backend.")
 NPROBE = flags.DEFINE_integer("nprobe", None, "FAISS IVF cells scanned per query (default: the index's).")
 EF_SEARCH = flags.DEFINE_integer("ef_search", None, "FAISS HNSW candidates per query (default: the index's).")
@@ -63,7 +76,15 @@ def build_searcher() -> service.Searcher:
             model = export.ExportedModel(EXPORT_DIR.value, precision=common.precision_flag())
         images = items.ItemImages(index, common.DATA_DIR.value)
         return service.Searcher(
-            model, index, images, BACKEND.value, NPROBE.value, EF_SEARCH.value, MAX_TOP_K.value
+            model,
+            index,
+            images,
+            BACKEND.value,
+            NPROBE.value,
+            EF_SEARCH.value,
+            MAX_TOP_K.value,
+            MAX_BATCH.value,
+            GATHER_MS.value,
         )
     except (export.ExportError, index_lib.IndexFileError, index_lib.FaissUnavailable, items.ItemImageError,
             remote.RemoteModelError, ValueError) as e:  # fmt: skip
@@ -73,9 +94,16 @@ def build_searcher() -> service.Searcher:
 def main(argv):
     del argv
     try:
+        import threadpoolctl
         import uvicorn
     except ImportError:
-        common.fail("the service needs FastAPI and uvicorn: pip install -e .[web]")
+        common.fail("the service needs FastAPI, uvicorn and threadpoolctl: pip install -e .[web]")
+    if BLAS_THREADS.value < 0:
+        common.fail(f"--blas_threads must be >= 0, got {BLAS_THREADS.value}")
+    if BLAS_THREADS.value:
+        # For the whole process: its BLAS products are the ranking's, small beside the model. Two BLAS
+        # threads spinning after each ranking took a core from the next `embed` (8 ms of a 20-ms search).
+        threadpoolctl.threadpool_limits(BLAS_THREADS.value, user_api="blas")
     searcher = build_searcher()
     web = service.create_app(searcher, MAX_UPLOAD_BYTES.value, MAX_PIXELS.value)
     health = searcher.health()

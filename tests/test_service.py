@@ -8,6 +8,9 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -16,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_fixture import live_server
+from service_fixture import free_port, live_server
 from tf_serving_stub import running_stub
 
 from fashionsearchnet_v2.data import images, pipeline
@@ -32,6 +35,9 @@ def searcher(trained):
 @pytest.fixture(scope="module")
 def client(searcher):
     return TestClient(service.create_app(searcher, max_upload_bytes=200_000, max_pixels=1_000_000))
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _png(h=50, w=40, seed=0) -> bytes:
@@ -284,6 +290,69 @@ def test_batcher_batches_concurrent_calls_and_returns_each_its_result():
                 outcomes.append(str(e))
     assert "bad item" in outcomes and outcomes[0] in (4, "bad item")
     assert batcher(5) == 25 and not batcher._running  # and it still works
+
+
+def test_batcher_gathers_as_many_as_the_previous_batch_and_never_delays_a_lone_call():
+    sizes, gate = [], threading.Event()
+
+    def fn(items):
+        sizes.append(len(items))
+        if len(sizes) == 1:
+            gate.wait(10)
+        return list(items)
+
+    batcher = service.Batcher(fn, max_batch=8, gather_ms=5000)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        first = pool.submit(batcher, 0)
+        while not sizes:
+            time.sleep(0.01)
+        queued = [pool.submit(batcher, x) for x in (1, 2, 3)]
+        while len(batcher._pending) < 3:
+            time.sleep(0.01)
+        gate.set()
+        assert first.result() == 0 and [f.result() for f in queued] == [1, 2, 3]
+        assert sizes == [1, 3]
+        # The three callers come back 0.2 s apart: the first one back waits for the other two (up to 5 s).
+        start = time.perf_counter()
+        back = []
+        for x in (4, 5, 6):
+            back.append(pool.submit(batcher, x))
+            time.sleep(0.2)
+        assert [f.result() for f in back] == [4, 5, 6] and sizes == [1, 3, 3]
+        assert time.perf_counter() - start < 3
+    # Only one comes back: it waits out gather_ms once, then a lone caller is never delayed again.
+    batcher.gather_s = 0.3
+    start = time.perf_counter()
+    assert batcher(7) == 7 and sizes[-1] == 1 and time.perf_counter() - start >= 0.3
+    start = time.perf_counter()
+    assert batcher(8) == 8 and batcher(9) == 9 and time.perf_counter() - start < 0.25
+    assert sizes == [1, 3, 3, 1, 1, 1]
+
+
+def test_serve_command_passes_its_batching_flags(trained, tmp_path):
+    """`experiments.serve --max_batch --gather_ms` reach the searcher (--max_batch once did not)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "experiments.serve", f"--export_dir={trained.export_dir}",
+            f"--index={trained.index_path}", f"--port={port}", "--max_batch=3", "--gather_ms=7.5",
+            "--log_level=warning"]  # fmt: skip
+    with open(tmp_path / "serve.log", "w") as log:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                    health = json.loads(r.read())
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[
+                    -3000:
+                ]
+                time.sleep(0.3)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert health["max_batch"] == 3 and health["gather_ms"] == 7.5
 
 
 def test_tf_serving_path_gives_the_in_process_answers(searcher, trained):

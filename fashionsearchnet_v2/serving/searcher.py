@@ -22,6 +22,7 @@ DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: larger images are refused befo
 DEFAULT_TOP_K = 20
 DEFAULT_MAX_TOP_K = 200
 DEFAULT_MAX_BATCH = 16
+DEFAULT_GATHER_MS = 5.0  # issue 26: 8 clients, batches of 8 instead of 1 and 8 in turn
 
 
 class Batcher:
@@ -33,6 +34,12 @@ class Batcher:
     one ends, holding whatever arrived meanwhile; one caller at a time runs exactly as without batching.
     An exception in `fn` is raised in every caller of that batch. The queue is the only shared mutable
     state of the service's request path, and it is guarded by a lock.
+
+    `gather_ms` > 0: a leader whose queue is shorter than the previous batch waits up to that long for
+    it to fill to that size. Clients answered by one batch come back together, a few milliseconds
+    apart; without the wait the first one back runs alone, and the batches alternate between one item
+    and the rest (issue 26: 8 clients, batches of 1 and 8 in turn). After a batch of one (a lone client)
+    nobody waits, so a lone search is never delayed.
     """
 
     class _Slot:
@@ -40,13 +47,17 @@ class Batcher:
             self.ready = threading.Event()
             self.done, self.result, self.error = False, None, None
 
-    def __init__(self, fn, max_batch: int = DEFAULT_MAX_BATCH):
+    def __init__(self, fn, max_batch: int = DEFAULT_MAX_BATCH, gather_ms: float = 0.0):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        self.fn, self.max_batch = fn, int(max_batch)
+        if gather_ms < 0:
+            raise ValueError(f"gather_ms must be >= 0, got {gather_ms}")
+        self.fn, self.max_batch, self.gather_s = fn, int(max_batch), float(gather_ms) / 1000.0
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._pending: list = []
         self._running = False
+        self._last_size = 1
 
     def __call__(self, item):
         slot = self._Slot()
@@ -54,6 +65,7 @@ class Batcher:
             self._pending.append((item, slot))
             lead = not self._running
             self._running = True
+            self._arrived.notify()
         if not lead:
             slot.ready.wait()  # set when served by another batch, or when handed the lead
         if not slot.done:
@@ -64,7 +76,15 @@ class Batcher:
 
     def _run_one_batch(self):
         with self._lock:
+            want = min(self._last_size, self.max_batch)
+            if self.gather_s > 0 and len(self._pending) < want:
+                deadline = time.perf_counter() + self.gather_s
+                while len(self._pending) < want:
+                    left = deadline - time.perf_counter()
+                    if left <= 0 or not self._arrived.wait(left):
+                        break
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            self._last_size = len(batch)
         try:
             results = self.fn([item for item, _ in batch])
             if len(results) != len(batch):
@@ -145,6 +165,8 @@ class Searcher:
         max_batch: searches that arrive while others are computed are embedded, manipulated and ranked
             together, up to this many at once (1: one at a time). A batch runs as soon as the previous one
             ends, without waiting for more: no added latency when requests come one by one.
+        gather_ms: how long a batch may wait for as many searches as the previous batch held
+            (`Batcher`); 0: never waits.
     """
 
     def __init__(
@@ -157,6 +179,7 @@ class Searcher:
         ef_search: int | None = None,
         max_top_k: int = DEFAULT_MAX_TOP_K,
         max_batch: int = DEFAULT_MAX_BATCH,
+        gather_ms: float = DEFAULT_GATHER_MS,
     ):
         self.model = model
         self.index = index
@@ -166,7 +189,8 @@ class Searcher:
         self.names = self.vocabulary.names
         self.item_images = item_images if item_images is not None else items.ItemImages(index)
         self.max_top_k = int(max_top_k)
-        self._batches = Batcher(self._run_batch, max_batch)
+        self.max_batch, self.gather_ms = int(max_batch), float(gather_ms)
+        self._batches = Batcher(self._run_batch, self.max_batch, self.gather_ms)
         self.backend = backend or index.backend
         self._known = index.known_values()  # [N, A] label where known, else prediction
         self._rows = {str(i): r for r, i in enumerate(index.ids)}
@@ -368,4 +392,6 @@ class Searcher:
             "dataset": meta.get("dataset"),
             "item_images": self.item_images.available,
             "embed": getattr(self.model, "embed_reason", "embed"),
+            "max_batch": self.max_batch,
+            "gather_ms": self.gather_ms,
         }
