@@ -164,9 +164,9 @@ class Searcher:
         max_top_k: the largest top_k a request may ask for.
         max_batch: searches that arrive while others are computed are embedded, manipulated and ranked
             together, up to this many at once (1: one at a time). A batch runs as soon as the previous one
-            ends, without waiting for more: no added latency when requests come one by one.
+            ends, waiting for more only as `gather_ms` says: no added latency when requests come one by one.
         gather_ms: how long a batch may wait for as many searches as the previous batch held
-            (`Batcher`); 0: never waits.
+            (`Batcher`; never after a batch of one); 0: never waits.
     """
 
     def __init__(
