@@ -133,3 +133,12 @@ def test_seed_stats():
     assert figures.seed_stats([1.0, 3.0]) == (2.0, pytest.approx(2**0.5), 2)
     assert figures.seed_stats(0.5) == (0.5, 0.0, 1)
     assert figures.seed_stats([None, float("nan")]) is None
+
+
+def test_plot_data_size_curve_writes_png(tmp_path):
+    path = tmp_path / "size" / "curve.png"
+    points = {"Full": {6679: [0.5, 0.52], 13358: [0.6], 26715: [0.65, 0.7]}, "w/o Rank": {6679: [0.3]}}
+    out = figures.plot_data_size_curve(points, path, fits={"Full": (-0.5, 0.11)},
+                                       reference=("paper, Full", 0.775, 182599), size=(500, 400))  # fmt: skip
+    assert out == str(path) and read_rgb(path).shape == (400, 500, 3)
+    assert [p for p in os.listdir(path.parent)] == ["curve.png"]

@@ -1,5 +1,6 @@
 """Tables and pictures of the paper's results: Table 1 (markdown), Figure 5 (Top-K curves), Figure 6
-(query, manipulation and Top-k results framed green/red) and attribute activation maps with their boxes.
+(query, manipulation and Top-k results framed green/red), attribute activation maps with their boxes, and
+accuracy against training-set size.
 
 Images are RGB uint8 arrays `[H, W, 3]`. Every file is written atomically (a temporary file in the same
 directory, then os.replace) so a reader never sees half a PNG. Matplotlib is used through its Agg canvas
@@ -195,6 +196,62 @@ def plot_topk_curves(
     ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
     ax.grid(True, alpha=0.3)
     if curves:
+        ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return write_atomic(path, buf.getvalue())
+
+
+def plot_data_size_curve(
+    points: Mapping[str, Mapping[int, Sequence[float]]],
+    path: str | os.PathLike,
+    fits: Mapping[str, tuple[float, float]] | None = None,
+    reference: tuple[str, float, int | None] | None = None,
+    title: str = "Top-20 against training-set size",
+    ylabel: str = "Top-20 retrieval accuracy",
+    size: tuple[int, int] = (640, 480),
+) -> str:
+    """Accuracy against the number of training images (log axis), one line per row of Table 1.
+
+    Args:
+        points: label -> {training images: [value per seed]}; a point is drawn at the seeds' mean with
+            their range as an error bar.
+        fits: label -> (a, b) of y = a + b·ln(n), drawn dashed from the smallest size to the largest of
+            the data and of `reference`'s size (an extrapolation beyond the data: say so beside the figure).
+        reference: (label, value, training images or None), e.g. the paper's number: a dotted horizontal
+            line, and a star at its training-set size when given.
+    Returns:
+        the path.
+    """
+    dpi = 100
+    fig = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    sizes = sorted({int(n) for curve in points.values() for n in curve})
+    right = max([*sizes, reference[2] if reference and reference[2] else 0] or [1])
+    for label, curve in points.items():
+        ns = sorted(int(n) for n in curve if len(curve[n]))
+        means = np.array([np.mean(curve[n]) for n in ns])
+        lo = means - np.array([np.min(curve[n]) for n in ns])
+        hi = np.array([np.max(curve[n]) for n in ns]) - means
+        line = ax.errorbar(ns, means, yerr=[lo, hi], marker="o", capsize=3, label=label)
+        if fits and label in fits and sizes:
+            a, b = fits[label]
+            xs = np.geomspace(min(sizes), right, 50)
+            ax.plot(xs, a + b * np.log(xs), linestyle="--", linewidth=1, color=line[0].get_color(),
+                    label=f"{label}: a + b·ln(n) fit")  # fmt: skip
+    if reference is not None:
+        name, value, n = reference
+        ax.axhline(value, linestyle=":", color="black", linewidth=1, label=name)
+        if n:
+            ax.plot([n], [value], marker="*", markersize=12, color="black", linestyle="none")
+    ax.set_xscale("log")
+    ax.set_xlabel("training images")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if points:
         ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     buf = io.BytesIO()
