@@ -15,11 +15,11 @@ of query images that have it (a beard, a hat, ...), each with that attribute's a
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
 import numpy as np
-from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -43,16 +43,6 @@ CELEBA_ABSENT = {
     "smiling": "not_smiling",
 }
 PRESETS = {"celeba_aligned": (CELEBA_ALIGNED, CELEBA_ABSENT)}
-
-DATA_DIR = flags.DEFINE_string("data_dir", None, "Converted dataset.")
-WORKDIR = flags.DEFINE_string("workdir", None, "A seed's work directory (holds stage2_<variant>).")
-VARIANT = flags.DEFINE_string("variant", "rank_l", "Stage-2 variant whose boxes are read.")
-SPLIT = flags.DEFINE_enum("split", "query", ["train", "query", "gallery"], "Split read.")
-PRESET = flags.DEFINE_enum("regions", "celeba_aligned", list(PRESETS), "Expected regions of the attributes.")
-SHOW = flags.DEFINE_list("show", ["beard", "hat", "eyeglasses", "smiling"], "Attributes drawn, a row each.")
-PER_ROW = flags.DEFINE_integer("per_row", 4, "Images per drawn attribute.")
-OUT_DIR = flags.DEFINE_string("out_dir", None, "Output directory (default <workdir>/aam_regions).")
-flags.mark_flags_as_required(["data_dir", "workdir"])
 
 
 def centre_in(boxes: np.ndarray, rects) -> np.ndarray:
@@ -123,44 +113,58 @@ def _title(name: str, value: str) -> str:
     return value if name in value else f"{name}: {value}"
 
 
-def main(argv):
-    del argv
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data_dir", required=True, help="Converted dataset.")
+    p.add_argument("--workdir", required=True, help="A seed's work directory (holds stage2_<variant>).")
+    p.add_argument("--variant", default="rank_l", help="Stage-2 variant whose boxes are read.")
+    p.add_argument("--split", default="query", choices=["train", "query", "gallery"], help="Split read.")
+    p.add_argument("--regions", default="celeba_aligned", choices=list(PRESETS), help="Expected regions.")
+    p.add_argument("--show", default="beard,hat,eyeglasses,smiling", help="Attributes drawn, a row each.")
+    p.add_argument("--per_row", type=int, default=4, help="Images per drawn attribute.")
+    p.add_argument("--out_dir", default=None, help="Output directory (default <workdir>/aam_regions).")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     from fashionsearchnet_v2.data import schema
     from fashionsearchnet_v2.retrieval import evaluation, figures
     from fashionsearchnet_v2.trained import features, loading
 
-    info = schema.load_dataset_info(DATA_DIR.value)
-    regions, absent = PRESETS[PRESET.value]
+    info = schema.load_dataset_info(args.data_dir)
+    regions, absent = PRESETS[args.regions]
     values = [list(attr.values) for attr in info.attributes]
-    unknown = [s for s in SHOW.value if s not in info.attribute_names]
+    show = args.show.split(",")
+    unknown = [s for s in show if s not in info.attribute_names]
     if unknown:
-        raise app.UsageError(
-            f"--show: {unknown} are not attributes of {DATA_DIR.value} ({info.attribute_names})"
+        raise SystemExit(
+            f"error: --show: {unknown} are not attributes of {args.data_dir} ({info.attribute_names})"
         )
-    model, ckpt, cfg = loading.load_stage2(WORKDIR.value, info, VARIANT.value)
+    model, ckpt, cfg = loading.load_stage2(args.workdir, info, args.variant)
     size = cfg.model.image_size
-    feats = features.extract(model, info, SPLIT.value, size, keep_maps=True)
+    feats = features.extract(model, info, args.split, size, keep_maps=True)
     report = region_report(feats["boxes"], feats["labels"], info.attribute_names, values, regions, absent)
-    where = f"{info.name} {SPLIT.value}, {os.path.relpath(ckpt, WORKDIR.value)} of {WORKDIR.value}"
+    where = f"{info.name} {args.split}, {os.path.relpath(ckpt, args.workdir)} of {args.workdir}"
     text = markdown(report, len(feats["labels"]), where)
-    out_dir = OUT_DIR.value or os.path.join(WORKDIR.value, "aam_regions")
+    out_dir = args.out_dir or os.path.join(args.workdir, "aam_regions")
     os.makedirs(out_dir, exist_ok=True)
     figures.write_atomic(os.path.join(out_dir, "aam_regions.md"), (text + "\n").encode())
     rows = []
     rng = np.random.default_rng(0)
-    for name in SHOW.value:
+    for name in show:
         a = info.attribute_names.index(name)
         no = values[a].index(absent[name]) if name in absent else None
         pool = np.flatnonzero(present_mask(feats["labels"], a, no))
-        picks = np.sort(rng.choice(pool, size=min(PER_ROW.value, len(pool)), replace=False))
+        picks = np.sort(rng.choice(pool, size=min(args.per_row, len(pool)), replace=False))
         if not len(picks):
             continue
-        images = evaluation.read_images(info, SPLIT.value, feats["ids"][picks], size)
+        images = evaluation.read_images(info, args.split, feats["ids"][picks], size)
         panels = [figures.overlay_maps(img, feats["maps"][i, a : a + 1], feats["boxes"][i, a : a + 1],
                                        [_title(name, values[a][feats["labels"][i, a]])], cols=1)
                   for img, i in zip(images, picks)]  # fmt: skip
         row = np.concatenate(panels, axis=1)
-        width = PER_ROW.value * panels[0].shape[1]
+        width = args.per_row * panels[0].shape[1]
         rows.append(np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)), constant_values=255))
     if rows:
         figures.write_png(os.path.join(out_dir, "aam_regions.png"), np.concatenate(rows, axis=0))
@@ -169,4 +173,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

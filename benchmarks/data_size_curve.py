@@ -20,29 +20,17 @@ size at a time, which says how much the extrapolation rests on any one point, no
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 
 import numpy as np
-from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from operating_points import load_row  # noqa: E402
-
-DATA_DIRS = flags.DEFINE_list("data_dirs", None, "Converted datasets that differ only in training images.")
-WORKDIR = flags.DEFINE_string("workdir", None, "Base directory of the runs.")
-SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds.")
-VARIANTS = flags.DEFINE_list("variants", ["wo_rank", "full"], "Table 1 rows (experiments.main --variants).")
-K = flags.DEFINE_integer("k", 20, "Top-K read from results.json.")
-PAPER_VALUE = flags.DEFINE_float("paper_value", None, "The paper's number, drawn as a horizontal line.")
-PAPER_TRAIN = flags.DEFINE_integer("paper_train_images", None, "The paper's training-set size.")
-PAPER_LABEL = flags.DEFINE_string("paper_label", "paper", "Legend of --paper_value.")
-NOTE = flags.DEFINE_string("note", "", "Which copy of the data made the numbers (printed under the table).")
-TABLE_ONLY = flags.DEFINE_bool("table_only", False, "Report the runs evaluated so far; train nothing.")
-flags.mark_flags_as_required(["data_dirs", "workdir"])
 
 
 def fit_log(points: dict[int, list[float]]) -> tuple[float, float] | None:
@@ -125,44 +113,67 @@ def train_images(data_dir: str) -> int:
     return int(schema.load_dataset_info(data_dir).splits["train"])
 
 
-def main(argv):
-    recipe = argv[1:]
-    seeds = [int(s) for s in SEEDS.value]
+def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
+    """(options, the recipe: everything after `--`, passed to experiments.main unchanged)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    recipe = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--data_dirs", required=True, help="Comma-separated datasets that differ only in training images."
+    )
+    p.add_argument("--workdir", required=True, help="Base directory of the runs.")
+    p.add_argument("--seeds", default="0", help="Comma-separated seeds.")
+    p.add_argument("--variants", default="wo_rank,full", help="Table 1 rows (experiments.main --variants).")
+    p.add_argument("--k", type=int, default=20, help="Top-K read from results.json.")
+    p.add_argument("--paper_value", type=float, default=None, help="The paper's number, a horizontal line.")
+    p.add_argument("--paper_train_images", type=int, default=None, help="The paper's training-set size.")
+    p.add_argument("--paper_label", default="paper", help="Legend of --paper_value.")
+    p.add_argument("--note", default="", help="Which copy of the data made the numbers (under the table).")
+    p.add_argument(
+        "--table_only", action="store_true", help="Report the runs evaluated so far; train nothing."
+    )
+    return p.parse_args(argv), recipe
+
+
+def main(argv=None):
+    args, recipe = parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = args.variants.split(",")
     runs = {}
-    for data_dir in DATA_DIRS.value:
+    for data_dir in args.data_dirs.split(","):
         n = train_images(data_dir)
         if n in runs:
-            raise app.UsageError(f"--data_dirs: two datasets have {n} training images")
-        runs[n] = os.path.join(WORKDIR.value, os.path.basename(os.path.normpath(data_dir)))
-        done = all(load_row(runs[n], s, v, K.value) for s in seeds for v in VARIANTS.value)
-        if done or TABLE_ONLY.value:
+            raise SystemExit(f"error: --data_dirs: two datasets have {n} training images")
+        runs[n] = os.path.join(args.workdir, os.path.basename(os.path.normpath(data_dir)))
+        done = all(load_row(runs[n], s, v, args.k) for s in seeds for v in variants)
+        if done or args.table_only:
             continue
         cmd = [sys.executable, "-m", "experiments.main", f"--data_dir={os.path.abspath(data_dir)}",
                f"--workdir={os.path.abspath(runs[n])}", f"--seeds={','.join(map(str, seeds))}",
-               f"--variants={','.join(VARIANTS.value)}", *recipe]  # fmt: skip
+               f"--variants={','.join(variants)}", *recipe]  # fmt: skip
         print(f"[{n:,} training images] {' '.join(cmd[1:])}", flush=True)
         subprocess.run(cmd, check=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO))
     from fashionsearchnet_v2.retrieval import figures
 
-    data = collect(runs, seeds, VARIANTS.value, K.value)
-    sizes = sorted(runs)
-    text = report(data, sizes, K.value, PAPER_VALUE.value, PAPER_TRAIN.value)
-    if NOTE.value:
-        text += f"\n\n{NOTE.value}"
+    data = collect(runs, seeds, variants, args.k)
+    text = report(data, sorted(runs), args.k, args.paper_value, args.paper_train_images)
+    if args.note:
+        text += f"\n\n{args.note}"
     print(text)
-    os.makedirs(WORKDIR.value, exist_ok=True)
-    with open(os.path.join(WORKDIR.value, "data_size_curve.md"), "w", encoding="utf-8") as f:
+    os.makedirs(args.workdir, exist_ok=True)
+    with open(os.path.join(args.workdir, "data_size_curve.md"), "w", encoding="utf-8") as f:
         f.write(text + "\n")
     fits = {v: fit for v, d in data.items() if (fit := fit_log(d["avg"])) is not None}
     reference = None
-    if PAPER_VALUE.value is not None:
-        reference = (PAPER_LABEL.value, PAPER_VALUE.value, PAPER_TRAIN.value)
+    if args.paper_value is not None:
+        reference = (args.paper_label, args.paper_value, args.paper_train_images)
     png = figures.plot_data_size_curve({v: d["avg"] for v, d in data.items() if d["avg"]},
-                                       os.path.join(WORKDIR.value, "data_size_curve.png"), fits=fits,
-                                       reference=reference, title=f"Top-{K.value} against training-set size",
-                                       ylabel=f"Top-{K.value} retrieval accuracy")  # fmt: skip
+                                       os.path.join(args.workdir, "data_size_curve.png"), fits=fits,
+                                       reference=reference, title=f"Top-{args.k} against training-set size",
+                                       ylabel=f"Top-{args.k} retrieval accuracy")  # fmt: skip
     print(f"wrote {png}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

@@ -55,3 +55,11 @@ def test_leaving_a_size_out_shows_a_bent_curve(tmp_path):
     at, lo, hi = data_size_curve.extrapolate(points, 182599)
     assert lo < at < hi
     assert hi == pytest.approx(0.40 + (0.20 / math.log(4)) * math.log(182599 / 1000))
+
+
+def test_the_recipe_after_the_double_dash_is_passed_on_unparsed():
+    args, recipe = data_size_curve.parse_args(
+        ["--data_dirs=a,b", "--workdir=w", "--seeds=0,1", "--", "--epochs=2", "--batch_norm"]
+    )
+    assert args.data_dirs == "a,b" and args.seeds == "0,1" and recipe == ["--epochs=2", "--batch_norm"]
+    assert data_size_curve.parse_args(["--data_dirs=a", "--workdir=w"])[1] == []
