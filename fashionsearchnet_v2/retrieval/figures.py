@@ -159,6 +159,23 @@ def results_tables(
     return text
 
 
+_DPI = 100
+
+
+def _axes(size: tuple[int, int]):
+    """(figure, axes) of `size` (w, h) px on an Agg canvas of its own (no pyplot state)."""
+    fig = Figure(figsize=(size[0] / _DPI, size[1] / _DPI), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _save_png(fig, path: str | os.PathLike) -> str:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    return write_atomic(path, buf.getvalue())
+
+
 def plot_topk_curves(
     curves: Mapping[str, Mapping[int | str, float]],
     path: str | os.PathLike,
@@ -176,10 +193,7 @@ def plot_topk_curves(
     Returns:
         the path.
     """
-    dpi = 100
-    fig = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = _axes(size)
     for label, curve in curves.items():
         points = sorted((int(k), v) for k, v in curve.items() if v is not None)
         ks = [p[0] for p in points]
@@ -197,10 +211,7 @@ def plot_topk_curves(
     ax.grid(True, alpha=0.3)
     if curves:
         ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return write_atomic(path, buf.getvalue())
+    return _save_png(fig, path)
 
 
 def plot_data_size_curve(
@@ -224,10 +235,7 @@ def plot_data_size_curve(
     Returns:
         the path.
     """
-    dpi = 100
-    fig = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = _axes(size)
     sizes = sorted({int(n) for curve in points.values() for n in curve})
     right = max([*sizes, reference[2] if reference and reference[2] else 0] or [1])
     for label, curve in points.items():
@@ -253,10 +261,7 @@ def plot_data_size_curve(
     ax.grid(True, which="both", alpha=0.3)
     if points:
         ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return write_atomic(path, buf.getvalue())
+    return _save_png(fig, path)
 
 
 def _text_image(text: str, width: int, height: int, fontsize: float = 10.0) -> np.ndarray:
