@@ -11,6 +11,8 @@ results.json is listed as such, never filled in.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 
 import numpy as np
 from operating_points import load_row
@@ -71,6 +73,27 @@ def table(workdir: str, paper: str, seeds: list[int], k: int = 20) -> str:
     return "\n".join(lines)
 
 
+def mean_curves(workdir: str, paper: str, seeds: list[int], k: int = 20) -> tuple[dict, dict]:
+    """({label: {K: Top-K avg, mean over the seeds found}}, {label: (k, the paper's Top-k Avg.)}) of the
+    rows that have results.json, in Table 1's order."""
+    curves, marks = {}, {}
+    for variant in ORDER:
+        found = []
+        for s in seeds:
+            path = os.path.join(workdir, f"seed{s}", "eval", variant, "results.json")
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    found.append(json.load(f)["topk"])
+        if not found:
+            continue
+        ks = sorted({int(x) for r in found for x in r}, key=int)
+        label = LABELS[variant]
+        curves[label] = {x: float(np.mean([r[str(x)]["avg"] for r in found if str(x) in r])) for x in ks}
+        if variant in PAPER[paper]["rows"]:
+            marks[label] = (k, PAPER[paper]["rows"][variant][-1])
+    return curves, marks
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", required=True)
@@ -78,10 +101,20 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--note", default="", help="what this copy of the data is, printed above the table")
+    p.add_argument("--plot", default=None, help="also draw the rows' Top-K curves (mean over seeds) with the "
+                   "paper's Top-k Avg. of each row as a star, as a PNG here")  # fmt: skip
     args = p.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
     if args.note:
         print(args.note + "\n")
-    print(table(args.workdir, args.paper, [int(s) for s in args.seeds.split(",")], args.k))
+    print(table(args.workdir, args.paper, seeds, args.k))
+    if args.plot:
+        from fashionsearchnet_v2.retrieval import figures
+
+        curves, marks = mean_curves(args.workdir, args.paper, seeds, args.k)
+        title = f"Top-K, {args.paper} (ours: lines, mean over seeds; paper's Top-{args.k}: stars)"
+        print("wrote", figures.plot_topk_curves(curves, args.plot, title=title, size=(800, 560), marks=marks,
+                                                marks_label=f"paper's Top-{args.k}"))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -183,6 +183,8 @@ def plot_topk_curves(
     size: tuple[int, int] = (640, 480),
     baselines: Mapping[str, Mapping[int | str, float]] | None = None,
     ylabel: str = "Top-K retrieval accuracy",
+    marks: Mapping[str, tuple[int, float]] | None = None,
+    marks_label: str = "paper",
 ) -> str:
     """Figure 5: Top-K accuracy against K, one line per variant, written as a PNG of `size` (w, h) px.
 
@@ -190,6 +192,8 @@ def plot_topk_curves(
         curves: label -> {K: accuracy}; K may be int or str (as in the JSON results).
         baselines: label -> {K: accuracy} of the same searches with the query not manipulated, drawn
             dashed in the colour of the label's curve (the gap between the two is the manipulation gain).
+        marks: label -> (K, accuracy), e.g. the paper's Table 1 cell, drawn as a star in the colour of the
+            label's curve; `marks_label` names them in the legend.
     Returns:
         the path.
     """
@@ -204,6 +208,10 @@ def plot_topk_curves(
             base = sorted((int(k), v) for k, v in baselines[label].items() if v is not None)
             ax.plot([p[0] for p in base], [p[1] for p in base], linestyle="--", linewidth=1,
                     color=line.get_color(), label=f"{label}, not manipulated")  # fmt: skip
+        if marks and label in marks:
+            k, value = marks[label]
+            ax.plot([k], [value], marker="*", markersize=12, linestyle="none", color=line.get_color(),
+                    markeredgecolor="black", label=f"{label}, {marks_label}")  # fmt: skip
     ax.set_xlabel("K")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -1,0 +1,52 @@
+"""benchmarks/paper_table.py: our Table 1 rows beside the paper's, with the differences, and the Top-K
+curves with the paper's Top-20 marked (issue 25)."""
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import paper_table  # noqa: E402
+
+NAMES = paper_table.PAPER["celeba"]["attributes"]
+
+
+def _results(root, seed, variant, level, base):
+    d = root / f"seed{seed}" / "eval" / variant
+    d.mkdir(parents=True)
+    top = {str(k): {**{n: level * k / 20 for n in NAMES}, "avg": level * k / 20} for k in (1, 10, 20)}
+    gain = {"topk": {"20": {**{n: level - base for n in NAMES}, "avg": level - base}}}
+    (d / "results.json").write_text(json.dumps({"topk": top, "gain": gain}))
+
+
+def test_rows_beside_the_paper_with_differences_and_missing_rows_said(tmp_path):
+    _results(tmp_path, 0, "full", 0.70, 0.30)
+    _results(tmp_path, 1, "full", 0.60, 0.30)
+    _results(tmp_path, 0, "rank_lg_untrained", 0.50, 0.30)
+    lines = paper_table.table(str(tmp_path), "celeba", [0, 1]).splitlines()
+    full = lines.index(next(ln for ln in lines if ln.startswith("| Full | ours")))
+    assert lines[full].startswith("| Full | ours, 2 seeds | 0.650 ± 0.071 |")
+    assert lines[full].endswith("| +0.350 ± 0.071 |")
+    assert lines[full + 1].startswith("| | paper | 0.841 |") and "| 0.775 |" in lines[full + 1]
+    assert (
+        lines[full + 2]
+        == "| | ours − paper | "
+        + " | ".join(f"{0.65 - p:+.3f}" for p in paper_table.PAPER["celeba"]["rows"]["full"])
+        + " | |"
+    )
+    assert any(ln.startswith("| AMNet | ours: no results.json |") for ln in lines)
+    untrained = next(ln for ln in lines if ln.startswith("| Rank-LG, untrained"))
+    assert "ours, 1 seed |" in untrained  # the paper has no such row: no paper line follows it
+
+
+def test_mean_curves_and_the_paper_marks(tmp_path):
+    _results(tmp_path, 0, "full", 0.70, 0.30)
+    _results(tmp_path, 1, "full", 0.60, 0.30)
+    _results(tmp_path, 0, "rank_lg_untrained", 0.50, 0.30)
+    curves, marks = paper_table.mean_curves(str(tmp_path), "celeba", [0, 1])
+    assert list(curves) == ["Rank-LG, untrained", "Full"]  # Table 1's order, rows with results only
+    assert curves["Full"] == pytest.approx({1: 0.65 / 20, 10: 0.325, 20: 0.65})
+    assert marks == {"Full": (20, 0.775)}
