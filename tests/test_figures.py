@@ -142,3 +142,13 @@ def test_plot_data_size_curve_writes_png(tmp_path):
                                        reference=("paper, Full", 0.775, 182599), size=(500, 400))  # fmt: skip
     assert out == str(path) and read_rgb(path).shape == (400, 500, 3)
     assert [p for p in os.listdir(path.parent)] == ["curve.png"]
+
+
+def test_plot_topk_curves_draws_the_marks(tmp_path):
+    """A mark (the paper's Top-20) changes the picture; a mark for a label without a curve does not."""
+    curves = {"Full": {k: 0.1 + 0.01 * k for k in range(1, 51)}}  # > 10 Ks: markers only at some Ks
+    plain = read_rgb(figures.plot_topk_curves(curves, tmp_path / "a.png"))
+    other = read_rgb(figures.plot_topk_curves(curves, tmp_path / "b.png", marks={"Rank": (20, 0.9)}))
+    marked = read_rgb(figures.plot_topk_curves(curves, tmp_path / "c.png", marks={"Full": (20, 0.9)}))
+    assert np.array_equal(plain, other)
+    assert not np.array_equal(plain, marked)

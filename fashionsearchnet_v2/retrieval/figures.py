@@ -202,8 +202,8 @@ def plot_topk_curves(
         points = sorted((int(k), v) for k, v in curve.items() if v is not None)
         ks = [p[0] for p in points]
         # Every K is drawn; markers only at the Ks the paper's Figure 5 ticks, so 50 points stay legible.
-        marks = [i for i, k in enumerate(ks) if k in (1, 10, 20, 30, 40, 50)] if len(ks) > 10 else None
-        (line,) = ax.plot(ks, [p[1] for p in points], marker="o", markevery=marks, markersize=4, label=label)
+        ticks = [i for i, k in enumerate(ks) if k in (1, 10, 20, 30, 40, 50)] if len(ks) > 10 else None
+        (line,) = ax.plot(ks, [p[1] for p in points], marker="o", markevery=ticks, markersize=4, label=label)
         if baselines and label in baselines:
             base = sorted((int(k), v) for k, v in baselines[label].items() if v is not None)
             ax.plot([p[0] for p in base], [p[1] for p in base], linestyle="--", linewidth=1,
