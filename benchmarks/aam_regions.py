@@ -66,6 +66,11 @@ def present_mask(labels: np.ndarray, attribute: int, absent: int | None) -> np.n
     return known if absent is None else known & (labels[:, attribute] != absent)
 
 
+def absent_index(values: list[str], name: str, absent: dict) -> int | None:
+    """Index of the value of attribute `name` that means "not there"; None for an attribute without one."""
+    return values.index(absent[name]) if name in absent else None
+
+
 def region_report(boxes, labels, names, values, regions, absent) -> dict:
     """Per attribute with a region: its boxes' centre-in-region rate over all images and over the images
     that have the attribute, the other attributes' boxes' rate in the same region, the region's area.
@@ -83,8 +88,7 @@ def region_report(boxes, labels, names, values, regions, absent) -> dict:
         rects = regions[name]
         own = centre_in(boxes[:, a], rects)
         others = centre_in(np.delete(boxes, a, axis=1), rects)  # [N, A-1]
-        no = values[a].index(absent[name]) if name in absent else None
-        has = present_mask(labels, a, no)
+        has = present_mask(labels, a, absent_index(values[a], name, absent))
         report[name] = {
             "own": float(own.mean()),
             "own_present": float(own[has].mean()) if has.any() else None,
@@ -154,8 +158,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     for name in show:
         a = info.attribute_names.index(name)
-        no = values[a].index(absent[name]) if name in absent else None
-        pool = np.flatnonzero(present_mask(feats["labels"], a, no))
+        pool = np.flatnonzero(present_mask(feats["labels"], a, absent_index(values[a], name, absent)))
         picks = np.sort(rng.choice(pool, size=min(args.per_row, len(pool)), replace=False))
         if not len(picks):
             continue

@@ -86,7 +86,7 @@ def mean_curves(workdir: str, paper: str, seeds: list[int], k: int = 20) -> tupl
                     found.append(json.load(f)["topk"])
         if not found:
             continue
-        ks = sorted({int(x) for r in found for x in r}, key=int)
+        ks = sorted({int(x) for r in found for x in r})
         label = LABELS[variant]
         curves[label] = {x: float(np.mean([r[str(x)]["avg"] for r in found if str(x) in r])) for x in ks}
         if variant in PAPER[paper]["rows"]:
