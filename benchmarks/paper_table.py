@@ -45,12 +45,16 @@ def _cell(values, sign: str = "") -> str:
     return f"{mean:{sign}.3f}{std}"
 
 
-def table(workdir: str, paper: str, seeds: list[int], k: int = 20) -> str:
+def table(workdir: str, paper: str, seeds: list[int], k: int = 20, variants: tuple[str, ...] = ORDER) -> str:
+    """The rows of `variants` (in Table 1's order), each followed by the paper's row and the difference."""
+    unknown = sorted(set(variants) - set(ORDER))
+    if unknown:
+        raise ValueError(f"--variants: unknown rows {unknown}; expected some of {', '.join(ORDER)}")
     spec = PAPER[paper]
     names = spec["attributes"]
     head = "| Approach | source | " + " | ".join(names) + " | Avg. | gain |"
     lines = [head, "|---|---|" + "---:|" * (len(names) + 2)]
-    for variant in ORDER:
+    for variant in (v for v in ORDER if v in variants):
         rows = [r for r in (load_row(workdir, s, variant, k) for s in seeds) if r is not None]
         ours = [[r["attributes"][n] for r in rows] for n in names] + [[r["avg"] for r in rows]]
         theirs = spec["rows"].get(variant)
@@ -100,6 +104,8 @@ def main() -> None:
     p.add_argument("--paper", choices=sorted(PAPER), default="celeba")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--k", type=int, default=20)
+    p.add_argument("--variants", default=",".join(ORDER), help="rows to print, comma-separated (e.g. "
+                   "rank_lg,full for the --paper_stage3 pair)")  # fmt: skip
     p.add_argument("--note", default="", help="what this copy of the data is, printed above the table")
     p.add_argument("--plot", default=None, help="also draw the rows' Top-K curves (mean over seeds) with the "
                    "paper's Top-k Avg. of each row as a star, as a PNG here")  # fmt: skip
@@ -107,7 +113,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.note:
         print(args.note + "\n")
-    print(table(args.workdir, args.paper, seeds, args.k))
+    print(table(args.workdir, args.paper, seeds, args.k, tuple(args.variants.split(","))))
     if args.plot:
         from fashionsearchnet_v2.retrieval import figures
 

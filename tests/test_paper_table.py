@@ -50,3 +50,13 @@ def test_mean_curves_and_the_paper_marks(tmp_path):
     assert list(curves) == ["Rank-LG, untrained", "Full"]  # Table 1's order, rows with results only
     assert curves["Full"] == pytest.approx({1: 0.65 / 20, 10: 0.325, 20: 0.65})
     assert marks == {"Full": (20, 0.775)}
+
+
+def test_variants_choose_the_rows_and_an_unknown_row_is_named(tmp_path):
+    _results(tmp_path, 0, "full", 0.70, 0.30)
+    _results(tmp_path, 0, "rank_lg", 0.60, 0.30)
+    lines = paper_table.table(str(tmp_path), "celeba", [0], variants=("full", "rank_lg")).splitlines()
+    ours = [ln.split(" | ")[0] for ln in lines if "| ours, " in ln]
+    assert ours == ["| Rank-LG", "| Full"]  # Table 1's order, whatever the order asked; no AMNet line
+    with pytest.raises(ValueError, match="unknown rows \\['ful'\\]"):
+        paper_table.table(str(tmp_path), "celeba", [0], variants=("ful",))
