@@ -100,8 +100,9 @@ MOMENTUM = flags.DEFINE_float("momentum", None, "SGD momentum of stages 1 and 2 
 WARMUP_STEPS = flags.DEFINE_integer(
     "warmup_steps",
     None,
-    "Steps over which the learning rate of stages 1 and 2 ramps up linearly (default 100 on real data, "
-    "0 on the embedded default; 0 = the paper: lr 0.01 from the first step). WORKSPACE.md decision 64.",
+    "Steps over which the learning rate of stages 1 and 2 ramps up linearly (default: 100 with SGD on real "
+    "data, 0 with Adam and on the embedded default; 0 = the paper: lr 0.01 from the first step). "
+    "WORKSPACE.md decision 64.",
 )
 FUSED_UPDATE = flags.DEFINE_bool(
     "fused_update",
@@ -507,6 +508,8 @@ def build_config(
         for section, field in targets:
             fields[section][field] = flag.value
     m, t, s3 = fields["model"], fields["train"], fields["stage3"]
+    if WARMUP_STEPS.value is None:  # decision 64: the warm-up follows the optimiser on real data
+        t["warmup_steps"] = configs.default_warmup_steps(dataset, t.get("optimizer", cfg.train.optimizer))
     if BATCH_NORM.value is not None:
         m["batch_norm"], m["lrn"] = BATCH_NORM.value, not BATCH_NORM.value
     t["seed"] = s3["seed"] = seed

@@ -6,6 +6,7 @@ line and exit status 2, no traceback."""
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -187,3 +188,31 @@ def test_a_stage_directory_remembers_its_dataset_directory(data_dir, tmp_path):
     refused = _cli(["experiments.export", "--workdir=w", "--variant=rank_l", "--export_dir=e/2",
                     f"--data_dir={other.data_dir}"], tmp_path)  # fmt: skip
     assert_one_error_line(refused, "w/seed0/stage2_rank_l was trained on another version of the dataset")
+
+
+WARMUP_DRIVER = """
+import json, sys
+from absl import flags
+from experiments import common
+found = []
+for argv in json.loads(sys.argv[1]):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["stage1", *argv])
+    found.append(common.build_config("stage1", "rank_l")[0].train.warmup_steps)
+print(json.dumps(found))
+"""
+
+
+def test_the_warmup_follows_the_optimiser_on_real_data(data_dir, tmp_path):
+    """Decision 64 (issue 25, CelebA's validation split): without --warmup_steps, SGD on real data warms up
+    over 100 steps and Adam does not; the embedded default never does; the flag overrides both."""
+    shop = tmp_path / "shop"
+    shutil.copytree(data_dir, shop)
+    meta = json.loads((shop / "dataset.json").read_text())
+    (shop / "dataset.json").write_text(json.dumps({**meta, "name": "shop", "quick": False}))
+    cases = [[f"--data_dir={shop}"], [f"--data_dir={shop}", "--optimizer=adam"],
+             [f"--data_dir={shop}", "--optimizer=adam", "--warmup_steps=7"], [f"--data_dir={shop}", "--schedule=paper"],
+             [f"--data_dir={data_dir}"], [f"--data_dir={data_dir}", "--optimizer=sgd"]]  # fmt: skip
+    result = _cli([json.dumps(cases)], tmp_path, code=WARMUP_DRIVER)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [100, 0, 7, 100, 0, 0]
