@@ -9,7 +9,8 @@ For each recipe, warm-up and seed it trains stage 1 and stage 2 (Rank-L) with th
 (`experiments.stage1`, `experiments.stage2`; rerunning resumes them) in
 `<workdir>/<recipe>-warmup<W>/seed<N>`, then scores Rank-L on the validation split
 (`evaluation.validate_stage2`, Top-K at Top-20's share of the gallery) into `validation_rank_l.json`
-there, and prints the table with the warm-up's paired difference per seed. Recipes:
+there, and prints the table with the warm-up's paired difference per seed; `<workdir>/warmup_validation.md`
+gets every run scored there so far, by this command or an earlier one. Recipes:
 
 - `adam_bn`: the embedded default's recipe on real data (BatchNorm, Adam 1e-3, from scratch);
 - `sgd`: the paper's (plain SGD 0.01, LRN, no BatchNorm) from the ImageNet weights given.
@@ -76,7 +77,8 @@ def score(recipe: str, warmup: int, seed: int, info) -> dict:
 
 
 def table(scored: dict, names: list[str]) -> str:
-    """One row per run, then the warm-up's paired difference against the first warm-up listed."""
+    """One row per run (`scored`: {(recipe, warm-up, seed): validation results}), then per recipe each
+    warm-up's paired difference, seed by seed, against the smallest warm-up scored (0: the paper's start)."""
     lines = ["| recipe | warm-up | seed | " + " | ".join(names) + " | avg | unmanipulated | gain |",
              "|---|---:|---:|" + "---:|" * (len(names) + 3)]  # fmt: skip
     for (recipe, warmup, seed), r in sorted(scored.items()):
@@ -85,20 +87,37 @@ def table(scored: dict, names: list[str]) -> str:
         cells = ["–" if top.get(n) is None else f"{top[n]:.3f}" for n in names] + [f"{top['avg']:.3f}", f"{base['avg']:.3f}",
                                                     f"{r['gain']['topk'][k]['avg']:+.3f}"]  # fmt: skip
         lines.append(f"| {recipe} | {warmup} | {seed} | " + " | ".join(cells) + " |")
-    first = int(WARMUPS.value[0])
-    for recipe in RECIPE_LIST.value:
-        for warmup in (int(w) for w in WARMUPS.value[1:]):
+    for recipe in sorted({key[0] for key in scored}):
+        warmups = sorted({w for r, w, _ in scored if r == recipe})
+        seeds = sorted({s for r, _, s in scored if r == recipe})
+        for warmup in warmups[1:]:
             diffs = []
-            for seed in (int(s) for s in SEEDS.value):
-                a, b = scored.get((recipe, first, seed)), scored.get((recipe, warmup, seed))
+            for seed in seeds:
+                a, b = scored.get((recipe, warmups[0], seed)), scored.get((recipe, warmup, seed))
                 if a and b:
                     k = str(a["k"])
                     diffs.append(b["topk"][k]["avg"] - a["topk"][k]["avg"])
             if diffs:
                 std = f" ± {np.std(diffs, ddof=1):.3f}" if len(diffs) > 1 else ""
-                lines.append(f"\n{recipe}: warm-up {warmup} − warm-up {first}, validation Top-K avg, paired over "
+                lines.append(f"\n{recipe}: warm-up {warmup} − warm-up {warmups[0]}, validation Top-K avg, paired over "
                              f"{len(diffs)} seed(s): {np.mean(diffs):+.3f}{std} ({', '.join(f'{d:+.3f}' for d in diffs)})")  # fmt: skip
     return "\n".join(lines)
+
+
+def scored_runs(workdir: str) -> dict:
+    """Every run scored under `workdir` ({(recipe, warm-up, seed): results}), whichever command scored it,
+    so that the table written never drops an earlier invocation's runs."""
+    found = {}
+    for name in sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []:
+        recipe, _, warmup = name.rpartition("-warmup")
+        if recipe not in RECIPES or not warmup.isdigit():
+            continue
+        for seed_dir in sorted(os.listdir(os.path.join(workdir, name))):
+            path = os.path.join(workdir, name, seed_dir, "validation_rank_l.json")
+            if seed_dir.startswith("seed") and seed_dir[4:].isdigit() and os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    found[(recipe, int(warmup), int(seed_dir[4:]))] = json.load(f)
+    return found
 
 
 def main(argv):
@@ -121,9 +140,10 @@ def main(argv):
                     train(recipe, warmup, seed)
                 scored[(recipe, warmup, seed)] = score(recipe, warmup, seed, info)
                 print(table(scored, info.attribute_names), flush=True)
+    everything = scored_runs(WORKDIR.value)  # this command's runs and any scored before
     out = os.path.join(WORKDIR.value, "warmup_validation.md")
     with open(out, "w", encoding="utf-8") as f:
-        f.write(table(scored, info.attribute_names) + "\n")
+        f.write(table(everything, info.attribute_names) + "\n")
     print(f"wrote {out}")
 
 
