@@ -36,7 +36,7 @@ setuptools.setup(
         # The service's tests run it (TestClient needs httpx2) and drive its page in Chromium (selenium).
         "test": [
             "pytest>=8,<10",
-            "pytest-xdist>=3.5,<4",
+            "pytest-xdist>=3.8,<4",
             "ruff>=0.6,<1",
             "faiss-cpu>=1.8",
             *WEB,

@@ -20,11 +20,13 @@ import pytest  # noqa: E402
 
 from fashionsearchnet_v2.data import synthetic  # noqa: E402
 
-# The slowest modules first, the rest in file order. `-n 2 --dist loadscope` (pyproject.toml) runs each
-# module whole on one worker, in collection order: alphabetically, test_readme (about 190 s in one process),
-# test_reproducible (60 s), test_same_data (120 s) and test_seeds (37 s) came last, so one worker could
-# still be inside them while the other had nothing left. Longest first evens the two out. Module seconds
-# from `pytest -n 0 --durations=40` on this machine.
+# The slowest modules first, the rest in file order. `-n 2 --dist loadscope --no-loadscope-reorder`
+# (pyproject.toml) runs each module whole on one worker and hands modules out in collection order, the
+# next one to whichever worker is nearly done. In file order test_readme (about 190 s in one process),
+# test_reproducible (60 s), test_same_data (120 s) and test_seeds (37 s) came last, and in xdist's default
+# order (most tests first) some of them still did, so one worker could still be inside them while the
+# other had nothing left. Longest first evens the two out. Module seconds from
+# `pytest -n 0 --durations=40` on this machine.
 SLOW_FIRST = ("test_readme.py", "test_cli.py", "test_same_data.py", "test_localization_floor.py",
               "test_reproducible.py", "test_training.py", "test_page.py", "test_multi_worker.py",
               "test_seeds.py", "test_precision.py", "test_beam_embed.py")  # fmt: skip

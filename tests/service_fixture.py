@@ -1,7 +1,8 @@
 """What the service tests share: a tiny model that has learnt colour, its export and gallery index, and a
 live server (uvicorn in a thread) on a free localhost port.
 
-The model is trained once per test session (about 20 s on 2 cores): stage 1 and stage 2 (Rank-L) of a
+The model is trained once per test run (about 30 s on 2 cores), by whichever xdist worker asks first; the
+other loads the same files (a lock file beside the workers' temporary directories): stage 1 and stage 2 (Rank-L) of a
 network of 1/8 width, 250 steps each (SGD, momentum 0.9), on 1,200 generated 64-px garments, exported with the memory block
 of the training means and indexed on the 200-image gallery. That is enough for colour, a global
 attribute: a colour change brings that colour into most of the Top-10 (measured in test_page.py), which
@@ -11,8 +12,10 @@ a random network would not.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
+import shutil
 import socket
 import threading
 import time
@@ -23,7 +26,7 @@ import keras
 import pytest
 
 from fashionsearchnet_v2 import configs
-from fashionsearchnet_v2.data import synthetic
+from fashionsearchnet_v2.data import schema, synthetic
 from fashionsearchnet_v2.serving import export, indexing
 from fashionsearchnet_v2.training import run
 
@@ -56,10 +59,30 @@ def train_tiny_colour_model(root: str, seed: int = 0, steps: int = STEPS) -> typ
                                  index_path=index_path, model=model)  # fmt: skip
 
 
+def load_tiny_colour_model(root: str) -> types.SimpleNamespace:
+    """The files `train_tiny_colour_model` wrote under `root`, and their export loaded again."""
+    info = schema.load_dataset_info(os.path.join(root, "data"))
+    export_dir = os.path.join(root, "exports", "fsn", "1")
+    return types.SimpleNamespace(root=root, info=info, data_dir=info.data_dir, export_dir=export_dir,
+                                 index_path=os.path.join(root, "indexes", "gallery.npz"),
+                                 model=export.ExportedModel(export_dir))  # fmt: skip
+
+
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    """The tiny colour model's files and loaded export, shared by every service test."""
-    return train_tiny_colour_model(str(tmp_path_factory.mktemp("service")))
+def trained(tmp_path_factory, worker_id):
+    """The tiny colour model's files and loaded export, shared by every service test: built once per run
+    (under xdist, by the first worker to ask, in the directory above the workers' own; tests only read it)."""
+    if worker_id == "master":  # one process (-n 0)
+        return train_tiny_colour_model(str(tmp_path_factory.mktemp("service")))
+    root = tmp_path_factory.getbasetemp().parent / "service"
+    with open(f"{root}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other worker waits here until the files are complete
+        if (root / "COMPLETE").exists():
+            return load_tiny_colour_model(str(root))
+        shutil.rmtree(root, ignore_errors=True)  # a worker that failed half-way left these
+        made = train_tiny_colour_model(str(root))
+        (root / "COMPLETE").write_text("written by train_tiny_colour_model\n")
+        return made
 
 
 def free_port() -> int:

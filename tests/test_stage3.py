@@ -232,18 +232,18 @@ def test_every_candidate_is_a_valid_stage3_config():
     assert list(itertools.islice(stage3_selection.CANDIDATES, 1)) == ["paper"]
 
 
-def test_stage2_validation_reads_only_the_training_split_and_sees_the_learnt_colour(trained, monkeypatch):
+def test_stage2_validation_reads_only_the_training_split_and_sees_the_learnt_colour(
+    trained, monkeypatch, tmp_path
+):
     """`evaluation.validate_stage2` (the warm-up's measure, decision 64): the tiny colour model's Rank-L on
     validation searches of the training split only; its colour manipulation beats the unmanipulated
     query, as on the test split."""
     from fashionsearchnet_v2.retrieval import evaluation
 
     read = _record_reads(monkeypatch)
-    workdir = os.path.join(trained.root, "work")
-    # Cached features would hide what is read: embed again (the cache is rebuilt for the other tests).
-    shutil.rmtree(
-        os.path.join(loading.stage_dir(workdir, "stage2", "rank_l"), "features"), ignore_errors=True
-    )
+    # A copy without cached features (they would hide what is read); the shared model is only read.
+    workdir = str(tmp_path / "work")
+    shutil.copytree(os.path.join(trained.root, "work"), workdir, ignore=shutil.ignore_patterns("features"))
     results = evaluation.validate_stage2(workdir, trained.info, "rank_l", progress=False)
     assert set(read) == {"train"}, f"validation read {sorted(set(read))}"
     k = str(results["k"])
