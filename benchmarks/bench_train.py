@@ -16,6 +16,9 @@ Rows (each in its own subprocess, so the peak memory is the row's own; the paren
 * stage 2 with the other box backend (skimage <-> tf), and stage 2 with feature fusion (§3.2 FF).
 * stage2_noguard: stage 2 without the trainer's divergence check (`training.guard.all_finite` over the
   model's variables), to measure what the check costs (issue 10; WORKSPACE.md decision R1).
+* baseline_xla, stage1_xla: the same steps compiled with XLA (`tf.function(jit_compile=True)`), against
+  the uncompiled baseline of the same run: whether XLA would make the backbone itself faster (issue 26).
+  Stage 2 does not compile (TensorFlow 2.21 "tf2xla conversion failed", with either box backend).
 
 Every row runs in each precision of `--precisions` (default: float32 and bfloat16, `--precision` of the
 stages; WORKSPACE.md decision 63), each in its own process, one after the other (float32, bfloat16, next
@@ -70,7 +73,16 @@ MAX_RATIO = 1.30
 MAX_PEAK_GIB = 8.0
 MIN_BF16_SPEEDUP = 1.4  # issue 16: bfloat16 stage-2 step vs float32, 227 px, batch 32
 PRECISIONS = ("float32", "bfloat16")
-ROWS = ("baseline", "stage1", "stage2", "stage2_alt", "stage2_ff", "stage2_noguard")
+ROWS = (
+    "baseline",
+    "stage1",
+    "stage2",
+    "stage2_alt",
+    "stage2_ff",
+    "stage2_noguard",
+    "baseline_xla",
+    "stage1_xla",
+)
 RESULT_TAG = "BENCH_TRAIN_RESULT "
 
 
@@ -162,6 +174,9 @@ def other_backend(backend: str) -> str:
 
 
 def row_label(row: str, args) -> str:
+    if row.endswith("_xla"):
+        base = row.removesuffix("_xla")
+        return row_label(base, args) + ", XLA"
     return {
         "input_only": "input pipeline alone",
         "baseline": "baseline: bare backbone + GAP classifiers",
@@ -271,11 +286,14 @@ def run_row(args, row: str, input_kind: str, precision: str = "float32") -> dict
         result["peak_rss_gib"] = _peak_rss_gib()
         return result
 
+    jit = row.endswith("_xla")
+    row = row.removesuffix("_xla")
+    box_backend = other_backend(args.box_backend) if row == "stage2_alt" else args.box_backend
     model_cfg = configs.ModelConfig(
         image_size=s,
         batch_norm=args.batch_norm,
         lrn=not args.no_lrn,
-        box_backend=other_backend(args.box_backend) if row == "stage2_alt" else args.box_backend,
+        box_backend=box_backend,
         feature_fusion=row == "stage2_ff",
     )
     # Momentum 0.9 and λ_C, λ_T, λ_TC = 1, 1.5, 1 as in training; lr 0.01 (§4.1) unless --learning_rate.
@@ -322,7 +340,7 @@ def run_row(args, row: str, input_kind: str, precision: str = "float32") -> dict
     # The trainer's own state and step (training.trainer), so the benchmark times what training runs.
     model, optimizer, step = trainer.build_state(task, strategy, args.warmup + args.steps)
     distributed_step = trainer.step_function(
-        task, strategy, model, optimizer, step, guarded=row != "stage2_noguard"
+        task, strategy, model, optimizer, step, guarded=row != "stage2_noguard", jit_compile=jit
     )
 
     waits, steps, losses = [], [], []
@@ -361,7 +379,7 @@ def run_row(args, row: str, input_kind: str, precision: str = "float32") -> dict
             out["loss"].numpy()
             bool(finite)
 
-        logdir = os.path.join(args.profile_dir, f"{row}-{input_kind}-{precision}-{s}px")
+        logdir = os.path.join(args.profile_dir, f"{result['row']}-{input_kind}-{precision}-{s}px")
         trace_ops.trace(one_step, args.profile_steps, logdir)
         result["profile"] = trace_ops.summarize(logdir, args.profile_steps)
     return result

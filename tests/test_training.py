@@ -240,3 +240,40 @@ def test_periodic_checkpoints_skip_the_ones_an_epoch_end_is_about_to_write():
     assert saved(812, 203, 200) == [203, 406, 609, 812]  # the embedded default: 4 saves, not 8
     assert saved(1668, 834, 200) == [200, 400, 600, 834, 1000, 1200, 1400, 1668]  # CelebA at 128 px
     assert saved(12, 9, 3) == [3, 6, 9, 12]  # small intervals keep every periodic save
+
+
+def test_an_xla_compiled_step_computes_the_uncompiled_step():
+    """`trainer.step_function(jit_compile=True)` (bench_train.py's `_xla` rows) runs the same step: the
+    same loss and the same weights after two steps from the same start, in float32."""
+    from fashionsearchnet_v2.data import schema
+
+    info = schema.DatasetInfo(name="bench", attributes=[schema.Attribute("a", ("x", "y", "z")),
+                              schema.Attribute("b", ("u", "v"))], splits={}, seed=0, source="random")  # fmt: skip
+    rng = np.random.default_rng(0)
+    batch = {"image": tf.constant(rng.normal(0, 60, (4, 64, 64, 3)).astype(np.float32)),
+             "labels": tf.constant(np.stack([rng.integers(0, 3, 4), rng.integers(0, 2, 4)], 1).astype(np.int32))}  # fmt: skip
+    cfg = _config("unused", precision="float32", batch_size=4)
+    cfg.model = dataclasses.replace(cfg.model, image_size=64, batch_norm=False)
+    runs = []
+    for jit in (False, True):
+        keras.utils.set_random_seed(0)
+        strategy = tf.distribute.get_strategy()
+        task = stages.Stage1Task(cfg, info, "", strategy)
+        model, optimizer, step = trainer.build_state(task, strategy, 2)
+        fn = trainer.step_function(task, strategy, model, optimizer, step, jit_compile=jit)
+        assert bool(fn._jit_compile) is jit  # tf.function's own record of XLA compilation
+        losses = [float(fn(batch)[0]["loss"]) for _ in range(2)]
+        runs.append((losses, [v.numpy() for v in model.trainable_variables]))
+    (loss_a, weights_a), (loss_b, weights_b) = runs
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-4)
+    assert any(not np.allclose(w0, w1) for w0, w1 in zip(weights_a, _initial_weights(cfg, info)))
+    for a, b in zip(weights_a, weights_b):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def _initial_weights(cfg, info):
+    keras.utils.set_random_seed(0)
+    task = stages.Stage1Task(cfg, info, "", tf.distribute.get_strategy())
+    return [
+        v.numpy() for v in trainer.build_state(task, tf.distribute.get_strategy(), 2)[0].trainable_variables
+    ]

@@ -107,13 +107,15 @@ def build_state(task, strategy, total_steps: int):
     return model, optimizer, step
 
 
-def step_function(task, strategy, model, optimizer, step, guarded: bool = True):
+def step_function(task, strategy, model, optimizer, step, guarded: bool = True, jit_compile: bool = False):
     """The training step as the trainer runs it, in `tf.function`: the task's step on every replica, the
     results summed, the step counted, and (`guarded`) one flag saying every checked variable is finite
-    (the divergence check, decision R1). Returns `batch -> (results, finite)`."""
+    (the divergence check, decision R1). Returns `batch -> (results, finite)`. `jit_compile` compiles the
+    step with XLA (measured by `benchmarks/bench_train.py`'s `_xla` rows; training never sets it: on
+    these CPUs XLA was slower than TensorFlow's oneDNN kernels, docs/performance.md)."""
     checked = guard.checked_variables(model, optimizer) if guarded else []
 
-    @tf.function
+    @tf.function(jit_compile=jit_compile)
     def distributed_step(batch):
         results = strategy.run(task.train_step, args=(model, optimizer, batch, step))
         reduced = {k: strategy.reduce("SUM", v, axis=None) for k, v in results.items()}
