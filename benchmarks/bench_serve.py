@@ -23,6 +23,8 @@ Configurations:
 * gallery with `--gather_ms=0 --blas_threads=0` (`--untuned_baseline`, on by default): the service as it
   was before issue 26 tuned it (a batch never waits for the previous batch's callers to come back;
   NumPy's BLAS on its default threads, which spin after each ranking and slow the next model call).
+* gallery with each `--gather_ms` of `--gather_ms_values` (off by default), upload queries: how long a
+  batch may wait for as many searches as the previous one held.
 * gallery with `--precision=float32` (`--float32_baseline`, on by default): the service calling the
   export's float32 `embed` instead of what `--precision=auto` picks (`embed_bfloat16` on a CPU with native
   bfloat16; issue 26), the baseline of the same run.
@@ -212,6 +214,11 @@ def main():
         "--float32_baseline", type=int, default=1, help="also serve the gallery with --precision=float32"
     )
     parser.add_argument(
+        "--gather_ms_values",
+        default="",
+        help="also serve the gallery with each of these --gather_ms (comma-separated), upload queries",
+    )
+    parser.add_argument(
         "--untuned_baseline",
         type=int,
         default=1,
@@ -255,6 +262,9 @@ def main():
         if args.float32_baseline:  # the same service calling the float32 `embed` (issue 26's baseline)
             configs.append(("gallery, 3,000, exact, --precision=float32", gallery, ("--precision=float32",),
                             [("item", item_bodies), ("upload", upload_bodies)]))  # fmt: skip
+        for g_ms in [v for v in args.gather_ms_values.split(",") if v]:  # how long a batch waits (issue 26)
+            configs.append((f"gallery, 3,000, exact, --gather_ms={g_ms}", gallery, (f"--gather_ms={g_ms}",),
+                            [("upload", upload_bodies)]))  # fmt: skip
         if args.unbatched:
             configs.append(("gallery, 3,000, exact, --max_batch=1", gallery, ("--max_batch=1",),
                             [("upload", upload_bodies)]))  # fmt: skip

@@ -4,7 +4,7 @@
     python -m experiments.serve --export_dir=exports/synthetic/1 --index=indexes/gallery.npz \\
         [--host=127.0.0.1 --port=8000] [--model_url=http://tf-serving:8501/v1/models/fsn] \\
         [--data_dir=DIR] [--max_upload_bytes=10485760] [--backend=exact|faiss] [--precision=auto] \\
-        [--max_batch=16 --gather_ms=5 --blas_threads=1]
+        [--max_batch=16 --gather_ms=10 --blas_threads=1]
 
 The model is the export loaded in this process, or, with --model_url, a TensorFlow Serving deployment
 of that export called over its REST API (the export directory then only provides the vocabulary and
