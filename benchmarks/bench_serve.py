@@ -29,6 +29,10 @@ Configurations:
   export's float32 `embed` instead of what `--precision=auto` picks (`embed_bfloat16` on a CPU with native
   bfloat16; issue 26), the baseline of the same run.
 
+Before the servers, `--in_process` (on by default) times lone upload searches in this process without
+HTTP (decode, `Searcher.search`, `json.dumps`), with `embed`'s and `manipulate`'s share: what HTTP, the
+event loop and the client add is the difference to the 1-client row.
+
 The client threads share the 2 cores with the server; reported figures are therefore what one machine
 does while also generating its load (conservative).
 
@@ -198,6 +202,41 @@ def load(port: int, bodies: list, clients: int, duration: float, warmup: float) 
             "p50": 1000 * statistics.median(latencies), "p95": 1000 * q[18], "errors": errors[0]}  # fmt: skip
 
 
+def in_process_split(export_dir: str, index, uploads: list, vocab: list, repeats: int = 50) -> str:
+    """A lone upload search without HTTP, as the service computes it (decode, `Searcher.search`,
+    `json.dumps`; `--precision=auto`, BLAS on one thread): median ms, and of it `embed` and `manipulate`."""
+    import threadpoolctl
+
+    from fashionsearchnet_v2.serving import export, searcher
+
+    model = export.ExportedModel(export_dir, precision="auto")
+    s = searcher.Searcher(model, index)
+    timed = {"embed": [], "manipulate": []}
+    for name in timed:
+        fn = getattr(model, name)
+
+        def wrapper(*a, _fn=fn, _name=name, **k):
+            start = time.perf_counter()
+            out = _fn(*a, **k)
+            timed[_name].append(time.perf_counter() - start)
+            return out
+
+        setattr(model, name, wrapper)
+    attr = vocab[0]
+    total = []
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        for i in range(repeats + 5):
+            start = time.perf_counter()
+            image = searcher.decode_upload(uploads[i % len(uploads)])
+            answer = s.search(image=image, changes=[(attr["name"], attr["values"][i % len(attr["values"])])])
+            json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            total.append(time.perf_counter() - start)
+    med = {k: 1000 * statistics.median(v[5:]) for k, v in timed.items()}
+    return (f"in-process lone upload search ({model.embed_precision} embed, no HTTP, {repeats} searches): "
+            f"median {1000 * statistics.median(total[5:]):.1f} ms, of which embed {med['embed']:.1f} ms, "
+            f"manipulate {med['manipulate']:.1f} ms")  # fmt: skip
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -212,6 +251,9 @@ def main():
     parser.add_argument("--unbatched", type=int, default=1, help="also serve the gallery with --max_batch=1")
     parser.add_argument(
         "--float32_baseline", type=int, default=1, help="also serve the gallery with --precision=float32"
+    )
+    parser.add_argument(
+        "--in_process", type=int, default=1, help="also time lone searches in-process, without HTTP"
     )
     parser.add_argument(
         "--gather_ms_values",
@@ -247,6 +289,8 @@ def main():
 
         uploads = [cv2.imencode(".png", synthetic.render(synthetic.params_for(99, i), 128)[0][..., ::-1])[1].tobytes()
                    for i in range(16)]  # fmt: skip
+        if args.in_process:
+            print(in_process_split(export_dir, g, uploads, vocab), flush=True)
 
         def change(i):
             attr = vocab[i % len(vocab)]
