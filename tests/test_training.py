@@ -13,6 +13,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from fashionsearchnet_v2 import configs
+from fashionsearchnet_v2.data import schema
 from fashionsearchnet_v2.retrieval import evaluation
 from fashionsearchnet_v2.trained import checkpoints
 from fashionsearchnet_v2.training import run, stages, trainer
@@ -245,8 +246,6 @@ def test_periodic_checkpoints_skip_the_ones_an_epoch_end_is_about_to_write():
 def test_an_xla_compiled_step_computes_the_uncompiled_step():
     """`trainer.step_function(jit_compile=True)` (bench_train.py's `_xla` rows) runs the same step: the
     same loss and the same weights after two steps from the same start, in float32."""
-    from fashionsearchnet_v2.data import schema
-
     info = schema.DatasetInfo(name="bench", attributes=[schema.Attribute("a", ("x", "y", "z")),
                               schema.Attribute("b", ("u", "v"))], splits={}, seed=0, source="random")  # fmt: skip
     rng = np.random.default_rng(0)
@@ -260,20 +259,15 @@ def test_an_xla_compiled_step_computes_the_uncompiled_step():
         strategy = tf.distribute.get_strategy()
         task = stages.Stage1Task(cfg, info, "", strategy)
         model, optimizer, step = trainer.build_state(task, strategy, 2)
+        start = [v.numpy() for v in model.trainable_variables]
         fn = trainer.step_function(task, strategy, model, optimizer, step, jit_compile=jit)
         assert bool(fn._jit_compile) is jit  # tf.function's own record of XLA compilation
         losses = [float(fn(batch)[0]["loss"]) for _ in range(2)]
-        runs.append((losses, [v.numpy() for v in model.trainable_variables]))
-    (loss_a, weights_a), (loss_b, weights_b) = runs
+        runs.append((start, losses, [v.numpy() for v in model.trainable_variables]))
+    (start_a, loss_a, weights_a), (start_b, loss_b, weights_b) = runs
+    for a, b in zip(start_a, start_b):
+        np.testing.assert_array_equal(a, b)  # the same start
+    assert any(not np.allclose(w, w0) for w, w0 in zip(weights_a, start_a))  # the steps moved the weights
     np.testing.assert_allclose(loss_a, loss_b, rtol=1e-4)
-    assert any(not np.allclose(w0, w1) for w0, w1 in zip(weights_a, _initial_weights(cfg, info)))
     for a, b in zip(weights_a, weights_b):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
-
-
-def _initial_weights(cfg, info):
-    keras.utils.set_random_seed(0)
-    task = stages.Stage1Task(cfg, info, "", tf.distribute.get_strategy())
-    return [
-        v.numpy() for v in trainer.build_state(task, tf.distribute.get_strategy(), 2)[0].trainable_variables
-    ]
