@@ -34,7 +34,18 @@ PAPER = {
         },
     },
 }
-ORDER = ("amnet", "wo_rank", "rank", "rank_l", "rank_lg_untrained", "rank_lg", "full", "full_ff")
+# Every row of Table 1, each untrained control just above the row it controls (the paper has neither).
+ORDER = (
+    "amnet_untrained",
+    "amnet",
+    "wo_rank",
+    "rank",
+    "rank_l",
+    "rank_lg_untrained",
+    "rank_lg",
+    "full",
+    "full_ff",
+)
 
 
 def _cell(values, sign: str = "") -> str:

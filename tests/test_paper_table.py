@@ -38,8 +38,11 @@ def test_rows_beside_the_paper_with_differences_and_missing_rows_said(tmp_path):
         + " | |"
     )
     assert any(ln.startswith("| AMNet | ours: no results.json |") for ln in lines)
-    untrained = next(ln for ln in lines if ln.startswith("| Rank-LG, untrained"))
-    assert "ours, 1 seed |" in untrained  # the paper has no such row: no paper line follows it
+    untrained = lines.index(next(ln for ln in lines if ln.startswith("| Rank-LG, untrained")))
+    assert "ours, 1 seed |" in lines[untrained]
+    # the paper has no such row: no paper line follows it
+    assert lines[untrained + 1].startswith("| Rank-LG |")
+    assert lines[2].startswith("| AMNet, untrained | ours: no results.json |")  # AMNet's control comes first
 
 
 def test_mean_curves_and_the_paper_marks(tmp_path):
