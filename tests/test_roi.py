@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fashionsearchnet_v2.model.roi import RoiPooling
+from fashionsearchnet_v2.model.roi import RoiPooling, _pad_edges
 
 
 def _ramp(b=2, h=5, w=7, c=3):
@@ -47,6 +47,26 @@ def test_box_ending_on_the_edge_keeps_its_last_row():
     assert np.all(raw[0, -1] == 0.0)  # the TF behaviour the padding works around
     out = RoiPooling(crop_size=(8, 13))([feats, box]).numpy()
     np.testing.assert_allclose(out[0, 0], feats[0, 5:], rtol=1e-5)
+
+
+def test_edge_padding_is_mirror_padding_exactly():
+    # The border is replicated with concats (faster on CPU than MirrorPad): the values must be those of
+    # tf.pad(mode="SYMMETRIC") bit for bit, so no ROI feature changes; the gradient of a border cell sums
+    # its copies in another order, so it agrees to float32 rounding.
+    feats = tf.constant(np.random.default_rng(1).standard_normal((2, 5, 7, 3)).astype(np.float32))
+    weights = tf.constant(np.random.default_rng(2).standard_normal((2, 7, 9, 3)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(feats)
+        ours, _ = _pad_edges(feats, tf.zeros((2, 1, 4)))
+        mirror = tf.pad(feats, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+        loss_ours, loss_mirror = tf.reduce_sum(ours * weights), tf.reduce_sum(mirror * weights)
+    np.testing.assert_array_equal(ours.numpy(), mirror.numpy())
+    np.testing.assert_allclose(
+        tape.gradient(loss_ours, feats).numpy(),
+        tape.gradient(loss_mirror, feats).numpy(),
+        rtol=1e-6,
+        atol=1e-6,
+    )
 
 
 def test_every_cell_aligned_box_returns_its_cells():

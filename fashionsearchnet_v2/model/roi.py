@@ -44,8 +44,11 @@ def _pad_edges(features, boxes):
     """
     size = tf.cast(tf.shape(features)[1:3], tf.float32) - 1.0  # (H-1, W-1)
     size = tf.tile(size, [2])  # for (y1, x1, y2, x2)
-    # SYMMETRIC with a 1-cell pad repeats the border row/column itself.
-    features = tf.pad(features, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    # The border rows, then columns, concatenated on: the same values as tf.pad(mode="SYMMETRIC") with a
+    # 1-cell pad (tested), but MirrorPad's CPU kernel took 2.7-3.7x as long as these two concats on a
+    # batch of conv5 maps (issue 26).
+    features = tf.concat([features[:, :1], features, features[:, -1:]], axis=1)
+    features = tf.concat([features[:, :, :1], features, features[:, :, -1:]], axis=2)
     return features, (boxes * size + 1.0) / (size + 2.0)
 
 
