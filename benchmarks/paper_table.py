@@ -88,6 +88,30 @@ def table(workdir: str, paper: str, seeds: list[int], k: int = 20, variants: tup
     return "\n".join(lines)
 
 
+def gains_table(
+    workdir: str,
+    paper: str,
+    seeds: list[int],
+    k: int = 20,
+    variants: tuple[str, ...] = ORDER,
+    floor: float = 0.10,
+) -> str:
+    """Our manipulation gain at Top-k per attribute (mean ± std over the seeds found) for the rows that
+    have results.json; a mean under `floor` is marked with a dagger (the issue asks each to be named)."""
+    names = PAPER[paper]["attributes"]
+    lines = ["| row | seeds | " + " | ".join(names) + " | Avg. |", "|---|---:|" + "---:|" * (len(names) + 1)]
+    for variant in (v for v in ORDER if v in variants):
+        rows = [r for r in (load_row(workdir, s, variant, k) for s in seeds) if r is not None]
+        if not rows:
+            continue
+        cells = []
+        for values in [[r["gains"][n] for r in rows] for n in names] + [[r["gain"] for r in rows]]:
+            mark = " †" if np.mean(values) < floor and not variant.endswith("_untrained") else ""
+            cells.append(_cell(values, "+") + mark)
+        lines.append(f"| {LABELS[variant]} | {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def mean_curves(workdir: str, paper: str, seeds: list[int], k: int = 20) -> tuple[dict, dict]:
     """({label: {K: Top-K avg, mean over the seeds found}}, {label: (k, the paper's Top-k Avg.)}) of the
     rows that have results.json, in Table 1's order."""
@@ -117,6 +141,7 @@ def main() -> None:
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--variants", default=",".join(ORDER), help="rows to print, comma-separated (e.g. "
                    "rank_lg,full for the --paper_stage3 pair)")  # fmt: skip
+    p.add_argument("--floor", type=float, default=0.10, help="gains under this are marked †")
     p.add_argument("--note", default="", help="what this copy of the data is, printed above the table")
     p.add_argument("--plot", default=None, help="also draw the rows' Top-K curves (mean over seeds) with the "
                    "paper's Top-k Avg. of each row as a star, as a PNG here")  # fmt: skip
@@ -124,7 +149,11 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.note:
         print(args.note + "\n")
-    print(table(args.workdir, args.paper, seeds, args.k, tuple(args.variants.split(","))))
+    variants = tuple(args.variants.split(","))
+    print(table(args.workdir, args.paper, seeds, args.k, variants))
+    print(f"\nManipulation gain at Top-{args.k} per attribute (ours; † a trained row's mean under "
+          f"+{args.floor:.2f}):\n")  # fmt: skip
+    print(gains_table(args.workdir, args.paper, seeds, args.k, variants, args.floor))
     if args.plot:
         from fashionsearchnet_v2.retrieval import figures
 

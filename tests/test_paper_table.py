@@ -63,3 +63,16 @@ def test_variants_choose_the_rows_and_an_unknown_row_is_named(tmp_path):
     assert ours == ["| Rank-LG", "| Full"]  # Table 1's order, whatever the order asked; no AMNet line
     with pytest.raises(ValueError, match="unknown rows \\['ful'\\]"):
         paper_table.table(str(tmp_path), "celeba", [0], variants=("ful",))
+
+
+def test_gains_per_attribute_with_spread_and_small_gains_marked(tmp_path):
+    _results(tmp_path, 0, "full", 0.70, 0.30)  # gain +0.40 on every attribute
+    _results(tmp_path, 1, "full", 0.60, 0.30)  # +0.30
+    _results(tmp_path, 0, "rank_l", 0.35, 0.30)  # +0.05: under the floor
+    _results(tmp_path, 0, "rank_lg_untrained", 0.31, 0.30)  # a control: never marked
+    lines = paper_table.gains_table(str(tmp_path), "celeba", [0, 1]).splitlines()
+    assert [ln.split(" | ")[0] for ln in lines[2:]] == ["| Rank-L", "| Rank-LG, untrained", "| Full"]
+    full = lines[4].split(" | ")
+    assert full[1] == "2" and full[2] == "+0.350 ± 0.071" and full[-1] == "+0.350 ± 0.071 |"
+    assert lines[2].count("+0.050 †") == len(NAMES) + 1
+    assert "†" not in lines[3] and "+0.010" in lines[3]
