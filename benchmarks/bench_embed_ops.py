@@ -2,7 +2,7 @@
 
 * ROI pooling's edge padding (`model/roi.py`, `_pad_edges`): the border of the conv5 maps replicated
   once by two concats (what the layer does) against `tf.pad(mode="SYMMETRIC")` (what it did), on a batch
-  of conv5 maps at 128 px (7 x 7) and 227 px (13 x 13). The two give the same values (tests/test_roi.py).
+  of conv5 maps at 128 px (6 x 6) and 227 px (13 x 13). The two give the same values (tests/test_roi.py).
 * fc8_a, the first layer of every attribute branch: six separate products (the six Dense layers) against
   one batched einsum over the attributes, at a batch of 64 (`embed`'s batch in bench_extract.py).
 
@@ -43,6 +43,7 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
+    from fashionsearchnet_v2.model.backbone import feature_grid_size
     from fashionsearchnet_v2.model.roi import _pad_edges
 
     load = os.getloadavg()[0]
@@ -50,13 +51,17 @@ def main() -> None:
     rng = np.random.default_rng(0)
     b = args.batch_size
     pairs = {}
-    for grid in (7, 13):
+    for size in (128, 227):
+        grid = feature_grid_size(size)
         feats = tf.constant(rng.standard_normal((b, grid, grid, 384)).astype(np.float32))
         concat = tf.function(lambda f=feats: _pad_edges(f, tf.zeros((b, 6, 4)))[0])
         mirror = tf.function(lambda f=feats: tf.pad(f, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC"))
         if not np.array_equal(concat().numpy(), mirror().numpy()):
             raise SystemExit("the concat padding differs from MirrorPad: fix model/roi.py before timing it")
-        pairs[f"edge padding, {b} x {grid} x {grid} x 384"] = (("concats", concat), ("MirrorPad", mirror))
+        pairs[f"edge padding, {b} x {grid} x {grid} x 384 ({size} px)"] = (
+            ("concats", concat),
+            ("MirrorPad", mirror),
+        )
     attributes, fan_in, units = 6, 6144, 512  # the embedded default's fc8_a at 128 px (4 x 4 x 384 inputs)
     x = tf.constant(rng.standard_normal((b, attributes, fan_in)).astype(np.float32))
     w = tf.constant((0.01 * rng.standard_normal((attributes, fan_in, units))).astype(np.float32))

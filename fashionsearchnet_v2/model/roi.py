@@ -33,7 +33,7 @@ def _replicate_border(features):
 
     The same values bit for bit, and the same gradient: MirrorPad's own gradient kernel, so training
     sums a border cell's copies in the same order as before. MirrorPad's CPU forward kernel took
-    2.1-2.4x as long as the concats on a batch of conv5 maps (decision P6).
+    1.7-2.0x as long as the concats on a batch of conv5 maps (decision P6).
     """
     padded = tf.concat([features[:, :1], features, features[:, -1:]], axis=1)
     padded = tf.concat([padded[:, :, :1], padded, padded[:, :, -1:]], axis=2)
