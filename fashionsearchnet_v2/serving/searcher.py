@@ -22,7 +22,8 @@ DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: larger images are refused befo
 DEFAULT_TOP_K = 20
 DEFAULT_MAX_TOP_K = 200
 DEFAULT_MAX_BATCH = 16
-DEFAULT_GATHER_MS = 10.0  # issue 26: 8 clients, batches of 8 instead of 1 and 8 in turn (5 ms before 2026-12-03)
+# Issue 26: with 8 clients, batches of 8 instead of 1 and 8 in turn (5 ms before 2026-12-03).
+DEFAULT_GATHER_MS = 10.0
 
 
 class Batcher:
