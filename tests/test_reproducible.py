@@ -51,11 +51,11 @@ def test_same_seed_same_checkpoints_and_results(info, tmp_path):
         for name in va:
             np.testing.assert_array_equal(va[name], vb[name], err_msg=f"{stage}: {name}")
     # Another seed starts elsewhere: the stage-1 weights differ (stage 1 alone is enough to show it).
-    c_dir = _cfg(tmp_path / "c" / "seed4", 4).workdir
-    run.run_stage1(_cfg(tmp_path / "c" / "seed4", 4), info, out=io.StringIO())
+    c_cfg = _cfg(tmp_path / "c" / "seed4", 4)
+    run.run_stage1(c_cfg, info, out=io.StringIO())
     va, vc = (
         _variables(os.path.join(a_dir, "stage1", "ckpt")),
-        _variables(os.path.join(c_dir, "stage1", "ckpt")),
+        _variables(os.path.join(c_cfg.workdir, "stage1", "ckpt")),
     )
     assert any(not np.array_equal(va[n], vc[n]) for n in va if n.startswith("conv1"))
 

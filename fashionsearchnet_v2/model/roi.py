@@ -64,8 +64,7 @@ def _pad_edges(features, boxes):
     """
     size = tf.cast(tf.shape(features)[1:3], tf.float32) - 1.0  # (H-1, W-1)
     size = tf.tile(size, [2])  # for (y1, x1, y2, x2)
-    # SYMMETRIC with a 1-cell pad repeats the border row/column itself.
-    features = _replicate_border(features)
+    features = _replicate_border(features)  # each border row and column once more
     return features, (boxes * size + 1.0) / (size + 2.0)
 
 
