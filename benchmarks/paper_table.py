@@ -56,6 +56,11 @@ def _cell(values, sign: str = "") -> str:
     return f"{mean:{sign}.3f}{std}"
 
 
+def _found(workdir: str, seeds: list[int], variant: str, k: int) -> list[dict]:
+    """`load_row` of each seed that has the row's results.json, in the seeds' order."""
+    return [r for r in (load_row(workdir, s, variant, k) for s in seeds) if r is not None]
+
+
 def table(workdir: str, paper: str, seeds: list[int], k: int = 20, variants: tuple[str, ...] = ORDER) -> str:
     """The rows of `variants` (in Table 1's order), each followed by the paper's row and the difference."""
     unknown = sorted(set(variants) - set(ORDER))
@@ -66,7 +71,7 @@ def table(workdir: str, paper: str, seeds: list[int], k: int = 20, variants: tup
     head = "| Approach | source | " + " | ".join(names) + " | Avg. | gain |"
     lines = [head, "|---|---|" + "---:|" * (len(names) + 2)]
     for variant in (v for v in ORDER if v in variants):
-        rows = [r for r in (load_row(workdir, s, variant, k) for s in seeds) if r is not None]
+        rows = _found(workdir, seeds, variant, k)
         ours = [[r["attributes"][n] for r in rows] for n in names] + [[r["avg"] for r in rows]]
         theirs = spec["rows"].get(variant)
         label = LABELS[variant]
@@ -101,7 +106,7 @@ def gains_table(
     names = PAPER[paper]["attributes"]
     lines = ["| row | seeds | " + " | ".join(names) + " | Avg. |", "|---|---:|" + "---:|" * (len(names) + 1)]
     for variant in (v for v in ORDER if v in variants):
-        rows = [r for r in (load_row(workdir, s, variant, k) for s in seeds) if r is not None]
+        rows = _found(workdir, seeds, variant, k)
         if not rows:
             continue
         cells = []
