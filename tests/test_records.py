@@ -188,3 +188,25 @@ def test_a_split_too_large_or_of_mixed_sizes_is_not_held(tmp_path):
     mixed = convert.write_dataset(examples, ATTRS, output_dir=str(tmp_path / "m"), name="t", source="f",
                                   num_query=2, num_gallery=5, progress=False, per_shard=4)  # fmt: skip
     assert pipeline.decode_split(mixed, "train", max_bytes=10**6) is None
+
+
+def test_input_streams_without_the_autotuner_keep_every_batch(tmp_path):
+    """Decision P7: the streams run without tf.data's autotuner unless asked, and give the same batches
+    (evaluation and a shuffled training stream) as with it."""
+    info = convert.write_dataset(_images(tmp_path, 30), ATTRS, output_dir=str(tmp_path / "o"), name="t",
+                                 source="f", num_query=2, num_gallery=5, progress=False, per_shard=4)  # fmt: skip
+    one = pipeline.make_dataset(info, "train", 8, 4)
+    default = pipeline.make_dataset(info, "train", 8, 4, autotune=True)
+    assert one.options().autotune.enabled is False
+    assert default.options().autotune.enabled is not False
+    for a, b in zip(one, default, strict=True):
+        assert a["id"].numpy().tolist() == b["id"].numpy().tolist()
+        np.testing.assert_array_equal(a["image"].numpy(), b["image"].numpy())
+    for a, b in zip(_stream(info, None, 0, 12, 1), _stream_default(info, 12, 1), strict=True):
+        assert a["id"].tolist() == b["id"].tolist()
+        np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def _stream_default(info, steps, seed):
+    ds = pipeline.make_dataset(info, "train", 8, 4, training=True, seed=seed, shuffle_buffer=5, autotune=True)
+    return [{k: v.numpy() for k, v in b.items()} for b, _ in zip(ds, range(steps))]

@@ -35,6 +35,7 @@ def make_dataset(
     mean_bgr=records.IMAGENET_MEAN_BGR,
     skip: int = 0,
     decoded: DecodedSplit | None = None,
+    autotune: bool = False,
 ) -> tf.data.Dataset:
     """Batches of {"image": float32 [B, S, S, 3], "labels": int32 [B, A], "id": string [B]
     (, "boxes": [B, A, 4])}. Training data is shuffled and repeated forever; evaluation data is read
@@ -46,7 +47,12 @@ def make_dataset(
     run would have seen from step s on.
 
     `decoded` (training only): `split` decoded once (`decode_split`); the batches are the same, element
-    for element, as without it."""
+    for element, as without it.
+
+    `autotune` (decision P7: off): tf.data's autotuner, which on 2 cores left a model fed by the
+    stream at half its speed on about half of the iterators (the model's and the tuner's threads on the
+    same cores); off, `AUTOTUNE` parallelism is the number of cores and the prefetch buffer fixed. The
+    batches are the same either way."""
     if decoded is not None and (not training or take is not None or with_boxes):
         raise ValueError("a DecodedSplit feeds training streams only (no take, no boxes)")
     if decoded is not None:
@@ -73,7 +79,12 @@ def make_dataset(
 
     ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    if not autotune:
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        ds = ds.with_options(options)
+    return ds
 
 
 def _record_order(sources, num_sources, open_source, training, seed, shuffle_buffer, take, skip):
