@@ -167,6 +167,9 @@ class Stage3Config:
     squared_triplet: bool = False
     max_steps: int | None = None
     log_every_steps: int = 100  # an epoch of the enumeration is ~1,000 steps on the embedded default
+    # Steps per tf.function call (trainer.steps_function; the same weights bit for bit as 1): a step
+    # here is far under a millisecond of arithmetic, and one call per step cost several times that.
+    steps_per_call: int = 100
     seed: int = 0
     # §3.3 "The same procedure is applied to all possible attribute manipulation options": "enumerate"
     # walks every (training image, attribute, other value) whose target has a training image, once per
@@ -244,6 +247,7 @@ class AmnetConfig:
     batch_size: int = 64
     max_steps: int | None = None
     log_every_steps: int = 100
+    steps_per_call: int = 100  # as Stage3Config's
     seed: int = 0
     # The validation split of decision 59 (the same images as stage 3's), selection of the best epoch.
     validation_fraction: float = 0.2

@@ -94,15 +94,36 @@ def _info():
     return schema.DatasetInfo(name="fake", attributes=attrs, splits={"train": 900}, seed=0, source="test")
 
 
-def _train(workdir, feats, steps, **s3):
+def _train(workdir, feats, steps, out=None, steps_per_call=1, log_every=10**6, **s3):
     cfg = configs.ExperimentConfig(stage="stage3")
     cfg.stage3 = dataclasses.replace(cfg.stage3, r=8, batch_size=32, **s3)
     task = stage3.Stage3Task(cfg, _info(), feats, str(workdir))
     per_epoch = task.steps_per_epoch()
     model = trainer.Trainer(task, str(workdir), trainer.make_strategy("default"), total_steps=steps,
-                            steps_per_epoch=min(per_epoch, steps), batch_size=32, log_every=10**6,
-                            checkpoint_every=10**6, out=io.StringIO()).run()  # fmt: skip
+                            steps_per_epoch=min(per_epoch, steps), batch_size=32, log_every=log_every,
+                            checkpoint_every=10**6, steps_per_call=steps_per_call,
+                            out=out or io.StringIO()).run()  # fmt: skip
     return task, model
+
+
+def test_several_steps_per_call_train_the_same_weights_and_log_the_same_lines(tmp_path):
+    """Stage 3's default runs 100 steps per tf.function call; it must be step-by-step training exactly:
+    the same weights bit for bit, the same logged losses, the same validated epochs (epochs of 22 steps
+    here, so calls of 5 are cut at log lines and epoch ends)."""
+    feats = _fake_features()
+    runs = {}
+    for n in (1, 5):
+        out = io.StringIO()
+        task, model = _train(tmp_path / f"n{n}", feats, 50, out=out, steps_per_call=n, log_every=3,
+                             sampling="images")  # fmt: skip
+        lines = [line.split(" | ")[0] for line in out.getvalue().splitlines() if "] step " in line]
+        runs[n] = (model.get_weights(), lines, task.history, task.steps_per_epoch())
+    (w1, lines1, hist1, per_epoch), (w5, lines5, hist5, _) = runs[1], runs[5]
+    assert per_epoch == 22 and len(hist1) == 4  # step 0 and the ends of steps 22, 44 and the last, 50
+    assert lines1 == lines5 and len(lines1) >= 7
+    assert hist1 == hist5  # validated on the same states: Top-20, L_G, λ and M's shift to the last digit
+    assert len(w1) == len(w5) and all(np.array_equal(a, b) for a, b in zip(w1, w5))
+    assert not np.array_equal(w1[0], _train(tmp_path / "n0", feats, 1)[1].get_weights()[0])  # it learned
 
 
 def test_validation_images_never_enter_a_triplet_or_the_memory_block(tmp_path):

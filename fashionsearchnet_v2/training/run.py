@@ -230,7 +230,7 @@ def _train_on_features(task, cfg: ExperimentConfig, workdir: str, num_examples: 
             steps_per_epoch=min(per_epoch, total), batch_size=s3.batch_size, log_every=s3.log_every_steps,
             checkpoint_every=max(1, per_epoch // 2), seed=s3.seed,
             deterministic_ops=cfg.train.deterministic_ops, loss_upper_bound=cfg.train.loss_upper_bound,
-            loss_growth_limit=cfg.train.loss_growth_limit, out=out,
+            loss_growth_limit=cfg.train.loss_growth_limit, steps_per_call=s3.steps_per_call, out=out,
         ).run()  # fmt: skip
 
 

@@ -125,6 +125,35 @@ def step_function(task, strategy, model, optimizer, step, guarded: bool = True, 
     return distributed_step
 
 
+def steps_function(task, strategy, model, optimizer, step, guarded: bool = True):
+    """Several training steps in one `tf.function` call: `(iterator, n) -> (results, finite)`, where each
+    result and `finite` are [n], one row per step, exactly as `step_function` gives them step by step (the
+    same ops in the same order, inside a `tf.range` loop; tests/test_training.py checks the weights are
+    bit for bit the same). For the small models on fixed features (stage 3, AMNet), whose step is well
+    under a millisecond of arithmetic: called step by step, the call, the input iterator and the host
+    reads cost several times the step (issue 26)."""
+    checked = guard.checked_variables(model, optimizer) if guarded else []
+
+    def one(iterator):
+        results = strategy.run(task.train_step, args=(model, optimizer, next(iterator), step))
+        reduced = {k: strategy.reduce("SUM", v, axis=None) for k, v in results.items()}
+        step.assign_add(1)
+        return reduced, guard.all_finite(checked)
+
+    @tf.function
+    def distributed_steps(iterator, n):
+        first, ok = one(iterator)
+        arrays = {k: tf.TensorArray(v.dtype, size=n).write(0, v) for k, v in first.items()}
+        oks = tf.TensorArray(tf.bool, size=n).write(0, ok)
+        for i in tf.range(1, n):
+            results, ok = one(iterator)
+            arrays = {k: arrays[k].write(i, results[k]) for k in arrays}
+            oks = oks.write(i, ok)
+        return {k: a.stack() for k, a in arrays.items()}, oks.stack()
+
+    return distributed_steps
+
+
 class FixedFeatureTask:
     """What the tasks on fixed features (stage 3, AMNet) share: stage 3's optimiser settings
     (`self.s3`, a Stage3Config), every weight of their small model trained, no pictures."""
@@ -250,10 +279,16 @@ class Trainer:
         deterministic_ops: bool = False,
         loss_upper_bound: float = 0.0,
         loss_growth_limit: float = 0.0,
+        steps_per_call: int = 1,
         out=sys.stdout,
     ):
         """`loss_upper_bound`, `loss_growth_limit`: `guard.LossBound`'s (0: off; `run` passes the
-        TrainConfig's)."""
+        TrainConfig's). `steps_per_call`: steps run in one `tf.function` call (`steps_function`); a call
+        never runs past a log line, a checkpoint or an epoch's end, so what is logged, saved and
+        evaluated is the same as step by step."""
+        if steps_per_call < 1:
+            raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
+        self.steps_per_call = int(steps_per_call)
         self.task, self.workdir, self.strategy = task, workdir, strategy
         self.loss_upper_bound, self.loss_growth_limit = loss_upper_bound, loss_growth_limit
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
@@ -319,17 +354,19 @@ class Trainer:
             self.log(f"[{self.task.name}] {self.task.input_note}")
         iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
 
-        distributed_step = step_function(self.task, self.strategy, model, optimizer, step)
+        if self.steps_per_call > 1:
+            distributed_steps = steps_function(self.task, self.strategy, model, optimizer, step)
+        else:
+            distributed_step = step_function(self.task, self.strategy, model, optimizer, step)
         bound = guard.LossBound(self.loss_upper_bound, self.loss_growth_limit)
 
         t0 = time.time()
         window_start, window_images = time.time(), 0
         sums: dict[str, np.ndarray] = {}
-        for s in range(start, self.total_steps):
-            batch = next(iterator)
-            results, finite = distributed_step(batch)
-            values = {k: v.numpy() for k, v in results.items()}
-            guard.check_step(self.task.name, s + 1, values, bool(finite), model=model, optimizer=optimizer,
+        for s, values, finite in self._steps(
+            start, iterator, distributed_step if self.steps_per_call == 1 else distributed_steps
+        ):
+            guard.check_step(self.task.name, s + 1, values, finite, model=model, optimizer=optimizer,
                              last_checkpoint=lambda: checkpoints.latest(self.ckpt_dir), bound=bound)  # fmt: skip
             window_images += self.batch_size
             for k, v in values.items():
@@ -363,6 +400,32 @@ class Trainer:
             f"[{self.task.name}] done: {self.total_steps - start} steps in {format_seconds(time.time() - t0)}"
         )
         return model
+
+    def _steps(self, start: int, iterator, fn):
+        """(step index, its results as numpy, its weights-finite flag) for every step from `start`, run
+        one per call or, with `steps_per_call` > 1, in calls that end where a step is logged, saved or
+        ends an epoch (those happen after a call's last step, on the state it left)."""
+        s = start
+        while s < self.total_steps:
+            if self.steps_per_call == 1:
+                results, finite = fn(next(iterator))
+                yield s, {k: v.numpy() for k, v in results.items()}, bool(finite)
+                s += 1
+                continue
+            n = self._call_length(s)
+            results, finite = fn(iterator, tf.constant(n, tf.int32))
+            values, finite = {k: v.numpy() for k, v in results.items()}, finite.numpy()
+            for i in range(n):
+                yield s + i, {k: v[i] for k, v in values.items()}, bool(finite[i])
+            s += n
+
+    def _call_length(self, s: int) -> int:
+        """How many steps the call starting after step `s` runs: at most `steps_per_call`, and it stops at
+        the next step that is logged, may be saved (every `checkpoint_every`) or ends an epoch."""
+        n = min(self.steps_per_call, self.total_steps - s)
+        for every in (self.log_every, self.checkpoint_every, self.steps_per_epoch):
+            n = min(n, every - s % every)
+        return max(1, n)
 
     def _periodic_save(self, done: int) -> bool:
         """Every `checkpoint_every` steps, except when the epoch's end (which saves anyway) is less than
