@@ -107,6 +107,15 @@ def build_state(task, strategy, total_steps: int):
     return model, optimizer, step
 
 
+def _counted_step(task, strategy, model, optimizer, step, checked, batch):
+    """One training step on every replica, inside the caller's `tf.function`: the task's step, its results
+    summed over replicas, the step counted, and whether every `checked` variable is finite."""
+    results = strategy.run(task.train_step, args=(model, optimizer, batch, step))
+    reduced = {k: strategy.reduce("SUM", v, axis=None) for k, v in results.items()}
+    step.assign_add(1)
+    return reduced, guard.all_finite(checked)
+
+
 def step_function(task, strategy, model, optimizer, step, guarded: bool = True, jit_compile: bool = False):
     """The training step as the trainer runs it, in `tf.function`: the task's step on every replica, the
     results summed, the step counted, and (`guarded`) one flag saying every checked variable is finite
@@ -117,36 +126,26 @@ def step_function(task, strategy, model, optimizer, step, guarded: bool = True, 
 
     @tf.function(jit_compile=jit_compile)
     def distributed_step(batch):
-        results = strategy.run(task.train_step, args=(model, optimizer, batch, step))
-        reduced = {k: strategy.reduce("SUM", v, axis=None) for k, v in results.items()}
-        step.assign_add(1)
-        return reduced, guard.all_finite(checked)
+        return _counted_step(task, strategy, model, optimizer, step, checked, batch)
 
     return distributed_step
 
 
 def steps_function(task, strategy, model, optimizer, step, guarded: bool = True):
-    """Several training steps in one `tf.function` call: `(iterator, n) -> (results, finite)`, where each
-    result and `finite` are [n], one row per step, exactly as `step_function` gives them step by step (the
-    same ops in the same order, inside a `tf.range` loop; tests/test_training.py checks the weights are
-    bit for bit the same). For the small models on fixed features (stage 3, AMNet), whose step is well
-    under a millisecond of arithmetic: called step by step, the call, the input iterator and the host
-    reads cost several times the step (issue 26)."""
+    """Several training steps in one `tf.function` call: `(iterator, n) -> (results, finite)`, each [n],
+    one row per step as `step_function` gives them step by step (the same step in a `tf.range` loop;
+    tests/test_stage3.py checks the weights are the same bit for bit). For the small models on fixed
+    features (stage 3, AMNet), whose step is about 3 ms of ops here: one call per step added about 1 ms
+    of call, input hand-over and host reads to each (decision P8)."""
     checked = guard.checked_variables(model, optimizer) if guarded else []
-
-    def one(iterator):
-        results = strategy.run(task.train_step, args=(model, optimizer, next(iterator), step))
-        reduced = {k: strategy.reduce("SUM", v, axis=None) for k, v in results.items()}
-        step.assign_add(1)
-        return reduced, guard.all_finite(checked)
 
     @tf.function
     def distributed_steps(iterator, n):
-        first, ok = one(iterator)
+        first, ok = _counted_step(task, strategy, model, optimizer, step, checked, next(iterator))
         arrays = {k: tf.TensorArray(v.dtype, size=n).write(0, v) for k, v in first.items()}
         oks = tf.TensorArray(tf.bool, size=n).write(0, ok)
         for i in tf.range(1, n):
-            results, ok = one(iterator)
+            results, ok = _counted_step(task, strategy, model, optimizer, step, checked, next(iterator))
             arrays = {k: arrays[k].write(i, results[k]) for k in arrays}
             oks = oks.write(i, ok)
         return {k: a.stack() for k, a in arrays.items()}, oks.stack()
@@ -354,18 +353,14 @@ class Trainer:
             self.log(f"[{self.task.name}] {self.task.input_note}")
         iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
 
-        if self.steps_per_call > 1:
-            distributed_steps = steps_function(self.task, self.strategy, model, optimizer, step)
-        else:
-            distributed_step = step_function(self.task, self.strategy, model, optimizer, step)
+        make = steps_function if self.steps_per_call > 1 else step_function
+        run_steps = make(self.task, self.strategy, model, optimizer, step)
         bound = guard.LossBound(self.loss_upper_bound, self.loss_growth_limit)
 
         t0 = time.time()
         window_start, window_images = time.time(), 0
         sums: dict[str, np.ndarray] = {}
-        for s, values, finite in self._steps(
-            start, iterator, distributed_step if self.steps_per_call == 1 else distributed_steps
-        ):
+        for s, values, finite in self._steps(start, iterator, run_steps):
             guard.check_step(self.task.name, s + 1, values, finite, model=model, optimizer=optimizer,
                              last_checkpoint=lambda: checkpoints.latest(self.ckpt_dir), bound=bound)  # fmt: skip
             window_images += self.batch_size
