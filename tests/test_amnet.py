@@ -45,10 +45,20 @@ def _task(feats, workdir=None, **am):
     return amnet_training.AmnetTask(cfg, _info(), feats, workdir)
 
 
-def _train(task, workdir, steps):
+def _train(task, workdir, steps, steps_per_call=1):
     return trainer.Trainer(task, str(workdir), trainer.make_strategy("default"), total_steps=steps,
                            steps_per_epoch=min(task.steps_per_epoch(), steps), batch_size=32, log_every=10,
-                           checkpoint_every=10**6, out=io.StringIO()).run()  # fmt: skip
+                           checkpoint_every=10**6, steps_per_call=steps_per_call, out=io.StringIO()).run()  # fmt: skip
+
+
+def test_several_steps_per_call_train_the_same_amnet(tmp_path):
+    """AMNet trains 100 steps per call by default (decision P8): the same weights bit for bit as step by step."""
+    feats = _fake_gap()
+    weights = [_train(_task(feats), tmp_path / f"n{n}", 40, steps_per_call=n).get_weights() for n in (1, 7)]
+    assert len(weights[0]) == len(weights[1])
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))
+    one_step = _train(_task(feats), tmp_path / "one", 1).get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(weights[1], one_step))  # the 40 steps did run
 
 
 def test_the_amnet_step_reduces_the_triplet_loss(tmp_path):
