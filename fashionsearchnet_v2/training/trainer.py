@@ -419,8 +419,8 @@ class Trainer:
         the next step that is logged, may be saved (every `checkpoint_every`) or ends an epoch."""
         n = min(self.steps_per_call, self.total_steps - s)
         for every in (self.log_every, self.checkpoint_every, self.steps_per_epoch):
-            n = min(n, every - s % every)
-        return max(1, n)
+            n = min(n, every - s % every)  # >= 1: s < total_steps and s % every < every
+        return n
 
     def _periodic_save(self, done: int) -> bool:
         """Every `checkpoint_every` steps, except when the epoch's end (which saves anyway) is less than
