@@ -23,6 +23,12 @@ machine load):
 Models have random weights (speed does not depend on them) and the shapes of:
 * 128 px: the embedded default's network (6 attributes, 27 values, BatchNorm, r = 256);
 * 227 px: the paper's (9 attributes with DARN's 185 values, LRN, r = 256).
+With `--cuts`, the float32 network is also timed cut after each of its steps (Keras sub-models of the
+same network, in-process, the same preprocessing, in turn with the rows above): `to_maps` (backbone, GAP
+classifiers and AAMs), `to_boxes` (+ the boxes), `to_roi` (+ ROI pooling) and `network` (every output);
+the differences between neighbours are what each step adds to a batch in wall time, where a profile sums
+op times over threads.
+
 `--count` images (default 10,000) are then embedded end to end in batches of `--batch_size` by each
 export: the time for 10,000 images. Distinct images are drawn once (`--distinct`) and cycled.
 
@@ -95,9 +101,14 @@ def random_export(image_size: int, root: str):
     return export_model(net, layer, vocab, cfg, image_size, root), cfg
 
 
-def build(image_size: int, root: str):
-    """({precision: loaded embed signature}, backbone function) of random-weight models of that size's
-    shapes; both exports hold the same weights."""
+#: `--cuts`: (row, the layer whose output ends the cut), in network order.
+CUTS = (("to_maps", "attribute_classifier"), ("to_boxes", "aam_boxes"), ("to_roi", "roi_pooling"))
+
+
+def build(image_size: int, root: str, cuts: bool = False):
+    """({precision: loaded embed signature}, {precision: backbone function}, {row: cut function}) of
+    random-weight models of that size's shapes; both exports hold the same weights, and the cut functions
+    (`--cuts`, else none) run the float32 network up to `CUTS`' layers and whole (`network`)."""
     import keras
     import tensorflow as tf
 
@@ -126,7 +137,20 @@ def build(image_size: int, root: str):
 
         return backbone_fn
 
-    return embeds, {p: bare_backbone(p) for p in ("float32", "bfloat16")}
+    def cut(outputs):
+        part = keras.Model(net.input, outputs)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+        def cut_fn(images):
+            return part(records.preprocess_image(images, image_size), training=False)
+
+        return cut_fn
+
+    cut_fns = {}
+    if cuts:
+        cut_fns = {row: cut(net.get_layer(layer_name).output) for row, layer_name in CUTS}
+        cut_fns["network"] = cut(net.output)
+    return embeds, {p: bare_backbone(p) for p in ("float32", "bfloat16")}, cut_fns
 
 
 def images(n: int, size: int):
@@ -141,7 +165,7 @@ def images(n: int, size: int):
 def measure(size: int, args, root: str) -> dict:
     import tensorflow as tf
 
-    embeds, backbone_fns = build(size, root)
+    embeds, backbone_fns, cut_fns = build(size, root, args.cuts)
     pool = images(args.distinct, size)
     batches = [tf.constant(pool[i : i + args.batch_size]) for i in range(0, len(pool), args.batch_size)]
     batches = [b for b in batches if b.shape[0] == args.batch_size] or batches
@@ -159,6 +183,8 @@ def measure(size: int, args, root: str) -> dict:
     rows = {"embed": embed_fn(embeds["float32"]), "embed_bf16": embed_fn(embeds["bfloat16"])}
     rows["backbone"] = run_backbone(backbone_fns["float32"])
     rows["backbone_bf16"] = run_backbone(backbone_fns["bfloat16"])
+    for name, fn in cut_fns.items():
+        rows[name] = lambda b, fn=fn: [t.numpy() for t in tf.nest.flatten(fn(b))]
     for b in batches[:2]:  # warm-up: tracing, oneDNN primitive creation
         for fn in rows.values():
             fn(b)
@@ -191,7 +217,9 @@ def measure(size: int, args, root: str) -> dict:
             run, it = rows[name], iter(batches * args.profile_batches)
             trace_ops.trace(lambda run=run, it=it: run(next(it)), args.profile_batches, logdir)
             profiles[name] = trace_ops.summarize(logdir, args.profile_batches, top=15)
+    per_batch = {k: 1000 * statistics.median(v) for k, v in times.items()}
     return {"size": size, **rate, "ratio": rate["embed"] / rate["backbone"], "profiles": profiles,
+            "cuts": [k for k in ("backbone", *cut_fns, "embed") if cut_fns], "ms": per_batch,
             "ratio_bf16": rate["embed_bf16"] / rate["backbone_bf16"],
             "bf16_ratio": rate["embed_bf16"] / rate["embed"], "count": args.count, "seconds": seconds}  # fmt: skip
 
@@ -217,6 +245,7 @@ def main():
     parser.add_argument("--count", type=int, default=10_000, help="images embedded end to end")
     parser.add_argument("--profile_dir", default="", help="also trace embed and the backbone (trace_ops.py)")
     parser.add_argument("--profile_batches", type=int, default=4)
+    parser.add_argument("--cuts", action="store_true", help="also time the network cut after each step")
     args = parser.parse_args()
     import tensorflow as tf
 
@@ -232,6 +261,12 @@ def main():
                   f"(bfloat16 {r['ratio_bf16']:.2f}x), bfloat16 / float32 {r['bf16_ratio']:.2f}x; "
                   f"{r['count']:,} images through embed in {r['seconds']['embed']:.1f} s "
                   f"(bfloat16 {r['seconds']['embed_bf16']:.1f} s)", flush=True)  # fmt: skip
+            previous = None
+            for name in r["cuts"]:  # --cuts: wall time per batch, cut after each step
+                added = "" if previous is None else f", {r['ms'][name] - r['ms'][previous]:+.1f} ms"
+                print(f"  {name:9s} {r['ms'][name]:6.1f} ms a batch{added} "
+                      f"({r['ms']['backbone'] / r['ms'][name]:.3f}x the backbone's images/s)")  # fmt: skip
+                previous = name
             for name, summary in r["profiles"].items():
                 print(trace_ops_format(f"\n{name}, {size} px, per batch of {args.batch_size}", summary))
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}\n")
