@@ -3,6 +3,9 @@
 * ROI pooling's edge padding (`model/roi.py`, `_pad_edges`): the border of the conv5 maps replicated
   once by two concats (what the layer does) against `tf.pad(mode="SYMMETRIC")` (what it did), on a batch
   of conv5 maps at 128 px (6 x 6) and 227 px (13 x 13). The two give the same values (tests/test_roi.py).
+* ROI pooling (`model/roi.py`, `RoiPooling`) at 128 px, 6 boxes per image: the layer (one
+  crop_and_resize of every box, then one 2 x 2 max-pool) against cropping and pooling 4 images at a time
+  (the same values bit for bit; a smaller scratch tensor of samples between the two ops).
 * fc8_a, the first layer of every attribute branch: six separate products (the six Dense layers) against
   one batched einsum over the attributes, at a batch of 64 (`embed`'s batch in bench_extract.py).
 
@@ -44,7 +47,7 @@ def main() -> None:
     import tensorflow as tf
 
     from fashionsearchnet_v2.model.backbone import feature_grid_size
-    from fashionsearchnet_v2.model.roi import _pad_edges
+    from fashionsearchnet_v2.model.roi import RoiPooling, _pad_edges, samples_per_bin
 
     load = os.getloadavg()[0]
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, load average {load:.1f}")
@@ -62,6 +65,36 @@ def main() -> None:
             ("concats", concat),
             ("MirrorPad", mirror),
         )
+    grid, crop, chunk, boxes_per_image = feature_grid_size(128), 4, 4, 6
+    m = samples_per_bin(grid, crop)
+    conv5 = tf.constant(rng.standard_normal((b, grid, grid, 384)).astype(np.float32))
+    low = rng.uniform(0.0, 0.5, (b, boxes_per_image, 2))
+    high = np.minimum(low + rng.uniform(0.2, 0.5, (b, boxes_per_image, 2)), 1.0)
+    boxes = tf.constant(np.concatenate([low, high], -1).astype(np.float32))
+    layer = RoiPooling((crop, crop), m)
+    whole = tf.function(lambda: layer([conv5, boxes]))
+
+    @tf.function
+    def chunked():
+        padded, moved = _pad_edges(conv5, boxes)
+        index = tf.repeat(tf.range(chunk), boxes_per_image)
+        outs = []
+        for start in range(0, b, chunk):
+            crops = tf.image.crop_and_resize(
+                padded[start : start + chunk], tf.reshape(moved[start : start + chunk], [-1, 4]), index,
+                (crop * m, crop * m),
+            )  # fmt: skip
+            outs.append(tf.nn.max_pool2d(crops, m, m, "VALID"))
+        return tf.reshape(tf.concat(outs, 0), [b, boxes_per_image, crop, crop, 384])
+
+    if b % chunk or not np.array_equal(whole().numpy(), chunked().numpy()):
+        raise SystemExit(
+            f"chunked ROI pooling differs from the layer (or --batch_size is not a multiple of {chunk})"
+        )
+    pairs[f"ROI pooling, {b} x {boxes_per_image} boxes on {grid} x {grid} x 384 (128 px)"] = (
+        ("the layer", whole),
+        (f"{chunk} images at a time", chunked),
+    )
     attributes, fan_in, units = 6, 6144, 512  # the embedded default's fc8_a at 128 px (4 x 4 x 384 inputs)
     x = tf.constant(rng.standard_normal((b, attributes, fan_in)).astype(np.float32))
     w = tf.constant((0.01 * rng.standard_normal((attributes, fan_in, units))).astype(np.float32))
