@@ -1,0 +1,100 @@
+"""README's result rows and docs/celeba.md's tables whose run files are kept in docs/runs are the numbers
+those files give.
+
+README's Results table is typed by hand; the CelebA rows' evaluations are kept in docs/runs (the
+other rows' runs were not). Each such row's Full, Rank-LG untrained, Full's gain and w/o Rank cells
+must read as the mean ± std (ddof 1, 3 decimals, as `benchmarks/paper_table.py` prints) of the seeds the
+row names, so that a rerun that changes the files, or an edit of README, cannot leave the two apart.
+"""
+
+import os
+import re
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from operating_points import load_row  # noqa: E402
+
+#: README row (the start of its first cell) -> the docs/runs folder its numbers come from.
+ROWS = {
+    "CelebA, **this project's 23% copy**": "celeba-128",
+    "CelebA, the same copy, the paper's operating point": "celeba-227",
+}
+#: README's columns after "seeds", as (row of Table 1, the number read from its results.json).
+COLUMNS = (("full", "avg"), ("rank_lg_untrained", "avg"), ("full", "gain"), ("wo_rank", "avg"))
+
+
+def cell(values, sign=""):
+    """Mean (± std with ddof 1 for more than one value) with 3 decimals."""
+    mean = f"{float(np.mean(values)):{sign}.3f}"
+    return mean + (f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else "")
+
+
+def readme_rows():
+    """{row start: the row's cells} for the rows of ROWS in README's Results table."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        lines = [ln for ln in f if ln.startswith("| ")]
+    found = {}
+    for start in ROWS:
+        matches = [ln for ln in lines if ln.startswith(f"| {start}")]
+        assert len(matches) == 1, (
+            f"README.md: expected one Results row starting {start!r}, found {len(matches)}"
+        )
+        found[start] = [c.strip() for c in matches[0].strip().strip("|").split("|")]
+    return found
+
+
+def expected_cells(folder, seeds):
+    """README's four number cells for `seeds` of docs/runs/<folder>, or a message naming what is missing."""
+    cells = []
+    for variant, key in COLUMNS:
+        rows = [load_row(os.path.join(ROOT, "docs", "runs", folder), s, variant, 20) for s in seeds]
+        missing = [s for s, r in zip(seeds, rows) if r is None]
+        if missing:
+            return f"docs/runs/{folder}: no results.json for {variant}, seeds {missing}"
+        cells.append(cell([r[key] for r in rows], "+" if key == "gain" else ""))
+    return cells
+
+
+@pytest.mark.parametrize("start", sorted(ROWS))
+def test_readme_row_is_what_its_run_files_give(start):
+    cells = readme_rows()[start]
+    seeds = [int(s) for s in re.findall(r"\d+", cells[1])]
+    assert seeds, f"README.md row {start!r}: no seeds in its seeds cell {cells[1]!r}"
+    expected = expected_cells(ROWS[start], seeds)
+    assert not isinstance(expected, str), expected
+    assert cells[2:6] == expected, f"README.md row {start!r} against docs/runs/{ROWS[start]}"
+
+
+def test_a_changed_number_or_missing_run_is_caught():
+    """The check reads the files: a seed whose files are absent, or another number, does not pass."""
+    assert isinstance(expected_cells("celeba-227", [0, 7]), str)
+    start = "CelebA, **this project's 23% copy**"
+    cells = readme_rows()[start]
+    expected = expected_cells(ROWS[start], [0, 1, 2])
+    assert cells[2:6] == expected
+    assert expected_cells(ROWS[start], [0, 1]) != expected  # two seeds give other means and spreads
+    assert cell([0.7, 0.8]) == "0.750 ± 0.071" and cell([0.5], "+") == "+0.500"
+
+
+#: docs/celeba.md's tables printed by paper_table.py from docs/runs: folder -> seeds.
+DOC_TABLES = {"celeba-128": [0, 1, 2], "celeba-227": [0]}
+
+
+@pytest.mark.parametrize("folder", sorted(DOC_TABLES))
+def test_celeba_doc_tables_are_what_paper_table_prints_from_the_run_files(folder):
+    import paper_table
+
+    with open(os.path.join(ROOT, "docs", "celeba.md"), encoding="utf-8") as f:
+        doc = f.read()
+    workdir = os.path.join(ROOT, "docs", "runs", folder)
+    printed = paper_table.table(workdir, "celeba", DOC_TABLES[folder]).splitlines()
+    printed += paper_table.gains_table(workdir, "celeba", DOC_TABLES[folder]).splitlines()
+    ours = [ln for ln in printed if "| ours" in ln or re.match(r"\| [^|]+ \| \d \| [+-]", ln)]
+    assert len(ours) >= 10, f"docs/runs/{folder}: expected the rows of at least five variants, got {ours}"
+    missing = [ln for ln in ours if "no results.json" not in ln and ln not in doc]
+    assert not missing, f"docs/celeba.md lacks these lines that paper_table.py prints from docs/runs/{folder}"
