@@ -3,8 +3,9 @@ those files give.
 
 README's Results table is typed by hand; the main job's and the CelebA rows' evaluations are kept in
 docs/runs (the other rows' runs were not). Each such row's Full, Rank-LG untrained, Full's gain and
-w/o Rank cells must read as the mean ± std (ddof 1, 3 decimals, as `benchmarks/paper_table.py` prints) of the seeds the
-row names, so that a rerun that changes the files, or an edit of README, cannot leave the two apart.
+w/o Rank cells must read as the mean ± std (ddof 1, 3 decimals, as `benchmarks/paper_table.py`
+prints) of the seeds the row names, so that a rerun that changes the files, or an edit of README,
+cannot leave the two apart.
 """
 
 import os
