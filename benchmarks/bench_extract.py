@@ -27,7 +27,8 @@ With `--cuts`, the float32 network is also timed cut after each of its steps (Ke
 same network, in-process, the same preprocessing, in turn with the rows above): `to_maps` (backbone, GAP
 classifiers and AAMs), `to_boxes` (+ the boxes), `to_roi` (+ ROI pooling) and `network` (every output);
 the differences between neighbours are what each step adds to a batch in wall time, where a profile sums
-op times over threads.
+op times over threads. `--roi_pooling=bilinear` times the networks with one bilinear sample per bin
+instead of the default's max over m x m samples (WORKSPACE decision 8).
 
 `--count` images (default 10,000) are then embedded end to end in batches of `--batch_size` by each
 export: the time for 10,000 images. Distinct images are drawn once (`--distinct`) and cycled.
@@ -37,6 +38,7 @@ export: the time for 10,000 images. Distinct images are drawn once (`--distinct`
 """
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -51,9 +53,10 @@ SYNTHETIC_VALUES = (8, 4, 4, 3, 4, 4)
 DARN_VALUES = (20, 13, 55, 7, 28, 11, 26, 8, 17)
 
 
-def random_model(image_size: int):
+def random_model(image_size: int, roi_pooling: str = ""):
     """(network, global layer, vocabulary, ModelConfig) of random weights with that size's shapes (see the
-    module docstring): the embedded default's network at 128 px, the paper's with DARN's attributes otherwise."""
+    module docstring): the embedded default's network at 128 px, the paper's with DARN's attributes otherwise.
+    `roi_pooling` ("max" or "bilinear") replaces ModelConfig's default where given."""
     import keras
     import numpy as np
 
@@ -68,6 +71,8 @@ def random_model(image_size: int):
     else:
         cfg = configs.ModelConfig(image_size=image_size, box_backend="tf")
         values = DARN_VALUES
+    if roi_pooling:
+        cfg = dataclasses.replace(cfg, roi_pooling=roi_pooling)
     vocab = export.Vocabulary(
         tuple(schema.Attribute(f"a{i}", [f"v{j}" for j in range(n)]) for i, n in enumerate(values))
     )
@@ -105,7 +110,7 @@ def random_export(image_size: int, root: str):
 CUTS = (("to_maps", "attribute_classifier"), ("to_boxes", "aam_boxes"), ("to_roi", "roi_pooling"))
 
 
-def build(image_size: int, root: str, cuts: bool = False):
+def build(image_size: int, root: str, cuts: bool = False, roi_pooling: str = ""):
     """({precision: loaded embed signature}, {precision: backbone function}, {row: cut function}) of
     random-weight models of that size's shapes; both exports hold the same weights, and the cut functions
     (`--cuts`, else none) run the float32 network up to `CUTS`' layers and whole (`network`)."""
@@ -115,7 +120,7 @@ def build(image_size: int, root: str, cuts: bool = False):
     from fashionsearchnet_v2.data import records
     from fashionsearchnet_v2.model import backbone
 
-    net, layer, vocab, cfg = random_model(image_size)
+    net, layer, vocab, cfg = random_model(image_size, roi_pooling)
     embeds = {
         p: tf.saved_model.load(export_model(net, layer, vocab, cfg, image_size, root, p)).signatures["embed"]
         for p in ("float32", "bfloat16")
@@ -165,7 +170,7 @@ def images(n: int, size: int):
 def measure(size: int, args, root: str) -> dict:
     import tensorflow as tf
 
-    embeds, backbone_fns, cut_fns = build(size, root, args.cuts)
+    embeds, backbone_fns, cut_fns = build(size, root, args.cuts, args.roi_pooling)
     pool = images(args.distinct, size)
     batches = [tf.constant(pool[i : i + args.batch_size]) for i in range(0, len(pool), args.batch_size)]
     batches = [b for b in batches if b.shape[0] == args.batch_size] or batches
@@ -246,6 +251,10 @@ def main():
     parser.add_argument("--profile_dir", default="", help="also trace embed and the backbone (trace_ops.py)")
     parser.add_argument("--profile_batches", type=int, default=4)
     parser.add_argument("--cuts", action="store_true", help="also time the network cut after each step")
+    parser.add_argument(
+        "--roi_pooling", default="", choices=("", "max", "bilinear"),
+        help="ModelConfig.roi_pooling of the models timed (default: the config's, max)",
+    )  # fmt: skip
     args = parser.parse_args()
     import tensorflow as tf
 
