@@ -26,6 +26,10 @@ setuptools.setup(
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tensorboard>=2.21,<2.22",
+        # TensorFlow's own dependency, held below 0.7: ml_dtypes 0.7.0 registers its ufunc loops in numpy
+        # one by one at import, which took 1.3 s of every process's start on a 2-core EPYC (0.6.0: 6 ms);
+        # every command and test process pays it (docs/performance.md, "The test suite").
+        "ml_dtypes>=0.5.1,<0.7",
         "numpy>=1.26,<3",
         "opencv-python-headless>=4.9,<5",
         "scikit-image>=0.22,<0.27",

@@ -27,7 +27,7 @@ class Representation:
     def __init__(self, info, layer):
         self.num_values = info.num_values
         self.layer = layer  # a GlobalRepresentation (`trained.loading.load_variant`)
-        self._fn = tf.function(lambda f, t: self.layer([f, t]), reduce_retracing=True)
+        self._fn = tf.function(lambda f, t: self.layer([f, t]), reduce_retracing=True, autograph=False)
 
     @property
     def memory(self) -> np.ndarray:
@@ -118,7 +118,9 @@ def build_searcher(
             os.path.join(workdir, variant), info, feats["train"]["gap"].shape[-1]
         )
         fn = tf.function(
-            lambda f, t: am({"features": f, "manipulation": t})["embedding"], reduce_retracing=True
+            lambda f, t: am({"features": f, "manipulation": t})["embedding"],
+            reduce_retracing=True,
+            autograph=False,
         )
 
         def vectors(x, t):

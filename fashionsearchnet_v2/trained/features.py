@@ -33,7 +33,9 @@ def _inference_fn(model):
     fn = _INFERENCE.get(model)
     if fn is None:
         ref = weakref.ref(model)  # the function must not keep its model alive
-        fn = _INFERENCE[model] = tf.function(lambda x: ref()(x, training=False), reduce_retracing=True)
+        fn = _INFERENCE[model] = tf.function(
+            lambda x: ref()(x, training=False), reduce_retracing=True, autograph=False
+        )  # decision P9
     return fn
 
 

@@ -124,7 +124,9 @@ def step_function(task, strategy, model, optimizer, step, guarded: bool = True, 
     these CPUs XLA was slower than TensorFlow's oneDNN kernels, docs/performance.md)."""
     checked = guard.checked_variables(model, optimizer) if guarded else []
 
-    @tf.function(jit_compile=jit_compile)
+    # autograph=False: the step has no Python control flow on tensors (the boxes' loop is a tf.while_loop),
+    # so converting its source changes nothing but costs seconds of tracing per stage (decision P9).
+    @tf.function(jit_compile=jit_compile, autograph=False)
     def distributed_step(batch):
         return _counted_step(task, strategy, model, optimizer, step, checked, batch)
 
