@@ -378,8 +378,6 @@ def load_dataset(dirs: Dirs, quick: bool, stage: str, seed: int) -> schema.Datas
     points of `GENERATES_DATASET` generate the embedded default (no download), and only into the default
     directory or a --data_dir given, when it is missing or empty. A real run refuses a --quick run's
     dataset."""
-    from fashionsearchnet_v2.data import integrity
-
     dataset, data_dir = dirs.dataset, dirs.data_dir
     if not os.path.isfile(os.path.join(data_dir, schema.DATASET_JSON)):
         at_default = os.path.abspath(data_dir) == os.path.abspath(default_data_dir(dataset))
@@ -391,6 +389,8 @@ def load_dataset(dirs: Dirs, quick: bool, stage: str, seed: int) -> schema.Datas
             print(f"generating the embedded default dataset into {data_dir} ...", flush=True)
             return synthetic.write_synthetic(data_dir, **kwargs)
         fail(missing_dataset_message(dirs, quick, os.path.join(seed_workdir(dirs.workdir, seed), "stage1")))
+    from fashionsearchnet_v2.data import integrity  # TensorFlow: after the refusals above, which need none
+
     try:
         info = schema.load_dataset_info(data_dir)
         integrity.check_records(info)

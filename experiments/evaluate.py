@@ -12,8 +12,6 @@ from absl import flags
 
 from experiments import common
 from fashionsearchnet_v2 import configs
-from fashionsearchnet_v2.retrieval import evaluation
-from fashionsearchnet_v2.trained import checkpoints
 
 VARIANT = flags.DEFINE_enum("variant", "full", list(configs.VARIANTS), "Table 1 row to evaluate.")
 EVAL_DIR = flags.DEFINE_string("eval_dir", None, "Output directory (default <workdir>/eval/<variant>).")
@@ -22,6 +20,10 @@ EVAL_DIR = flags.DEFINE_string("eval_dir", None, "Output directory (default <wor
 def main(argv):
     del argv
     cfg, info = common.build_config("evaluate", variant=VARIANT.value)
+    # TensorFlow loads here, after the flags and the dataset are checked: a refusal comes in a second.
+    from fashionsearchnet_v2.retrieval import evaluation
+    from fashionsearchnet_v2.trained import checkpoints
+
     out_dir = EVAL_DIR.value or os.path.join(cfg.workdir, "eval", VARIANT.value)
     try:
         evaluation.evaluate_variant(cfg.workdir, info, VARIANT.value, out_dir)
