@@ -389,11 +389,8 @@ def load_dataset(dirs: Dirs, quick: bool, stage: str, seed: int) -> schema.Datas
             print(f"generating the embedded default dataset into {data_dir} ...", flush=True)
             return synthetic.write_synthetic(data_dir, **kwargs)
         fail(missing_dataset_message(dirs, quick, os.path.join(seed_workdir(dirs.workdir, seed), "stage1")))
-    from fashionsearchnet_v2.data import integrity  # TensorFlow: after the refusals above, which need none
-
     try:
         info = schema.load_dataset_info(data_dir)
-        integrity.check_records(info)
     except schema.DatasetError as e:
         fail(str(e))
     if info.quick and not quick:
@@ -402,6 +399,13 @@ def load_dataset(dirs: Dirs, quick: bool, stage: str, seed: int) -> schema.Datas
             "run does not train or evaluate on it. Delete it (the embedded dataset is generated again) or "
             "give --data_dir."
         )
+    # The records are read with TensorFlow: after the refusals above, which need none and so come at once.
+    from fashionsearchnet_v2.data import integrity
+
+    try:
+        integrity.check_records(info)
+    except schema.DatasetError as e:
+        fail(str(e))
     return info
 
 
