@@ -77,7 +77,10 @@ def make_dataset(
             example = records.parse_example(serialized, num_attributes, with_boxes)
             return records.decode_and_preprocess(example, image_size, mean_bgr)
 
-    ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # do_not_convert: tf.data converts a map function with autograph unless told not to; these have no
+    # Python control flow on tensors, and converting them cost tracing time in every process (P9).
+    ds = ds.map(tf.autograph.experimental.do_not_convert(element), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)  # fmt: skip
     ds = ds.batch(batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     if not autotune:
@@ -149,7 +152,11 @@ def decode_split(info: schema.DatasetInfo, split: str, max_bytes: int) -> Decode
     ids, counts, n = [], [], 0
     for path in files:
         start = n
-        ds = tf.data.TFRecordDataset(path).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = tf.data.TFRecordDataset(path).map(
+            tf.autograph.experimental.do_not_convert(parse),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
         for image, label, image_id in ds.as_numpy_iterator():
             if image.shape != shape or n >= count:
                 return None  # another size, or more records than dataset.json says: stream instead

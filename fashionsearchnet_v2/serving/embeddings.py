@@ -199,7 +199,11 @@ def read(directory: str, batch_size: int = 1024) -> tuple[dict, dict[str, np.nda
     parse = _parser(contents["dim"], num_attributes)
     parts: dict[str, list[np.ndarray]] = {}
     try:
-        for batch in tf.data.TFRecordDataset(shards).batch(batch_size).map(parse):
+        for batch in (
+            tf.data.TFRecordDataset(shards)
+            .batch(batch_size)
+            .map(tf.autograph.experimental.do_not_convert(parse))
+        ):
             for key, value in batch.items():
                 parts.setdefault(key, []).append(value.numpy())
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:

@@ -222,8 +222,13 @@ class ServingModule(tf.Module):
                 f"global representation has values {getattr(global_layer, 'num_values', None)}, "
                 f"the vocabulary {vocabulary.num_values}"
             )
-        self.model = model
-        self.global_layer = global_layer
+        self._keep_untracked(model=model, global_layer=global_layer, model_bfloat16=model_bfloat16)
+        # The SavedModel holds the networks' variables, which the signatures capture, and not the Keras
+        # objects: saving a Keras model also traced and stored its own `serving_default` function and its
+        # tree of layers, seconds of every export and of every load, for nothing a signature calls.
+        self.network_variables = list(model.variables) + list(global_layer.variables)
+        if model_bfloat16 is not None:
+            self.network_bfloat16_variables = list(model_bfloat16.variables)
         # What the network computes in (export.json records it): bfloat16 where any layer does.
         self.precision = (
             "bfloat16" if any(layer.compute_dtype == "bfloat16" for layer in model.layers) else "float32"
@@ -233,22 +238,34 @@ class ServingModule(tf.Module):
         self.mean_bgr = tuple(records.IMAGENET_MEAN_BGR if mean_bgr is None else mean_bgr)
         a, d = len(self.num_values), int(global_layer.dim)
         images_spec = [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
-        self.embed = tf.function(lambda images: self._embed(images, self.model), input_signature=images_spec)
+        # autograph=False (decision P9): no Python control flow on tensors here (the boxes' loop is a
+        # tf.while_loop); converting the source only cost tracing time at every export.
+        self.embed = tf.function(
+            lambda images: self._embed(images, self.model), input_signature=images_spec, autograph=False
+        )
         # Optional: the same network with its weights stored in bfloat16 (issue 26), a second signature;
         # `embed` stays exactly what it was. The service picks one with --precision (auto's rule).
-        self.model_bfloat16 = model_bfloat16
         if model_bfloat16 is not None:
             self.embed_bfloat16 = tf.function(
-                lambda images: self._embed(images, self.model_bfloat16), input_signature=images_spec
+                lambda images: self._embed(images, self.model_bfloat16),
+                input_signature=images_spec,
+                autograph=False,
             )
         self.manipulate = tf.function(
             self._manipulate,
+            autograph=False,
             input_signature=[
                 tf.TensorSpec([None, a, d], tf.float32, name="attribute_representations"),
                 tf.TensorSpec([None, None], tf.int32, name="attributes"),
                 tf.TensorSpec([None, None], tf.int32, name="values"),
             ],
         )
+
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
+    def _keep_untracked(self, **objects):
+        """Sets attributes that tf.Module would otherwise track (and tf.saved_model.save then save)."""
+        for name, value in objects.items():
+            setattr(self, name, value)
 
     def _global(self, fc10, t):
         return tf.cast(self.global_layer([fc10, t]), tf.float32)

@@ -117,7 +117,7 @@ def index_split(model, info: schema.DatasetInfo, split: str, batch_size: int = 3
             images.clear()
 
     ds = tf.data.TFRecordDataset(info.shard_paths(split)).map(
-        lambda s: records.parse_example(s, info.num_attributes)
+        tf.autograph.experimental.do_not_convert(lambda s: records.parse_example(s, info.num_attributes))
     )
     for ex in integrity.reading(ds, info):
         ids.append(ex["id"].numpy().decode("utf-8"))

@@ -150,7 +150,7 @@ class AmnetTask(trainer.FixedFeatureTask):
         ds = tf.data.Dataset.from_generator(
             primed(itertools.islice(self._batches(seed), skip_steps, None)), output_signature=spec
         )
-        return ds.map(lambda *x: dict(zip(keys, x))).prefetch(2)
+        return ds.map(tf.autograph.experimental.do_not_convert(lambda *x: dict(zip(keys, x)))).prefetch(2)
 
     # --- model --------------------------------------------------------------------------------
     def build_model(self):
@@ -219,6 +219,7 @@ class AmnetTask(trainer.FixedFeatureTask):
             self._vectors_fn = tf.function(
                 lambda f, t: model({"features": f, "manipulation": t}, training=False)["embedding"],
                 reduce_retracing=True,
+                autograph=False,
             )
         fn, c = self._vectors_fn, sum(self.num_values)
 

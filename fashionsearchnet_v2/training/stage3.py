@@ -257,9 +257,10 @@ class Stage3Task(trainer.FixedFeatureTask):
         ds = tf.data.Dataset.from_generator(
             primed(itertools.islice(self._batches(seed), skip_steps, None)), output_signature=spec
         )
-        return ds.map(
+        named = tf.autograph.experimental.do_not_convert(
             lambda q, t, p, n: {"anchor": q, "manipulation": t, "positive": p, "negative": n}
-        ).prefetch(2)
+        )
+        return ds.map(named).prefetch(2)
 
     # --- model --------------------------------------------------------------------------------
     def build_model(self):
@@ -325,7 +326,7 @@ class Stage3Task(trainer.FixedFeatureTask):
         if getattr(self, "_vectors_model", None) is not model:  # one traced function per model
             self._vectors_model = model
             self._vectors_fn = tf.function(
-                lambda f, t: self._global(model, f, t, False), reduce_retracing=True
+                lambda f, t: self._global(model, f, t, False), reduce_retracing=True, autograph=False
             )
         fn, c = self._vectors_fn, sum(self.num_values)
 

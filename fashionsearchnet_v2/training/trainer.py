@@ -135,22 +135,27 @@ def step_function(task, strategy, model, optimizer, step, guarded: bool = True, 
 
 def steps_function(task, strategy, model, optimizer, step, guarded: bool = True):
     """Several training steps in one `tf.function` call: `(iterator, n) -> (results, finite)`, each [n],
-    one row per step as `step_function` gives them step by step (the same step in a `tf.range` loop;
+    one row per step as `step_function` gives them step by step (the same step in a `tf.while_loop`;
     tests/test_stage3.py checks the weights are the same bit for bit). For the small models on fixed
     features (stage 3, AMNet), whose step is about 3 ms of ops here: one call per step added about 1 ms
     of call, input hand-over and host reads to each (decision P8)."""
     checked = guard.checked_variables(model, optimizer) if guarded else []
 
-    @tf.function
+    # An explicit tf.while_loop and autograph=False: autograph would convert this loop and, with it, the
+    # source of every function the step calls (the task's step and losses), seconds per trace (P9).
+    @tf.function(autograph=False)
     def distributed_steps(iterator, n):
         first, ok = _counted_step(task, strategy, model, optimizer, step, checked, next(iterator))
-        arrays = {k: tf.TensorArray(v.dtype, size=n).write(0, v) for k, v in first.items()}
+        keys = list(first)
+        arrays = [tf.TensorArray(first[k].dtype, size=n).write(0, first[k]) for k in keys]
         oks = tf.TensorArray(tf.bool, size=n).write(0, ok)
-        for i in tf.range(1, n):
+
+        def body(i, arrays, oks):
             results, ok = _counted_step(task, strategy, model, optimizer, step, checked, next(iterator))
-            arrays = {k: arrays[k].write(i, results[k]) for k in arrays}
-            oks = oks.write(i, ok)
-        return {k: a.stack() for k, a in arrays.items()}, oks.stack()
+            return i + 1, [a.write(i, results[k]) for a, k in zip(arrays, keys)], oks.write(i, ok)
+
+        _, arrays, oks = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(1), arrays, oks))
+        return {k: a.stack() for k, a in zip(keys, arrays)}, oks.stack()
 
     return distributed_steps
 
