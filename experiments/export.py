@@ -15,11 +15,13 @@ import os
 from absl import flags
 
 from experiments import common
-from fashionsearchnet_v2.serving import export
-from fashionsearchnet_v2.trained import checkpoints
+from fashionsearchnet_v2 import configs
+from fashionsearchnet_v2.serving import destination
 
+# TensorFlow loads (seconds) only after the refusals that need no model: an existing destination, a
+# missing dataset, a bad flag.
 EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Directory to write the SavedModel into.")
-VARIANT = flags.DEFINE_enum("variant", "full", export.exportable_variants(), "Table 1 row to export.")
+VARIANT = flags.DEFINE_enum("variant", "full", configs.exportable_variants(), "Table 1 row to export.")
 OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing export directory.")
 EMBED_BFLOAT16 = flags.DEFINE_bool(
     "embed_bfloat16",
@@ -37,8 +39,8 @@ flags.set_default(common.PRECISION, "float32")
 def main(argv):
     del argv
     try:  # refuse before minutes of loading
-        export.check_destination(EXPORT_DIR.value, OVERWRITE.value)
-    except export.ExportError as e:
+        destination.check_destination(EXPORT_DIR.value, OVERWRITE.value)
+    except destination.ExportError as e:
         common.fail(str(e))
     from fashionsearchnet_v2 import precision
 
@@ -46,6 +48,9 @@ def main(argv):
     dirs = common.resolve_dirs()
     workdir = common.seed_workdir(dirs.workdir, common.SEED.value)
     info = common.load_dataset(dirs, common.QUICK.value, "export", common.SEED.value)
+    from fashionsearchnet_v2.serving import export
+    from fashionsearchnet_v2.trained import checkpoints
+
     try:
         net, layer, model_cfg, metadata = export.exportable_variant(
             workdir, info, VARIANT.value, precision=choice.precision

@@ -28,6 +28,14 @@ VARIANTS = {
     "full": ("rank_l", "full"),
     "full_ff": ("rank_l_ff", "full"),
 }
+
+
+def exportable_variants() -> list[str]:
+    """The Table 1 rows that are FashionSearchNet-v2 networks (a stage-2 model, maybe a stage 3); the
+    AMNet baseline is another architecture and is not exported."""
+    return [v for v, (s2, _) in VARIANTS.items() if s2 in STAGE2_VARIANTS]
+
+
 LABELS = {
     "amnet_untrained": "AMNet, untrained",
     "amnet": "AMNet",

@@ -53,6 +53,7 @@ import tensorflow as tf
 from fashionsearchnet_v2 import configs, locks
 from fashionsearchnet_v2.data import records, schema
 from fashionsearchnet_v2.model import memory_block, network
+from fashionsearchnet_v2.serving.destination import ExportError, check_destination  # noqa: F401 (API)
 from fashionsearchnet_v2.trained import checkpoints
 
 VOCABULARY_JSON = "vocabulary.json"
@@ -68,10 +69,6 @@ EMBED_OUTPUTS = (
     "boxes",
     "maps",
 )
-
-
-class ExportError(RuntimeError):
-    """An export cannot be written or read; the message says where and what to do."""
 
 
 class VocabularyError(ValueError):
@@ -365,14 +362,6 @@ def check_finite_module(module: ServingModule) -> None:
         )
 
 
-def check_destination(export_dir: str, overwrite: bool) -> str:
-    """Absolute `export_dir`; raises ExportError if it exists and `overwrite` is false."""
-    export_dir = os.path.abspath(export_dir)
-    if os.path.lexists(export_dir) and not overwrite:
-        raise ExportError(f"{export_dir} already exists; pass --overwrite to replace it")
-    return export_dir
-
-
 def save(
     module: ServingModule,
     vocabulary: Vocabulary,
@@ -451,10 +440,7 @@ def _replace_dir(src: str, dst: str, overwrite: bool) -> None:
             os.remove(old)
 
 
-def exportable_variants() -> list[str]:
-    """The Table 1 rows that are FashionSearchNet-v2 networks (a stage-2 model, maybe a stage 3); the
-    AMNet baseline is another architecture and is not exported."""
-    return [v for v, (s2, _) in configs.VARIANTS.items() if s2 in configs.STAGE2_VARIANTS]
+exportable_variants = configs.exportable_variants
 
 
 def exportable_variant(
