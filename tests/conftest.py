@@ -46,6 +46,26 @@ def info(tmp_path_factory):
     )
 
 
+@pytest.fixture
+def autograph_conversions(monkeypatch):
+    """`module:name` of each function outside TensorFlow that autograph converts while the test runs
+    (decision P9: none should be; each conversion parses and rewrites a function's source and everything
+    it calls, seconds of tracing per process). TensorFlow's own wrappers, which `tf.saved_model.save`
+    converts, are not listed."""
+    from tensorflow.python.autograph.impl import api
+
+    converted, convert = [], api._convert_actual
+
+    def recording(entity, program_ctx):
+        module = getattr(entity, "__module__", "") or ""
+        if not module.startswith("tensorflow."):
+            converted.append(f"{module}:{getattr(entity, '__qualname__', repr(entity))}")
+        return convert(entity, program_ctx)
+
+    monkeypatch.setattr(api, "_convert_actual", recording)
+    return converted
+
+
 @pytest.fixture(scope="session")
 def data_dir(info):
     """The directory of `info`, for tests that run the command lines."""

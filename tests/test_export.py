@@ -232,9 +232,13 @@ def test_embed_checks_its_input(exported):
         client.embed([np.zeros((40, 40, 3), np.uint8), np.zeros((40, 40), np.uint8)])
 
 
-def test_embed_bfloat16_beside_an_unchanged_embed_and_chosen_by_the_rule(exported, tmp_path, monkeypatch):
+def test_embed_bfloat16_beside_an_unchanged_embed_and_chosen_by_the_rule(
+    exported, tmp_path, monkeypatch, autograph_conversions
+):
     """Issue 26: a float32 export may carry `embed_bfloat16` (the network with its weights stored in
-    bfloat16); `embed` gives exactly what it gave without it, and ExportedModel picks by `precision`."""
+    bfloat16); `embed` gives exactly what it gave without it, and ExportedModel picks by `precision`.
+    Saving converts nothing with autograph (P9), and the SavedModel holds the networks' variables, not
+    the Keras objects with their own `serving_default` (P10)."""
     from fashionsearchnet_v2 import precision
 
     _, module, layer, plain_dir = exported
@@ -245,6 +249,11 @@ def test_embed_bfloat16_beside_an_unchanged_embed_and_chosen_by_the_rule(exporte
     both_dir = export.save(both, VOCAB, str(tmp_path / "both" / "1"))
     with open(os.path.join(both_dir, export.EXPORT_JSON), encoding="utf-8") as f:
         assert json.load(f)["signatures"] == ["embed", "manipulate", export.BFLOAT16_EMBED]
+    assert autograph_conversions == []
+    loaded = tf.saved_model.load(both_dir)
+    assert not hasattr(loaded, "model") and not hasattr(loaded, "model_bfloat16")
+    assert len(loaded.network_variables) == len(module.model.variables) + len(layer.variables)
+    assert len(loaded.network_bfloat16_variables) == len(fast.variables)
 
     images = _images(4, 64, 64)
     plain = export.ExportedModel(plain_dir)

@@ -106,10 +106,13 @@ def _train(workdir, feats, steps, out=None, steps_per_call=1, log_every=10**6, *
     return task, model
 
 
-def test_several_steps_per_call_train_the_same_weights_and_log_the_same_lines(tmp_path):
+def test_several_steps_per_call_train_the_same_weights_and_log_the_same_lines(
+    tmp_path, autograph_conversions
+):
     """Stage 3's default runs 100 steps per tf.function call; it must be step-by-step training exactly:
     the same weights bit for bit, the same logged losses, the same validated epochs (epochs of 22 steps
-    here, so calls of 5 are cut at log lines and epoch ends)."""
+    here, so calls of 5 are cut at log lines and epoch ends). Nothing of it is autograph-converted (P9:
+    the loop is an explicit tf.while_loop)."""
     feats = _fake_features()
     runs = {}
     for n in (1, 5):
@@ -125,6 +128,7 @@ def test_several_steps_per_call_train_the_same_weights_and_log_the_same_lines(tm
     assert len(w1) == len(w5) and all(np.array_equal(a, b) for a, b in zip(w1, w5))
     one_step = _train(tmp_path / "one", feats, 1)[1].get_weights()
     assert not all(np.array_equal(a, b) for a, b in zip(w5, one_step))  # the 50 steps did run
+    assert autograph_conversions == []
 
 
 def test_validation_images_never_enter_a_triplet_or_the_memory_block(tmp_path):
