@@ -6,6 +6,10 @@ import os
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from fashionsearchnet_v2 import startup  # noqa: E402
+
+startup.skip_keras_optional_imports()  # as the commands do (decision P11)
+
 import tensorflow as tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")

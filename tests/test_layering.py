@@ -7,7 +7,7 @@
       trained
       data   model
       configs
-      precision   locks   losses                (leaves)
+      precision   locks   losses   startup      (leaves)
 
 A module may import its own package and any package in a lower row; nothing under
 `fashionsearchnet_v2/` imports an entry point or absl's flags.
@@ -25,6 +25,7 @@ RANK = {
     "precision": 0,
     "locks": 0,
     "losses": 0,
+    "startup": 0,
     "configs": 1,
     "data": 2,
     "model": 2,
