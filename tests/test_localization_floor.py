@@ -1,35 +1,22 @@
 """The AAM boxes of a trained stage 1 land on the attributes' true regions far more often than chance
 (issue 3): a small network trained for 500 steps on the embedded dataset, scored against the regions
-that the synthetic records carry. Slowest test of the suite (about 90 s on 2 cores)."""
+that the synthetic records carry. Slowest test of the suite (90-140 s on 2 cores). Its configuration is
+`benchmarks/localization_floor.py`'s, which reruns it for other seeds and settings (docs/performance.md,
+"The test suite": the cheaper settings tried)."""
 
-import io
+import os
+import sys
 
-import keras
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
-from fashionsearchnet_v2 import configs
-from fashionsearchnet_v2.data import synthetic
-from fashionsearchnet_v2.model import aam, backbone
-from fashionsearchnet_v2.retrieval import localization
-from fashionsearchnet_v2.trained import features
-from fashionsearchnet_v2.training import run
+import localization_floor  # noqa: E402
 
 
 def test_trained_aam_boxes_beat_chance(tmp_path):
-    keras.utils.set_random_seed(0)
-    info = synthetic.write_synthetic(str(tmp_path / "data"), num_images=3000, image_size=128, num_query=50,
-                                     num_gallery=200, progress=False)  # fmt: skip
-    cfg = configs.ExperimentConfig(dataset="synthetic", workdir=str(tmp_path / "work"))
-    cfg.model = configs.ModelConfig(image_size=128, width=0.25, conv5_filters=96, conv67_filters=128,
-                                    batch_norm=True, lrn=False, fc_sizes=(32,), fc10_size=16, roi_size=2)  # fmt: skip
-    cfg.train = configs.TrainConfig(batch_size=32, max_steps=500, log_every_steps=100, checkpoint_every_steps=1000, momentum=0.9,
-                                    heldout_images=0, summary_images=0, precision="float32")  # fmt: skip
-    model = run.run_stage1(cfg, info, out=io.StringIO())
-    feats = features.extract(model, info, "gallery", 128, 64, progress=False, keep_maps=True)
-    grid = backbone.feature_grid_size(128)
-    report = localization.localization_report(
-        aam.boxes_from_maps(feats["maps"]), feats["true_boxes"], grid, info.attribute_names
-    )
-    # Measured here: mean 0.395 vs chance 0.275; front 0.76 vs 0.47; sleeves 0.575 vs 0.42.
-    assert report["mean"]["hit_rate"] >= report["mean"]["chance"] + 0.05, report
-    assert report["front"]["hit_rate"] >= report["front"]["chance"] + 0.1, report
-    assert report["sleeve_length"]["hit_rate"] >= report["sleeve_length"]["chance"] + 0.05, report
+    info = localization_floor.write_data(str(tmp_path / "data"))
+    report = localization_floor.floor_report(localization_floor.floor_config(str(tmp_path / "work")), info)
+    # Measured (hit rate minus chance, seed 0): mean +0.12, front +0.29, sleeves +0.155 on an avx512_bf16
+    # machine; +0.112, +0.36, +0.17 on the EPYC without AVX-512 (seeds 1 and 2 there: +0.095 / +0.205 /
+    # +0.145 and +0.111 / +0.265 / +0.185).
+    for name, margin in localization_floor.MARGINS.items():
+        assert report[name]["hit_rate"] >= report[name]["chance"] + margin, (name, report)
