@@ -3,17 +3,18 @@
 TensorFlow imports Keras, and Keras tries two optional packages at import: IPython (to tell whether it
 runs in a notebook, for `keras.saving.KerasFileEditor`'s display) and matplotlib (`pyplot` and `patches`,
 for `keras.visualization`'s galleries). Where both are installed (matplotlib is this project's
-dependency; many machines carry IPython) they cost about 1.3 s of every process's start on a 2-core EPYC,
-about a fifth of `import tensorflow` (decision P11, docs/decisions.md#p11). Nothing here uses either
+dependency; many machines carry IPython) they cost about 1.4 s of every process's start on a 2-core EPYC,
+about a quarter of `import tensorflow` (decision P11, docs/decisions.md#p11). Nothing here uses either
 Keras feature; the project draws its figures with matplotlib's object API (`retrieval/figures.py`),
 which stays importable.
 
 `skip_keras_optional_imports()` installs an import hook that answers ImportError to exactly those
 imports made by exactly those Keras modules, which Keras handles as "not installed". Any other import
 of IPython or matplotlib, before or after, is untouched, and in a notebook, where IPython is already
-imported, the hook is never asked. The entry points (`experiments`, `data_prep`, the benchmarks) call it
-before TensorFlow loads; the library itself never does, so importing `fashionsearchnet_v2` changes no
-other program's imports.
+imported, the hook is never asked. The commands (`experiments/__init__.py`, `data_prep/__init__.py`),
+the test session and the benchmarks that import either (or call it themselves) install it before
+TensorFlow loads; the library itself never does, so importing `fashionsearchnet_v2` changes no other
+program's imports.
 
 This module imports nothing heavy: it must run before TensorFlow.
 """
