@@ -53,7 +53,7 @@ import tensorflow as tf
 from fashionsearchnet_v2 import configs, locks
 from fashionsearchnet_v2.data import records, schema
 from fashionsearchnet_v2.model import memory_block, network
-from fashionsearchnet_v2.serving.destination import ExportError, check_destination  # noqa: F401 (API)
+from fashionsearchnet_v2.serving.destination import ExportError, check_destination
 from fashionsearchnet_v2.trained import checkpoints
 
 VOCABULARY_JSON = "vocabulary.json"
