@@ -98,3 +98,41 @@ def test_celeba_doc_tables_are_what_paper_table_prints_from_the_run_files(folder
     assert len(ours) >= 10, f"docs/runs/{folder}: expected the rows of at least five variants, got {ours}"
     missing = [ln for ln in ours if "no results.json" not in ln and ln not in doc]
     assert not missing, f"docs/celeba.md lacks these lines that paper_table.py prints from docs/runs/{folder}"
+
+
+#: Tables copied by hand into docs from an evaluation's printed table kept in docs/runs:
+#: (page, the table.md under docs/runs). Every row of its Approach tables (Top-20 and gains) is in the page.
+COPIED_TABLES = (("docs/results.md", "main-job-float32/eval/table.md"),)
+
+
+def approach_rows(path):
+    """The rows of the tables in `path` whose header starts `| Approach`."""
+    rows, inside = [], False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("| Approach"):
+                inside = True
+            elif not line.startswith("|"):
+                inside = False
+            elif inside and not line.startswith("|---"):
+                rows.append(line.rstrip("\n"))
+    return rows
+
+
+@pytest.mark.parametrize("page,table", COPIED_TABLES)
+def test_a_copied_table_is_what_its_run_printed(page, table):
+    rows = approach_rows(os.path.join(ROOT, "docs", "runs", table))
+    assert len(rows) == 4, rows  # Rank-LG untrained and Full, in the Top-20 and the gains table
+    with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+        text = f.read()
+    missing = [row for row in rows if row not in text]
+    assert not missing, f"{page} lacks these rows of docs/runs/{table}: {missing}"
+
+
+def test_readme_float32_main_job_figures_are_its_run_files():
+    """README's sentence on a CPU without bfloat16 gives that run's Full and untrained Top-20 avg."""
+    folder = os.path.join(ROOT, "docs", "runs", "main-job-float32")
+    full, untrained = (load_row(folder, 0, variant, 20)["avg"] for variant in ("full", "rank_lg_untrained"))
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert f"printed Full {full:.3f} / untrained {untrained:.3f}" in readme
