@@ -33,10 +33,15 @@ COLUMNS = (("full", "avg"), ("rank_lg_untrained", "avg"), ("full", "gain"), ("wo
 cell = paper_table._cell
 
 
+def text(*parts):
+    """The file at ROOT/parts..., read as UTF-8."""
+    with open(os.path.join(ROOT, *parts), encoding="utf-8") as f:
+        return f.read()
+
+
 def readme_rows():
     """{row start: the row's cells} for the rows of ROWS in README's Results table."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        lines = [ln for ln in f if ln.startswith("| ")]
+    lines = [ln for ln in text("README.md").splitlines(keepends=True) if ln.startswith("| ")]
     found = {}
     for start in ROWS:
         matches = [ln for ln in lines if ln.startswith(f"| {start}")]
@@ -89,8 +94,7 @@ DOC_TABLES = {"celeba-128": [0, 1, 2], "celeba-227": [0]}
 
 @pytest.mark.parametrize("folder", sorted(DOC_TABLES))
 def test_celeba_doc_tables_are_what_paper_table_prints_from_the_run_files(folder):
-    with open(os.path.join(ROOT, "docs", "celeba.md"), encoding="utf-8") as f:
-        doc = f.read()
+    doc = text("docs", "celeba.md")
     workdir = os.path.join(ROOT, "docs", "runs", folder)
     printed = paper_table.table(workdir, "celeba", DOC_TABLES[folder]).splitlines()
     printed += paper_table.gains_table(workdir, "celeba", DOC_TABLES[folder]).splitlines()
@@ -105,27 +109,25 @@ def test_celeba_doc_tables_are_what_paper_table_prints_from_the_run_files(folder
 COPIED_TABLES = (("docs/results.md", "main-job-float32/eval/table.md"),)
 
 
-def approach_rows(path):
-    """The rows of the tables in `path` whose header starts `| Approach`."""
+def approach_rows(markdown):
+    """The rows of the tables in `markdown` whose header starts `| Approach`."""
     rows, inside = [], False
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("| Approach"):
-                inside = True
-            elif not line.startswith("|"):
-                inside = False
-            elif inside and not line.startswith("|---"):
-                rows.append(line.rstrip("\n"))
+    for line in markdown.splitlines():
+        if line.startswith("| Approach"):
+            inside = True
+        elif not line.startswith("|"):
+            inside = False
+        elif inside and not line.startswith("|---"):
+            rows.append(line)
     return rows
 
 
 @pytest.mark.parametrize("page,table", COPIED_TABLES)
 def test_a_copied_table_is_what_its_run_printed(page, table):
-    rows = approach_rows(os.path.join(ROOT, "docs", "runs", table))
+    rows = approach_rows(text("docs", "runs", table))
     assert len(rows) == 4, rows  # Rank-LG untrained and Full, in the Top-20 and the gains table
-    with open(os.path.join(ROOT, page), encoding="utf-8") as f:
-        text = f.read()
-    missing = [row for row in rows if row not in text]
+    page_text = text(page)
+    missing = [row for row in rows if row not in page_text]
     assert not missing, f"{page} lacks these rows of docs/runs/{table}: {missing}"
 
 
@@ -133,6 +135,5 @@ def test_readme_float32_main_job_figures_are_its_run_files():
     """README's sentence on a CPU without bfloat16 gives that run's Full and untrained Top-20 avg."""
     folder = os.path.join(ROOT, "docs", "runs", "main-job-float32")
     full, untrained = (load_row(folder, 0, variant, 20)["avg"] for variant in ("full", "rank_lg_untrained"))
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
+    readme = text("README.md")
     assert f"printed Full {full:.3f} / untrained {untrained:.3f}" in readme
