@@ -7,9 +7,9 @@ import errno
 import json
 import os
 import shutil
-import subprocess
 import sys
 
+import commands
 import numpy as np
 import tensorflow as tf
 
@@ -26,7 +26,7 @@ def _cli(args, cwd, code=None):
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     env.pop("TF_CONFIG", None)
     cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return commands.run(cmd, cwd=cwd, env=env, timeout=300)
 
 
 def _user_lines(stderr: str) -> list[str]:

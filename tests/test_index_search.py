@@ -3,9 +3,9 @@ brute force, FAISS against exact, refusal to overwrite, and the search command's
 
 import json
 import os
-import subprocess
 import sys
 
+import commands
 import cv2
 import numpy as np
 import pytest
@@ -170,9 +170,9 @@ with open(sys.argv[2], "w") as f:
 def test_index_and_search_commands(export_dir, model, folder, tmp_path):
     path = str(tmp_path / "cli.npz")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run(
+    done = commands.run(
         [sys.executable, "-m", "experiments.index", f"--export_dir={export_dir}", f"--images={folder}",
-         f"--index={path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+         f"--index={path}"], cwd=REPO, env=env, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "skipped broken.png" in done.stderr and "9 vectors of dimension 32" in done.stdout
@@ -189,8 +189,8 @@ def test_index_and_search_commands(export_dir, model, folder, tmp_path):
         [*base, f"--image={broken}"],
         [*base, f"--image={missing}"],
     ]  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", SEARCH_DRIVER, json.dumps(cases), str(tmp_path / "runs.json")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
+    done = commands.run([sys.executable, "-c", SEARCH_DRIVER, json.dumps(cases), str(tmp_path / "runs.json")],
+                        cwd=REPO, env=env, timeout=180)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     with open(tmp_path / "runs.json") as f:
         runs = json.load(f)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+import commands
 import numpy as np
 import tensorflow as tf
 
@@ -66,7 +67,7 @@ def test_two_workers_train_like_one_process(info, data_dir, tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     workers = [
-        subprocess.Popen(
+        commands.start(
             [
                 sys.executable,
                 "-c",
@@ -78,7 +79,6 @@ def test_two_workers_train_like_one_process(info, data_dir, tmp_path):
             env=_env({"cluster": cluster, "task": {"type": "worker", "index": i}}),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            text=True,
         )
         for i in range(2)
     ]
@@ -91,10 +91,11 @@ def test_two_workers_train_like_one_process(info, data_dir, tmp_path):
     for i, (w, log) in enumerate(zip(workers, logs)):
         assert w.returncode == 0, f"worker {i}:\n{log[-3000:]}"
         assert "step 3/3" in log and "done:" in log, log[-2000:]
-    single = subprocess.run(
+    single = commands.run(
         [sys.executable, "-c", SEEDED_STAGE1, *args, f"--workdir={tmp_path / 'single'}"],
-        env=_env(), capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        env=_env(),
+        timeout=240,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
 
     stage = tmp_path / "multi" / "seed0" / "stage1"

@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.request
 
+import commands
 import cv2
 import numpy as np
 import pytest
@@ -57,7 +58,7 @@ def _argv(command: str) -> list[str]:
 
 
 def run(command: str, cwd) -> str:
-    done = subprocess.run(_argv(command), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+    done = commands.run(_argv(command), cwd=cwd, env=_env(), timeout=600)
     assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -70,8 +71,8 @@ class Served:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.log = open(os.path.join(cwd, "serve.log"), "w")
-        self.proc = subprocess.Popen(_argv(command) + [f"--port={self.port}"], cwd=cwd, env=_env(),
-                                     stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
+        self.proc = commands.start(_argv(command) + [f"--port={self.port}"], cwd=cwd, env=_env(),
+                                   stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.time() + 120
         while True:

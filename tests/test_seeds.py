@@ -5,8 +5,9 @@ added time (test_training.py and test_stage3.py train it)."""
 
 import json
 import os
-import subprocess
 import sys
+
+import commands
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -14,9 +15,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_main_with_two_seeds_aggregates_mean_std_and_gain(tmp_path):
     data, work = tmp_path / "data", tmp_path / "work"
     env = {**os.environ, "PYTHONPATH": ROOT}
-    done = subprocess.run(
+    done = commands.run(
         [sys.executable, "-m", "experiments.main", "--quick", "--seeds=0,1", "--variants=rank_l", f"--data_dir={data}", f"--workdir={work}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=env, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p for p in os.listdir(work) if p.startswith("seed")) == ["seed0", "seed1"]

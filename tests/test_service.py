@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.request
 
+import commands
 import cv2
 import numpy as np
 import pytest
@@ -336,7 +337,7 @@ def test_serve_command_passes_its_batching_flags(trained, tmp_path):
             f"--index={trained.index_path}", f"--port={port}", "--max_batch=3", "--gather_ms=7.5",
             "--log_level=warning"]  # fmt: skip
     with open(tmp_path / "serve.log", "w") as log:
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        proc = commands.start(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120
         while True:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-import subprocess
 import sys
 
+import commands
 import cv2
 import numpy as np
 import pytest
@@ -224,7 +224,7 @@ def test_command_line_defaults_to_the_synthetic_split(tmp_path):
         f"--output_dir={tmp_path / 'cli'}",
         "--num_images=100",
     ]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = commands.run(cmd, cwd=REPO, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "500 query + 3000 gallery" in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "cli").exists()

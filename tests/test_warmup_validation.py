@@ -3,8 +3,9 @@ work directory, whichever command scored it, with the warm-up's paired differenc
 
 import json
 import os
-import subprocess
 import sys
+
+import commands
 
 from fashionsearchnet_v2.data import schema
 
@@ -27,10 +28,10 @@ def test_the_written_table_keeps_earlier_runs_and_pairs_by_seed(data_dir, tmp_pa
     _scored(tmp_path, "sgd", 100, 0, 0.30, names)  # no warm-up-0 partner: listed, not paired
     (tmp_path / "notes-warmupX").mkdir()  # not a run directory: ignored
     # This command asks for one run only (already scored): the file still gets all five.
-    done = subprocess.run(
+    done = commands.run(
         [sys.executable, "benchmarks/warmup_validation.py", f"--data_dir={data_dir}", f"--workdir={tmp_path}",
          "--recipes=adam_bn", "--warmups=100", "--seeds=1", "--table_only"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     text = (tmp_path / "warmup_validation.md").read_text()
