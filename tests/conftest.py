@@ -29,11 +29,15 @@ from fashionsearchnet_v2.data import synthetic  # noqa: E402
 # next one to whichever worker is nearly done. In file order test_readme (about 190 s in one process),
 # test_reproducible (60 s), test_same_data (120 s) and test_seeds (37 s) came last, and in xdist's default
 # order (most tests first) some of them still did, so one worker could still be inside them while the
-# other had nothing left. Longest first evens the two out. Module seconds from
-# `pytest -n 0 --durations=40` on this machine.
-SLOW_FIRST = ("test_readme.py", "test_cli.py", "test_same_data.py", "test_localization_floor.py",
-              "test_reproducible.py", "test_training.py", "test_page.py", "test_multi_worker.py",
-              "test_seeds.py", "test_precision.py", "test_beam_embed.py")  # fmt: skip
+# other had nothing left. Longest first evens the two out. The order is each module's seconds in
+# `pytest -v --durations=0` with the command server (2026-12-05, the 2-core EPYC without AVX-512):
+# 131, 122, 102, 92, 82, 63, 56, 43, 36, 34, 33, 27, 25, 23, 22, 16, 13, 13; the last of the run's modules
+# had been test_stage3 (27 s), which left one worker idle for 28 s.
+SLOW_FIRST = ("test_readme.py", "test_localization_floor.py", "test_training.py", "test_cli.py",
+              "test_same_data.py", "test_page.py", "test_reproducible.py", "test_seeds.py", "test_amnet.py",
+              "test_beam_embed.py", "test_precision.py", "test_stage3.py", "test_provenance.py",
+              "test_multi_worker.py", "test_export.py", "test_service.py", "test_box_swap.py",
+              "test_guard.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(config, items):
