@@ -37,6 +37,13 @@ sys.exit(int(how))
 """
 
 
+@pytest.fixture(autouse=True)
+def forking(monkeypatch):
+    """These tests are about the forked path, so they take it even where the session asked for fresh
+    interpreters everywhere (FSN_TESTS_FRESH_PYTHON=1)."""
+    monkeypatch.delenv(commands.FRESH_VARIABLE, raising=False)
+
+
 @pytest.fixture
 def probe(tmp_path):
     """The probe as a module, a script and `-c` code, and two directories each holding `probe_value`."""
