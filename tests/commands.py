@@ -1,8 +1,9 @@
 """Python command lines for the tests, started without paying Python's and TensorFlow's start-up each time.
 
-About 65 command lines run in the suite (conversions, stages, exports, indexes, services), and each fresh
-interpreter spent 6-10 s of its time importing TensorFlow, Keras, OpenCV and scikit-image on the 2-core
-machines here before it did anything. `run` and `start` instead ask a server process
+About 65 command lines run in the suite (conversions, stages, exports, indexes, services), and a fresh
+interpreter spends seconds importing TensorFlow, Keras, OpenCV and scikit-image before it does anything:
+`python -m experiments.stage1 --quick` took 16.8 s fresh and 8.5-8.9 s forked on the 2-core EPYC without
+AVX-512 (docs/performance.md, "The test suite"). `run` and `start` instead ask a server process
 (tests/command_server.py) that has imported those packages once to fork a child for the command line;
 the child is set up as the fresh interpreter would be (see there) and imports the project itself afresh.
 
@@ -10,10 +11,11 @@ A fresh interpreter is still used where a fork could not stand for one:
 - `fresh=True` (a test about the start of a process itself);
 - PYTHONHASHSEED in the environment (forked children share the server's string hashing, so two of them
   could agree where two fresh processes would not);
-- not `sys.executable` with `-m`, `-c` or a `.py` script, stdin input, or output not to files or captured;
-- FSN_TESTS_FRESH_PYTHON=1 in the test session's environment: every command line in a fresh interpreter,
-  to check that the suite does not depend on the servers (`FSN_TESTS_FRESH_PYTHON=1 python -m pytest -q
-  tests`).
+- anything but `sys.executable` with `-m`, `-c` or a `.py` script, and for `start` anything but stdout
+  to a file or a pipe with stderr merged into it;
+- FSN_TESTS_FRESH_PYTHON=1 in the test session's environment: every command line in a fresh interpreter
+  (but tests/test_commands.py's, which are about the forked path), to check that the suite does not
+  depend on the servers (`FSN_TESTS_FRESH_PYTHON=1 python -m pytest -q tests`).
 
 One server per pytest process and per value of the variables read when TensorFlow and Python start
 (`IMPORT_TIME`), started on first use and stopped when its pytest process ends.
