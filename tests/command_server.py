@@ -26,6 +26,7 @@ import runpy
 import sys
 import threading
 import time
+import traceback
 import types
 
 PROJECT = ("fashionsearchnet_v2", "experiments", "data_prep", "benchmarks")
@@ -132,6 +133,9 @@ def child(request: dict, base_path: list[str], keep_closed: tuple[int, ...]) -> 
             code = 1
         threading._shutdown()  # noqa: SLF001 - waits for non-daemon threads, as interpreter exit does
         atexit._run_exitfuncs()  # noqa: SLF001
+    except BaseException:  # setting the child up failed (a missing cwd, a bad file): say why, exit 1
+        traceback.print_exc()
+        code = 1
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
