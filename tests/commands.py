@@ -54,7 +54,7 @@ def _key(env: dict) -> tuple:
 
 class _Server:
     def __init__(self, env: dict):
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="command_server-", suffix=".log", delete=False)
+        self.log = tempfile.TemporaryFile("w+")  # the server's stderr, read if it fails; gone when closed
         self.proc = subprocess.Popen([sys.executable, SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, env=env, text=True, bufsize=1)  # fmt: skip
         self.lock = threading.Lock()
@@ -76,7 +76,6 @@ class _Server:
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
         self.log.close()
-        os.unlink(self.log.name)
 
 
 _servers: dict[tuple, _Server] = {}
