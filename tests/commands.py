@@ -152,22 +152,28 @@ def _forkable(argv: list[str], env: dict, fresh: bool) -> tuple[str, str, list[s
     return None
 
 
+def _prepare(argv, cwd, env, fresh: bool):
+    """argv and cwd as strings, the environment as a dict (the session's by default), and `_forkable`'s
+    answer."""
+    argv = [os.fspath(a) for a in argv]
+    cwd = os.fspath(cwd) if cwd is not None else os.getcwd()
+    env = dict(os.environ if env is None else env)
+    return argv, cwd, env, _forkable(argv, env, fresh)
+
+
 def _spawn(parsed, argv, cwd, env, stdout: str, stderr: str | None, append: bool, output=None) -> Forked:
     server = _server(env)
     kind, target, args = parsed
     if kind == "script":
         target = os.path.join(cwd, target)
-    reply = server.call(op="spawn", kind=kind, target=target, args=args, cwd=os.fspath(cwd), env=env,
+    reply = server.call(op="spawn", kind=kind, target=target, args=args, cwd=cwd, env=env,
                         stdout=stdout, stderr=stderr, append=append)  # fmt: skip
     return Forked(server, argv, reply["pid"], output)
 
 
 def run(argv, *, cwd=None, env=None, timeout: float, fresh: bool = False) -> subprocess.CompletedProcess:
     """`subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)`."""
-    argv = [os.fspath(a) for a in argv]
-    cwd = os.fspath(cwd) if cwd is not None else os.getcwd()
-    env = dict(os.environ if env is None else env)
-    parsed = _forkable(argv, env, fresh)
+    argv, cwd, env, parsed = _prepare(argv, cwd, env, fresh)
     if parsed is None:
         return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     with tempfile.TemporaryDirectory(prefix="command-") as tmp:
@@ -190,10 +196,7 @@ def start(argv, *, cwd=None, env=None, stdout, stderr, fresh: bool = False):
     """`subprocess.Popen(argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=True)`: a `Forked` for
     stdout to a file opened for writing or `subprocess.PIPE` and stderr to `subprocess.STDOUT` (as the
     tests start their services and workers), else a `subprocess.Popen`."""
-    argv = [os.fspath(a) for a in argv]
-    cwd = os.fspath(cwd) if cwd is not None else os.getcwd()
-    env = dict(os.environ if env is None else env)
-    parsed = _forkable(argv, env, fresh)
+    argv, cwd, env, parsed = _prepare(argv, cwd, env, fresh)
     if stderr != subprocess.STDOUT or not (stdout == subprocess.PIPE or hasattr(stdout, "name")):
         parsed = None
     if parsed is None:
