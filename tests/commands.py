@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 
 SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "command_server.py")
 FRESH_VARIABLE = "FSN_TESTS_FRESH_PYTHON"
@@ -103,6 +104,8 @@ class Forked:
     def __init__(self, server: _Server, args: list[str], pid: int, output: str | None):
         self.server, self.args, self.pid, self.returncode = server, args, pid, None
         self._output = output  # the file standing for stdout=PIPE, read by communicate()
+        if output is not None:  # removed with this object or at exit if communicate() never reads it
+            self._remove_output = weakref.finalize(self, _remove, output)
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -124,7 +127,7 @@ class Forked:
             return None, None
         with open(self._output, encoding="utf-8", errors="replace") as f:
             text = f.read()
-        os.unlink(self._output)
+        self._remove_output()
         self._output = None
         return text, None
 
@@ -137,6 +140,13 @@ class Forked:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _forkable(argv: list[str], env: dict, fresh: bool) -> tuple[str, str, list[str]] | None:

@@ -4,6 +4,7 @@ uncaught exceptions, atexit handlers, non-daemon threads, a timeout), for `-m`, 
 it really was forked (TensorFlow already imported, another parent) unless a fresh interpreter is asked
 for."""
 
+import gc
 import json
 import os
 import subprocess
@@ -122,6 +123,16 @@ def test_timeout_started_processes_and_the_fresh_switch(probe, monkeypatch):
     piped = commands.start([sys.executable, "-c", "print('piped')"], cwd=probe, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT)  # fmt: skip
     assert piped.communicate(timeout=60)[0] == "piped\n" and piped.returncode == 0
+    # A piped child killed and dropped without communicate() leaves no output file behind.
+    dropped = commands.start([sys.executable, "-c", "import time; time.sleep(60)"], cwd=probe,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    output = dropped._output
+    assert os.path.exists(output)
+    dropped.kill()
+    assert dropped.wait(timeout=30) == -9
+    del dropped
+    gc.collect()
+    assert not os.path.exists(output)
     monkeypatch.setenv(commands.FRESH_VARIABLE, "1")
     code = "import os, sys; print(os.getppid(), 'tensorflow' in sys.modules)"
     done = commands.run([sys.executable, "-c", code], cwd=probe, timeout=60)
