@@ -1,10 +1,13 @@
-"""Test session setup: oneDNN on, quiet logs, and two logical CPU devices (for the MirroredStrategy
-test), which must be configured before TensorFlow initialises its devices."""
+"""Test session setup: oneDNN on, quiet logs, the CPU only (tiny models, and every numeric comparison
+was measured there), and two logical CPU devices (for the MirroredStrategy test), which must be
+configured before TensorFlow initialises its devices. The command lines the tests run inherit the same
+variables, so they share one command server per pytest worker (tests/commands.py)."""
 
 import os
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 from fashionsearchnet_v2 import startup  # noqa: E402
 

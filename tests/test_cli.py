@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _cli(args, cwd, code=None):
     """Runs `python -m experiments.<args>` (or `python -c CODE args`) in `cwd` with this checkout first."""
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, PYTHONPATH=REPO)
     env.pop("TF_CONFIG", None)
     cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", *args]
     return commands.run(cmd, cwd=cwd, env=env, timeout=300)
