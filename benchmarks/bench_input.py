@@ -64,13 +64,13 @@ def main(argv=None):
     size = model_cfg.image_size
     keras.utils.set_random_seed(0)
     model = network.build_network(info.num_values, info.attribute_names, model_cfg, "full")
-    fn = features._inference_fn(model)
 
     def stream(autotune):
         return pipeline.make_dataset(
             info, args.split, size, args.batch_size, with_boxes=True, autotune=autotune
         )
 
+    fn = features._inference_fn(model, stream(False).element_spec["image"])
     held = list(stream(False))
     rows = {
         "memory": lambda: held,

@@ -27,14 +27,18 @@ KEYS = ("fc10", "labels", "ids", "boxes", "maps", "logits", "true_boxes", "gap")
 _INFERENCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _inference_fn(model):
+def _inference_fn(model, image_spec: tf.TensorSpec):
     """One compiled inference function per model (eager is ~2x slower), reused by every split: a new
-    tf.function per call retraced for each split and TensorFlow warned about excessive retracing."""
+    tf.function per call retraced for each split and TensorFlow warned about excessive retracing. It is
+    traced once, for `image_spec`'s images in batches of any size: traced for the first batch's size,
+    it was traced again for the first smaller batch (the end of a split, or a smaller split), twice per
+    model in every evaluation."""
     fn = _INFERENCE.get(model)
     if fn is None:
         ref = weakref.ref(model)  # the function must not keep its model alive
+        signature = [tf.TensorSpec([None, *image_spec.shape[1:]], image_spec.dtype)]
         fn = _INFERENCE[model] = tf.function(
-            lambda x: ref()(x, training=False), reduce_retracing=True, autograph=False
+            lambda x: ref()(x, training=False), input_signature=signature, autograph=False
         )  # decision P9
     return fn
 
@@ -56,7 +60,7 @@ def extract(
     parts: dict[str, list] = {k: [] for k in KEYS}
     meter = Progress(info.splits[split], f"embedding {split}", enabled=progress)
     done = 0
-    predict = _inference_fn(model)
+    predict = _inference_fn(model, ds.element_spec["image"])
     for batch in integrity.reading(ds, info):
         out = predict(batch["image"])
         for key in ("fc10", "boxes", "gap"):
