@@ -31,7 +31,10 @@ def _variables(ckpt_dir):
 
 def _run(info, tmp_path, name, seed):
     cfg = _cfg(tmp_path / name / f"seed{seed}", seed)
-    ablation.run_ablation([cfg], info, ["full", "amnet"], str(tmp_path / name / "eval"), out=io.StringIO())
+    log = io.StringIO()
+    ablation.run_ablation([cfg], info, ["full", "amnet"], str(tmp_path / name / "eval"), out=log)
+    # Stage 1 is trained once for both rows, not entered again for AMNet to find it finished.
+    assert log.getvalue().count("=== stage 1:") == 1 and "already trained" not in log.getvalue()
     with open(os.path.join(cfg.workdir, "eval", "full", "results.json"), encoding="utf-8") as f:
         results = json.load(f)
     results.pop("seconds")

@@ -31,11 +31,18 @@ def _say(msg: str, out=sys.stdout) -> None:
     print(f"\n=== {msg}", file=out, flush=True)
 
 
-def train_variant(cfg: ExperimentConfig, info, variant: str, out=sys.stdout) -> None:
-    """Stage 1 (shared), the variant's stage 2 and, where it has one, its stage 3."""
+def train_variant(
+    cfg: ExperimentConfig, info, variant: str, out=sys.stdout, trained: set | None = None
+) -> None:
+    """Stage 1 (shared), the variant's stage 2 and, where it has one, its stage 3. `trained`: the stages
+    (`stage1`, `stage2_<variant>`) already trained or resumed for `cfg` in this process, which are not
+    entered again (each entry builds and restores its network only to find it finished); added to."""
+    trained = set() if trained is None else trained
     s2, s3 = configs.VARIANTS[variant]
-    _say(f"stage 1: GAP classifiers and AAMs (L_C), seed {cfg.train.seed}", out)
-    run.run_stage1(cfg, info, out=out)
+    if "stage1" not in trained:
+        _say(f"stage 1: GAP classifiers and AAMs (L_C), seed {cfg.train.seed}", out)
+        run.run_stage1(cfg, info, out=out)
+        trained.add("stage1")
     if variant == "amnet":
         _say("AMNet baseline: memory + fusion on stage-1 features", out)
         run.run_amnet(cfg, info, out=out)
@@ -44,8 +51,10 @@ def train_variant(cfg: ExperimentConfig, info, variant: str, out=sys.stdout) -> 
         _say("AMNet at step 0, its untrained control", out)
         run.run_amnet_untrained(cfg, info, out=out)
         return
-    _say(f"stage 2 ({s2}): attribute representations", out)
-    run.run_stage2(dataclasses.replace(cfg, variant=s2), info, out=out)
+    if f"stage2_{s2}" not in trained:
+        _say(f"stage 2 ({s2}): attribute representations", out)
+        run.run_stage2(dataclasses.replace(cfg, variant=s2), info, out=out)
+        trained.add(f"stage2_{s2}")
     if s3 == "untrained":
         _say(f"stage 3 ({s2}): Rank-LG at step 0, the untrained control", out)
         run.run_stage3_untrained(dataclasses.replace(cfg, variant=s2), info, out=out)
@@ -238,8 +247,9 @@ def run_ablation(
     for cfg in cfgs:
         seed = cfg.train.seed
         per_seed[seed] = {}
+        trained: set[str] = set()
         for variant in variants:
-            train_variant(cfg, info, variant, out)
+            train_variant(cfg, info, variant, out, trained)
             eval_dir = os.path.join(cfg.workdir, eval_name, variant)
             per_seed[seed][variant] = evaluate_cached(cfg.workdir, info, variant, eval_dir, out)
     seeds = sorted(per_seed)
