@@ -24,6 +24,7 @@ import json
 import os
 import runpy
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -99,6 +100,7 @@ def child(request: dict, base_path: list[str], keep_closed: tuple[int, ...]) -> 
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        tempfile.tempdir = None  # chosen afresh from TMPDIR, as a fresh interpreter does (preloading set it)
         kind, target, args = request["kind"], request["target"], request["args"]
         if kind == "-m":
             path0 = os.getcwd()

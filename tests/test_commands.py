@@ -1,5 +1,5 @@
 """tests/commands.py: a command line forked from the preloaded server behaves as in a fresh interpreter
-(arguments, sys.path, cwd, environment down to C's getenv, `__main__`, output streams, exit status,
+(arguments, sys.path, cwd, environment down to C's getenv and the temporary directory, `__main__`, output streams, exit status,
 uncaught exceptions, atexit handlers, non-daemon threads, a timeout), for `-m`, `-c` and a script, and
 it really was forked (TensorFlow already imported, another parent) unless a fresh interpreter is asked
 for."""
@@ -15,7 +15,7 @@ import commands
 import pytest
 
 PROBE = r"""
-import atexit, ctypes, json, os, sys, threading, time
+import atexit, ctypes, json, os, sys, tempfile, threading, time
 import probe_value
 libc = ctypes.CDLL(None)
 libc.getenv.restype = ctypes.c_char_p
@@ -23,7 +23,7 @@ print(json.dumps({
     "argv": sys.argv, "path0": sys.path[0], "cwd": os.getcwd(), "name": __name__,
     "file": globals().get("__file__"), "main": sys.modules["__main__"].__dict__ is globals(),
     "env": os.environ.get("PROBE_VALUE"), "getenv": (libc.getenv(b"PROBE_VALUE") or b"").decode(),
-    "value": probe_value.VALUE, "stdin": sys.stdin.read(),
+    "value": probe_value.VALUE, "stdin": sys.stdin.read(), "tempdir": tempfile.gettempdir(),
     "tensorflow_loaded": "tensorflow" in sys.modules, "parent": os.getppid(),
 }), flush=True)
 sys.stderr.write("to stderr\n")
@@ -53,11 +53,13 @@ def probe(tmp_path):
         (tmp_path / name / "probe_value.py").write_text(f"VALUE = {name!r}\n")
     (tmp_path / "a" / "probe_main.py").write_text(PROBE)
     (tmp_path / "work").mkdir()
+    (tmp_path / "tmp").mkdir()
     return tmp_path
 
 
 def _both(argv, probe, how, pythonpath="a"):
-    env = dict(os.environ, PROBE_VALUE="seen", PROBE_EXIT=how, PYTHONPATH=str(probe / pythonpath))
+    env = dict(os.environ, PROBE_VALUE="seen", PROBE_EXIT=how, PYTHONPATH=str(probe / pythonpath),
+               TMPDIR=str(probe / "tmp"))  # fmt: skip
     env.pop("PYTHONHASHSEED", None)
     fresh = commands.run(argv, cwd=probe / "work", env=env, timeout=120, fresh=True)
     forked = commands.run(argv, cwd=probe / "work", env=env, timeout=120)
@@ -84,9 +86,10 @@ def test_a_forked_command_sees_what_a_fresh_interpreter_sees(probe, form):
     assert fresh.stderr.splitlines()[-1] == forked.stderr.splitlines()[-1] == "to stderr"
     assert a["parent"] == os.getpid() and not a["tensorflow_loaded"]  # a real fresh interpreter
     assert b["parent"] != os.getpid() and b["tensorflow_loaded"]  # really forked from the preloaded server
-    for key in ("argv", "path0", "cwd", "name", "file", "main", "env", "getenv", "value", "stdin"):
+    for key in ("argv", "path0", "cwd", "name", "file", "main", "env", "getenv", "value", "stdin", "tempdir"):
         assert a[key] == b[key], key
     assert b["argv"][1:] == ["x", "--flag=1"] and b["env"] == b["getenv"] == "seen" and b["stdin"] == ""
+    assert b["tempdir"] == str(probe / "tmp")  # TMPDIR, not the server's cached choice
     assert b["value"] == "a" and b["name"] == "__main__" and b["main"]
 
 

@@ -44,8 +44,8 @@ def readme_block(after: str, nth: int = 0) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
 
 
-def _env() -> dict:
-    return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def _env(**extra) -> dict:
+    return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
 
 
 def _argv(command: str) -> list[str]:
@@ -57,8 +57,8 @@ def _argv(command: str) -> list[str]:
     return argv
 
 
-def run(command: str, cwd) -> str:
-    done = commands.run(_argv(command), cwd=cwd, env=_env(), timeout=600)
+def run(command: str, cwd, **env) -> str:
+    done = commands.run(_argv(command), cwd=cwd, env=_env(**env), timeout=600)
     assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -151,14 +151,14 @@ def test_readme_catalogue_commands_convert_train_export_index_and_serve(tmp_path
         server.stop()
 
 
-def run_block(commands: list[str], cwd) -> str:
+def run_block(commands: list[str], cwd, **env) -> str:
     """Runs a README block's commands but `pip` (the extras are there for the tests) and the one
-    `experiments.serve`, which it returns."""
+    `experiments.serve`, which it returns; `env`: variables added to the environment."""
     serve = [c for c in commands if "experiments.serve" in c]
     assert len(serve) == 1
     for command in commands:
         if not command.startswith("pip ") and command is not serve[0]:
-            run(command, cwd)
+            run(command, cwd, **env)
     return serve[0]
 
 
@@ -204,14 +204,18 @@ def test_readme_serving_commands_and_curl_examples(served_main_job):
 
 def test_readme_beam_commands_from_a_folder_to_a_running_service(served_main_job):
     """README's "Catalogues of millions" block: a folder embedded on Beam's DirectRunner with two worker
-    processes, indexed from the shards and served (the main job's quick export)."""
+    processes, indexed from the shards and served (the main job's quick export); the commands leave
+    nothing in the temporary directory (Beam's DirectRunner leaves three directories there on its own)."""
     require(not BEAM_MISSING, f"README's Beam commands need the beam extra: {BEAM_INSTALL}")
     cwd, _ = served_main_job
     commands = readme_block("### Catalogues of millions")
     assert [c.split()[2] for c in commands if c.startswith("python -m")] == [
         "experiments.embed_beam", "experiments.index", "experiments.serve",
     ]  # fmt: skip
-    serve = run_block(commands, cwd)
+    temp = cwd / "beam-tmp"
+    temp.mkdir()
+    serve = run_block(commands, cwd, TMPDIR=str(temp))
+    assert os.listdir(temp) == []
     manifest = json.loads((cwd / "embeddings" / "catalogue" / "embeddings.json").read_text())
     assert manifest["count"] == 200 and manifest["skipped"] == 0
     assert manifest["pipeline"]["runner"] == "DirectRunner" and manifest["pipeline"]["workers"] == 2
