@@ -4,6 +4,7 @@ configured before TensorFlow initialises its devices. The command lines the test
 variables, so they share one command server per pytest worker (tests/commands.py)."""
 
 import os
+import tempfile
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -46,6 +47,22 @@ SLOW_FIRST = ("test_readme.py", "test_localization_floor.py", "test_training.py"
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOW_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: modules stay whole
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_temporary_directory(tmp_path_factory):
+    """The temporary directory of the tests and of the command lines they run is the session's own, so
+    what is left there (Beam's directories of every pipeline run, autograph's files of a command killed on
+    purpose) goes with pytest's old session directories instead of piling up in /tmp."""
+    before = os.environ.get("TMPDIR"), tempfile.tempdir
+    path = str(tmp_path_factory.mktemp("tmp"))
+    os.environ["TMPDIR"] = tempfile.tempdir = path
+    yield path
+    if before[0] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = before[0]
+    tempfile.tempdir = before[1]
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 
 import numpy as np
 import pytest
@@ -36,16 +35,6 @@ from fashionsearchnet_v2.serving import (  # noqa: E402
     items,
 )
 from fashionsearchnet_v2.serving import index as index_lib  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _beams_temporary_directories(tmp_path_factory):
-    """Beam leaves three directories in the temporary directory per run (docs/serving.md): these
-    in-process runs leave them in the test session's directory instead of the system's."""
-    before = tempfile.tempdir
-    tempfile.tempdir = str(tmp_path_factory.mktemp("beam_tmp"))
-    yield
-    tempfile.tempdir = before
 
 
 def test_folder_on_two_worker_processes_gives_experiments_index_vectors_ids_and_order(
