@@ -2,11 +2,15 @@
 
     python -m data_prep.catalog --csv=shop/products.csv --image_column=image \\
         --attributes=colour,sleeve,pattern --output_dir=data/shop \\
+        [--image_pattern='images/{sku}.jpg' instead of --image_column] \\
         [--image_root=DIR] [--id_column=COL] [--name=shop] [--min_count=N] [--other_value=other] \\
         [--unlabelled=NA,unknown] [--delimiter=,] [--num_query=2000 --num_gallery=18000 --seed=0 --overwrite]
 
 Input: a CSV (or, with --delimiter, any delimited text) with a header row. `--image_column` holds each
-image's path, absolute or relative to `--image_root` (default: the CSV's folder); each column named in
+image's path, absolute or relative to `--image_root` (default: the CSV's folder); where no column holds
+it, `--image_pattern` makes it from the row's cells (`images/{id}.jpg`: the `id` column's cell; a field
+may carry a format spec, `{id:0>6}` pads it to six characters), and a row whose cell for a field is
+empty is skipped as `no_image`. Each column named in
 `--attributes` is one attribute, whose values are the distinct strings found in it (surrounding spaces
 dropped, case kept), in alphabetical order. An empty cell, or one of `--unlabelled`, leaves the
 attribute unlabelled (-1) for that image. With `--min_count=N`, the values of an attribute that fewer than
@@ -26,6 +30,7 @@ import collections
 import csv
 import os
 import re
+import string
 from collections.abc import Sequence
 
 from absl import flags
@@ -36,6 +41,11 @@ from fashionsearchnet_v2.data.schema import UNLABELLED, Attribute, DatasetError,
 
 CSV = flags.DEFINE_string("csv", None, "The catalogue: a CSV with a header row, one row per image.")
 IMAGE_COLUMN = flags.DEFINE_string("image_column", None, "Column holding each image's path.")
+IMAGE_PATTERN = flags.DEFINE_string(
+    "image_pattern",
+    None,
+    "Each image's path made from its row's cells, e.g. 'images/{id}.jpg' (instead of --image_column).",
+)
 ATTRIBUTES = flags.DEFINE_list("attributes", None, "Columns to use as attributes, in this order.")
 IMAGE_ROOT = flags.DEFINE_string(
     "image_root", None, "Folder image paths are relative to (default: the CSV's)."
@@ -43,7 +53,7 @@ IMAGE_ROOT = flags.DEFINE_string(
 ID_COLUMN = flags.DEFINE_string("id_column", None, "Column holding item ids (default: the image path).")
 NAME = flags.DEFINE_string("name", None, "Dataset name (default: the output folder's name).")
 MIN_COUNT = flags.DEFINE_integer(
-    "min_count", 1, "Values seen in fewer images join --other_value (1: keep all)."
+    "min_count", 1, "Values of fewer images (files present) join --other_value (1: keep all)."
 )
 OTHER_VALUE = flags.DEFINE_string("other_value", "other", "Name of the value rare values are grouped into.")
 UNLABELLED_VALUES = flags.DEFINE_list(
@@ -104,6 +114,31 @@ def read_rows(path: str, delimiter: str = ",") -> tuple[list[str], list[tuple[in
     return header, rows
 
 
+def pattern_columns(pattern: str, header: Sequence[str]) -> list[str]:
+    """The columns `pattern` ('images/{id}.jpg') fills in; an error names what is wrong with it."""
+    try:
+        fields = [(name, conversion) for _, name, _, conversion in string.Formatter().parse(pattern)
+                  if name is not None]  # fmt: skip
+    except ValueError as e:
+        raise DatasetError(
+            f"--image_pattern={pattern!r} is not a pattern like 'images/{{id}}.jpg' ({e})"
+        ) from e
+    if not fields:
+        raise DatasetError(f"--image_pattern={pattern!r} names no column; expected e.g. 'images/{{id}}.jpg'")
+    for name, conversion in fields:
+        if conversion is not None or not name or name not in header:
+            raise DatasetError(
+                f"--image_pattern={pattern!r}: {{{name}{'!' + conversion if conversion else ''}}} is not a "
+                f"column of the CSV; each {{...}} names one of {list(header)}"
+            )
+    names = sorted({name for name, _ in fields})
+    try:  # a format spec that a string cannot take ({id:d}) or that names another field
+        pattern.format_map(dict.fromkeys(names, "1"))
+    except (ValueError, KeyError, IndexError) as e:
+        raise DatasetError(f"--image_pattern={pattern!r}: cells are text, so {e}") from e
+    return names
+
+
 def attribute_values(
     cells: Sequence[str], min_count: int = 1, other_value: str = "other"
 ) -> tuple[tuple[str, ...], dict[str, str], dict[str, int]]:
@@ -126,7 +161,8 @@ def convert(
     csv_path: str,
     output_dir: str,
     *,
-    image_column: str,
+    image_column: str | None = None,
+    image_pattern: str | None = None,
     attributes: Sequence[str],
     image_root: str | None = None,
     id_column: str | None = None,
@@ -145,8 +181,11 @@ def convert(
         raise DatasetError(f"--attributes names a column twice: {attributes}")
     if min_count < 1:
         raise DatasetError(f"--min_count must be >= 1, got {min_count}")
+    if (image_column is None) == (image_pattern is None):
+        raise DatasetError("give exactly one of --image_column (a column of image paths) or --image_pattern")
     header, rows = read_rows(csv_path, delimiter)
-    wanted = [image_column, *attributes] + ([id_column] if id_column else [])
+    filled = pattern_columns(image_pattern, header) if image_pattern is not None else []
+    wanted = ([image_column] if image_column else []) + [*attributes] + ([id_column] if id_column else [])
     unknown = [c for c in wanted if c not in header]
     if unknown:
         raise DatasetError(f"{csv_path}: no column {unknown}; the header has {header}")
@@ -155,8 +194,9 @@ def convert(
     root = image_root or os.path.dirname(os.path.abspath(csv_path))
     missing_marks = {""} | {u.strip() for u in unlabelled}
 
-    cells = {a: [] for a in attributes}
-    for _, row in rows:
+    held, skipped = _rows_with_images(rows, csv_path, root, image_column, image_pattern, filled, id_column)
+    cells = {a: [] for a in attributes}  # counted over the images the dataset will hold
+    for *_, row in held:
         for a in attributes:
             value = row[a].strip()
             if value not in missing_marks:
@@ -173,29 +213,19 @@ def convert(
         mappings[a], extra_counts[a] = mapping, counts
         grouped[a] = sorted(v for v, m in mapping.items() if m != v)
 
-    examples, skipped, seen = [], [], {}
-    for lineno, row in rows:
-        where = f"{csv_path}:{lineno}"
-        rel = row[image_column].strip()
-        image_id = row[id_column].strip() if id_column else rel
-        if not rel or not image_id:
-            skipped.append(("no_image" if not rel else "no_id", image_id or rel, where))
-            continue
-        if image_id in seen:
-            skipped.append(("duplicate", image_id, f"{where} repeats {seen[image_id]}"))
-            continue
-        seen[image_id] = where
+    examples = []
+    for image_id, path, where, row in held:
         labels = []
         for attr in attrs:
             value = row[attr.name].strip()
             labels.append(
                 UNLABELLED if value in missing_marks else attr.values.index(mappings[attr.name][value])
             )
-        path = rel if os.path.isabs(rel) else os.path.join(root, rel)
         examples.append(engine.Example(image_id, labels, path=path, where=where))
     extra = {
-        "csv": {"image_column": image_column, "id_column": id_column, "image_root": os.path.abspath(root),
-                "attributes": attributes, "unlabelled": sorted(missing_marks - {""})},
+        "csv": {"image_column": image_column, "image_pattern": image_pattern, "id_column": id_column,
+                "image_root": os.path.abspath(root), "attributes": attributes,
+                "unlabelled": sorted(missing_marks - {""})},
         "min_count": min_count,
         "other_value": other_value,
         "grouped_into_other": grouped,
@@ -206,13 +236,49 @@ def convert(
                                    extra=extra, **protocol)  # fmt: skip
 
 
+def _rows_with_images(rows, csv_path: str, root: str, column: str | None, pattern: str | None,
+                      filled: Sequence[str], id_column: str | None) -> tuple[list, list[tuple[str, str, str]]]:  # fmt: skip
+    """The rows whose image the dataset will hold, [(id, path, "file:line", row)], as far as a file
+    tells (an image that fails to decode is found when it is written), and the others as the converters'
+    skips (reason, id, detail): no image path or id, an id seen before, a missing or empty file. Values
+    are counted over the first list, so that --min_count counts images, not rows."""
+    held, skipped, seen = [], [], {}
+    for lineno, row in rows:
+        where = f"{csv_path}:{lineno}"
+        rel = _image_path(row, column, pattern, filled)
+        image_id = row[id_column].strip() if id_column else rel
+        if not rel or not image_id:
+            skipped.append(("no_image" if not rel else "no_id", image_id or rel, where))
+            continue
+        if image_id in seen:
+            skipped.append(("duplicate", image_id, f"{where} repeats {seen[image_id]}"))
+            continue
+        seen[image_id] = where
+        path = rel if os.path.isabs(rel) else os.path.join(root, rel)
+        if not os.path.isfile(path):
+            skipped.append(("missing", image_id, path))
+        elif os.path.getsize(path) == 0:
+            skipped.append(("empty", image_id, path))
+        else:
+            held.append((image_id, path, where, row))
+    return held, skipped
+
+
+def _image_path(row: dict[str, str], column: str | None, pattern: str | None, filled: Sequence[str]) -> str:
+    """A row's image path: its `column` cell, or `pattern` filled from its cells ("" if one is empty)."""
+    if column is not None:
+        return row[column].strip()
+    cells = {name: row[name].strip() for name in filled}
+    return pattern.format_map(cells) if all(cells.values()) else ""
+
+
 def _convert_from_flags(output_dir: str, **kwargs) -> DatasetInfo:
-    for flag in (CSV, IMAGE_COLUMN, ATTRIBUTES):
+    for flag in (CSV, ATTRIBUTES):
         if not flag.value:
             raise DatasetError(f"--{flag.name} is required")
     delimiter = DELIMITER.value.encode().decode("unicode_escape")  # "\t" on a command line means a tab
-    info = convert(CSV.value, output_dir, image_column=IMAGE_COLUMN.value, attributes=ATTRIBUTES.value,
-                   image_root=IMAGE_ROOT.value, id_column=ID_COLUMN.value, name=NAME.value,
+    info = convert(CSV.value, output_dir, image_column=IMAGE_COLUMN.value, image_pattern=IMAGE_PATTERN.value,
+                   attributes=ATTRIBUTES.value, image_root=IMAGE_ROOT.value, id_column=ID_COLUMN.value, name=NAME.value,
                    min_count=MIN_COUNT.value, other_value=OTHER_VALUE.value, unlabelled=UNLABELLED_VALUES.value,
                    delimiter=delimiter, **kwargs)  # fmt: skip
     print(f"{info.name}: {len(info.attributes)} attributes, {info.total_values} values")

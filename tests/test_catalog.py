@@ -142,3 +142,62 @@ def test_catalog_split_protocol_and_refusal_to_overwrite(tmp_path):
     b = catalog.convert(path, str(tmp_path / "out2"), num_query=3, num_gallery=4, seed=1, **kwargs)
     assert a.splits == {"query": 3, "gallery": 4, "train": 5}
     assert _labels(a, "query") == _labels(b, "query")  # the same seed draws the same split
+
+
+def test_catalog_makes_each_image_path_from_a_pattern_over_its_row(tmp_path):
+    """Images named after a column, as Kaggle's `images/<id>.jpg`: --image_pattern fills each path from
+    its row (with a format spec); a row whose cell for a field is empty is skipped as no_image; values are
+    counted over the images present (a partial download), not the rows; a pattern that names no column,
+    another column, a conversion or a spec text cannot take is refused, naming it."""
+    rows = [(image_id, ["red", "blue"][i % 2], ["long", "short"][i // 2 % 2], True)
+            for i, image_id in enumerate(["7", "12", "", "31", "40", "52", "68", "75"])]  # fmt: skip
+    rows += [("90", "green", "long", False), ("91", "green", "long", False), ("93", "green", "short", True),
+             ("95", "purple", "long", False)]  # fmt: skip
+    os.makedirs(tmp_path / "img")
+    with open(tmp_path / "styles.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "colour", "sleeve"])
+        for i, (image_id, colour, sleeve, has_image) in enumerate(rows):
+            w.writerow([image_id, colour, sleeve])
+            if image_id and has_image:
+                cv2.imwrite(
+                    str(tmp_path / "img" / f"{image_id:0>6}.jpg"), np.full((16, 16, 3), 20 * i, np.uint8)
+                )
+    path = str(tmp_path / "styles.csv")
+    info = catalog.convert(path, str(tmp_path / "out"), image_pattern="img/{id:0>6}.jpg", id_column="id",
+                           attributes=["colour", "sleeve"], **SMALL)  # fmt: skip
+    assert info.report["skipped_by_reason"] == {"no_image": 1, "missing": 3}
+    assert info.attributes[0].values == ("blue", "green", "red")  # purple: only rows without an image
+    labels = {}
+    for split in ("train", "query", "gallery"):
+        labels.update(_labels(info, split))
+    assert labels == {"7": [2, 0], "12": [0, 0], "31": [0, 1], "40": [2, 0], "52": [0, 0], "68": [2, 1],
+                      "75": [0, 1], "93": [1, 1]}  # fmt: skip
+    assert (
+        info.extra["csv"]["image_pattern"] == "img/{id:0>6}.jpg" and info.extra["csv"]["image_column"] is None
+    )
+    # --min_count counts images: green has three rows but one image.
+    grouped = catalog.convert(path, str(tmp_path / "out2"), image_pattern="img/{id:0>6}.jpg",
+                              attributes=["colour"], min_count=2, **SMALL)  # fmt: skip
+    assert grouped.attributes[0].values == ("blue", "red", "other")
+    assert grouped.extra["value_counts"]["colour"] == {"blue": 4, "red": 3, "green": 1}
+    # Without --id_column an item is named by its path, as with --image_column.
+    ids = {**_labels(grouped, "train"), **_labels(grouped, "query"), **_labels(grouped, "gallery")}
+    assert "img/000093.jpg" in ids and len(ids) == 8
+
+    refused = {
+        "img/x.jpg": "names no column",
+        "img/{sku}.jpg": r"\{sku\} is not a column of the CSV; each \{...\} names one of \['id', 'colour', 'sleeve'\]",
+        "img/{id!r}.jpg": r"\{id!r\} is not a column",
+        "img/{id:d}.jpg": "cells are text, so Unknown format code 'd'",
+        "img/{id.jpg": "is not a pattern like",
+    }
+    for pattern, message in refused.items():
+        with pytest.raises(DatasetError, match=message):
+            catalog.convert(
+                path, str(tmp_path / "bad"), image_pattern=pattern, attributes=["colour"], **SMALL
+            )
+    with pytest.raises(DatasetError, match="exactly one of --image_column"):
+        catalog.convert(path, str(tmp_path / "bad"), image_column="id", image_pattern="img/{id}.jpg",
+                        attributes=["colour"], **SMALL)  # fmt: skip
+    assert not os.path.exists(tmp_path / "bad")
