@@ -4,7 +4,8 @@
         --attributes=colour,sleeve,pattern --output_dir=data/shop \\
         [--image_pattern='images/{sku}.jpg' instead of --image_column] \\
         [--image_root=DIR] [--id_column=COL] [--name=shop] [--min_count=N] [--other_value=other] \\
-        [--unlabelled=NA,unknown] [--delimiter=,] [--num_query=2000 --num_gallery=18000 --seed=0 --overwrite]
+        [--unlabelled=NA,unknown] [--delimiter=,] [--malformed=error|skip] \\
+        [--num_query=2000 --num_gallery=18000 --seed=0 --overwrite]
 
 Input: a CSV (or, with --delimiter, any delimited text) with a header row. `--image_column` holds each
 image's path, absolute or relative to `--image_root` (default: the CSV's folder); where no column holds
@@ -19,7 +20,9 @@ merged into it): a value seen a handful of times can be neither learnt nor searc
 
 The split protocol, the skip report, the atomic output and `--overwrite` are the other converters'
 (`fashionsearchnet_v2.data.convert`): missing, empty or corrupt images, rows with no attribute labelled
-(`no_labels`) and images listed twice (`duplicate`) are skipped and listed by reason. The dataset's name
+(`no_labels`) and images listed twice (`duplicate`) are skipped and listed by reason. A row with another
+number of fields than the header (an unquoted comma in a title) stops the conversion, naming its line;
+with `--malformed=skip` it is skipped and listed as `malformed` with its line instead. The dataset's name
 (`--name`, default the output folder's name) is what every entry point calls it: given
 `--data_dir=data/shop`, they read it from dataset.json and work in `work/<name>/`.
 """
@@ -38,6 +41,10 @@ from absl import flags
 from data_prep import _parsing, common
 from fashionsearchnet_v2.data import convert as engine
 from fashionsearchnet_v2.data.schema import UNLABELLED, Attribute, DatasetError, DatasetInfo
+
+#: What a row with another number of fields than the header does: stop the conversion naming its line
+#: (the default), or be skipped and listed in the report as `malformed`.
+MALFORMED = ("error", "skip")
 
 CSV = flags.DEFINE_string("csv", None, "The catalogue: a CSV with a header row, one row per image.")
 IMAGE_COLUMN = flags.DEFINE_string("image_column", None, "Column holding each image's path.")
@@ -60,6 +67,12 @@ UNLABELLED_VALUES = flags.DEFINE_list(
     "unlabelled", [], "Cell values that mean 'not labelled' (besides empty)."
 )
 DELIMITER = flags.DEFINE_string("delimiter", ",", "Field delimiter (e.g. '\\t' for TSV).")
+MALFORMED_ROWS = flags.DEFINE_enum(
+    "malformed",
+    "error",
+    list(MALFORMED),
+    "A row with another number of fields: stop (error) or skip and list it.",
+)
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -75,11 +88,15 @@ def dataset_name(name: str | None, output_dir: str) -> str:
     return name
 
 
-def read_rows(path: str, delimiter: str = ",") -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """The header and [(line number, {column: cell})] of a delimited file (quoted fields as in RFC 4180).
+def read_rows(path: str, delimiter: str = ",", malformed: str = "error") -> tuple[list[str], list, list]:
+    """The header, [(line number, {column: cell})] and the malformed rows of a delimited file (quoted
+    fields as in RFC 4180).
 
-    A row with another number of fields than the header is an error naming its line.
+    A row with another number of fields than the header is an error naming its line, or with
+    `malformed="skip"` one of the third list's (reason, id, detail) skips, its detail naming the line.
     """
+    if malformed not in MALFORMED:
+        raise DatasetError(f"--malformed must be one of {list(MALFORMED)}, got {malformed!r}")
     if len(delimiter) != 1:
         raise DatasetError(f"--delimiter must be one character, got {delimiter!r}")
     try:
@@ -92,18 +109,24 @@ def read_rows(path: str, delimiter: str = ",") -> tuple[list[str], list[tuple[in
             repeated = sorted({h for h in header if header.count(h) > 1})
             if repeated:
                 raise DatasetError(f"{path}:1: columns named more than once: {repeated}")
-            rows = []
+            rows, bad = [], []
             for fields in reader:
                 lineno = reader.line_num
                 if not fields or not any(x.strip() for x in fields):
                     continue
                 if len(fields) != len(header):
-                    raise _parsing.malformed(
+                    error = _parsing.malformed(
                         path,
                         lineno,
                         f"{len(header)} fields ({delimiter.join(header)})",
                         delimiter.join(fields),
                     )
+                    if malformed == "error":
+                        raise DatasetError(
+                            f"{error}; --malformed=skip skips such rows and lists them in the report"
+                        )
+                    bad.append(("malformed", "", f"{error} ({len(fields)} fields)"))
+                    continue
                 rows.append((lineno, dict(zip(header, fields))))
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path}: not a UTF-8 text file ({e})") from e
@@ -111,7 +134,7 @@ def read_rows(path: str, delimiter: str = ",") -> tuple[list[str], list[tuple[in
         raise DatasetError(f"{path}: not a readable CSV ({e})") from e
     except OSError as e:
         raise DatasetError(f"{path}: cannot read ({e.strerror or e})") from e
-    return header, rows
+    return header, rows, bad
 
 
 def pattern_columns(pattern: str, header: Sequence[str]) -> list[str]:
@@ -171,6 +194,7 @@ def convert(
     other_value: str = "other",
     unlabelled: Sequence[str] = (),
     delimiter: str = ",",
+    malformed: str = "error",
     **protocol,
 ) -> DatasetInfo:
     name = dataset_name(name, output_dir)
@@ -183,7 +207,7 @@ def convert(
         raise DatasetError(f"--min_count must be >= 1, got {min_count}")
     if (image_column is None) == (image_pattern is None):
         raise DatasetError("give exactly one of --image_column (a column of image paths) or --image_pattern")
-    header, rows = read_rows(csv_path, delimiter)
+    header, rows, bad = read_rows(csv_path, delimiter, malformed)
     filled = pattern_columns(image_pattern, header) if image_pattern is not None else []
     wanted = ([image_column] if image_column else []) + [*attributes] + ([id_column] if id_column else [])
     unknown = [c for c in wanted if c not in header]
@@ -195,6 +219,7 @@ def convert(
     missing_marks = {""} | {u.strip() for u in unlabelled}
 
     held, skipped = _rows_with_images(rows, csv_path, root, image_column, image_pattern, filled, id_column)
+    skipped = bad + skipped
     cells = {a: [] for a in attributes}  # counted over the images the dataset will hold
     for *_, row in held:
         for a in attributes:
@@ -232,7 +257,7 @@ def convert(
         "value_counts": extra_counts,
     }  # fmt: skip
     return _parsing.write_labelled(examples, attrs, output_dir=output_dir, name=name,
-                                   source=os.path.abspath(csv_path), rows_read=len(rows), skipped=skipped,
+                                   source=os.path.abspath(csv_path), rows_read=len(rows) + len(bad), skipped=skipped,
                                    extra=extra, **protocol)  # fmt: skip
 
 
@@ -280,7 +305,7 @@ def _convert_from_flags(output_dir: str, **kwargs) -> DatasetInfo:
     info = convert(CSV.value, output_dir, image_column=IMAGE_COLUMN.value, image_pattern=IMAGE_PATTERN.value,
                    attributes=ATTRIBUTES.value, image_root=IMAGE_ROOT.value, id_column=ID_COLUMN.value, name=NAME.value,
                    min_count=MIN_COUNT.value, other_value=OTHER_VALUE.value, unlabelled=UNLABELLED_VALUES.value,
-                   delimiter=delimiter, **kwargs)  # fmt: skip
+                   delimiter=delimiter, malformed=MALFORMED_ROWS.value, **kwargs)  # fmt: skip
     print(f"{info.name}: {len(info.attributes)} attributes, {info.total_values} values")
     for attr in info.attributes:
         grouped = info.extra["grouped_into_other"].get(attr.name, [])

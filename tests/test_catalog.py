@@ -121,8 +121,13 @@ def test_catalog_errors_name_the_file_line_and_columns(tmp_path):
         catalog.convert(path, str(tmp_path / "o"), image_column="image", attributes=["color"], **SMALL)
     with open(path, "a", encoding="utf-8") as f:
         f.write("B,img/b.jpg,red\n")
-    with pytest.raises(DatasetError, match=r"products.csv:4: malformed line: expected 4 fields"):
+    with pytest.raises(
+        DatasetError, match=r"products.csv:4: malformed line: expected 4 fields.*--malformed=skip"
+    ):
         catalog.convert(path, str(tmp_path / "o"), image_column="image", attributes=["colour"], **SMALL)
+    with pytest.raises(DatasetError, match=r"--malformed must be one of \['error', 'skip'\], got 'drop'"):
+        catalog.convert(path, str(tmp_path / "o"), image_column="image", attributes=["colour"], malformed="drop",
+                        **SMALL)  # fmt: skip
     with pytest.raises(DatasetError, match="must be letters"):
         catalog.convert(path, str(tmp_path / "o"), image_column="image", attributes=["colour"], name="a b",
                         **SMALL)  # fmt: skip
@@ -201,3 +206,22 @@ def test_catalog_makes_each_image_path_from_a_pattern_over_its_row(tmp_path):
         catalog.convert(path, str(tmp_path / "bad"), image_column="id", image_pattern="img/{id}.jpg",
                         attributes=["colour"], **SMALL)  # fmt: skip
     assert not os.path.exists(tmp_path / "bad")
+
+
+def test_catalog_skips_and_lists_malformed_rows_when_asked(tmp_path):
+    """An unquoted comma in a title (some copies of Kaggle's styles.csv have them): the conversion stops
+    naming the line, or with malformed="skip" writes the other rows and lists the line as malformed."""
+    rows = [[f"S{i}", f"img/{i}.jpg", ["red", "blue"][i % 2], "long"] for i in range(7)]
+    path = _write(tmp_path, rows)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("S7,img/7.jpg,red,long,Shirt, slim\n")  # six fields, line 9
+    kwargs = dict(image_column="image", attributes=["colour"], id_column="sku", **SMALL)
+    with pytest.raises(DatasetError, match="products.csv:9: malformed line"):
+        catalog.convert(path, str(tmp_path / "stopped"), **kwargs)
+    assert not os.path.exists(tmp_path / "stopped")
+    info = catalog.convert(path, str(tmp_path / "out"), malformed="skip", **kwargs)
+    assert info.report["skipped_by_reason"] == {"malformed": 1} and info.report["rows_read"] == 8
+    assert sum(info.splits.values()) == 7
+    report = (tmp_path / "out" / "conversion_report.txt").read_text()
+    assert "malformed\t\t" in report and "products.csv:9: malformed line: expected 4 fields" in report
+    assert "(6 fields)" in report
