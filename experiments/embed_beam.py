@@ -13,7 +13,8 @@ processes. Everything after `--` is handed to Beam as pipeline options: the same
 Dataflow, Flink or Spark (`-- --runner=DataflowRunner --project=... --temp_location=gs://...`; README,
 "Catalogues of millions"; docs/serving.md); the export, the images and --output must then be where every
 worker reads them. An image that cannot be read or decoded is listed with its reason in <output>/skipped.jsonl and
-counted; the pipeline goes on. A split's dataset is --data_dir (or --dataset) when given, else the one
+counted; the pipeline goes on. --split takes several splits (query,gallery) or all, as experiments.index
+does. A split's dataset is --data_dir (or --dataset) when given, else the one
 the export was made from.
 """
 
@@ -34,7 +35,9 @@ from fashionsearchnet_v2.serving import index as index_lib
 
 EXPORT_DIR = flags.DEFINE_string("export_dir", None, "SavedModel written by experiments.export.")
 IMAGES = flags.DEFINE_string("images", None, "Folder of images to embed (recursive; local or gs://, ...).")
-SPLIT = flags.DEFINE_enum("split", None, list(schema.SPLITS), "Dataset split to embed instead of a folder.")
+SPLIT = flags.DEFINE_string(
+    "split", None, "Dataset split(s) to embed instead of a folder: gallery, several (query,gallery) or all."
+)
 OUTPUT = flags.DEFINE_string("output", None, "Directory to write the embedding shards into.")
 BATCH = flags.DEFINE_integer("embed_batch", 32, "Images per `embed` call (RunInference's batch).")
 NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Vectors shards to write (0: the runner decides).")
@@ -69,6 +72,11 @@ def main(argv):
     pylogging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(pylogging.ERROR)
     if (SPLIT.value is None) == (IMAGES.value is None):
         common.fail("give exactly one of --images (a folder) or --split (a dataset split)")
+    if SPLIT.value is not None:
+        try:
+            schema.split_list(SPLIT.value)
+        except schema.DatasetError as e:
+            common.fail(f"--split: {e}")
     if WORKERS.value < 1 or BATCH.value < 1 or NUM_SHARDS.value < 0:
         common.fail("--direct_num_workers and --embed_batch must be at least 1, --num_shards at least 0")
     try:

@@ -5,7 +5,8 @@
     python -m experiments.index --export_dir=exports/synthetic/1 --images=FOLDER --index=indexes/shop.npz
     python -m experiments.index --export_dir=exports/synthetic/1 --embeddings=DIR --index=indexes/shop.npz
 
---embeddings reads the shards `experiments.embed_beam` wrote (a catalogue embedded on Apache Beam) instead
+--split=all indexes the whole dataset (train, query and gallery: every item of a catalogue, as a search
+service serves it); --split=query,gallery names several. --embeddings reads the shards `experiments.embed_beam` wrote (a catalogue embedded on Apache Beam) instead
 of embedding here: the same index as --images or --split over the same source. A split's dataset is
 --data_dir (or --dataset) when given, else the one the export was made from.
 
@@ -26,7 +27,9 @@ from fashionsearchnet_v2.serving import index as index_lib
 
 EXPORT_DIR = flags.DEFINE_string("export_dir", None, "SavedModel written by experiments.export.")
 INDEX = flags.DEFINE_string("index", None, "Index file (.npz) to write.")
-SPLIT = flags.DEFINE_enum("split", None, list(schema.SPLITS), "Dataset split to index (with dataset flags).")
+SPLIT = flags.DEFINE_string(
+    "split", None, "Dataset split(s) to index (with dataset flags): gallery, several (query,gallery) or all."
+)
 IMAGES = flags.DEFINE_string("images", None, "Folder of images to index instead of a split (recursive).")
 EMBEDDINGS = flags.DEFINE_string(
     "embeddings", None, "Embedding shards written by experiments.embed_beam, indexed as they are."
@@ -51,6 +54,11 @@ def main(argv):
             "give exactly one of --split (a dataset split), --images (a folder) or --embeddings (the output "
             "of experiments.embed_beam)"
         )
+    if SPLIT.value is not None:
+        try:
+            schema.split_list(SPLIT.value)
+        except schema.DatasetError as e:
+            common.fail(f"--split: {e}")
     if BACKEND.value == "faiss":
         try:
             index_lib.import_faiss()

@@ -90,29 +90,33 @@ def _insert_corrupt_record(shard: str, at: int) -> str:
 def test_split_through_beams_tfrecord_io_keeps_record_order_and_skips_a_corrupt_record(
     model, export_dir, tmp_path
 ):
+    """Two splits (query, gallery: shards numbered split after split, as experiments.index reads them)."""
     info = _dataset_in_two_shards(tmp_path)
-    assert len(info.shard_paths("gallery")) == 3  # 9 records, 4 per shard: order spans shards
-    want = indexing.index_split(model, info, "gallery", batch_size=3, chunk=4, progress=False)
+    assert len(info.shard_paths("query")) == 1 and len(info.shard_paths("gallery")) == 3  # order spans shards
+    want = indexing.index_split(model, info, "query,gallery", batch_size=3, chunk=4, progress=False)
     _insert_corrupt_record(info.shard_paths("gallery")[1], at=2)
 
     out = str(tmp_path / "embeddings")
     options = beam_embed.pipeline_options([], direct_num_workers=1, direct_running_mode="in_memory")
-    contents = beam_embed.run(export_dir, out, info=info, split="gallery", batch_size=3, options=options)
-    assert contents["count"] == 9 and contents["skipped"] == 1
+    contents = beam_embed.run(
+        export_dir, out, info=info, split="query,gallery", batch_size=3, options=options
+    )
+    assert contents["count"] == 11 and contents["skipped"] == 1
     got = indexing.index_embeddings(model, out)
     assert list(got.ids) == list(want.ids) and got.labels.tolist() == want.labels.tolist()
     np.testing.assert_allclose(got.vectors, want.vectors, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(got.predicted_values, want.predicted_values)
     assert got.metadata["source"] == want.metadata["source"]
     (entry,) = got.metadata["skipped"]
-    assert entry["id"] == "corrupt" and (entry["shard"], entry["record"]) == (1, 2)
+    assert entry["id"] == "corrupt" and (entry["shard"], entry["record"]) == (2, 2)  # the gallery's second
     assert entry["reason"].startswith("not a decodable JPEG/PNG/BMP/GIF image")
     # The service's item table leaves the corrupt record out: every row reads its own record (the id is
     # checked on each read), the ones after it included.
     images = items.ItemImages(got)
     for row in range(len(got)):
+        split = "query" if row < 2 else "gallery"
         np.testing.assert_array_equal(
-            images.decode(row), pipeline.read_split_images(info, "gallery", [got.ids[row]])[got.ids[row]]
+            images.decode(row), pipeline.read_split_images(info, split, [got.ids[row]])[got.ids[row]]
         )
 
 

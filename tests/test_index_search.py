@@ -15,7 +15,7 @@ from optional import FAISS_AVAILABLE, FAISS_INSTALL, require
 
 from fashionsearchnet_v2.data import records, schema
 from fashionsearchnet_v2.serving import index as index_lib
-from fashionsearchnet_v2.serving import indexing, search_figure
+from fashionsearchnet_v2.serving import indexing, items, search_figure
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,6 +90,46 @@ def test_split_index_keeps_ids_labels_and_checks_the_vocabulary(model, tmp_path)
     other["attributes"] = [schema.Attribute("colour", ("red", "blue", "black")), VOCAB.attributes[1]]
     with pytest.raises(index_lib.IndexFileError, match="differ from the export's"):
         indexing.index_split(model, schema.DatasetInfo(**other), "gallery", progress=False)
+
+
+def _records(info, split):
+    """[(id, labels, encoded bytes)] of a split's records, in file order."""
+    out = []
+    for s in tf.data.TFRecordDataset(info.shard_paths(split)):
+        ex = records.parse_example(s, 2)
+        out.append((ex["id"].numpy().decode(), ex["labels"].numpy().tolist(), ex["encoded"].numpy()))
+    return out
+
+
+def test_an_index_of_every_split_holds_the_whole_catalogue_and_serves_each_items_image(model, tmp_path):
+    """--split=all (a catalogue's every item, as a service serves it): train, query and gallery records in
+    that order with their labels and the vectors a one-split index gives them; each item's image is read
+    from its own split's shards (ItemImages, the result figure). A list keeps its order; anything else is
+    refused naming what is expected."""
+    info = write_tiny_dataset(tmp_path, n=14, num_gallery=5, per_shard=3)  # 7 train, 2 query, 5 gallery
+    want = [r for split in ("train", "query", "gallery") for r in _records(info, split)]
+    index = indexing.index_split(model, info, "all", batch_size=4, chunk=5, progress=False)
+    assert list(index.ids) == [r[0] for r in want] and index.labels.tolist() == [r[1] for r in want]
+    assert index.metadata["source"]["split"] == "train,query,gallery" and len(index) == 14
+    gallery = indexing.index_split(model, info, "gallery", batch_size=4, chunk=5, progress=False)
+    np.testing.assert_allclose(index.vectors[-5:], gallery.vectors, atol=1e-5)
+    loaded = index_lib.SearchIndex.load(index.save(str(tmp_path / "all.npz")))
+    images = items.ItemImages(loaded)
+    assert images.source.endswith("(train,query,gallery splits)")
+    for row in (0, 6, 7, 8, 13):  # the first and last train item, both query items, the last gallery item
+        assert images.read(row) == want[row][2]
+    first, last = search_figure.result_images(loaded, [0, 13])
+    np.testing.assert_array_equal(first, tf.io.decode_image(want[0][2], channels=3).numpy())
+    np.testing.assert_array_equal(last, tf.io.decode_image(want[13][2], channels=3).numpy())
+
+    both = indexing.index_split(model, info, "gallery, query", progress=False)
+    assert list(both.ids) == [r[0] for r in want[9:] + want[7:9]]
+    assert both.metadata["source"]["split"] == "gallery,query"
+    for spec in ("test", "gallery,gallery", " , "):
+        with pytest.raises(
+            schema.DatasetError, match=r"expected one of \['train', 'query', 'gallery'\].*or 'all'"
+        ):
+            schema.split_list(spec)
 
 
 def test_faiss_matches_exact_where_it_scans_everything(tmp_path, model):
@@ -176,6 +216,15 @@ def test_index_and_search_commands(export_dir, model, folder, tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "skipped broken.png" in done.stderr and "9 vectors of dimension 32" in done.stdout
+    bad = commands.run(
+        [sys.executable, "-m", "experiments.index", f"--export_dir={export_dir}", "--split=test",
+         f"--index={tmp_path / 'x.npz'}"], cwd=REPO, env=env, timeout=120,
+    )  # fmt: skip
+    assert (
+        bad.returncode == 2
+        and "--split: split 'test': expected one of ['train', 'query', 'gallery']" in bad.stderr
+    )
+    assert not os.path.exists(tmp_path / "x.npz")
 
     query = os.path.join(folder, "img3.png")
     broken, missing = os.path.join(folder, "broken.png"), str(tmp_path / "nope.jpg")

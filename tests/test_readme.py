@@ -143,7 +143,7 @@ def test_readme_catalogue_commands_convert_train_export_index_and_serve(tmp_path
     assert list((tmp_path / "work").glob("shop*/**/table.md"))  # the main job's evaluation ran
     server = Served(commands[4], tmp_path)
     try:
-        assert server.health["items"] == 1200 and server.health["dataset"] == "shop"
+        assert server.health["items"] == 1599 and server.health["dataset"] == "shop"  # --split=all
         item = server.get("/items?limit=1")["items"][0]
         answer = server.post("/search", {"item": item["id"], "set": {"colour": "other"}, "top_k": 5})
         assert len(answer["results"]) == 5 and answer["query"]["target"]["colour"] == "other"

@@ -31,6 +31,19 @@ READABLE_VERSIONS = (1,)  # what this code reads
 LEGACY_PREFIX = "legacy-"
 
 
+def split_list(spec: str) -> tuple[str, ...]:
+    """The splits a spec names: one split ("gallery"), several ("query,gallery", kept in that order) or
+    "all" (train, query, gallery: a whole catalogue). A DatasetError names what else is expected."""
+    names = list(SPLITS) if spec.strip() == "all" else [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SPLITS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise DatasetError(
+            f"split {spec!r}: expected one of {list(SPLITS)}, several of them separated by commas (each once), "
+            "or 'all'"
+        )
+    return tuple(names)
+
+
 class DatasetError(ValueError):
     """A dataset directory or source file is not what was expected; the message says where and why."""
 
@@ -93,6 +106,14 @@ class DatasetInfo:
         if split not in self.shards:
             raise DatasetError(f"{self.data_dir}: no split {split!r}; has {sorted(self.shards)}")
         return [os.path.join(self.data_dir, f) for f in self.shards[split]]
+
+    def shards_of(self, spec: str) -> list[str]:
+        """The shard paths of the splits `spec` names (`split_list`), split after split."""
+        return [path for split in split_list(spec) for path in self.shard_paths(split)]
+
+    def size_of(self, spec: str) -> int:
+        """The records of the splits `spec` names."""
+        return sum(self.splits.get(split, 0) for split in split_list(spec))
 
     def attribute_index(self, name: str) -> int:
         names = self.attribute_names

@@ -161,8 +161,9 @@ def read_folder(pipeline, folder: str, num_attributes: int):
 
 
 def read_split(pipeline, info: schema.DatasetInfo, split: str):
-    """(Item, encoded bytes) of every record of a dataset split, through Beam's TFRecord source."""
-    shards = info.shard_paths(split)
+    """(Item, encoded bytes) of every record of a dataset split (or of several, `schema.split_list`: their
+    shards numbered split after split, as `experiments.index` reads them), through Beam's TFRecord source."""
+    shards = info.shards_of(split)
     numbers = {os.path.basename(path): k for k, path in enumerate(shards)}
     source = filebasedsource.ReadAllFiles(
         splittable=False,
@@ -320,6 +321,7 @@ def build(
         items = read_folder(pipeline, folder, num_attributes)
         source = {"kind": "folder", "folder": folder}
     else:
+        split = ",".join(schema.split_list(split))
         indexing.check_dataset_vocabulary(export_info, info)
         items = read_split(pipeline, info, split)
         source = {"kind": "split", "data_dir": export.absolute(info.data_dir), "split": split,
@@ -393,7 +395,7 @@ def run(export_dir: str, output: str, *, options: PipelineOptions | None = None,
     embeddings.prepare_directory(output, overwrite)
     total = len(index_lib.list_images(folder)) if folder is not None and "://" not in folder else None
     if info is not None:
-        total = info.splits.get(split, 0)
+        total = info.size_of(split)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     workers = options.get_all_options().get("direct_num_workers") if runner == "DirectRunner" else None
     pipeline_info = {"runner": runner, "workers": workers, "batch_size": batch_size}

@@ -102,13 +102,16 @@ def check_dataset_vocabulary(model, info: schema.DatasetInfo) -> None:
 
 def index_split(model, info: schema.DatasetInfo, split: str, batch_size: int = 32, chunk: int = 256,
                 progress: bool = True) -> SearchIndex:  # fmt: skip
-    """Embeds the records of a dataset split through `model`, keeping their ids and labels.
+    """Embeds the records of a dataset split through `model`, keeping their ids and labels; `split` may
+    name several ("query,gallery") or "all" (the whole catalogue; `schema.split_list`), split after split.
 
     The dataset's attributes must be the export's (same names and values in the same order), or the
     labels would be read against the wrong vocabulary.
     """
+    split = ",".join(schema.split_list(split))
+    shards = info.shards_of(split)
     check_dataset_vocabulary(model, info)
-    meter = Progress(info.splits.get(split, 0), f"embedding {split}", enabled=progress)
+    meter = Progress(info.size_of(split), f"embedding {split}", enabled=progress)
     ids, labels, parts, images = [], [], [], []
 
     def flush():
@@ -116,7 +119,7 @@ def index_split(model, info: schema.DatasetInfo, split: str, batch_size: int = 3
             parts.append(model.embed(images, batch_size))
             images.clear()
 
-    ds = tf.data.TFRecordDataset(info.shard_paths(split)).map(
+    ds = tf.data.TFRecordDataset(shards).map(
         tf.autograph.experimental.do_not_convert(lambda s: records.parse_example(s, info.num_attributes))
     )
     for ex in integrity.reading(ds, info):

@@ -69,7 +69,7 @@ class ItemImages:
             directory = data_dir or source.get("data_dir", "")
             try:
                 info = schema.load_dataset_info(directory)
-                shards = info.shard_paths(source["split"])
+                shards = info.shards_of(source["split"])  # one split, or several in their order
             except (schema.DatasetError, KeyError) as e:
                 raise ItemImageError(
                     f"the index's items are the {source.get('split')!r} split of {directory}, which cannot be "
@@ -89,7 +89,7 @@ class ItemImages:
                     f"{directory} split {source['split']} holds {len(self._records)} records, the index "
                     f"{len(index)} items: it is not the dataset the index was built from"
                 )
-            self.source = f"{directory} ({source['split']} split)"
+            self.source = f"{directory} ({source['split']} split{'s' if ',' in source['split'] else ''})"
         elif self.kind == "folder":
             self.source = source.get("folder", "")
         else:

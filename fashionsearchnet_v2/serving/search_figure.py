@@ -23,7 +23,11 @@ def result_images(index: SearchIndex, rows: Sequence[int], data_dir: str | None 
     if source["kind"] == "folder":
         return [read_image(str(index.paths[r])) for r in rows]
     info = schema.load_dataset_info(data_dir or source["data_dir"])
-    found = read_split_images(info, source["split"], [str(index.ids[r]) for r in rows])
+    found = {}
+    for split in schema.split_list(source["split"]):  # an index of several splits: each in turn
+        wanted = [str(index.ids[r]) for r in rows if str(index.ids[r]) not in found]
+        if wanted:
+            found.update(read_split_images(info, split, wanted))
     missing = [str(index.ids[r]) for r in rows if str(index.ids[r]) not in found]
     if missing:
         raise IndexFileError(f"{info.data_dir} split {source['split']} has no records with ids {missing[:5]}")
