@@ -2,13 +2,20 @@
 
     python -m experiments.index --export_dir=exports/synthetic/1 --split=gallery --dataset=synthetic \\
         --index=indexes/gallery.npz [--backend=exact|faiss] [--overwrite]
-    python -m experiments.index --export_dir=exports/synthetic/1 --images=FOLDER --index=indexes/shop.npz
+    python -m experiments.index --export_dir=exports/synthetic/1 --images=FOLDER --index=indexes/shop.npz \\
+        [--reuse=indexes/shop.npz --overwrite]
     python -m experiments.index --export_dir=exports/synthetic/1 --embeddings=DIR --index=indexes/shop.npz
 
 --split=all indexes the whole dataset (train, query and gallery: every item of a catalogue, as a search
-service serves it); --split=query,gallery names several. --embeddings reads the shards `experiments.embed_beam` wrote (a catalogue embedded on Apache Beam) instead
-of embedding here: the same index as --images or --split over the same source. A split's dataset is
---data_dir (or --dataset) when given, else the one the export was made from.
+service serves it); --split=query,gallery names several. --embeddings reads the shards
+`experiments.embed_beam` wrote (a catalogue embedded on Apache Beam) instead of embedding here: the same
+index as --images or --split over the same source. A split's dataset is --data_dir (or --dataset) when
+given, else the one the export was made from.
+
+--reuse=OLD.npz (an index of the same export, from --images or --split) takes the vectors of the items
+whose id and image bytes are in it instead of embedding them again: a catalogue that changed a little is
+re-indexed at the cost of what changed (each image's bytes are still read to compare them; --index may be
+OLD itself with --overwrite).
 
 Exact search (numpy, the paper's protocol) is the default. --backend=faiss also writes `<index>.<token>.faiss`
 (IVF-Flat by default, or HNSW) for catalogues too large to scan per query; it needs `pip install -e .[faiss]`.
@@ -44,6 +51,11 @@ EF_SEARCH = flags.DEFINE_integer(
 )
 BATCH = flags.DEFINE_integer("embed_batch", 32, "Images per `embed` call.")
 OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing index file.")
+REUSE = flags.DEFINE_string(
+    "reuse",
+    None,
+    "An earlier index of the same export: items whose id and image bytes are in it keep its vectors.",
+)
 flags.mark_flags_as_required(["export_dir", "index"])
 
 
@@ -53,6 +65,10 @@ def main(argv):
         common.fail(
             "give exactly one of --split (a dataset split), --images (a folder) or --embeddings (the output "
             "of experiments.embed_beam)"
+        )
+    if REUSE.value is not None and EMBEDDINGS.value is not None:
+        common.fail(
+            "--reuse takes the vectors of an earlier index for --images or --split; --embeddings embeds nothing"
         )
     if SPLIT.value is not None:
         try:
@@ -69,14 +85,14 @@ def main(argv):
             raise index_lib.IndexFileError(f"{INDEX.value} already exists; pass --overwrite to replace it")
         if EMBEDDINGS.value is not None:  # embedded already: the export's description is all it needs
             index = indexing.index_embeddings(export.ExportInfo(EXPORT_DIR.value), EMBEDDINGS.value)
-        elif IMAGES.value is not None:
-            index, _ = indexing.index_folder(
-                export.ExportedModel(EXPORT_DIR.value), IMAGES.value, BATCH.value
-            )
         else:
+            previous = index_lib.SearchIndex.load(REUSE.value) if REUSE.value is not None else None
             model = export.ExportedModel(EXPORT_DIR.value)
-            info = schema.load_dataset_info(common.export_data_dir(model.metadata))
-            index = indexing.index_split(model, info, SPLIT.value, BATCH.value)
+            if IMAGES.value is not None:
+                index, _ = indexing.index_folder(model, IMAGES.value, BATCH.value, previous=previous)
+            else:
+                info = schema.load_dataset_info(common.export_data_dir(model.metadata))
+                index = indexing.index_split(model, info, SPLIT.value, BATCH.value, previous=previous)
         skipped = index.metadata.get("skipped", [])
         for entry in skipped[:20]:
             print(f"skipped {entry.get('path') or entry['id']}: {entry['reason']}", file=sys.stderr)
@@ -99,6 +115,10 @@ def main(argv):
         path = index.save(INDEX.value, OVERWRITE.value, faiss_index)
     except (export.ExportError, index_lib.IndexFileError, schema.DatasetError) as e:
         common.fail(str(e))
+    if "reused" in index.metadata:
+        reused = index.metadata["reused"]["items"]
+        print(f"took {reused} of {len(index)} vectors from {REUSE.value} (the same id and image); embedded "
+              f"{len(index) - reused}")  # fmt: skip
     extra = f" + {index.metadata['faiss']['file']}" if faiss_index is not None else ""
     print(f"wrote {path}{extra}: {len(index)} vectors of dimension {index.vectors.shape[1]}, "
           f"backend {index.backend}")  # fmt: skip

@@ -1,8 +1,10 @@
 """Index files and search: a folder or a dataset split embedded through an export, exact search equal to
 brute force, FAISS against exact, refusal to overwrite, and the search command's answers and errors."""
 
+import dataclasses
 import json
 import os
+import shutil
 import sys
 
 import commands
@@ -132,6 +134,56 @@ def test_an_index_of_every_split_holds_the_whole_catalogue_and_serves_each_items
             schema.split_list(spec)
 
 
+def test_reuse_takes_the_unchanged_items_of_an_earlier_index_and_embeds_the_rest(
+    model, folder, tmp_path, monkeypatch
+):
+    """--reuse: a folder with one image changed, one added (the bytes of another, under a new name) and one
+    removed is re-indexed by embedding the two new ones only, into the index a full rebuild gives; a
+    split index takes every record from an index of all splits; an index without digests, or of another
+    export, is refused."""
+    shop = tmp_path / "shop"
+    shutil.copytree(folder, shop)
+    old = index_lib.SearchIndex.load(indexing.index_folder(model, str(shop), progress=False)[0].save(
+        str(tmp_path / "old.npz")))  # fmt: skip
+    assert old.content is not None and len(set(old.content.tolist())) == 9
+    cv2.imwrite(str(shop / "img0.jpg"), 255 - cv2.imread(str(shop / "img0.jpg")))
+    shutil.copy(shop / "img2.jpg", shop / "new.jpg")
+    os.remove(shop / "img8.jpg")
+    embedded, embed = [], model.embed
+    monkeypatch.setattr(
+        model, "embed", lambda images, *a, **k: embedded.append(len(images)) or embed(images, *a, **k)
+    )
+    again, skipped = indexing.index_folder(
+        model, str(shop), batch_size=2, chunk=4, progress=False, previous=old
+    )
+    assert sum(embedded) == 2 and [p for p, _ in skipped] == ["broken.png"]
+    assert again.metadata["reused"] == {"index": old.path, "items": 7}
+    rebuilt, _ = indexing.index_folder(model, str(shop), progress=False)
+    assert list(again.ids) == list(rebuilt.ids) and list(again.paths) == list(rebuilt.paths)
+    np.testing.assert_allclose(again.vectors, rebuilt.vectors, atol=1e-5)
+    np.testing.assert_array_equal(again.predicted_values, rebuilt.predicted_values)
+    np.testing.assert_array_equal(again.content, rebuilt.content)
+    kept = list(old.ids).index("img1.png")  # a reused row is the earlier one, bit for bit
+    np.testing.assert_array_equal(again.vectors[list(again.ids).index("img1.png")], old.vectors[kept])
+
+    (tmp_path / "d").mkdir()
+    info = write_tiny_dataset(tmp_path / "d")
+    every = indexing.index_split(model, info, "all", progress=False)
+    embedded.clear()
+    gallery = indexing.index_split(model, info, "gallery", progress=False, previous=every)
+    assert sum(embedded) == 0 and gallery.metadata["reused"]["items"] == 6
+    np.testing.assert_array_equal(gallery.vectors, every.vectors[-6:])
+    assert gallery.labels.tolist() == every.labels[-6:].tolist()
+
+    with pytest.raises(index_lib.IndexFileError, match="holds no digests of its images.*without --reuse"):
+        indexing.index_folder(
+            model, str(shop), progress=False, previous=dataclasses.replace(old, content=None)
+        )
+    other = dataclasses.replace(old, metadata=dict(old.metadata, export_fingerprint="another"))
+    with pytest.raises(index_lib.IndexFileError, match="embedded by another export"):
+        indexing.index_folder(model, str(shop), progress=False, previous=other)
+
+
 def test_faiss_matches_exact_where_it_scans_everything(tmp_path, model):
     require(FAISS_AVAILABLE, f"faiss is not installed: {FAISS_INSTALL}")
     rng = np.random.default_rng(0)
@@ -225,6 +277,12 @@ def test_index_and_search_commands(export_dir, model, folder, tmp_path):
         and "--split: split 'test': expected one of ['train', 'query', 'gallery']" in bad.stderr
     )
     assert not os.path.exists(tmp_path / "x.npz")
+    again = commands.run(
+        [sys.executable, "-m", "experiments.index", f"--export_dir={export_dir}", f"--images={folder}",
+         f"--index={path}", f"--reuse={path}", "--overwrite"], cwd=REPO, env=env, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"took 9 of 9 vectors from {path}" in again.stdout and "embedded 0" in again.stdout
 
     query = os.path.join(folder, "img3.png")
     broken, missing = os.path.join(folder, "broken.png"), str(tmp_path / "nope.jpg")

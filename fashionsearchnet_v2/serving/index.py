@@ -11,6 +11,9 @@ and the service. An index file is an .npz, written atomically:
     predicted_values         int32 [N, A]    `embed`'s predictions
     predicted_probabilities  float32 [N, A]
     metadata                 str             JSON: source, export dir and metadata, vocabulary, backend
+    content                  bytes [N]       a digest of each item's encoded image (`content_digest`), which
+                                             `--reuse` compares; absent in files written before it and in
+                                             indexes of the Beam pipeline's shards
 
 With the FAISS backend, `<FILE>.<token>.faiss` beside it (named in the metadata) holds an approximate index over the same vectors
 (IVF-Flat or HNSW). Exact search (`metrics.ExactIndex`, numpy) is the default and the reference: the
@@ -22,6 +25,7 @@ paper ranks by exact Euclidean distance. FAISS is for catalogues where a full sc
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -90,16 +94,25 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
         raise ImageReadError(where, f"not a decodable JPEG/PNG/BMP/GIF image ({first})") from None
 
 
-def read_image(path: str) -> np.ndarray:
-    """uint8 RGB [H, W, 3] of the image file at `path`; ImageReadError (path + reason) otherwise."""
+def read_bytes(path: str) -> bytes:
+    """The bytes of the image file at `path`; ImageReadError (path + reason) when it cannot be read."""
     if os.path.isdir(path):
         raise ImageReadError(path, "it is a directory")
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except OSError as e:
         raise ImageReadError(path, e.strerror or str(e)) from None
-    return decode_image(data, path)
+
+
+def read_image(path: str) -> np.ndarray:
+    """uint8 RGB [H, W, 3] of the image file at `path`; ImageReadError (path + reason) otherwise."""
+    return decode_image(read_bytes(path), path)
+
+
+def content_digest(data: bytes) -> bytes:
+    """What identifies an item's image in an index (`SearchIndex.content`): 128 bits of BLAKE2b, as hex."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest().encode()
 
 
 def list_images(folder: str) -> list[str]:
@@ -190,6 +203,7 @@ class SearchIndex:
     predicted_probabilities: np.ndarray
     metadata: dict
     path: str | None = None
+    content: np.ndarray | None = None  # bytes [N]: `content_digest` of each item's image, where known
     _faiss: object = dataclasses.field(default=None, repr=False)
     _exact: object = dataclasses.field(default=None, repr=False)
 
@@ -246,6 +260,8 @@ class SearchIndex:
             "predicted_probabilities": np.asarray(self.predicted_probabilities, np.float32),
             "metadata": np.asarray(json.dumps(meta)),
         }
+        if self.content is not None:
+            arrays["content"] = np.asarray(self.content, "S32")
         tmp = _temp_path(path)
         try:
             with open(tmp, "wb") as f:
@@ -271,12 +287,15 @@ class SearchIndex:
                    "metadata"} - set(arrays)  # fmt: skip
         if missing:
             raise IndexFileError(f"{path}: not an index file (missing {sorted(missing)})")
+        content = arrays.pop("content", None)  # optional: absent in files written before it
         meta = json.loads(str(arrays.pop("metadata")))
         if meta.get("format_version") != FORMAT_VERSION:
             raise IndexFileError(
                 f"{path}: index format {meta.get('format_version')}, expected {FORMAT_VERSION}"
             )
-        return cls(**arrays, metadata=meta, path=os.path.abspath(path))
+        known = {"vectors", "ids", "paths", "labels", "predicted_values", "predicted_probabilities"}
+        return cls(**{k: v for k, v in arrays.items() if k in known}, metadata=meta, path=os.path.abspath(path),
+                   content=content)  # fmt: skip
 
     def faiss_index(self):
         """The .faiss index beside the file (checked against what the file recorded), loaded once."""

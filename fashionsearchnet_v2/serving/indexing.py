@@ -18,10 +18,13 @@ from fashionsearchnet_v2.serving.index import (
     ImageReadError,
     IndexFileError,
     SearchIndex,
+    content_digest,
     decode_image,
     list_images,
-    read_image,
+    read_bytes,
 )
+
+_OUTPUTS = ("global_representation", "predicted_values", "predicted_probabilities")
 
 
 def _metadata(model, source: dict) -> dict:
@@ -35,7 +38,59 @@ def _metadata(model, source: dict) -> dict:
     }
 
 
-def _from_embeddings(model, out: dict, ids, paths, labels, meta) -> SearchIndex:
+class _Reuse:
+    """The rows of an earlier index (`previous`) that an item may take instead of being embedded: the same
+    id and the same image (`content_digest`), embedded by the same export. Without `previous`, none."""
+
+    def __init__(self, model, previous: SearchIndex | None):
+        self.previous, self.rows = previous, {}
+        if previous is None:
+            return
+        if previous.content is None:
+            raise IndexFileError(
+                f"{previous.path} holds no digests of its images (written before they were kept, or from Beam's "
+                "shards), so nothing in it can be reused: build the index once without --reuse"
+            )
+        if previous.metadata.get("export_fingerprint") != model.fingerprint:
+            raise IndexFileError(
+                f"{previous.path} was embedded by another export ({previous.metadata.get('export_dir')}); its "
+                f"vectors are not comparable with {model.export_dir}'s: build the index without --reuse"
+            )
+        self.rows = {
+            (str(i), bytes(c)): row for row, (i, c) in enumerate(zip(previous.ids, previous.content))
+        }
+
+    def find(self, image_id: str, digest: bytes) -> int:
+        """The earlier row for this item and image, or -1 (embed it)."""
+        return self.rows.get((image_id, digest), -1)
+
+    def assemble(self, parts: list[dict], taken: list[int]) -> dict:
+        """`embed`'s outputs for every item, in order: the embedded ones from `parts` (in their order), the
+        others from the earlier index's rows in `taken` (-1: embedded)."""
+        new = {k: np.concatenate([p[k] for p in parts]) for k in _OUTPUTS} if parts else {}
+        if self.previous is None or not taken:
+            return new
+        taken = np.asarray(taken)
+        fresh = taken < 0
+        earlier = {"global_representation": self.previous.vectors,
+                   "predicted_values": self.previous.predicted_values,
+                   "predicted_probabilities": self.previous.predicted_probabilities}  # fmt: skip
+        out = {}
+        for key, before in earlier.items():
+            out[key] = np.empty((len(taken), *before.shape[1:]), before.dtype)
+            out[key][~fresh] = before[taken[~fresh]]
+            if fresh.any():
+                out[key][fresh] = new[key]
+        return out
+
+    def summary(self, taken: list[int]) -> dict | None:
+        """What the index took from the earlier one (its metadata's "reused"), or None without one."""
+        if self.previous is None:
+            return None
+        return {"index": self.previous.path, "items": int(sum(row >= 0 for row in taken))}
+
+
+def _from_embeddings(model, out: dict, ids, paths, labels, meta, content=None) -> SearchIndex:
     a = len(model.vocabulary.names)
     r = int(model.metadata.get("global_dim") or 0)
     empty = len(ids) == 0
@@ -54,38 +109,52 @@ def _from_embeddings(model, out: dict, ids, paths, labels, meta) -> SearchIndex:
         predicted_values=np.zeros((0, a), np.int32) if empty else out["predicted_values"],
         predicted_probabilities=np.zeros((0, a), np.float32) if empty else out["predicted_probabilities"],
         metadata=meta,
+        content=None if content is None else np.asarray(content, "S32"),
     )
 
 
-def index_folder(model, folder: str, batch_size: int = 32, chunk: int = 256, progress: bool = True):
+def index_folder(model, folder: str, batch_size: int = 32, chunk: int = 256, progress: bool = True,
+                 previous: SearchIndex | None = None):  # fmt: skip
     """Embeds every image under `folder` through `model` (an `export.ExportedModel`).
 
     Returns (SearchIndex, skipped) where skipped lists (relative path, reason) of unreadable files:
-    one bad file in a catalogue is reported, not fatal. Labels are all -1 (a folder has none).
+    one bad file in a catalogue is reported, not fatal. Labels are all -1 (a folder has none). With
+    `previous` (an index of the same export), an image whose path and bytes are in it takes its row
+    there instead of being embedded again (`experiments.index --reuse`).
     """
     folder = os.path.abspath(folder)
     names = list_images(folder)
+    reuse = _Reuse(model, previous)
     meter = Progress(len(names), f"embedding {folder}", enabled=progress)
-    ids, paths, skipped, parts = [], [], [], []
+    ids, paths, digests, taken, skipped, parts = [], [], [], [], [], []
     for start in range(0, len(names), chunk):
         images = []
         for name in names[start : start + chunk]:
+            path = os.path.join(folder, name)
             try:
-                images.append(read_image(os.path.join(folder, name)))
+                data = read_bytes(path)
+                digest = content_digest(data)
+                row = reuse.find(name, digest)
+                if row < 0:
+                    images.append(decode_image(data, path))
             except ImageReadError as e:
                 skipped.append((name, e.reason))
                 continue
             ids.append(name)
-            paths.append(os.path.join(folder, name))
+            paths.append(path)
+            digests.append(digest)
+            taken.append(row)
         if images:
             parts.append(model.embed(images, batch_size))
         meter.update(min(start + chunk, len(names)))
     meter.update(len(names), force=True)
-    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    out = reuse.assemble(parts, taken)
     labels = np.full((len(ids), len(model.vocabulary.names)), schema.UNLABELLED, np.int32)
     meta = _metadata(model, {"kind": "folder", "folder": folder})
     meta["skipped"] = [{"path": p, "reason": r} for p, r in skipped]
-    return _from_embeddings(model, out, ids, paths, labels, meta), skipped
+    if previous is not None:
+        meta["reused"] = reuse.summary(taken)
+    return _from_embeddings(model, out, ids, paths, labels, meta, digests), skipped
 
 
 def check_dataset_vocabulary(model, info: schema.DatasetInfo) -> None:
@@ -101,18 +170,20 @@ def check_dataset_vocabulary(model, info: schema.DatasetInfo) -> None:
 
 
 def index_split(model, info: schema.DatasetInfo, split: str, batch_size: int = 32, chunk: int = 256,
-                progress: bool = True) -> SearchIndex:  # fmt: skip
+                progress: bool = True, previous: SearchIndex | None = None) -> SearchIndex:  # fmt: skip
     """Embeds the records of a dataset split through `model`, keeping their ids and labels; `split` may
     name several ("query,gallery") or "all" (the whole catalogue; `schema.split_list`), split after split.
 
     The dataset's attributes must be the export's (same names and values in the same order), or the
-    labels would be read against the wrong vocabulary.
+    labels would be read against the wrong vocabulary. With `previous`, a record whose id and image bytes
+    are in it takes its row there instead of being embedded again (`index_folder`).
     """
     split = ",".join(schema.split_list(split))
+    reuse = _Reuse(model, previous)
     shards = info.shards_of(split)
     check_dataset_vocabulary(model, info)
     meter = Progress(info.size_of(split), f"embedding {split}", enabled=progress)
-    ids, labels, parts, images = [], [], [], []
+    ids, labels, parts, images, digests, taken = [], [], [], [], [], []
 
     def flush():
         if images:
@@ -125,16 +196,23 @@ def index_split(model, info: schema.DatasetInfo, split: str, batch_size: int = 3
     for ex in integrity.reading(ds, info):
         ids.append(ex["id"].numpy().decode("utf-8"))
         labels.append(ex["labels"].numpy())
-        images.append(decode_image(ex["encoded"].numpy(), f"{split} record {ids[-1]!r}"))
+        data = ex["encoded"].numpy()
+        digests.append(content_digest(data))
+        taken.append(reuse.find(ids[-1], digests[-1]))
+        if taken[-1] < 0:
+            images.append(decode_image(data, f"{split} record {ids[-1]!r}"))
         if len(images) >= chunk:
             flush()
+        if len(ids) % chunk == 0:
             meter.update(len(ids))
     flush()
     meter.update(len(ids), force=True)
-    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    out = reuse.assemble(parts, taken)
     meta = _metadata(model, {"kind": "split", "data_dir": os.path.abspath(info.data_dir), "split": split,
                              "dataset": info.name})  # fmt: skip
-    return _from_embeddings(model, out, ids, [""] * len(ids), labels, meta)
+    if previous is not None:
+        meta["reused"] = reuse.summary(taken)
+    return _from_embeddings(model, out, ids, [""] * len(ids), labels, meta, digests)
 
 
 def index_embeddings(model, directory: str) -> SearchIndex:
