@@ -12,7 +12,7 @@ service serves it); --split=query,gallery names several. --embeddings reads the 
 index as --images or --split over the same source. A split's dataset is --data_dir (or --dataset) when
 given, else the one the export was made from.
 
---reuse=OLD.npz (an index of the same export, from --images or --split) takes the vectors of the items
+--reuse=OLD.npz (an earlier index of the same export), with --images or --split, takes the vectors of the items
 whose id and image bytes are in it instead of embedding them again: a catalogue that changed a little is
 re-indexed at the cost of what changed (each image's bytes are still read to compare them; --index may be
 OLD itself with --overwrite).

@@ -61,6 +61,7 @@ def test_folder_on_two_worker_processes_gives_experiments_index_vectors_ids_and_
     np.testing.assert_allclose(got.vectors, want.vectors, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(got.predicted_values, want.predicted_values)
     np.testing.assert_allclose(got.predicted_probabilities, want.predicted_probabilities, atol=1e-5)
+    np.testing.assert_array_equal(got.content, want.content)  # the digests experiments.index --reuse compares
     assert (got.labels == -1).all()
     for key in ("source", "skipped", "export_fingerprint", "vocabulary", "export_dir"):
         assert got.metadata[key] == want.metadata[key], key
@@ -106,6 +107,7 @@ def test_split_through_beams_tfrecord_io_keeps_record_order_and_skips_a_corrupt_
     assert list(got.ids) == list(want.ids) and got.labels.tolist() == want.labels.tolist()
     np.testing.assert_allclose(got.vectors, want.vectors, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(got.predicted_values, want.predicted_values)
+    np.testing.assert_array_equal(got.content, want.content)
     assert got.metadata["source"] == want.metadata["source"]
     (entry,) = got.metadata["skipped"]
     assert entry["id"] == "corrupt" and (entry["shard"], entry["record"]) == (2, 2)  # the gallery's second

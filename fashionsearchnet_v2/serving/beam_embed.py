@@ -77,6 +77,7 @@ class Item(NamedTuple):
     path: str  # the file's absolute path or URI ("" for a record)
     order: tuple[int, int]  # (shard number, record number) of a record; (0, 0) for a file
     labels: tuple[int, ...]  # -1 where unknown
+    content: bytes = b""  # `index.content_digest` of the encoded image, once read (Decode)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -200,6 +201,7 @@ class Decode(beam.DoFn):
             if not isinstance(data, bytes):
                 data = data.read()
             image = index_lib.decode_image(data, where)
+            item = item._replace(content=index_lib.content_digest(data))
         except (OSError, index_lib.ImageReadError) as e:
             reason = e.reason if isinstance(e, index_lib.ImageReadError) else (e.strerror or str(e))
             self._skipped.inc()
@@ -268,7 +270,7 @@ class Serialize(beam.DoFn):
         elif now - self._last >= self._every:
             self._last = now
             self._report(now)
-        yield embeddings.serialize_row(item.id, item.path, item.order, item.labels, outputs)
+        yield embeddings.serialize_row(item.id, item.path, item.order, item.labels, outputs, item.content)
 
     def teardown(self):
         if getattr(self, "_count", 0):

@@ -20,6 +20,8 @@ Features of a vectors record (A attributes, r = global dimension):
     global_representation    float [r]  `embed`'s global_representation (no manipulation)
     predicted_values         int64 [A]  `embed`'s predicted_values
     predicted_probabilities  float [A]  `embed`'s predicted_probabilities
+    content                  bytes      `index.content_digest` of the encoded image (what `experiments.index
+                                        --reuse` compares); absent in shards written before it
 
 Beam does not keep the order of a collection: the rows are put back in `experiments.index`'s order when
 read (`read`): a split's records in shard order, a folder's files sorted by relative path, which is the
@@ -63,9 +65,10 @@ def _floats(values) -> tf.train.Feature:
     return tf.train.Feature(float_list=tf.train.FloatList(value=np.ravel(values).astype(np.float32)))
 
 
-def serialize_row(image_id: str, path: str, order, labels, outputs: dict) -> bytes:
+def serialize_row(image_id: str, path: str, order, labels, outputs: dict, content: bytes = b"") -> bytes:
     """One vectors record: an image's id, path, order and labels with its `embed` outputs
-    (global_representation [r], predicted_values [A], predicted_probabilities [A])."""
+    (global_representation [r], predicted_values [A], predicted_probabilities [A]) and its image's
+    digest (`content`, where known)."""
     feature = {
         "id": _bytes(image_id),
         "path": _bytes(path),
@@ -75,6 +78,8 @@ def serialize_row(image_id: str, path: str, order, labels, outputs: dict) -> byt
         "predicted_values": _ints(outputs["predicted_values"]),
         "predicted_probabilities": _floats(outputs["predicted_probabilities"]),
     }
+    if content:
+        feature["content"] = _bytes(content)
     return records.serialize(feature)
 
 
@@ -87,6 +92,7 @@ def _parser(dim: int, num_attributes: int):
         "global_representation": tf.io.FixedLenFeature([dim], tf.float32),
         "predicted_values": tf.io.FixedLenFeature([num_attributes], tf.int64),
         "predicted_probabilities": tf.io.FixedLenFeature([num_attributes], tf.float32),
+        "content": tf.io.FixedLenFeature([], tf.string, default_value=b""),
     }
     return lambda serialized: tf.io.parse_example(serialized, spec)
 
@@ -187,7 +193,8 @@ def read(directory: str, batch_size: int = 1024) -> tuple[dict, dict[str, np.nda
     """(manifest, rows) of a directory of embeddings, the rows in `experiments.index`'s order.
 
     rows: ids str [N], paths str [N], labels int32 [N, A], global_representation float32 [N, r],
-    predicted_values int32 [N, A], predicted_probabilities float32 [N, A]. Raises EmbeddingsError when a
+    predicted_values int32 [N, A], predicted_probabilities float32 [N, A], content bytes [N] (or None
+    where the shards carry no digests). Raises EmbeddingsError when a
     shard is missing, the count differs from the manifest's, or an id appears twice (shards of two runs).
     """
     contents = load_manifest(directory)
@@ -216,6 +223,7 @@ def read(directory: str, batch_size: int = 1024) -> tuple[dict, dict[str, np.nda
         "global_representation": np.zeros((0, contents["dim"]), np.float32),
         "predicted_values": np.zeros((0, num_attributes), np.int64),
         "predicted_probabilities": np.zeros((0, num_attributes), np.float32),
+        "content": np.zeros(0, object),
     }  # fmt: skip
     cols = {k: np.concatenate(parts[k]) if k in parts else v for k, v in empty.items()}
     ids = np.array([b.decode("utf-8") for b in cols["id"]], dtype=str)
@@ -238,4 +246,6 @@ def read(directory: str, batch_size: int = 1024) -> tuple[dict, dict[str, np.nda
         "global_representation": cols["global_representation"][rows],
         "predicted_values": cols["predicted_values"][rows].astype(np.int32),
         "predicted_probabilities": cols["predicted_probabilities"][rows],
+        # Digests where every row has one (shards written before them have none): else None.
+        "content": np.asarray(cols["content"][rows], "S32") if all(cols["content"]) else None,
     }

@@ -12,8 +12,7 @@ and the service. An index file is an .npz, written atomically:
     predicted_probabilities  float32 [N, A]
     metadata                 str             JSON: source, export dir and metadata, vocabulary, backend
     content                  bytes [N]       a digest of each item's encoded image (`content_digest`), which
-                                             `--reuse` compares; absent in files written before it and in
-                                             indexes of the Beam pipeline's shards
+                                             `--reuse` compares; absent in files written before it
 
 With the FAISS backend, `<FILE>.<token>.faiss` beside it (named in the metadata) holds an approximate index over the same vectors
 (IVF-Flat or HNSW). Exact search (`metrics.ExactIndex`, numpy) is the default and the reference: the

@@ -48,8 +48,8 @@ class _Reuse:
             return
         if previous.content is None:
             raise IndexFileError(
-                f"{previous.path} holds no digests of its images (written before they were kept, or from Beam's "
-                "shards), so nothing in it can be reused: build the index once without --reuse"
+                f"{previous.path} holds no digests of its images (written before indexes kept them), so nothing "
+                "in it can be reused: build the index once without --reuse"
             )
         if previous.metadata.get("export_fingerprint") != model.fingerprint:
             raise IndexFileError(
@@ -242,7 +242,7 @@ def index_embeddings(model, directory: str) -> SearchIndex:
     meta["embeddings"] = {"directory": directory, "created": contents.get("created"),
                           "pipeline": contents.get("pipeline", {})}  # fmt: skip
     out = {k: rows[k] for k in ("global_representation", "predicted_values", "predicted_probabilities")}
-    return _from_embeddings(model, out, rows["ids"], rows["paths"], rows["labels"], meta)
+    return _from_embeddings(model, out, rows["ids"], rows["paths"], rows["labels"], meta, rows["content"])
 
 
 def check_compatible(
