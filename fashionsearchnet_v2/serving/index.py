@@ -44,6 +44,8 @@ BACKENDS = ("exact", "faiss")
 FAISS_KINDS = ("ivf_flat", "hnsw")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 FAISS_SUFFIX = ".faiss"
+#: The arrays every index file holds besides its metadata (`content` is optional).
+_ARRAYS = ("vectors", "ids", "paths", "labels", "predicted_values", "predicted_probabilities")
 
 
 class ImageReadError(ValueError):
@@ -282,8 +284,7 @@ class SearchIndex:
                 arrays = {k: f[k] for k in f.files}
         except (OSError, ValueError) as e:
             raise IndexFileError(f"{path}: not a readable index file ({e})") from e
-        missing = {"vectors", "ids", "paths", "labels", "predicted_values", "predicted_probabilities",
-                   "metadata"} - set(arrays)  # fmt: skip
+        missing = {*_ARRAYS, "metadata"} - set(arrays)
         if missing:
             raise IndexFileError(f"{path}: not an index file (missing {sorted(missing)})")
         content = arrays.pop("content", None)  # optional: absent in files written before it
@@ -292,9 +293,9 @@ class SearchIndex:
             raise IndexFileError(
                 f"{path}: index format {meta.get('format_version')}, expected {FORMAT_VERSION}"
             )
-        known = {"vectors", "ids", "paths", "labels", "predicted_values", "predicted_probabilities"}
-        return cls(**{k: v for k, v in arrays.items() if k in known}, metadata=meta, path=os.path.abspath(path),
-                   content=content)  # fmt: skip
+        return cls(
+            **{k: arrays[k] for k in _ARRAYS}, metadata=meta, path=os.path.abspath(path), content=content
+        )
 
     def faiss_index(self):
         """The .faiss index beside the file (checked against what the file recorded), loaded once."""
