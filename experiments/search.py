@@ -2,11 +2,13 @@
 
     python -m experiments.search --export_dir=exports/synthetic/1 --index=indexes/gallery.npz \\
         --image=query.jpg --set color=black --set sleeve_length=long [--top_k=20] \\
-        [--format=table|json] [--grid=out.png] [--backend=exact|faiss]
+        [--where category=dress ...] [--format=table|json] [--grid=out.png] [--backend=exact|faiss]
 
 Embeds the image (`embed`), replaces the named attributes' representations with their memory prototypes
 (`manipulate`), ranks the index by Euclidean distance and prints rank, id, distance and each result's
 attributes: its dataset label where known, else the model's prediction (marked `*` in the table).
+--where keeps the results to items with those values (the same known values; an attribute named twice
+accepts either value, several attributes must all hold).
 --grid writes a PNG: query, manipulation, results (framed green where every requested value holds), and
 the query's attribute activation maps with their boxes. Exit code 2 for an unknown attribute or value
 (the message lists the valid names), an unreadable image (path and reason) or an unusable index.
@@ -26,6 +28,12 @@ EXPORT_DIR = flags.DEFINE_string("export_dir", None, "SavedModel written by expe
 INDEX = flags.DEFINE_string("index", None, "Index file written by experiments.index.")
 IMAGE = flags.DEFINE_string("image", None, "Query image (JPEG, PNG, BMP or GIF).")
 SET = flags.DEFINE_multi_string("set", [], "Manipulation ATTRIBUTE=VALUE; repeat for several attributes.")
+WHERE = flags.DEFINE_multi_string(
+    "where",
+    [],
+    "Result filter ATTRIBUTE=VALUE: only items with that value (label, else prediction) are ranked; repeat "
+    "an attribute to accept any of its values, several attributes must all hold.",
+)
 TOP_K = flags.DEFINE_integer("top_k", 20, "Results to return.")
 FORMAT = flags.DEFINE_enum("format", "table", ["table", "json"], "Output format.")
 GRID = flags.DEFINE_string("grid", None, "Write a PNG of the query, manipulation and results here.")
@@ -63,6 +71,7 @@ def main(argv):
     try:
         vocabulary = export.Vocabulary.load(EXPORT_DIR.value)
         manipulations = vocabulary.parse_manipulations(SET.value)
+        conditions = vocabulary.parse_where(WHERE.value)
         image = index_lib.read_image(IMAGE.value)
         index = index_lib.SearchIndex.load(INDEX.value)
         indexing.check_compatible(index, vocabulary.to_json(), index.vectors.shape[1])  # before the slow load
@@ -73,8 +82,9 @@ def main(argv):
         emb = model.embed([image])
         attributes, values = export.manipulation_arrays([manipulations])
         query = model.manipulate(emb["attribute_representations"], attributes, values)
+        allowed = index.where_mask(conditions) if conditions else None
         rows, distances = index.search(
-            query, TOP_K.value, BACKEND.value, nprobe=NPROBE.value, ef_search=EF_SEARCH.value
+            query, TOP_K.value, BACKEND.value, nprobe=NPROBE.value, ef_search=EF_SEARCH.value, allowed=allowed
         )
     except (export.VocabularyError, export.ExportError, index_lib.ImageReadError, index_lib.IndexFileError,
             index_lib.FaissUnavailable) as e:  # fmt: skip
@@ -91,6 +101,10 @@ def main(argv):
         for a, name in enumerate(vocabulary.names)
     }  # fmt: skip
     text = manipulation_text(vocabulary, manipulations, emb["predicted_values"][0])
+    where = {
+        vocabulary.names[a]: [vocabulary.attributes[a].values[v] for v in vs] for a, vs in conditions.items()
+    }
+    candidates = len(index) if allowed is None else int(allowed.sum())
     if FORMAT.value == "json":
         out = {
             "query": {"image": IMAGE.value, "predicted": query_pred},
@@ -98,13 +112,19 @@ def main(argv):
                 {"attribute": vocabulary.names[a], "value": vocabulary.attributes[a].values[v]}
                 for a, v in manipulations
             ],  # fmt: skip
+            "where": where,
+            "candidates": candidates,
             "backend": BACKEND.value or index.backend,
             "results": results,
         }
         print(json.dumps(out, indent=2, ensure_ascii=False))
     else:
         shown = ", ".join(f"{n}={p['value']}" for n, p in query_pred.items())
-        print(f"query {IMAGE.value} (predicted: {shown})\nmanipulation: {text}\n")
+        print(f"query {IMAGE.value} (predicted: {shown})\nmanipulation: {text}")
+        if where:
+            shown = "; ".join(f"{n} = {' or '.join(vs)}" for n, vs in where.items())
+            print(f"only items with {shown}: {candidates} of {len(index)}")
+        print()
         print(table(results, vocabulary.names))
         print("\n* predicted by the model (no dataset label)")
     if GRID.value:

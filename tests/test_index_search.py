@@ -221,6 +221,57 @@ def test_faiss_matches_exact_where_it_scans_everything(tmp_path, model):
         index_lib.SearchIndex.load(path).search(queries, 10)
 
 
+def test_where_keeps_the_rows_with_those_values_in_exact_search_and_in_faiss():
+    """`where_mask`: an item's label where known, else its prediction; one attribute's values are
+    alternatives, several attributes all hold. Exact search with the mask is brute force over those rows;
+    FAISS (its own ID selector) returns only allowed rows, all of them found where it scans everything."""
+    labels = np.array([[0, 1], [2, -1], [-1, 0], [1, 1], [2, 0]])
+    predicted = np.array([[1, 0], [2, 1], [2, 1], [0, 0], [0, 1]])
+    known = np.where(labels >= 0, labels, predicted)  # [[0, 1], [2, 1], [2, 0], [1, 1], [2, 0]]
+    np.testing.assert_array_equal(index_lib.where_mask(known, {0: (2,)}), [0, 1, 1, 0, 1])
+    np.testing.assert_array_equal(index_lib.where_mask(known, {0: (2, 1)}), [0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(index_lib.where_mask(known, {0: (2, 1), 1: (1,)}), [0, 1, 0, 1, 0])
+    np.testing.assert_array_equal(index_lib.where_mask(known, {}), [1, 1, 1, 1, 1])
+
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(8, 32)).astype(np.float32) * 4
+    vectors = (centers[rng.integers(0, 8, 800)] + rng.normal(size=(800, 32))).astype(np.float32)
+    queries = (centers[rng.integers(0, 8, 20)] + rng.normal(size=(20, 32))).astype(np.float32)
+    n = 800
+    known = rng.integers(0, 3, (n, 2))
+    index = index_lib.SearchIndex(vectors, np.arange(n).astype(str), np.full(n, ""), known, known,
+                                  np.zeros((n, 2)), {"vocabulary": VOCAB.to_json(), "source": {"kind": "folder"}})  # fmt: skip
+    allowed = index.where_mask({0: (1,), 1: (0, 2)})
+    assert 100 < allowed.sum() < 300
+    rows, dist = index.search(queries, 10, allowed=allowed)
+    sub_rows, sub_dist = _brute_force(vectors[allowed], queries, 10)
+    np.testing.assert_array_equal(rows, np.flatnonzero(allowed)[sub_rows])
+    np.testing.assert_allclose(dist, sub_dist, rtol=1e-4, atol=1e-3)
+    if not FAISS_AVAILABLE:
+        return
+    ivf = index_lib.build_faiss(vectors, "ivf_flat", nlist=8)
+    got, got_dist = index_lib.faiss_search(ivf, queries, 10, nprobe=8, allowed=allowed)  # every cell: exact
+    np.testing.assert_array_equal(np.sort(got, 1), np.sort(rows, 1))
+    np.testing.assert_allclose(got_dist, dist, rtol=1e-4, atol=1e-3)
+    # With fewer cells scanned, the filter searches the index's own nprobe (FAISS's parameters would
+    # default to 1): the allowed rows of everything those 2 cells hold, nearest first, -1 after them.
+    scanned, _ = index_lib.faiss_search(ivf, queries, n, nprobe=2)
+    got, _ = index_lib.faiss_search(ivf, queries, 10, allowed=allowed)
+    for row, want in zip(got, scanned):
+        want = [r for r in want if r >= 0 and allowed[r]][:10]
+        np.testing.assert_array_equal(row, want + [-1] * (10 - len(want)))
+    hnsw = index_lib.build_faiss(vectors, "hnsw", hnsw_m=16)
+    got, _ = index_lib.faiss_search(hnsw, queries, 10, ef_search=400, allowed=allowed)
+    assert allowed[got[got >= 0]].all()
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, rows)]) > 0.9
+    few = np.zeros(n, bool)
+    few[[3, 500]] = True
+    got, _ = index_lib.faiss_search(
+        index_lib.build_faiss(vectors, "ivf_flat", nlist=1), queries, 10, allowed=few
+    )
+    assert (np.sort(got, 1)[:, -2:] == [3, 500]).all() and (got[:, 2:] == -1).all()  # fewer than k: -1
+
+
 def test_missing_faiss_fails_with_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(index_lib.FaissUnavailable, match=r"pip install -e \.\[faiss\].*--backend=exact"):
@@ -295,6 +346,9 @@ def test_index_and_search_commands(export_dir, model, folder, tmp_path):
         [*base, f"--image={query}", "--set=color=green"],
         [*base, f"--image={broken}"],
         [*base, f"--image={missing}"],
+        [*base, f"--image={query}", "--where=color=red", "--where=color=black", "--top_k=9", "--format=json"],
+        [*base, f"--image={query}", "--where=color=black", "--top_k=9"],
+        [*base, f"--image={query}", "--where=color"],
     ]  # fmt: skip
     done = commands.run([sys.executable, "-c", SEARCH_DRIVER, json.dumps(cases), str(tmp_path / "runs.json")],
                         cwd=REPO, env=env, timeout=180)  # fmt: skip
@@ -328,3 +382,24 @@ def test_index_and_search_commands(export_dir, model, folder, tmp_path):
     assert code == 2 and f"cannot read image {broken}: not a decodable" in err
     code, _, err = runs[5]
     assert code == 2 and f"cannot read image {missing}: No such file or directory" in err
+
+    # --where: the unmanipulated query ranked over the red or black items only, as brute force over them.
+    code, out, err = runs[6]
+    assert code == 0, err
+    result = json.loads(out)
+    allowed = index.where_mask({0: (0, 2)})
+    assert 0 < allowed.sum() < len(index) and result["candidates"] == allowed.sum()
+    assert result["where"] == {"color": ["red", "black"]}
+    sub_rows, _ = _brute_force(index.vectors[allowed], emb["global_representation"], 9)
+    assert [r["id"] for r in result["results"]] == [
+        str(index.ids[i]) for i in np.flatnonzero(allowed)[sub_rows[0]]
+    ]
+    assert {r["attributes"]["color"]["value"] for r in result["results"]} <= {"red", "black"}
+    code, out, err = runs[7]
+    black = index.where_mask({0: (2,)}).sum()
+    assert code == 0 and f"only items with color = black: {black} of 9" in out, (out, err)
+    assert len(out.split("\n\n")[1].splitlines()) == 1 + black  # the header and one line per black item
+    code, _, err = runs[8]
+    assert (
+        code == 2 and "filter 'color' is not ATTRIBUTE=VALUE; valid attributes: color, sleeve_length" in err
+    )

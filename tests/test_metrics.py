@@ -141,6 +141,37 @@ def test_search_topk_k_larger_than_gallery_returns_whole_ranking():
     np.testing.assert_array_equal(idx, brute_topk(queries, gallery, 5)[0])
 
 
+def test_an_allowed_mask_ranks_only_those_rows_as_the_full_ranking_orders_them():
+    """`ExactIndex.search(allowed=...)` is the full ranking with the other rows struck out: the same
+    order (ties to the lower gallery row, here with integer vectors whose distances are exact), gallery row
+    numbers, fewer than k when fewer rows are allowed, none when none are."""
+    rng = np.random.default_rng(9)
+    points = rng.integers(-2, 3, (6, 4)).astype(np.float32)
+    gallery = points[rng.integers(0, 6, 300)]
+    queries = rng.integers(-2, 3, (15, 4)).astype(np.float32)
+    index = metrics.ExactIndex(gallery)
+    full_idx, full_dist = index.search(queries, 300)
+    # Few rows allowed: only those are scored; most: the others are struck out of a full search.
+    for allowed in (
+        rng.random(300) < 0.3,
+        rng.random(300) < 0.02,
+        np.arange(300) % 2 == 0,
+        rng.random(300) < 0.9,
+    ):
+        k = 20
+        idx, dist = index.search(queries, k, chunk_size=4, allowed=allowed)
+        want = [row[allowed[row]][:k] for row in full_idx]
+        assert idx.shape == (15, min(k, allowed.sum()))
+        np.testing.assert_array_equal(idx, want)
+        np.testing.assert_array_equal(dist, [d[allowed[r]][:k] for r, d in zip(full_idx, full_dist)])
+    idx, dist = index.search(queries, 5, allowed=np.zeros(300, bool))
+    assert idx.shape == dist.shape == (15, 0)
+    with pytest.raises(ValueError, match=r"allowed must be bool \[300\]"):
+        index.search(queries, 5, allowed=np.ones(299, bool))
+    with pytest.raises(ValueError, match=r"allowed must be bool"):
+        index.search(queries, 5, allowed=np.ones(300, int))
+
+
 def test_target_hits_against_loop():
     rng = np.random.default_rng(8)
     gallery = random_labels(rng, 200)

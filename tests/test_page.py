@@ -125,6 +125,21 @@ def test_pick_an_item_change_its_colour_and_see_the_results_change(trained, tmp_
                 By.CSS_SELECTOR, 'tr[data-attribute="color"]'
             ).get_attribute("class")
 
+            # "only items with the changed values": every result has the new colour, and the summary says
+            # among how many items they were ranked
+            driver.find_element(By.ID, "only-changed").click()
+            _settled(driver, f"only items with color = {NEW_COLOUR}")
+            only = _grid(driver)
+            assert len(only) == 20 and all(
+                c == NEW_COLOUR and f in ("match", "partial") for _, c, f in only
+            ), only
+            assert [i for i, c, _ in after if c == NEW_COLOUR] == [i for i, _, _ in only][:n_after]
+            candidates = searcher.index.where_mask({trained.model.vocabulary.attribute_index("color"): (
+                trained.model.vocabulary.value_index("color", NEW_COLOUR),)}).sum()  # fmt: skip
+            assert f"({candidates} of the catalogue)" in driver.find_element(By.ID, "summary").text
+            driver.find_element(By.ID, "only-changed").click()
+            _settled(driver, f"→ {NEW_COLOUR}")
+
             # a photo uploaded through the file input: new query, no change, 20 results
             photo = tmp_path / "photo.png"
             with urllib.request.urlopen(url + after[0][0].join(["/images/", ""])) as r:

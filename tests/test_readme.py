@@ -196,7 +196,9 @@ def test_readme_serving_commands_and_curl_examples(served_main_job):
         assert upload["query"]["target"]["color"] == "black" and upload["query"]["item"] is None
         assert len(items["items"]) == 3
         assert by_item["query"]["item"] == items["items"][0]["id"] and len(by_item["results"]) == 5
-        assert by_item["changes"][0]["to"] == "black"
+        assert by_item["changes"][0]["to"] == "black" and by_item["where"] == {"color": ["black"]}
+        assert all(r["attributes"]["color"]["value"] == "black" for r in by_item["results"])
+        assert 5 < by_item["candidates"] < health["items"]
         assert (tmp_path / "item.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
     finally:
         server.stop()

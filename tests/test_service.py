@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import itertools
 import json
 import os
 import subprocess
@@ -121,6 +122,72 @@ def test_search_is_the_library_search(client, searcher, trained):
     assert plain["changes"] == [] and all(r["changes_match"] for r in plain["results"])
 
 
+def test_where_keeps_the_results_to_the_items_with_those_values(client, searcher, trained):
+    """ "This item, but black; only black items": the manipulated query ranked over the items whose colour
+    (label, else prediction) is black, the library's search with `where_mask`; the item left out."""
+    index, vocab = searcher.index, trained.model.vocabulary
+    known = index.known_values()
+    colour, row = vocab.attribute_index("color"), 5
+    item_id = str(index.ids[row])
+    new = (int(known[row, colour]) + 3) % len(vocab.attributes[colour].values)
+    new_name = vocab.attributes[colour].values[new]
+    answer = client.post(
+        "/search",
+        data={"item": item_id, "set": f"color={new_name}", "where": f"color={new_name}", "top_k": "7"},
+    ).json()
+    allowed = index.where_mask({colour: (new,)})
+    assert 7 < allowed.sum() < len(index) and answer["candidates"] == allowed.sum()
+    assert answer["where"] == {"color": [new_name]}
+    image = pipeline.read_split_images(trained.info, "gallery", [item_id])[item_id]
+    emb = trained.model.embed([image])
+    query = trained.model.manipulate(emb["attribute_representations"], [[colour]], [[new]])
+    rows, dist = index.search(query, 8, allowed=allowed)
+    want = [r for r in rows[0] if r != row][:7]
+    assert [r["id"] for r in answer["results"]] == [str(index.ids[r]) for r in want]
+    np.testing.assert_allclose(
+        [r["distance"] for r in answer["results"]], dist[0][rows[0] != row][:7], atol=1e-4
+    )
+    assert all(r["changes_match"] for r in answer["results"])
+    # Without the filter the same search ranks other colours among its 7 (else the test shows nothing).
+    unfiltered = client.post(
+        "/search", data={"item": item_id, "set": f"color={new_name}", "top_k": "7"}
+    ).json()
+    assert not all(r["changes_match"] for r in unfiltered["results"])
+
+    # JSON: several values of one attribute are alternatives, several attributes all hold.
+    sleeve = vocab.attribute_index("sleeve_length")
+    two = list(vocab.attributes[colour].values[:2])
+    long_name = vocab.attributes[sleeve].values[int(known[row, sleeve])]
+    body = {"item": item_id, "where": {"color": two, "sleeve_length": long_name}, "top_k": 50}
+    answer = client.post("/search", json=body).json()
+    allowed = index.where_mask({colour: (0, 1), sleeve: (int(known[row, sleeve]),)})
+    assert answer["candidates"] == allowed.sum() and answer["where"] == {
+        "color": two,
+        "sleeve_length": [long_name],
+    }
+    assert len(answer["results"]) == min(50, allowed.sum() - allowed[row])
+    assert all(r["attributes"]["color"]["value"] in two for r in answer["results"])
+    assert all(r["attributes"]["sleeve_length"]["value"] == long_name for r in answer["results"])
+    # A filter no item passes (a combination of every attribute's values that no item has): no results.
+    have = {tuple(k) for k in known}
+    empty = next(
+        c for c in itertools.product(*(range(len(a.values)) for a in vocab.attributes)) if c not in have
+    )
+    where = [f"{a.name}={a.values[v]}" for a, v in zip(vocab.attributes, empty)]
+    answer = client.post("/search", json={"item": item_id, "where": where}).json()
+    assert answer["results"] == [] and answer["candidates"] == 0
+    r = client.post("/search", json={"item": item_id, "where": {"colour": "red"}})
+    assert r.status_code == 400 and r.json() == {
+        "error": "unknown attribute 'colour' in 'where'",
+        "valid": vocab.names,
+    }
+    r = client.post("/search", data={"item": item_id, "where": "color=teal"})
+    assert (
+        r.status_code == 400 and "unknown value 'teal' for attribute 'color' in 'where'" in r.json()["error"]
+    )
+    assert r.json()["valid"] == list(vocab.attributes[colour].values)
+
+
 @pytest.mark.parametrize(
     "kwargs, status, reason",
     [
@@ -140,6 +207,9 @@ def test_search_is_the_library_search(client, searcher, trained):
         (dict(json={"item": "ID", "top_k": 2.5}), 400, "top_k must be an integer"),
         (dict(data={"item": "ID", "set": "color"}), 400, "is not ATTRIBUTE=VALUE"),
         (dict(data={"item": "ID", "set": ["color=red", "color=blue"]}), 400, "changed twice"),
+        (dict(data={"item": "ID", "where": "color"}), 400, "filter 'color' is not ATTRIBUTE=VALUE"),
+        (dict(json={"item": "ID", "where": {"color": []}}), 400, "must be a value or a non-empty list"),
+        (dict(json={"item": "ID", "where": 3}), 400, "'where' must be an object"),
     ],
 )
 def test_bad_search_requests_get_a_status_and_a_reason(client, searcher, kwargs, status, reason):
@@ -218,10 +288,13 @@ def test_concurrent_requests_get_the_answers_they_get_alone(searcher, trained):
     for i in range(24):
         attr = vocab.attributes[i % len(vocab.attributes)]
         change = f"{attr.name}={attr.values[i % len(attr.values)]}"
+        fields = {"set": change, "top_k": str(5 + i)}
+        if i % 4 == 1:  # a filter: ranked in its own group of the batch
+            fields["where"] = change if i % 8 == 1 else f"{attr.name}={attr.values[0]}"
         if i % 3 == 0:
-            requests.append(({"set": change, "top_k": str(5 + i)}, image))
+            requests.append((fields, image))
         else:
-            requests.append(({"item": str(index.ids[i * 7]), "set": change, "top_k": str(5 + i)}, None))
+            requests.append(({"item": str(index.ids[i * 7]), **fields}, None))
 
     app = service.create_app(searcher)
     with live_server(app) as url:
@@ -257,6 +330,8 @@ def test_concurrent_requests_get_the_answers_they_get_alone(searcher, trained):
             k: v["value"] for k, v in want["query"]["predicted"].items()
         }
         assert got["changes"] == want["changes"] and got["query"]["target"] == want["query"]["target"]
+        assert got["where"] == want["where"] and got["candidates"] == want["candidates"]
+    assert sum(bool(a["where"]) for a in alone) == 6
 
 
 def test_batcher_batches_concurrent_calls_and_returns_each_its_result():

@@ -147,6 +147,26 @@ class Vocabulary:
             out.append((a, self.value_index(name, value)))
         return out
 
+    def parse_where(self, settings: Sequence[str]) -> dict[int, tuple[int, ...]]:
+        """Result filters ["category=dress", "category=skirt", "color=black"] -> {attribute: (values)}.
+
+        An attribute named more than once accepts any of its values; several attributes must all hold
+        (`index.where_mask`). Raises VocabularyError for a malformed setting or an unknown name (listing
+        the valid ones).
+        """
+        out: dict[int, tuple[int, ...]] = {}
+        for setting in settings:
+            name, sep, value = setting.partition("=")
+            name, value = name.strip(), value.strip()
+            if not sep or not name or not value:
+                raise VocabularyError(
+                    f"filter {setting!r} is not ATTRIBUTE=VALUE; valid attributes: {', '.join(self.names)}"
+                )
+            a, v = self.attribute_index(name), self.value_index(name, value)
+            if v not in out.get(a, ()):
+                out[a] = out.get(a, ()) + (v,)
+        return out
+
 
 def manipulation_arrays(manipulations: Sequence[Sequence[tuple[int, int]]], slots: int | None = None):
     """Per query a list of (attribute, value) -> (attributes, values) int32 [N, M], padded with -1.

@@ -32,6 +32,7 @@ import os
 import re
 import tempfile
 import uuid
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -176,14 +177,42 @@ def build_faiss(
     return index
 
 
-def faiss_search(index, queries: np.ndarray, k: int, nprobe: int | None = None, ef_search: int | None = None):
-    """(indices int64 [S, k], Euclidean distances float32 [S, k]); -1 / inf where fewer than k found."""
+def faiss_search(
+    index,
+    queries: np.ndarray,
+    k: int,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+    allowed: np.ndarray | None = None,
+):
+    """(indices int64 [S, k], Euclidean distances float32 [S, k]); -1 / inf where fewer than k found.
+
+    nprobe and ef_search, when given, are set on the index (and stay). `allowed` (bool [N]) restricts the
+    results to those rows, through FAISS's own ID selector, with the index's nprobe / efSearch: an
+    approximate index may then find fewer than k of them (-1), the exact backend never does.
+    """
     faiss = import_faiss()
     if nprobe is not None and hasattr(index, "nprobe"):
         index.nprobe = int(nprobe)
     if ef_search is not None:
         faiss.downcast_index(index).hnsw.efSearch = int(ef_search)
-    squared, indices = index.search(np.ascontiguousarray(queries, np.float32), int(k))
+    params = None
+    if allowed is not None:
+        allowed = np.asarray(allowed)
+        if allowed.dtype != bool or allowed.shape != (index.ntotal,):
+            raise ValueError(f"allowed must be bool [{index.ntotal}], got {allowed.dtype} {allowed.shape}")
+        bits = np.packbits(allowed, bitorder="little")  # FAISS's bitmap: bit i of byte i // 8 is row i
+        inner = faiss.downcast_index(index)
+        if hasattr(inner, "nprobe"):  # the parameters replace the index's own; a default would be 1 cell
+            params = faiss.SearchParametersIVF(nprobe=int(inner.nprobe))
+        elif hasattr(inner, "hnsw"):
+            params = faiss.SearchParametersHNSW(efSearch=int(inner.hnsw.efSearch))
+        else:
+            params = faiss.SearchParameters()
+        params.sel = selector = faiss.IDSelectorBitmap(bits)
+    squared, indices = index.search(np.ascontiguousarray(queries, np.float32), int(k), params=params)
+    if params is not None:
+        del selector, bits  # FAISS holds raw pointers to both: kept alive until the search has returned
     distances = np.where(indices >= 0, np.sqrt(np.maximum(squared, 0.0)), np.inf).astype(np.float32)
     return indices.astype(np.int64), distances
 
@@ -322,9 +351,12 @@ class SearchIndex:
         backend: str | None = None,
         nprobe: int | None = None,
         ef_search: int | None = None,
+        allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """k nearest entries of each query [S, r] -> (indices int64 [S, k'], Euclidean distances [S, k']),
-        k' = min(k, N). `backend` defaults to the one the index was built for."""
+        k' = min(k, N). `backend` defaults to the one the index was built for. `allowed` (bool [N], e.g.
+        `where_mask`'s) keeps the results to those entries: k' = min(k, allowed entries) exactly; FAISS
+        pads with -1 what its approximate search did not find."""
         backend = backend or self.backend
         queries = np.asarray(queries, np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.vectors.shape[1]:
@@ -335,12 +367,12 @@ class SearchIndex:
         if backend == "exact":
             if self._exact is None:
                 self._exact = metrics.ExactIndex(self.vectors)
-            return metrics.search_topk(queries, self._exact, k)
+            return self._exact.search(queries, k, allowed=allowed)
         if backend == "faiss":
             params = self.metadata.get("faiss", {})
             nprobe = nprobe if nprobe is not None else params.get("nprobe")
             ef_search = ef_search if ef_search is not None else params.get("ef_search")
-            return faiss_search(self.faiss_index(), queries, k, nprobe, ef_search)
+            return faiss_search(self.faiss_index(), queries, k, nprobe, ef_search, allowed)
         raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
 
     def attributes(self, row: int) -> dict[str, dict]:
@@ -363,6 +395,21 @@ class SearchIndex:
     def known_values(self) -> np.ndarray:
         """[N, A] int: labels where known, predictions elsewhere."""
         return np.where(self.labels >= 0, self.labels, self.predicted_values)
+
+    def where_mask(self, conditions: Mapping[int, Collection[int]]) -> np.ndarray:
+        """bool [N]: `where_mask` of this index's known values."""
+        return where_mask(self.known_values(), conditions)
+
+
+def where_mask(known: np.ndarray, conditions: Mapping[int, Collection[int]]) -> np.ndarray:
+    """bool [N]: the entries whose value of every attribute in `conditions` ({attribute: values}) is one of
+    its values (values of one attribute: any of them; several attributes: all of them). `known` [N, A] is
+    `SearchIndex.known_values()`: an item's label where known, else the model's prediction, the values the
+    service's `matches` compare too."""
+    mask = np.ones(len(known), bool)
+    for a, values in conditions.items():
+        mask &= np.isin(known[:, a], np.asarray(list(values), known.dtype))
+    return mask
 
 
 def faiss_partners(path: str) -> list[str]:

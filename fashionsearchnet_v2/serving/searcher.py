@@ -269,6 +269,25 @@ class Searcher:
             out.append((a, values.index(value)))
         return out
 
+    def parse_where(self, settings: Sequence[tuple[str, str]]) -> dict[int, tuple[int, ...]]:
+        """Result filters [(attribute name, value name)] -> {attribute: (values)}: an attribute named more
+        than once accepts any of its values, several attributes must all hold; 400 listing the valid names
+        otherwise."""
+        out: dict[int, tuple[int, ...]] = {}
+        for name, value in settings:
+            name, value = str(name).strip(), str(value).strip()
+            if name not in self.names:
+                raise RequestError(400, f"unknown attribute {name!r} in 'where'", valid=self.names)
+            a = self.names.index(name)
+            values = self.vocabulary.attributes[a].values
+            if value not in values:
+                raise RequestError(
+                    400, f"unknown value {value!r} for attribute {name!r} in 'where'", valid=list(values)
+                )
+            if values.index(value) not in out.get(a, ()):
+                out[a] = out.get(a, ()) + (values.index(value),)
+        return out
+
     def check_top_k(self, top_k) -> int:
         """top_k as sent (an int, or digits in a form field) -> int in 1..max_top_k; 400 otherwise."""
         if isinstance(top_k, str) and top_k.strip().isdigit():
@@ -279,31 +298,35 @@ class Searcher:
             raise RequestError(400, f"top_k must be in 1..{self.max_top_k}, got {top_k}")
         return top_k
 
-    def _rank(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rank(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, len(self.index))
         if self.backend == "exact":
-            return self._exact.search(queries, k)
-        return index_lib.faiss_search(self._faiss, queries, k)
+            return self._exact.search(queries, k, allowed=allowed)
+        return index_lib.faiss_search(self._faiss, queries, k, allowed=allowed)
 
     def _run_batch(self, jobs: list) -> list:
-        """[(image, [(attribute, value)], k)] -> per job ({embed output: [1, ...]}, rows [k], distances [k]).
+        """[(image, [(attribute, value)], k, where, allowed)] -> per job ({embed output: [1, ...]}, rows
+        [k'], distances [k']); `where` is a hashable form of `parse_where`'s filters (() for none) and
+        `allowed` their `where_mask` (None for none).
 
         One `embed` call (images grouped by size inside), one `manipulate` for the jobs with changes, one
-        ranking with the largest k (a smaller k's results are its prefix).
+        ranking with the largest k per distinct filter (a smaller k's results are its prefix).
         """
-        emb = self.model.embed([image for image, _, _ in jobs], batch_size=len(jobs))
+        emb = self.model.embed([job[0] for job in jobs], batch_size=len(jobs))
         queries = np.array(emb["global_representation"], np.float32)
-        changed = [i for i, (_, pairs, _) in enumerate(jobs) if pairs]
+        changed = [i for i, job in enumerate(jobs) if job[1]]
         if changed:  # without a change, manipulate would give embed's global representation
             attributes, values = export.manipulation_arrays([jobs[i][1] for i in changed])
             queries[changed] = self.model.manipulate(
                 emb["attribute_representations"][changed], attributes, values
             )
-        rows, distances = self._rank(queries, max(k for _, _, k in jobs))
-        return [
-            ({key: value[i : i + 1] for key, value in emb.items()}, rows[i][:k], distances[i][:k])
-            for i, (_, _, k) in enumerate(jobs)
-        ]
+        ranked = [None] * len(jobs)
+        for where in dict.fromkeys(job[3] for job in jobs):
+            group = [i for i, job in enumerate(jobs) if job[3] == where]
+            rows, distances = self._rank(queries[group], max(jobs[i][2] for i in group), jobs[group[0]][4])
+            for j, i in enumerate(group):
+                ranked[i] = rows[j][: jobs[i][2]], distances[j][: jobs[i][2]]
+        return [({key: value[i : i + 1] for key, value in emb.items()}, *ranked[i]) for i in range(len(jobs))]
 
     def search(
         self,
@@ -311,8 +334,10 @@ class Searcher:
         item: str | None = None,
         changes: Sequence[tuple[str, str]] = (),
         top_k=DEFAULT_TOP_K,
+        where: Sequence[tuple[str, str]] = (),
     ) -> dict:
-        """One search: a decoded image or an indexed item's id, attribute changes by name, top_k.
+        """One search: a decoded image or an indexed item's id, attribute changes by name, top_k, and
+        optional result filters by name (`parse_where`: only items with those values are ranked).
 
         An item's own entry is left out of its results. The target is the query's attributes (an item's
         labels where known, else the model's predictions) with the changes applied; each result says which
@@ -323,6 +348,7 @@ class Searcher:
         if (image is None) == (item is None):
             raise RequestError(400, "give exactly one query: an uploaded image or an indexed item's id")
         pairs = self.parse_changes(changes)
+        conditions = self.parse_where(where)
         k = self.check_top_k(top_k)
         row = None
         if item is not None:
@@ -333,7 +359,9 @@ class Searcher:
                 image = self.item_images.decode(row)
             except (items.ItemImageError, index_lib.ImageReadError) as e:
                 raise RequestError(500, str(e)) from None
-        emb, rows, distances = self._batches((image, pairs, k + (row is not None)))
+        where_key = tuple(sorted((a, tuple(sorted(v))) for a, v in conditions.items()))
+        allowed = index_lib.where_mask(self._known, conditions) if conditions else None
+        emb, rows, distances = self._batches((image, pairs, k + (row is not None), where_key, allowed))
         keep = (rows >= 0) & (rows != (-1 if row is None else row))
         rows, distances = rows[keep][:k], distances[keep][:k]
 
@@ -375,6 +403,8 @@ class Searcher:
                 {"attribute": self.names[a], "from": values[a][int(current[a])], "to": values[a][v]}
                 for a, v in pairs
             ],
+            "where": {self.names[a]: [values[a][v] for v in vs] for a, vs in conditions.items()},
+            "candidates": len(self.index) if allowed is None else int(allowed.sum()),
             "top_k": k,
             "backend": self.backend,
             "results": results,

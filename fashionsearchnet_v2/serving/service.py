@@ -34,6 +34,26 @@ STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 # Request parsing
 
 
+def _pairs(values, field: str, what: str) -> list[tuple[str, str]]:
+    """The list forms of `field` -> [(attribute, value)]: "a=v" strings or {"attribute", "value"} objects."""
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, list):
+        raise RequestError(
+            400, f"'{field}' must be an object {{attribute: value}} or a list of 'attribute=value'"
+        )
+    out = []
+    for v in values:
+        if isinstance(v, dict) and "attribute" in v and "value" in v:
+            out.append((str(v["attribute"]), str(v["value"])))
+            continue
+        name, sep, value = str(v).partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise RequestError(400, f"{what} {v!r} is not ATTRIBUTE=VALUE")
+        out.append((name, value))
+    return out
+
+
 def parse_set(values) -> list[tuple[str, str]]:
     """Changes as a request gives them -> [(attribute, value)].
 
@@ -44,20 +64,28 @@ def parse_set(values) -> list[tuple[str, str]]:
         return []
     if isinstance(values, dict):
         return [(str(k), str(v)) for k, v in values.items()]
-    if isinstance(values, str):
-        values = [values]
-    if not isinstance(values, list):
-        raise RequestError(400, "'set' must be an object {attribute: value} or a list of 'attribute=value'")
-    out = []
-    for v in values:
-        if isinstance(v, dict) and "attribute" in v and "value" in v:
-            out.append((str(v["attribute"]), str(v["value"])))
-            continue
-        name, sep, value = str(v).partition("=")
-        if not sep or not name.strip() or not value.strip():
-            raise RequestError(400, f"change {v!r} is not ATTRIBUTE=VALUE")
-        out.append((name, value))
-    return out
+    return _pairs(values, "set", "change")
+
+
+def parse_where(values) -> list[tuple[str, str]]:
+    """Result filters as a request gives them -> [(attribute, value)], one pair per accepted value.
+
+    Accepted: {"category": "dress"}; {"category": ["dress", "skirt"]} (any of them); the list forms of
+    `parse_set`; and form fields `where=category=dress` (repeated).
+    """
+    if values is None:
+        return []
+    if isinstance(values, dict):
+        out = []
+        for k, v in values.items():
+            listed = v if isinstance(v, list) else [v]
+            if not listed or any(x is None or isinstance(x, (dict, list)) for x in listed):
+                raise RequestError(
+                    400, f"'where' {k!r} must be a value or a non-empty list of values, got {v!r}"
+                )
+            out.extend((str(k), str(x)) for x in listed)
+        return out
+    return _pairs(values, "where", "filter")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -118,7 +146,8 @@ def create_app(
         return b"".join(chunks)
 
     async def search_arguments(request: Request) -> dict:
-        """{"image": bytes | None, "item": str | None, "changes": [...], "top_k": ...} from the body."""
+        """{"image": bytes | None, "item": str | None, "changes": [...], "where": [...], "top_k": ...} from
+        the body."""
         body = await read_body(request)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
@@ -141,8 +170,8 @@ def create_app(
             item = form.get("item")
             if item is not None and not isinstance(item, str):
                 raise RequestError(400, "'item' must be a text field (an item id), not a file")
-            return {"image": image, "item": item or None,
-                    "changes": parse_set(form.getlist("set")), "top_k": form.get("top_k", DEFAULT_TOP_K)}  # fmt: skip
+            return {"image": image, "item": item or None, "changes": parse_set(form.getlist("set")),
+                    "where": parse_where(form.getlist("where")), "top_k": form.get("top_k", DEFAULT_TOP_K)}  # fmt: skip
         if ctype == "application/json":
             try:
                 obj = json.loads(body)
@@ -150,11 +179,10 @@ def create_app(
                 raise RequestError(400, f"the body is not JSON ({e})") from None
             if not isinstance(obj, dict):
                 raise RequestError(400, "the JSON body must be an object")
-            unknown = set(obj) - {"item", "image_base64", "set", "top_k"}
+            fields = ["item", "image_base64", "set", "where", "top_k"]
+            unknown = set(obj) - set(fields)
             if unknown:
-                raise RequestError(
-                    400, f"unknown fields {sorted(unknown)}", valid=["item", "image_base64", "set", "top_k"]
-                )
+                raise RequestError(400, f"unknown fields {sorted(unknown)}", valid=fields)
             image = None
             if obj.get("image_base64") is not None:
                 try:
@@ -163,7 +191,8 @@ def create_app(
                     raise RequestError(400, "image_base64 is not valid base64") from None
             item = obj.get("item")
             return {"image": image, "item": None if item is None else str(item),
-                    "changes": parse_set(obj.get("set")), "top_k": obj.get("top_k", DEFAULT_TOP_K)}  # fmt: skip
+                    "changes": parse_set(obj.get("set")), "where": parse_where(obj.get("where")),
+                    "top_k": obj.get("top_k", DEFAULT_TOP_K)}  # fmt: skip
         raise RequestError(
             415,
             f"send multipart/form-data (image upload) or application/json, not {ctype or 'no content type'!r}",
@@ -197,12 +226,17 @@ def create_app(
             raise RequestError(400, "give exactly one query: an uploaded 'image' or an indexed 'item' id")
         # Cheap checks first: a bad name or top_k is refused before any decoding or model call.
         searcher.parse_changes(args["changes"])
+        searcher.parse_where(args["where"])
         searcher.check_top_k(args["top_k"])
 
         def work() -> bytes:
             image = decode_upload(args["image"], max_pixels) if args["image"] is not None else None
             answer = searcher.search(
-                image=image, item=args["item"], changes=args["changes"], top_k=args["top_k"]
+                image=image,
+                item=args["item"],
+                changes=args["changes"],
+                top_k=args["top_k"],
+                where=args["where"],
             )
             # Serialized here, in the worker thread, by the standard library: FastAPI's own path for a
             # returned dict (jsonable_encoder, then json.dumps) cost 2-3 ms a search on the event loop,

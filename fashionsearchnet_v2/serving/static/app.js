@@ -92,7 +92,11 @@ async function search() {
   const form = new FormData();
   if (state.query.item !== undefined) form.append("item", state.query.item);
   else form.append("image", state.query.file, state.query.file.name || "upload");
-  for (const [name, value] of Object.entries(state.changes)) form.append("set", `${name}=${value}`);
+  for (const [name, value] of Object.entries(state.changes)) {
+    form.append("set", `${name}=${value}`);
+    // "only items with the changed values": the same pairs as filters, ranked among those items only
+    if ($("only-changed").checked) form.append("where", `${name}=${value}`);
+  }
   form.append("top_k", $("top-k").value);
   const sequence = ++state.sequence;
   setStatus("searching…");
@@ -201,7 +205,9 @@ function renderResults(answer) {
   const text = answer.changes.length
     ? answer.changes.map((c) => `${c.attribute}: ${c.from} → ${c.to}`).join(", ")
     : "no change: items like the query";
-  $("summary").textContent = `Top ${answer.results.length}, ${text}`;
+  const only = Object.entries(answer.where).map(([name, values]) => `${name} = ${values.join(" or ")}`);
+  $("summary").textContent = `Top ${answer.results.length}, ${text}` +
+    (only.length ? `; only items with ${only.join(", ")} (${answer.candidates} of the catalogue)` : "");
   const grid = $("results");
   grid.replaceChildren();
   for (const result of answer.results) {
@@ -243,5 +249,6 @@ async function start() {
 $("upload").addEventListener("change", (event) => chooseUpload(event.target.files[0]));
 $("more").addEventListener("click", () => loadCatalogue().catch((e) => setStatus(e.message, true)));
 $("top-k").addEventListener("change", search);
+$("only-changed").addEventListener("change", search);
 $("reset").addEventListener("click", () => { state.changes = {}; search(); });
 start();
