@@ -139,3 +139,50 @@ def test_gain_is_zero_when_the_manipulation_changes_nothing():
     out = search.evaluate(fn, gallery, gallery_labels, m, NAMES, ks=(5,), unmanipulated_vectors_fn=fn)
     assert all(v in (0.0, None) for v in out["gain"]["topk"]["5"].values())
     assert all(v in (0.0, None) for v in out["gain"]["ndcg@30"].values())
+
+
+def test_the_filter_baseline_ranks_each_search_among_the_images_predicted_to_have_its_target():
+    """`gallery_filter_values`: search s ranks only the gallery rows whose value of the changed attribute
+    (there, e.g. a prediction) is the target value: brute force per search; ranks past the rows that pass
+    are -1 and misses. With the labels themselves as the filter, every result has the changed value."""
+    fn, gallery, gallery_labels, m = make_case(seed=7, g=60)
+    rng = np.random.default_rng(3)
+    predicted = np.stack([rng.integers(0, v, len(gallery)) for v in NUM_VALUES], 1)  # a poor classifier
+    idx, hits = search.run_searches(
+        fn, gallery, gallery_labels, m, k=20, chunk_size=6, gallery_filter_values=predicted
+    )
+    queries = fn(np.arange(len(m)))
+    short = 0
+    for s in range(len(m)):
+        rows = np.flatnonzero(predicted[:, m.attribute[s]] == m.value[s])
+        d = ((queries[s].astype(np.float64) - gallery[rows]) ** 2).sum(-1)
+        want = rows[np.argsort(d, kind="stable")][:20]
+        np.testing.assert_array_equal(idx[s, : len(want)], want)
+        assert (idx[s, len(want) :] == -1).all() and not hits[s, len(want) :].any()
+        np.testing.assert_array_equal(
+            hits[s, : len(want)], metrics.target_hits(want[None], m.target[s : s + 1], gallery_labels)[0]
+        )
+        short += len(want) < 20
+    assert short > 0  # some searches have fewer than 20 images that pass (60 images, 2-4 values)
+
+    own = rng.standard_normal((int(m.query_index.max()) + 1, gallery.shape[1])).astype(np.float32)
+    out = search.evaluate(fn, gallery, gallery_labels, m, NAMES, ks=(1, 20), ndcg_k=20,
+                          unmanipulated_vectors_fn=lambda i: own[m.query_index[i]], gallery_filter_values=gallery_labels)  # fmt: skip
+    unfiltered = search.evaluate(
+        lambda i: own[m.query_index[i]], gallery, gallery_labels, m, NAMES, ks=(1, 20), ndcg_k=20
+    )
+    assert set(out["filtered"]) == {"manipulated", "unmanipulated"}
+    # Filtering on the labels only removes images that cannot be hits: Top-K can only rise.
+    for k in ("1", "20"):
+        assert out["filtered"]["unmanipulated"]["topk"][k]["avg"] >= unfiltered["topk"][k]["avg"]
+    assert out["filtered"]["unmanipulated"]["topk"]["20"]["avg"] > unfiltered["topk"]["20"]["avg"]
+    json.dumps(out, allow_nan=False)
+
+
+def test_predicted_values_are_each_attributes_argmax_of_the_concatenated_logits():
+    from fashionsearchnet_v2.retrieval import evaluation
+
+    logits = np.array([[0.1, 0.9, 0.0, 5.0, 4.0], [2.0, 1.0, 3.0, -1.0, 0.0]])
+    np.testing.assert_array_equal(evaluation.predicted_values(logits, [3, 2]), [[1, 0], [2, 1]])
+    with pytest.raises(ValueError, match=r"must be \[N, 6\]"):
+        evaluation.predicted_values(logits, [3, 3])

@@ -93,9 +93,14 @@ def test_stage3_trains_global_representation(info, tmp_path):
     assert "L_G" in _tags(os.path.join(tmp_path, "stage3_rank_l_full", "tb"))
     assert glob.glob(os.path.join(tmp_path, "stage2_rank_l", "features", "train.npz"))
     # The evaluation is deterministic: twice on the same checkpoints, the same numbers.
+    lines = []
     first = evaluation.evaluate_variant(
-        str(tmp_path), info, "full", str(tmp_path / "e1"), figures_n=0, log=str
+        str(tmp_path), info, "full", str(tmp_path / "e1"), figures_n=0, log=lines.append
     )
+    # The filter baseline (decision 68) is evaluated beside it on the same searches, and printed.
+    assert set(first["filtered"]) == {"manipulated", "unmanipulated"}
+    assert first["filtered"]["unmanipulated"]["topk"].keys() == first["topk"].keys()
+    assert any(line.startswith("filter baseline, Top-") for line in lines), lines
     for f in glob.glob(os.path.join(tmp_path, "stage2_rank_l", "features", "*.npz")):
         os.remove(f)  # recompute the features too
     second = evaluation.evaluate_variant(

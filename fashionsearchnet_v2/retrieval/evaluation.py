@@ -213,6 +213,7 @@ def evaluate_variant(
     results = search.evaluate(
         query_vectors, gallery_vectors, g["labels"], manips, info.attribute_names, ks,
         ndcg_k=min(30, len(g["labels"])), unmanipulated_vectors_fn=unmanipulated_vectors,
+        gallery_filter_values=predicted_values(g["logits"], info.num_values),
     )  # fmt: skip
     results.update(
         dataset=info.name, variant=variant, label=LABELS[variant], checkpoint=os.path.relpath(searcher.checkpoint, workdir), num_query=len(q["labels"]), num_gallery=len(g["labels"]),
@@ -228,6 +229,7 @@ def evaluate_variant(
             f"AAM boxes: centred on the true region {loc['hit_rate']:.3f} (chance {loc['chance']:.3f}), "
             f"covering its centre {loc['covers']:.3f} (chance {loc['covers_chance']:.3f})"
         )
+    log(filter_line(results))
     os.makedirs(out_dir, exist_ok=True)
     write_json(os.path.join(out_dir, "results.json"), results)
     table = figures.results_tables({LABELS[variant]: [results]}, info.attribute_names, k=20,
@@ -240,6 +242,28 @@ def evaluate_variant(
         _draw(info, model, q, g, manips, query_vectors, gallery_vectors, size, out_dir, figures_n)
     log(table)
     return results
+
+
+def predicted_values(logits, num_values) -> np.ndarray:
+    """[N, sum(num_values)] concatenated classifier logits -> [N, A] int64 predicted value per attribute."""
+    logits = np.asarray(logits)
+    if logits.ndim != 2 or logits.shape[1] != sum(num_values):
+        raise ValueError(
+            f"logits {logits.shape} must be [N, {sum(num_values)}] for values {list(num_values)}"
+        )
+    parts = np.split(logits, np.cumsum(num_values)[:-1], axis=1)
+    return np.stack([p.argmax(axis=1) for p in parts], axis=1).astype(np.int64)
+
+
+def filter_line(results: dict, k: int = 20) -> str:
+    """One line: Top-k avg manipulated, then both with the filter baseline's filter (`search` module)."""
+    k = str(k) if str(k) in results["topk"] else str(max(results["ks"]))
+    f = results["filtered"]
+    return (
+        f"filter baseline, Top-{k} avg: manipulated {results['topk'][k]['avg']:.3f}; ranked among the gallery "
+        f"images predicted to have the target value: unmanipulated {f['unmanipulated']['topk'][k]['avg']:.3f}, "
+        f"manipulated {f['manipulated']['topk'][k]['avg']:.3f}"
+    )
 
 
 def _draw(info, model, q, g, manips, query_vectors, gallery_vectors, size, out_dir, n):

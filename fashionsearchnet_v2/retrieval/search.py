@@ -8,7 +8,9 @@ results dict that experiments write as JSON:
     {"ks": [1, 2, ...], "topk": {"1": {"<attr>": acc | None, ..., "avg": acc, "all": acc}, ...},
      "ndcg@30": {"<attr>": ..., "avg": ..., "all": ...}, "searches": {"<attr>": n, ..., "total": n},
      "unmanipulated": {"topk": ..., "ndcg@30": ...},      # the same searches, query NOT manipulated
-     "gain": {"topk": ..., "ndcg@30": ...}}               # manipulated - unmanipulated
+     "gain": {"topk": ..., "ndcg@30": ...},               # manipulated - unmanipulated
+     "filtered": {"manipulated": {"topk": ..., "ndcg@30": ...},     # with `gallery_filter_values`: each
+                  "unmanipulated": {...}}}                          # ranked among the predicted targets
 
 An attribute without searches reports None (JSON null) and count 0, and is left out of "avg".
 
@@ -16,6 +18,12 @@ The manipulation gain is the number that says whether a manipulation does anythi
 (same queries, same targets, same relevance) are ranked a second time with the query's own, unmanipulated
 representation. A model that ignores an attribute retrieves look-alikes of the query, whose value of that
 attribute is often the target by chance; its Top-K can look good while its gain is zero.
+
+The filter baseline asks the next question, whether manipulating beats filtering: the unmanipulated query
+ranked only among the gallery images whose *predicted* value of the changed attribute is the target value
+(the model's own classifiers, as a search service's `where` filter would use them where no label is
+known), beside the manipulated query under the same filter. A filter leaves fewer images; where fewer
+than K pass, the missing ranks are misses.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ def run_searches(
     manipulations: Manipulations,
     k: int,
     chunk_size: int = 1024,
+    gallery_filter_values=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rank the gallery for every search, chunk by chunk, and mark the relevant results.
 
@@ -48,14 +57,21 @@ def run_searches(
         manipulations: the S searches; their `target` decides relevance.
         k: results kept per search.
         chunk_size: searches embedded and ranked at once; memory is O(chunk_size * G).
+        gallery_filter_values: [G, A] int, optional: search s ranks only the gallery rows whose value of
+            `manipulations.attribute[s]` here is `manipulations.value[s]` (e.g. predicted values).
     Returns:
-        indices [S, k] int64 gallery rows, nearest first; hits [S, k] bool.
+        indices [S, k] int64 gallery rows, nearest first, -1 past the rows a filter leaves; hits [S, k]
+        bool (False at -1).
     """
     gallery_vectors = np.asarray(gallery_vectors, np.float32)
     gallery_labels = np.asarray(gallery_labels)
     if len(gallery_vectors) != len(gallery_labels):
         raise ValueError(f"{len(gallery_vectors)} gallery vectors but {len(gallery_labels)} label rows")
     index = metrics.ExactIndex(gallery_vectors)
+    if gallery_filter_values is not None:
+        filter_values = np.asarray(gallery_filter_values)
+        if filter_values.shape != gallery_labels.shape:
+            raise ValueError(f"gallery_filter_values {filter_values.shape} must be {gallery_labels.shape}")
     s = len(manipulations)
     k = min(k, len(gallery_vectors))
     indices = np.empty((s, k), np.int64)
@@ -68,9 +84,19 @@ def run_searches(
                 f"query_vectors_fn returned {queries.shape} for {len(chunk)} searches, "
                 f"expected {(len(chunk), gallery_vectors.shape[1])}"
             )
-        idx, _ = index.search(queries, k, chunk_size=len(chunk))
+        if gallery_filter_values is None:
+            idx, _ = index.search(queries, k, chunk_size=len(chunk))
+        else:
+            idx = np.full((len(chunk), k), -1, np.int64)
+            pairs = np.stack([manipulations.attribute[chunk], manipulations.value[chunk]], axis=1)
+            for a, v in np.unique(pairs, axis=0):  # one ranking per filter
+                group = np.flatnonzero((pairs[:, 0] == a) & (pairs[:, 1] == v))
+                found, _ = index.search(queries[group], k, allowed=filter_values[:, a] == v)
+                idx[group, : found.shape[1]] = found
         indices[chunk] = idx
-        hits[chunk] = metrics.target_hits(idx, manipulations.target[chunk], gallery_labels)
+        hits[chunk] = metrics.target_hits(np.maximum(idx, 0), manipulations.target[chunk], gallery_labels) & (
+            idx >= 0
+        )
     return indices, hits
 
 
@@ -131,6 +157,7 @@ def evaluate(
     chunk_size: int = 1024,
     ndcg_k: int = 30,
     unmanipulated_vectors_fn: QueryVectorsFn | None = None,
+    gallery_filter_values=None,
 ) -> dict:
     """Top-K accuracy and NDCG@k of attribute-manipulation search (Table 1 / Figure 5 numbers).
 
@@ -146,6 +173,9 @@ def evaluate(
         ndcg_k: the k of NDCG@k (30 as in ADDE-M).
         unmanipulated_vectors_fn: search indices [s] -> the queries' own representations [s, r]; when
             given, the same searches are ranked with them too ("unmanipulated") and "gain" is added.
+        gallery_filter_values: [G, A] int, e.g. the gallery's predicted values: when given, the same
+            searches are ranked again among the gallery rows whose value of the changed attribute here is
+            the target value, manipulated and (with `unmanipulated_vectors_fn`) unmanipulated ("filtered").
     Returns:
         the results dict of the module docstring.
     """
@@ -158,14 +188,23 @@ def evaluate(
         raise ValueError(f"cannot rank {k} results in a gallery of {len(gallery_vectors)}")
     num_relevant = metrics.count_matches(manipulations.target, gallery_labels)
 
-    def score(fn):
-        _, hits = run_searches(fn, gallery_vectors, gallery_labels, manipulations, k, chunk_size)
+    def score(fn, filter_values=None):
+        _, hits = run_searches(
+            fn, gallery_vectors, gallery_labels, manipulations, k, chunk_size, filter_values
+        )
         return summarize(hits, num_relevant, manipulations.attribute, attribute_names, ks, ndcg_k)
 
+    scores = ("topk", f"ndcg@{ndcg_k}")
     results = score(query_vectors_fn)
     if unmanipulated_vectors_fn is not None:
         base = score(unmanipulated_vectors_fn)
-        scores = ("topk", f"ndcg@{ndcg_k}")
         results["unmanipulated"] = {key: base[key] for key in scores}
         results["gain"] = {key: difference(results[key], base[key]) for key in scores}
+    if gallery_filter_values is not None:
+        fns = {"manipulated": query_vectors_fn, "unmanipulated": unmanipulated_vectors_fn}
+        results["filtered"] = {}
+        for name, fn in fns.items():
+            if fn is not None:
+                filtered = score(fn, gallery_filter_values)
+                results["filtered"][name] = {key: filtered[key] for key in scores}
     return results

@@ -82,7 +82,9 @@ def evaluate_cached(workdir: str, info, variant: str, out_dir: str, out=sys.stdo
             if f.read() == str(stamp):
                 with open(path, encoding="utf-8") as g:
                     results = json.load(g)
-                if "gain" in results:  # results of older versions lack the baseline: evaluate again
+                if (
+                    "gain" in results and "filtered" in results
+                ):  # older versions lack baselines: evaluate again
                     print(f"[evaluate] {variant}: reusing {path}", file=out)
                     return results
     _say(f"evaluate {configs.LABELS[variant]} ({workdir})", out)
