@@ -126,6 +126,16 @@ class Vocabulary:
         """The name of `value` of attribute number `attribute`; None for -1 (unknown)."""
         return None if value < 0 else self.attributes[attribute].values[value]
 
+    def _setting(self, setting: str, what: str) -> tuple[str, str]:
+        """ "name=value" -> (name, value), stripped; VocabularyError naming `what` and the valid attributes."""
+        name, sep, value = setting.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise VocabularyError(
+                f"{what} {setting!r} is not ATTRIBUTE=VALUE; valid attributes: {', '.join(self.names)}"
+            )
+        return name, value
+
     def parse_manipulations(self, settings: Sequence[str]) -> list[tuple[int, int]]:
         """["color=black", "sleeve_length=long"] -> [(attribute, value), ...] in the order given.
 
@@ -134,12 +144,7 @@ class Vocabulary:
         """
         out, seen = [], {}
         for setting in settings:
-            name, sep, value = setting.partition("=")
-            name, value = name.strip(), value.strip()
-            if not sep or not name or not value:
-                raise VocabularyError(
-                    f"manipulation {setting!r} is not ATTRIBUTE=VALUE; valid attributes: {', '.join(self.names)}"
-                )
+            name, value = self._setting(setting, "manipulation")
             a = self.attribute_index(name)
             if a in seen:
                 raise VocabularyError(f"attribute {name!r} is set twice ({seen[a]!r} and {setting!r})")
@@ -156,12 +161,7 @@ class Vocabulary:
         """
         out: dict[int, tuple[int, ...]] = {}
         for setting in settings:
-            name, sep, value = setting.partition("=")
-            name, value = name.strip(), value.strip()
-            if not sep or not name or not value:
-                raise VocabularyError(
-                    f"filter {setting!r} is not ATTRIBUTE=VALUE; valid attributes: {', '.join(self.names)}"
-                )
+            name, value = self._setting(setting, "filter")
             a, v = self.attribute_index(name), self.value_index(name, value)
             if v not in out.get(a, ()):
                 out[a] = out.get(a, ()) + (v,)

@@ -254,20 +254,28 @@ class Searcher:
         """[(attribute name, value name)] -> [(attribute, value)]; 400 listing the valid names otherwise."""
         out, seen = [], set()
         for name, value in changes:
-            name, value = str(name).strip(), str(value).strip()
-            if name not in self.names:
-                raise RequestError(400, f"unknown attribute {name!r}", valid=self.names)
-            a = self.names.index(name)
-            values = self.vocabulary.attributes[a].values
-            if value not in values:
-                raise RequestError(400, f"unknown value {value!r} for attribute {name!r}", valid=list(values))
+            a, v = self._lookup(name, value)
             if a in seen:
                 raise RequestError(
-                    400, f"attribute {name!r} is changed twice; a query has one value per attribute"
+                    400,
+                    f"attribute {str(name).strip()!r} is changed twice; a query has one value per attribute",
                 )
             seen.add(a)
-            out.append((a, values.index(value)))
+            out.append((a, v))
         return out
+
+    def _lookup(self, name, value, where: str = "") -> tuple[int, int]:
+        """(attribute name, value name) -> (attribute, value); 400 listing the valid names otherwise."""
+        name, value = str(name).strip(), str(value).strip()
+        if name not in self.names:
+            raise RequestError(400, f"unknown attribute {name!r}{where}", valid=self.names)
+        a = self.names.index(name)
+        values = self.vocabulary.attributes[a].values
+        if value not in values:
+            raise RequestError(
+                400, f"unknown value {value!r} for attribute {name!r}{where}", valid=list(values)
+            )
+        return a, values.index(value)
 
     def parse_where(self, settings: Sequence[tuple[str, str]]) -> dict[int, tuple[int, ...]]:
         """Result filters [(attribute name, value name)] -> {attribute: (values)}: an attribute named more
@@ -275,17 +283,9 @@ class Searcher:
         otherwise."""
         out: dict[int, tuple[int, ...]] = {}
         for name, value in settings:
-            name, value = str(name).strip(), str(value).strip()
-            if name not in self.names:
-                raise RequestError(400, f"unknown attribute {name!r} in 'where'", valid=self.names)
-            a = self.names.index(name)
-            values = self.vocabulary.attributes[a].values
-            if value not in values:
-                raise RequestError(
-                    400, f"unknown value {value!r} for attribute {name!r} in 'where'", valid=list(values)
-                )
-            if values.index(value) not in out.get(a, ()):
-                out[a] = out.get(a, ()) + (values.index(value),)
+            a, v = self._lookup(name, value, " in 'where'")
+            if v not in out.get(a, ()):
+                out[a] = out.get(a, ()) + (v,)
         return out
 
     def check_top_k(self, top_k) -> int:
