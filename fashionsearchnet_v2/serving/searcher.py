@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -150,6 +151,16 @@ def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
 
 # ----------------------------------------------------------------------------------------------------
 # The core
+
+
+class _Job(NamedTuple):
+    """One search as the batcher gathers it."""
+
+    image: np.ndarray
+    pairs: list  # [(attribute, value)]: the changes
+    k: int
+    where: tuple  # a hashable form of `Searcher.parse_where`'s filters; () for none
+    allowed: np.ndarray | None  # their `index.where_mask`; None for none
 
 
 class Searcher:
@@ -304,28 +315,27 @@ class Searcher:
             return self._exact.search(queries, k, allowed=allowed)
         return index_lib.faiss_search(self._faiss, queries, k, allowed=allowed)
 
-    def _run_batch(self, jobs: list) -> list:
-        """[(image, [(attribute, value)], k, where, allowed)] -> per job ({embed output: [1, ...]}, rows
-        [k'], distances [k']); `where` is a hashable form of `parse_where`'s filters (() for none) and
-        `allowed` their `where_mask` (None for none).
+    def _run_batch(self, jobs: list[_Job]) -> list:
+        """Jobs -> per job ({embed output: [1, ...]}, rows [k'], distances [k']).
 
         One `embed` call (images grouped by size inside), one `manipulate` for the jobs with changes, one
         ranking with the largest k per distinct filter (a smaller k's results are its prefix).
         """
-        emb = self.model.embed([job[0] for job in jobs], batch_size=len(jobs))
+        emb = self.model.embed([job.image for job in jobs], batch_size=len(jobs))
         queries = np.array(emb["global_representation"], np.float32)
-        changed = [i for i, job in enumerate(jobs) if job[1]]
+        changed = [i for i, job in enumerate(jobs) if job.pairs]
         if changed:  # without a change, manipulate would give embed's global representation
-            attributes, values = export.manipulation_arrays([jobs[i][1] for i in changed])
+            attributes, values = export.manipulation_arrays([jobs[i].pairs for i in changed])
             queries[changed] = self.model.manipulate(
                 emb["attribute_representations"][changed], attributes, values
             )
         ranked = [None] * len(jobs)
-        for where in dict.fromkeys(job[3] for job in jobs):
-            group = [i for i, job in enumerate(jobs) if job[3] == where]
-            rows, distances = self._rank(queries[group], max(jobs[i][2] for i in group), jobs[group[0]][4])
+        for where in dict.fromkeys(job.where for job in jobs):
+            group = [i for i, job in enumerate(jobs) if job.where == where]
+            k = max(jobs[i].k for i in group)
+            rows, distances = self._rank(queries[group], k, jobs[group[0]].allowed)
             for j, i in enumerate(group):
-                ranked[i] = rows[j][: jobs[i][2]], distances[j][: jobs[i][2]]
+                ranked[i] = rows[j][: jobs[i].k], distances[j][: jobs[i].k]
         return [({key: value[i : i + 1] for key, value in emb.items()}, *ranked[i]) for i in range(len(jobs))]
 
     def search(
@@ -361,7 +371,7 @@ class Searcher:
                 raise RequestError(500, str(e)) from None
         where_key = tuple(sorted((a, tuple(sorted(v))) for a, v in conditions.items()))
         allowed = index_lib.where_mask(self._known, conditions) if conditions else None
-        emb, rows, distances = self._batches((image, pairs, k + (row is not None), where_key, allowed))
+        emb, rows, distances = self._batches(_Job(image, pairs, k + (row is not None), where_key, allowed))
         keep = (rows >= 0) & (rows != (-1 if row is None else row))
         rows, distances = rows[keep][:k], distances[keep][:k]
 
