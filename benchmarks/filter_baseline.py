@@ -12,6 +12,9 @@ write them; results written before the filter baseline (no "filtered" block) are
 `python -m experiments.evaluate --workdir=<workdir>/seed<N> --variant=<variant>` adds it (cached features).
 
     python benchmarks/filter_baseline.py --workdir=work/synthetic --seeds=0,1,2 --variants=full,rank_lg_untrained
+
+`--plot=FILE` also draws the first variant's four rows as bars per attribute (the main job writes the same
+figure for Full as `<workdir>/eval/filter_baseline.png`).
 """
 
 from __future__ import annotations
@@ -23,19 +26,18 @@ import os
 import numpy as np
 
 from fashionsearchnet_v2.configs import LABELS
+from fashionsearchnet_v2.retrieval import figures, search
 
+LABELS_OF = dict(search.FILTER_ROWS)
 ROWS = (
-    ("manipulated", "the query manipulated (the method)"),
-    ("unmanipulated", "the query not manipulated"),
-    ("filter_baseline", "filter baseline: not manipulated, among images predicted to have the target value"),
-    ("filtered", "manipulated, among the same images"),
+    *((name, LABELS_OF[name]) for name in ("manipulated", "unmanipulated", "filter_baseline", "filtered")),
     ("difference", "manipulated − filter baseline (paired)"),
 )
 
 
-def load(workdir: str, seed: int, variant: str, k: int) -> dict | None:
-    """{row: {attribute | "avg": Top-k}} of one results.json, or None when absent; raises KeyError naming
-    the file when it lacks the filter baseline."""
+def _results(workdir: str, seed: int, variant: str) -> dict | None:
+    """One results.json, or None when absent; raises KeyError naming the file when it lacks the filter
+    baseline."""
     path = os.path.join(workdir, f"seed{seed}", "eval", variant, "results.json")
     if not os.path.isfile(path):
         return None
@@ -46,19 +48,36 @@ def load(workdir: str, seed: int, variant: str, k: int) -> dict | None:
             f"{path} was written before the filter baseline: python -m experiments.evaluate "
             f"--workdir={os.path.join(workdir, f'seed{seed}')} --variant={variant} adds it"
         )
-    k = str(k)
-    rows = {
-        "manipulated": r["topk"][k],
-        "unmanipulated": r["unmanipulated"]["topk"][k],
-        "filter_baseline": r["filtered"]["unmanipulated"]["topk"][k],
-        "filtered": r["filtered"]["manipulated"]["topk"][k],
-    }
-    rows = {name: {a: v for a, v in row.items() if a != "all"} for name, row in rows.items()}
+    return r
+
+
+def load(workdir: str, seed: int, variant: str, k: int) -> dict | None:
+    """{row: {attribute | "avg": Top-k}} of one results.json (`search.filter_rows` and the paired
+    difference), or None when absent."""
+    r = _results(workdir, seed, variant)
+    if r is None:
+        return None
+    rows = {name: {a: v[0] for a, v in row.items()} for name, row in search.filter_rows([r], k).items()}
     rows["difference"] = {
         a: None if v is None or rows["filter_baseline"][a] is None else v - rows["filter_baseline"][a]
         for a, v in rows["manipulated"].items()
     }
     return rows
+
+
+def plot(workdir: str, seeds: list[int], variant: str, k: int, path: str) -> str:
+    """`figures.plot_bars` of the four rows over the seeds that have results (the main job's figure)."""
+    runs = [r for r in (_results(workdir, s, variant) for s in seeds) if r is not None]
+    if not runs:
+        raise KeyError(f"no {workdir}/seed<N>/eval/{variant}/results.json for seeds {seeds}")
+    rows = search.filter_rows(runs, k)
+    return figures.plot_bars(
+        {label: rows[name] for name, label in search.FILTER_ROWS},
+        path,
+        title=f"{LABELS.get(variant, variant)} against the filter baseline, Top-{k}"
+        + (f" ({len(runs)} seeds, bars: mean, lines: range)" if len(runs) > 1 else ""),
+        ylabel=f"Top-{k} retrieval accuracy",
+    )
 
 
 def _cell(values: list, sign: str = "") -> str:
@@ -96,6 +115,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--variants", default="full,rank_lg_untrained", help="comma-separated variants")
     parser.add_argument("--k", type=int, default=20, help="the K of Top-K")
+    parser.add_argument("--plot", default="", help="also write the first variant's bars as this PNG")
     args = parser.parse_args()
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -104,6 +124,8 @@ def main() -> None:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     try:
         print(table(args.workdir, seeds, variants, args.k))
+        if args.plot:
+            print("wrote", plot(args.workdir, seeds, variants[0], args.k, args.plot))
     except KeyError as e:
         parser.exit(2, f"error: {e.args[0]}\n")
 

@@ -152,3 +152,20 @@ def test_plot_topk_curves_draws_the_marks(tmp_path):
     marked = read_rgb(figures.plot_topk_curves(curves, tmp_path / "c.png", marks={"Full": (20, 0.9)}))
     assert np.array_equal(plain, other)
     assert not np.array_equal(plain, marked)
+
+
+def test_plot_bars_heights_follow_the_means_and_a_missing_cell_draws_nothing(tmp_path):
+    """Matplotlib's first two colours (C0 blue, C1 orange): the taller row's bars cover more pixels, and
+    a row whose every cell is None draws no bar at all."""
+
+    def pixels(image, rgb):
+        return int(np.all(np.abs(image.astype(int) - rgb) <= 10, axis=-1).sum())
+
+    blue, orange = (31, 119, 180), (255, 127, 14)
+    rows = {"tall": {"color": [0.8, 0.9], "avg": [0.85]}, "short": {"color": [0.1, 0.2], "avg": [0.15]}}
+    image = read_rgb(figures.plot_bars(rows, tmp_path / "bars.png", size=(600, 400)))
+    assert image.shape == (400, 600, 3)
+    assert pixels(image, blue) > 4 * pixels(image, orange) > 0
+    empty = {"tall": rows["tall"], "short": {"color": [None], "avg": [None]}}
+    image = read_rgb(figures.plot_bars(empty, tmp_path / "empty.png", size=(600, 400)))
+    assert pixels(image, orange) == 0 and pixels(image, blue) > 0

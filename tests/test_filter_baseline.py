@@ -70,3 +70,20 @@ def test_results_written_before_the_filter_baseline_are_named_with_the_command_t
     with pytest.raises(KeyError, match=r"seed0/eval/full/results.json was written before the filter baseline: "
                                        r"python -m experiments.evaluate --workdir=.*seed0 --variant=full"):  # fmt: skip
         filter_baseline.table(str(tmp_path), [0], ["full"], 20)
+
+
+def test_filter_rows_and_the_plot_are_the_results_files_numbers(tmp_path):
+    runs = [_write(tmp_path, 0, 1.0), _write(tmp_path, 1, 0.5)]
+    rows = search.filter_rows(runs, 20)
+    assert list(rows) == [name for name, _ in search.FILTER_ROWS]
+    assert list(rows["manipulated"]) == ["color", "sleeve", "avg"]  # "all" left out
+    assert rows["filter_baseline"]["color"] == [
+        r["filtered"]["unmanipulated"]["topk"]["20"]["color"] for r in runs
+    ]
+    assert rows["unmanipulated"]["avg"] == [r["unmanipulated"]["topk"]["20"]["avg"] for r in runs]
+    out = filter_baseline.plot(str(tmp_path), [0, 1, 2], "full", 20, str(tmp_path / "bars.png"))
+    assert out == str(tmp_path / "bars.png") and os.path.getsize(out) > 1000
+    with pytest.raises(KeyError, match="rank_lg/results.json for seeds"):
+        filter_baseline.plot(str(tmp_path), [0], "rank_lg", 20, str(tmp_path / "none.png"))
+    with pytest.raises(KeyError):
+        search.filter_rows([{"topk": {"20": {"color": 0.5}}}], 20)  # written before the filter baseline

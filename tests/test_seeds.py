@@ -8,6 +8,7 @@ import os
 import sys
 
 import commands
+import cv2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,3 +40,6 @@ def test_main_with_two_seeds_aggregates_mean_std_and_gain(tmp_path):
     text = (work / "eval" / "table.md").read_text()
     assert "Gain" in text and "±" in text and "Manipulation gain at Top-20" in text
     assert "mean ± std over seeds 0, 1" in done.stdout
+    # the filter baseline's bars (decision 68) of the one row, over both seeds
+    figure = cv2.imread(str(work / "eval" / "filter_baseline.png"))
+    assert figure is not None and figure.shape == (520, 800, 3)

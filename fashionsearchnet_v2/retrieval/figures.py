@@ -1,6 +1,6 @@
 """Tables and pictures of the paper's results: Table 1 (markdown), Figure 5 (Top-K curves), Figure 6
-(query, manipulation and Top-k results framed green/red), attribute activation maps with their boxes, and
-accuracy against training-set size.
+(query, manipulation and Top-k results framed green/red), attribute activation maps with their boxes,
+accuracy against training-set size, and grouped bars per attribute (the filter baseline).
 
 Images are RGB uint8 arrays `[H, W, 3]`. Every file is written atomically (a temporary file in the same
 directory, then os.replace) so a reader never sees half a PNG. Matplotlib is used through its Agg canvas
@@ -269,6 +269,48 @@ def plot_data_size_curve(
     ax.grid(True, which="both", alpha=0.3)
     if points:
         ax.legend(loc="lower right", fontsize="small")
+    return _save_png(fig, path)
+
+
+def plot_bars(
+    rows: Mapping[str, Mapping[str, Sequence[float | None]]],
+    path: str | os.PathLike,
+    title: str = "Top-20 retrieval accuracy",
+    ylabel: str = "Top-20 retrieval accuracy",
+    size: tuple[int, int] = (800, 520),
+) -> str:
+    """Grouped bars: one group per column (attribute), one bar per row, written as a PNG of `size` px.
+
+    Args:
+        rows: row label -> {column: one value per seed}; the columns are the first row's, in its order. A
+            bar is the seeds' mean; with several seeds a black line spans their minimum to maximum. A
+            column without a finite value draws no bar.
+    Returns:
+        the path.
+    """
+    fig, ax = _axes(size)
+    columns = list(next(iter(rows.values()))) if rows else []
+    width = 0.8 / max(1, len(rows))
+    for i, (label, row) in enumerate(rows.items()):
+        xs, means, lo, hi = [], [], [], []
+        for j, column in enumerate(columns):
+            values = [float(v) for v in row.get(column) or [] if v is not None and math.isfinite(float(v))]
+            if not values:
+                continue
+            xs.append(j - 0.4 + (i + 0.5) * width)
+            means.append(float(np.mean(values)))
+            lo.append(means[-1] - min(values))
+            hi.append(max(values) - means[-1])
+        spread = [lo, hi] if any(len(row.get(c) or []) > 1 for c in columns) else None
+        ax.bar(xs, means, width=width * 0.95, yerr=spread, capsize=2, ecolor="black", label=label)
+    ax.set_xticks(range(len(columns)))
+    ax.set_xticklabels(columns, fontsize="small")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.set_ylim(0.0, 1.0)
+    ax.grid(True, axis="y", alpha=0.3)
+    if rows:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), fontsize="small", frameon=False)
     return _save_png(fig, path)
 
 

@@ -208,3 +208,33 @@ def evaluate(
                 filtered = score(fn, gallery_filter_values)
                 results["filtered"][name] = {key: filtered[key] for key in scores}
     return results
+
+
+FILTER_ROWS = (
+    ("unmanipulated", "the query not manipulated"),
+    ("filter_baseline", "filter baseline: not manipulated, among images predicted to have the target value"),
+    ("manipulated", "the query manipulated (the method)"),
+    ("filtered", "manipulated, among the same images"),
+)
+
+
+def filter_rows(runs: Sequence[dict], k: int = 20) -> dict[str, dict[str, list[float | None]]]:
+    """The filter baseline's four rows of Top-k, one value per run (seed), for a table or a figure.
+
+    Args:
+        runs: results dicts of `evaluate` with "unmanipulated" and "filtered", one per seed.
+    Returns:
+        {row name of FILTER_ROWS: {attribute | "avg": [Top-k per run]}}, in FILTER_ROWS' order, the
+        attributes in the results' order, without "all".
+    Raises:
+        KeyError: a results dict lacks those blocks (it was written before the filter baseline).
+    """
+    key = str(k)
+    blocks = {
+        "unmanipulated": lambda r: r["unmanipulated"]["topk"][key],
+        "filter_baseline": lambda r: r["filtered"]["unmanipulated"]["topk"][key],
+        "manipulated": lambda r: r["topk"][key],
+        "filtered": lambda r: r["filtered"]["manipulated"]["topk"][key],
+    }
+    columns = [c for c in runs[0]["topk"][key] if c != "all"] if runs else []
+    return {name: {c: [blocks[name](r).get(c) for r in runs] for c in columns} for name, _ in FILTER_ROWS}

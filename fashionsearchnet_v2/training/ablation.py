@@ -22,7 +22,7 @@ import numpy as np
 
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.configs import ExperimentConfig
-from fashionsearchnet_v2.retrieval import evaluation, figures
+from fashionsearchnet_v2.retrieval import evaluation, figures, search
 from fashionsearchnet_v2.trained import checkpoints, loading
 from fashionsearchnet_v2.training import run
 
@@ -307,6 +307,15 @@ def run_ablation(
         + (f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""),
         ylabel="Top-K accuracy: manipulated − not manipulated",
     )
+    shown = "full" if "full" in variants else variants[-1] if variants else None
+    if shown and all("filtered" in per_seed[s][shown] for s in seeds):
+        rows = search.filter_rows([per_seed[s][shown] for s in seeds])
+        figures.plot_bars(
+            {label: rows[name] for name, label in search.FILTER_ROWS},
+            os.path.join(out_dir, "filter_baseline.png"),
+            title=f"{configs.LABELS[shown]} against the filter baseline, Top-20, {info.name}"
+            + (f" ({len(seeds)} seeds, bars: mean, lines: range)" if len(seeds) > 1 else ""),
+        )
     _say(f"Table 1 on {info.name} ({out_dir}/table.md)", out)
     print(table, file=out, flush=True)
     return summary
