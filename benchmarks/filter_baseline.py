@@ -74,7 +74,7 @@ def plot(workdir: str, seeds: list[int], variant: str, k: int, path: str) -> str
     return figures.plot_bars(
         {label: rows[name] for name, label in search.FILTER_ROWS},
         path,
-        title=f"{LABELS.get(variant, variant)} against the filter baseline, Top-{k}"
+        title=f"{LABELS.get(variant, variant)} against the filter baseline, Top-{k}, {runs[0].get('dataset', '')}"
         + (f" ({len(runs)} seeds, bars: mean, lines: range)" if len(runs) > 1 else ""),
         ylabel=f"Top-{k} retrieval accuracy",
     )
