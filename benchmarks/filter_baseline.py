@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from fashionsearchnet_v2.configs import LABELS
-from fashionsearchnet_v2.retrieval import figures, search
+from fashionsearchnet_v2.retrieval import search
 
 LABELS_OF = dict(search.FILTER_ROWS)
 ROWS = (
@@ -70,13 +70,8 @@ def plot(workdir: str, seeds: list[int], variant: str, k: int, path: str) -> str
     runs = [r for r in (_results(workdir, s, variant) for s in seeds) if r is not None]
     if not runs:
         raise KeyError(f"no {workdir}/seed<N>/eval/{variant}/results.json for seeds {seeds}")
-    rows = search.filter_rows(runs, k)
-    return figures.plot_bars(
-        {label: rows[name] for name, label in search.FILTER_ROWS},
-        path,
-        title=f"{LABELS.get(variant, variant)} against the filter baseline, Top-{k}, {runs[0].get('dataset', '')}"
-        + (f" ({len(runs)} seeds, bars: mean, lines: range)" if len(runs) > 1 else ""),
-        ylabel=f"Top-{k} retrieval accuracy",
+    return search.plot_filter_baseline(
+        runs, path, LABELS.get(variant, variant), runs[0].get("dataset", ""), k
     )
 
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from fashionsearchnet_v2.retrieval import metrics
+from fashionsearchnet_v2.retrieval import figures, metrics
 from fashionsearchnet_v2.retrieval.metrics import DEFAULT_KS, Manipulations
 
 QueryVectorsFn = Callable[[np.ndarray], np.ndarray]
@@ -238,3 +238,16 @@ def filter_rows(runs: Sequence[dict], k: int = 20) -> dict[str, dict[str, list[f
     }
     columns = [c for c in runs[0]["topk"][key] if c != "all"] if runs else []
     return {name: {c: [blocks[name](r).get(c) for r in runs] for c in columns} for name, _ in FILTER_ROWS}
+
+
+def plot_filter_baseline(runs: Sequence[dict], path, label: str, dataset: str, k: int = 20) -> str:
+    """`figures.plot_bars` of `filter_rows` (one bar group per attribute, the seeds' mean and range) for the
+    row named `label` on `dataset`; returns the path."""
+    rows = filter_rows(runs, k)
+    seeds = f" ({len(runs)} seeds, bars: mean, lines: range)" if len(runs) > 1 else ""
+    return figures.plot_bars(
+        {text: rows[name] for name, text in FILTER_ROWS},
+        path,
+        title=f"{label} against the filter baseline, Top-{k}, {dataset}{seeds}",
+        ylabel=f"Top-{k} retrieval accuracy",
+    )

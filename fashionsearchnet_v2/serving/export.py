@@ -45,7 +45,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -159,13 +159,18 @@ class Vocabulary:
         (`index.where_mask`). Raises VocabularyError for a malformed setting or an unknown name (listing
         the valid ones).
         """
-        out: dict[int, tuple[int, ...]] = {}
-        for setting in settings:
-            name, value = self._setting(setting, "filter")
-            a, v = self.attribute_index(name), self.value_index(name, value)
-            if v not in out.get(a, ()):
-                out[a] = out.get(a, ()) + (v,)
-        return out
+        names = [self._setting(setting, "filter") for setting in settings]
+        return where_conditions((self.attribute_index(n), self.value_index(n, v)) for n, v in names)
+
+
+def where_conditions(pairs: Iterable[tuple[int, int]]) -> dict[int, tuple[int, ...]]:
+    """Result filters [(attribute, value)] -> {attribute: (values, in first-named order)}, each value once:
+    the form `index.where_mask` takes (values of one attribute: any; several attributes: all)."""
+    out: dict[int, tuple[int, ...]] = {}
+    for a, v in pairs:
+        if v not in out.get(a, ()):
+            out[a] = out.get(a, ()) + (v,)
+    return out
 
 
 def manipulation_arrays(manipulations: Sequence[Sequence[tuple[int, int]]], slots: int | None = None):

@@ -292,12 +292,7 @@ class Searcher:
         """Result filters [(attribute name, value name)] -> {attribute: (values)}: an attribute named more
         than once accepts any of its values, several attributes must all hold; 400 listing the valid names
         otherwise."""
-        out: dict[int, tuple[int, ...]] = {}
-        for name, value in settings:
-            a, v = self._lookup(name, value, " in 'where'")
-            if v not in out.get(a, ()):
-                out[a] = out.get(a, ()) + (v,)
-        return out
+        return export.where_conditions([self._lookup(name, value, " in 'where'") for name, value in settings])
 
     def check_top_k(self, top_k) -> int:
         """top_k as sent (an int, or digits in a form field) -> int in 1..max_top_k; 400 otherwise."""

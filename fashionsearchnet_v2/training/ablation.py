@@ -82,9 +82,8 @@ def evaluate_cached(workdir: str, info, variant: str, out_dir: str, out=sys.stdo
             if f.read() == str(stamp):
                 with open(path, encoding="utf-8") as g:
                     results = json.load(g)
-                if (
-                    "gain" in results and "filtered" in results
-                ):  # older versions lack baselines: evaluate again
+                # results of older versions lack the baselines (gain, filter baseline): evaluate again
+                if "gain" in results and "filtered" in results:
                     print(f"[evaluate] {variant}: reusing {path}", file=out)
                     return results
     _say(f"evaluate {configs.LABELS[variant]} ({workdir})", out)
@@ -309,13 +308,10 @@ def run_ablation(
     )
     shown = "full" if "full" in variants else variants[-1] if variants else None
     if shown and all("filtered" in per_seed[s][shown] for s in seeds):
-        rows = search.filter_rows([per_seed[s][shown] for s in seeds])
-        figures.plot_bars(
-            {label: rows[name] for name, label in search.FILTER_ROWS},
-            os.path.join(out_dir, "filter_baseline.png"),
-            title=f"{configs.LABELS[shown]} against the filter baseline, Top-20, {info.name}"
-            + (f" ({len(seeds)} seeds, bars: mean, lines: range)" if len(seeds) > 1 else ""),
-        )
+        search.plot_filter_baseline(
+            [per_seed[s][shown] for s in seeds], os.path.join(out_dir, "filter_baseline.png"),
+            configs.LABELS[shown], info.name,
+        )  # fmt: skip
     _say(f"Table 1 on {info.name} ({out_dir}/table.md)", out)
     print(table, file=out, flush=True)
     return summary
