@@ -58,6 +58,21 @@ def test_enumerator_walks_every_manipulation_with_a_positive():
         assert not (pos == enum.anchor).any()
 
 
+def test_fixed_triplets_are_the_same_every_call_and_their_positives_have_the_target():
+    """Stage 3's and AMNet's held-out loss is scored on one fixed draw (stage3.fixed_triplets)."""
+    labels = _labels(60, seed=3, unlabelled=0.1)
+    first, again = (stage3.fixed_triplets(labels, NUM_VALUES, limit=50) for _ in range(2))
+    assert all(np.array_equal(x, y) for x, y in zip(first, again))
+    anchor, attribute, value, positive, negative = first
+    assert len(anchor) == 50 and len(set(zip(anchor.tolist(), attribute.tolist(), value.tolist()))) == 50
+    target = labels[anchor].copy()
+    target[np.arange(50), attribute] = value
+    assert (value != labels[anchor, attribute]).all()
+    assert (((labels[positive] == target) | (target < 0)).all(axis=1)).all()
+    assert ((0 <= negative) & (negative < len(labels))).all()
+    assert stage3.fixed_triplets(labels[:1], NUM_VALUES) is None  # one image: no target has a positive
+
+
 def test_near_negatives_miss_the_target_by_exactly_one_attribute():
     labels = _labels(400, seed=2)
     targets = labels[:50].copy()

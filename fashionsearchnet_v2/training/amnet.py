@@ -25,6 +25,7 @@ from fashionsearchnet_v2.training import trainer
 from fashionsearchnet_v2.training.stage3 import (
     GlobalTripletSampler,
     ManipulationEnumerator,
+    fixed_triplets,
     near_negatives,
     primed,
 )
@@ -97,21 +98,8 @@ class AmnetTask(trainer.FixedFeatureTask):
 
     def _fixed_triplets(self, features, labels, limit: int = 2048):
         """Validation triplets (paper's random negatives) for L_rank on validation images, or None."""
-        enum = ManipulationEnumerator(labels, self.num_values)
-        if len(enum) == 0:
-            return None
-        rng = np.random.default_rng(0)
-        idx = rng.permutation(len(enum))[:limit]
-        neg = rng.integers(len(labels), size=len(idx))
-        return self._arrays(
-            features,
-            labels,
-            enum.anchor[idx],
-            enum.attribute[idx],
-            enum.value[idx],
-            enum.positives(idx, rng),
-            neg,
-        )
+        t = fixed_triplets(labels, self.num_values, limit)
+        return None if t is None else self._arrays(features, labels, *t)
 
     def _batches(self, seed: int):
         rng = np.random.default_rng(seed + 1)

@@ -135,6 +135,20 @@ class ManipulationEnumerator:
         return self.members[self.start[idx] + pick]
 
 
+def fixed_triplets(labels: np.ndarray, num_values, limit: int = 2048):
+    """The same triplets on every call (seed 0) for scoring a loss on held-out images: up to `limit` of
+    `labels`' [n, A] manipulations drawn without replacement, one uniformly drawn positive each and a
+    random negative (the paper's). Returns (anchor, attribute, value, positive, negative), each [m]
+    (rows of `labels` for images), or None where `labels` has no manipulation with a positive."""
+    enum = ManipulationEnumerator(labels, num_values)
+    if len(enum) == 0:
+        return None
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(enum))[:limit]
+    neg = rng.integers(len(labels), size=len(idx))
+    return enum.anchor[idx], enum.attribute[idx], enum.value[idx], enum.positives(idx, rng), neg
+
+
 def near_negatives(
     labels: np.ndarray, target: np.ndarray, num_values, rng: np.random.Generator
 ) -> np.ndarray:
@@ -189,15 +203,8 @@ class Stage3Task(trainer.FixedFeatureTask):
 
     def _fixed_triplets(self, fc10, labels, limit: int = 2048):
         """Validation triplets for L_G on validation images (fixed; for TensorBoard), or None."""
-        enum = ManipulationEnumerator(labels, self.num_values)
-        if len(enum) == 0:
-            return None
-        rng = np.random.default_rng(0)
-        idx = rng.permutation(len(enum))[:limit]
-        neg = rng.integers(len(labels), size=len(idx))
-        return self._arrays(
-            fc10, enum.anchor[idx], enum.attribute[idx], enum.value[idx], enum.positives(idx, rng), neg
-        )
+        t = fixed_triplets(labels, self.num_values, limit)
+        return None if t is None else self._arrays(fc10, *t)
 
     def _arrays(self, fc10, anchors, attrs, values, positives, negatives):
         t = memory_block.manipulations(attrs, values, self.num_values)
