@@ -306,3 +306,33 @@ def test_selection_tables_show_each_epoch_the_selected_state_and_what_learning_a
     assert s3[4] == "| x | 0.400 | 0.900 | 0.800 | 0.900 (epoch 1) | +0.500 | 1.10 |"
     am = amnet_selection.selection_table(rows).splitlines()
     assert am[4] == "| x | 0.400 | 0.900 | 0.800 | 0.900 (epoch 1) | +0.500 | +0.400 | 0.2000 → 0.0100 |"
+
+
+def test_a_sweep_trains_each_candidate_into_its_folder_and_keeps_one_row_each(tmp_path):
+    """`stage3_selection.sweep`, the loop of stage 3's and AMNet's searches: each candidate's own
+    selection.json becomes its row, in the order asked; an unknown name stops it before anything trains."""
+    from fashionsearchnet_v2.training import stage3_selection
+
+    candidates = {"a": ("the first", {}), "b": ("the second", {})}
+    trained = []
+
+    def train(name, directory):
+        trained.append(name)
+        os.makedirs(directory)
+        with open(os.path.join(directory, "selection.json"), "w", encoding="utf-8") as f:
+            json.dump({"selected": {"step": len(name) * 10 + len(trained)}}, f)
+
+    out = io.StringIO()
+    rows = stage3_selection.sweep(
+        "test", candidates, ["b", "a"], train, lambda r: f"{len(r)} rows\n", str(tmp_path), out
+    )
+    assert trained == ["b", "a"] and [r["name"] for r in rows] == ["b", "a"]
+    assert [r["what"] for r in rows] == ["the second", "the first"]
+    assert [r["selected"]["step"] for r in rows] == [11, 12]
+    with open(tmp_path / "selection.json", encoding="utf-8") as f:
+        assert [r["name"] for r in json.load(f)] == ["b", "a"]
+    assert (tmp_path / "selection.md").read_text(encoding="utf-8") == "2 rows\n"
+    assert "=== test candidate b: the second" in out.getvalue()
+    with pytest.raises(ValueError, match=r"unknown test candidates \['c'\]; valid: a, b"):
+        stage3_selection.sweep("test", candidates, ["a", "c"], train, str, str(tmp_path / "x"), out)
+    assert trained == ["b", "a"]  # the unknown name stopped the sweep before "a" trained again

@@ -11,10 +11,7 @@ count.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import sys
-import time
 
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.configs import ExperimentConfig
@@ -88,24 +85,11 @@ def run_selection(
 ) -> list[dict]:
     """Trains each candidate into `<out_dir>/<name>` (reused when finished) and writes
     `<out_dir>/selection.md` and `.json`; returns one row per candidate."""
-    rows = []
-    for name in names:
-        c = candidate_config(cfg, name, epochs)
-        directory = os.path.join(out_dir, name)
-        print(f"\n=== AMNet candidate {name}: {CANDIDATES[name][0]}", file=out, flush=True)
-        t0 = time.time()
-        run.run_amnet(c, info, out=out, amnet_dir=directory)
-        with open(os.path.join(directory, "selection.json"), encoding="utf-8") as f:
-            sel = json.load(f)
-        rows.append({"name": name, "what": CANDIDATES[name][0], "seconds": round(time.time() - t0, 1), **sel})
-    table = selection_table(rows)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "selection.md"), "w", encoding="utf-8") as f:
-        f.write(table)
-    with open(os.path.join(out_dir, "selection.json"), "w", encoding="utf-8") as f:
-        json.dump(rows, f, indent=2)
-    print(table, file=out, flush=True)
-    return rows
+
+    def train(name, directory):
+        run.run_amnet(candidate_config(cfg, name, epochs), info, out=out, amnet_dir=directory)
+
+    return stage3_selection.sweep("AMNet", CANDIDATES, names, train, selection_table, out_dir, out)
 
 
 def selection_table(rows: list[dict]) -> str:

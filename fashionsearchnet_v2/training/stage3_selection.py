@@ -86,23 +86,41 @@ def run_selection(
 ) -> list[dict]:  # fmt: skip
     """Trains each candidate into `<out_dir>/<name>` (reused when finished) and writes
     `<out_dir>/selection.md` and `.json`; returns one row per candidate."""
+
+    def train(name, directory):
+        c = candidate_config(cfg, name, epochs, update_memory)
+        run.run_stage3(c, info, out=out, stage3_dir=directory)
+
+    return sweep(
+        "stage-3", CANDIDATES, names, train, lambda rows: selection_table(rows, info.attribute_names),
+        out_dir, out,
+    )  # fmt: skip
+
+
+def sweep(kind: str, candidates: dict, names, train, table, out_dir: str, out=sys.stdout) -> list[dict]:
+    """A validation sweep (stage 3's, AMNet's): `train(name, directory)` trains each of `names` into
+    `<out_dir>/<name>`, which leaves its `selection.json` there; one row per candidate (name, what
+    `candidates[name][0]` says it is, seconds, and that file's keys), in `<out_dir>/selection.json`, and
+    `table(rows)` in `<out_dir>/selection.md` and printed. Returns the rows."""
+    unknown = [name for name in names if name not in candidates]
+    if unknown:  # before anything trains
+        raise ValueError(f"unknown {kind} candidates {unknown}; valid: {', '.join(candidates)}")
     rows = []
     for name in names:
-        c = candidate_config(cfg, name, epochs, update_memory)
         directory = os.path.join(out_dir, name)
-        print(f"\n=== stage-3 candidate {name}: {CANDIDATES[name][0]}", file=out, flush=True)
+        print(f"\n=== {kind} candidate {name}: {candidates[name][0]}", file=out, flush=True)
         t0 = time.time()
-        run.run_stage3(c, info, out=out, stage3_dir=directory)
+        train(name, directory)
         with open(os.path.join(directory, "selection.json"), encoding="utf-8") as f:
             sel = json.load(f)
-        rows.append({"name": name, "what": CANDIDATES[name][0], "seconds": round(time.time() - t0, 1), **sel})
-    table = selection_table(rows, info.attribute_names)
+        rows.append({"name": name, "what": candidates[name][0], "seconds": round(time.time() - t0, 1), **sel})
+    markdown = table(rows)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "selection.md"), "w", encoding="utf-8") as f:
-        f.write(table)
+        f.write(markdown)
     with open(os.path.join(out_dir, "selection.json"), "w", encoding="utf-8") as f:
         json.dump(rows, f, indent=2)
-    print(table, file=out, flush=True)
+    print(markdown, file=out, flush=True)
     return rows
 
 
