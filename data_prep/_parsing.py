@@ -87,6 +87,20 @@ def parse_int(token: str, path: str, lineno: int, expected: str, line: str) -> i
         raise malformed(path, lineno, expected, line) from None
 
 
+def drop_duplicates(examples: list[Example]) -> tuple[list[Example], list[tuple[str, str, str]]]:
+    """Keeps each image's first row; a later one is skipped (reason `duplicate`, naming the row it
+    repeats): the same file listed twice, say in the train and the test list, would otherwise land in
+    two splits."""
+    kept, skipped, first = [], [], {}
+    for ex in examples:
+        if ex.image_id in first:
+            skipped.append(("duplicate", ex.image_id, f"{ex.where} repeats {first[ex.image_id]}"))
+        else:
+            first[ex.image_id] = ex.where
+            kept.append(ex)
+    return kept, skipped
+
+
 def drop_unlabelled(examples: list[Example]) -> tuple[list[Example], list[tuple[str, str, str]]]:
     """Splits off rows with no attribute labelled at all (reason `no_labels`): they can be neither a
     classification target nor part of a manipulation triplet, so they only cost disk and time."""

@@ -127,13 +127,12 @@ def convert(
             f"{input_dir}: no filenames_<split>.txt with label_<split>.txt for any split of {SPLITS}"
         )
     root = _parsing.find_image_root(input_dir, [r[0] for r in rows], ("", "images", "Images"))
-    examples, skipped, first_seen = [], [], {}
-    for rel, labels, where in rows:
-        if rel in first_seen:
-            skipped.append(("duplicate", rel, f"{where} repeats {first_seen[rel]}"))
-            continue
-        first_seen[rel] = where
-        examples.append(engine.Example(rel, labels, path=os.path.join(root, rel), where=where))
+    examples, skipped = _parsing.drop_duplicates(
+        [
+            engine.Example(rel, labels, path=os.path.join(root, rel), where=where)
+            for rel, labels, where in rows
+        ]
+    )
     attrs = attributes()
     extra = {
         "pooled_splits": used,

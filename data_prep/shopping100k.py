@@ -131,14 +131,12 @@ def convert(
         )
     root = _parsing.find_image_root(input_dir, [r[0] for r in rows], ("Images", ""))
 
-    examples, skipped, first_seen = [], [], {}
-    for rel, labels, where in rows:
-        # The same file listed twice (in train and test) would otherwise land in two splits.
-        if rel in first_seen:
-            skipped.append(("duplicate", rel, f"{where} repeats {first_seen[rel]}"))
-            continue
-        first_seen[rel] = where
-        examples.append(engine.Example(rel, labels, path=os.path.join(root, rel), where=where))
+    examples, skipped = _parsing.drop_duplicates(
+        [
+            engine.Example(rel, labels, path=os.path.join(root, rel), where=where)
+            for rel, labels, where in rows
+        ]
+    )
     attrs = attributes(sizes)
     extra = {
         "pooled_splits": used,

@@ -9,7 +9,8 @@ import os
 import fixtures_formats as fx
 import pytest
 
-from data_prep import celeba, darn, fashion_product, imaterialist, shopping100k
+from data_prep import _parsing, celeba, darn, fashion_product, imaterialist, shopping100k
+from fashionsearchnet_v2.data.convert import Example
 from fashionsearchnet_v2.data.schema import DatasetError, load_dataset_info
 
 SMALL = dict(num_query=1, num_gallery=2, seed=0, progress=False)
@@ -222,6 +223,17 @@ def test_darn_label_line():
         darn.parse_label_line("0 3 7", 3, "x", 2)
     with pytest.raises(DatasetError, match="image index 0..2"):
         darn.parse_label_line("3 0 1", 3, "x", 2)
+
+
+def test_a_file_listed_twice_keeps_its_first_row():
+    """DARN's and Shopping100k's lists may name one file in two splits: the first row is kept and every
+    later one is reported with the row it repeats, so one image never lands in two splits."""
+    rows = [Example("a.jpg", [0], where="train:1"), Example("b.jpg", [1], where="train:2"),
+            Example("a.jpg", [2], where="test:7"), Example("a.jpg", [3], where="test:9")]  # fmt: skip
+    kept, skipped = _parsing.drop_duplicates(rows)
+    assert [(ex.image_id, ex.labels) for ex in kept] == [("a.jpg", [0]), ("b.jpg", [1])]
+    assert skipped == [("duplicate", "a.jpg", "test:7 repeats train:1"),
+                       ("duplicate", "a.jpg", "test:9 repeats train:1")]  # fmt: skip
 
 
 def test_darn_convert(tmp_path):
