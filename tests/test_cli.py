@@ -216,3 +216,11 @@ def test_the_warmup_follows_the_optimiser_on_real_data(data_dir, tmp_path):
     result = _cli([json.dumps(cases)], tmp_path, code=WARMUP_DRIVER)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [100, 0, 7, 100, 0, 0]
+
+
+def test_table_1_refuses_an_unknown_variant_in_one_line_before_anything_else(tmp_path):
+    """`experiments.ablation --variants` names the flag, the unknown names and the valid ones, before it
+    looks for data (none here) or trains."""
+    result = _cli(["experiments.ablation", "--quick", "--variants=full,fulll"], tmp_path)
+    assert_one_error_line(result, "--variants ['fulll']", "valid:", "rank_lg")
+    assert not (tmp_path / "work").exists() and not (tmp_path / "data").exists()
