@@ -57,6 +57,13 @@ STAGE3_EPOCHS = flags.DEFINE_float("stage3_epochs", None, "Epochs of stage 3 (de
 LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "SGD learning rate (paper: 0.01).")
 MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Stop after this many steps (overrides --epochs).")
 ALEXNET_WEIGHTS = flags.DEFINE_string("alexnet_weights", None, "bvlc_alexnet.npy for conv1-conv4 (§4.1).")
+INIT_FROM = flags.DEFINE_string(
+    "init_from",
+    None,
+    "Start stage 1's backbone (conv1-conv7) from an earlier run's stage directory, e.g. "
+    "work/shop/seed0/stage2_rank_l (the attribute classifiers start fresh); instead of --alexnet_weights. "
+    "WORKSPACE.md decision 69.",
+)
 SEED = flags.DEFINE_integer(
     "seed", 0, "Seed of everything random in training; the run lives in <workdir>/seed<N>."
 )
@@ -480,6 +487,13 @@ def build_config(
     """The resolved config of one seed's run (`--seed` unless `seed` is given) and its dataset."""
     logging.set_verbosity(logging.WARNING)  # TensorFlow's per-save INFO lines drown the progress
     seed = SEED.value if seed is None else seed
+    if INIT_FROM.value is not None:
+        if stage not in GENERATES_DATASET:
+            fail(
+                f"--init_from is where stage 1 starts: pass it to experiments.stage1, main or ablation, not {stage}"
+            )
+        if ALEXNET_WEIGHTS.value:
+            fail("--alexnet_weights and --init_from both name stage 1's start: pass one")
     if STRATEGY.value == "multi_worker":
         if stage not in MULTI_WORKER_STAGES:
             fail(
@@ -497,7 +511,7 @@ def build_config(
     cfg = configs.ExperimentConfig(
         dataset=dataset, data_dir=data_dir, workdir=workdir, stage=stage, variant=variant,
         model=model, train=train, stage3=stage3, alexnet_weights=ALEXNET_WEIGHTS.value,
-        strategy=STRATEGY.value,
+        init_from=INIT_FROM.value, strategy=STRATEGY.value,
     )  # fmt: skip
     if QUICK.value:
         cfg = configs.quick(cfg)

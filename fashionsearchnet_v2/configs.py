@@ -295,6 +295,10 @@ class ExperimentConfig:
     stage3: Stage3Config = dataclasses.field(default_factory=Stage3Config)
     amnet: AmnetConfig = dataclasses.field(default_factory=AmnetConfig)
     alexnet_weights: str | None = None
+    # Stage 1's other start (decision 69): a stage directory of an earlier run (its stage1 or a
+    # stage2_<variant>), whose backbone conv1-conv7 stage 1 starts from; w_a start fresh. Not with
+    # alexnet_weights. Only a fresh stage 1 reads it (a resumed one continues its own checkpoint).
+    init_from: str | None = None
     strategy: str = "default"
     quick: bool = False
     # What the stage was trained on, recorded by training.run and checked by trained.provenance when it

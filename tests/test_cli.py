@@ -224,3 +224,13 @@ def test_table_1_refuses_an_unknown_variant_in_one_line_before_anything_else(tmp
     result = _cli(["experiments.ablation", "--quick", "--variants=full,fulll"], tmp_path)
     assert_one_error_line(result, "--variants ['fulll']", "valid:", "rank_lg")
     assert not (tmp_path / "work").exists() and not (tmp_path / "data").exists()
+
+
+def test_init_from_is_stage_1s_start_and_excludes_the_imagenet_start(tmp_path):
+    """`--init_from` (decision 69) goes to the entry points that train stage 1, and not with
+    `--alexnet_weights`: each misuse is one error line before anything is read."""
+    result = _cli(["experiments.stage2", "--quick", "--init_from=work/x/seed0/stage1"], tmp_path)
+    assert_one_error_line(result, "--init_from is where stage 1 starts", "not stage2")
+    both = ["experiments.stage1", "--quick", "--init_from=a", "--alexnet_weights=b.npy"]
+    assert_one_error_line(_cli(both, tmp_path), "--alexnet_weights and --init_from both")
+    assert not (tmp_path / "work").exists() and not (tmp_path / "data").exists()

@@ -89,6 +89,7 @@ def _train(task, cfg: ExperimentConfig, info, workdir: str, strategy, out):
     with stage_lock(workdir, cfg.stage, strategy) as lock:
         _say_taken_over(lock, cfg.stage, out)
         check_same_model(cfg, workdir, info)
+        cfg = _keep_the_start(cfg, workdir, out)
         cfg = provenance.stamp(cfg, info)
         if distribute.is_chief(strategy):
             cfg.write(workdir)
@@ -99,6 +100,21 @@ def _train(task, cfg: ExperimentConfig, info, workdir: str, strategy, out):
             deterministic_ops=cfg.train.deterministic_ops, loss_upper_bound=cfg.train.loss_upper_bound,
             loss_growth_limit=cfg.train.loss_growth_limit, out=out,
         ).run()  # fmt: skip
+
+
+def _keep_the_start(cfg: ExperimentConfig, workdir: str, out) -> ExperimentConfig:
+    """A resumed stage continues its own checkpoint: config.json keeps the start its first run recorded
+    (--alexnet_weights, --init_from), and a different one given now is said to be unread."""
+    old = configs.read_config(workdir)
+    if old is None or checkpoints.latest(os.path.join(workdir, "ckpt")) is None:
+        return cfg
+    start = {"alexnet_weights": old.alexnet_weights, "init_from": old.init_from}
+    for flag, first in start.items():
+        now = getattr(cfg, flag)
+        if now and now != first:
+            print(f"[{cfg.stage}] resuming: --{flag}={now} is not read, the stage continues its checkpoint "
+                  f"(its start: {first or 'none'})", file=out, flush=True)  # fmt: skip
+    return dataclasses.replace(cfg, **start)
 
 
 def resolve_precision(cfg: ExperimentConfig, out=sys.stdout) -> ExperimentConfig:

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fashionsearchnet_v2 import losses, precision
+from fashionsearchnet_v2 import configs, losses, precision
 from fashionsearchnet_v2.configs import ExperimentConfig
 from fashionsearchnet_v2.data import pipeline, records, schema
 from fashionsearchnet_v2.model import aam, backbone, network
@@ -195,10 +195,44 @@ class Stage1Task(_ClassificationTask):
         if t.warmup_steps:
             start += f"; lr warms up over {t.warmup_steps} steps"
         path = self.config.alexnet_weights
+        if self.config.init_from:
+            if path:
+                raise ValueError("--alexnet_weights and --init_from both name stage 1's start: pass one")
+            return self.initialize_from_earlier_run(model) + start
         if not path:
             return f"no --alexnet_weights: training from scratch (the paper starts from ImageNet up to conv4){start}"
         loaded = backbone.load_alexnet_weights(model, path)
         return f"loaded ImageNet weights for {', '.join(loaded)} from {path}; the rest starts fresh{start}"
+
+    def initialize_from_earlier_run(self, model) -> str:
+        """Restores the backbone (every stage-1 layer but w_a) from `config.init_from`, a stage directory
+        of an earlier run, through the checked partial restore stage 2 uses: its backbone settings must
+        be this run's (the image size may differ: convolutions do not depend on it)."""
+        source = self.config.init_from
+        what = f"--init_from={source}"
+        if checkpoints.latest(os.path.join(source, "ckpt")) is None:
+            raise checkpoints.RestoreError(
+                f"{what}: no checkpoint in {os.path.join(source, 'ckpt')}; expected a stage directory of "
+                "an earlier run, such as work/<dataset>/seed0/stage1 or .../stage2_rank_l"
+            )
+        earlier = configs.read_config(source)
+        if earlier is not None:
+            mismatched = [
+                f"{f}: {getattr(earlier.model, f)} there, {getattr(self.config.model, f)} here"
+                for f in BACKBONE_FIELDS
+                if f != "image_size" and getattr(earlier.model, f) != getattr(self.config.model, f)
+            ]
+            if mismatched:
+                raise checkpoints.RestoreError(
+                    f"{what}: its backbone differs from this run's ({'; '.join(mismatched)}); pass the "
+                    "same --batch_norm/--quick as the earlier run, or start from --alexnet_weights"
+                )
+        names = sorted(n for n in checkpoints.layer_dict(model) if n != "attribute_classifier")
+        path = checkpoints.restore_layers(model, os.path.join(source, "ckpt"), names, what)
+        return (
+            f"started {len(names)} backbone layers ({', '.join(names)}) from {path} (--init_from); "
+            "the attribute classifiers w_a start fresh"
+        )
 
     def train_step(self, model, optimizer, batch, step):
         labels = batch["labels"]
