@@ -276,3 +276,15 @@ def test_an_xla_compiled_step_computes_the_uncompiled_step():
     np.testing.assert_allclose(loss_a, loss_b, rtol=1e-4)
     for a, b in zip(weights_a, weights_b):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_a_run_shorter_than_an_epoch_says_which_fraction_of_one_it_ran(info, tmp_path):
+    """`--max_steps` below an epoch keeps the epoch's length (72 training images in batches of 8: 9
+    steps), so the progress line of step 4 says epoch 0.44, not 1.00."""
+    cfg = configs.quick(configs.ExperimentConfig(dataset="synthetic", workdir=str(tmp_path)))
+    assert info.splits["train"] == 72 and run.schedule(cfg.train, info) == (4, 9)
+    long = dataclasses.replace(cfg.train, max_steps=None, epochs=2.0)
+    assert run.schedule(long, info) == (18, 9)
+    log = io.StringIO()
+    run.run_stage1(cfg, info, out=log)
+    assert "step 4/4 (100%) epoch 0.44 " in log.getvalue(), log.getvalue()[-1500:]

@@ -25,10 +25,11 @@ from fashionsearchnet_v2.training import distribute, stages, trainer
 
 
 def schedule(train: configs.TrainConfig, info: schema.DatasetInfo) -> tuple[int, int]:
-    """(total steps, steps per epoch) of a stage."""
+    """(total steps, steps per epoch) of a stage. A `max_steps` shorter than an epoch leaves the epoch as
+    it is: the progress lines say which fraction of one ran (the last step ends the run's epoch anyway)."""
     per_epoch = pipeline.steps_per_epoch(info, train.batch_size)
     total = train.max_steps if train.max_steps else max(1, math.ceil(train.epochs * per_epoch))
-    return total, min(per_epoch, total)
+    return total, per_epoch
 
 
 def check_same_model(cfg: ExperimentConfig, workdir: str, info: schema.DatasetInfo | None = None) -> None:
