@@ -478,6 +478,22 @@ NON_NEGATIVE = {
     CACHE_DECODED_MIB.name: "0 switches the cache off",
     LOSS_UPPER_BOUND.name: "0 switches the check off",
     LOSS_GROWTH_LIMIT.name: "0 switches the check off",
+    MAX_STEPS.name: "0: the epochs decide",
+    LEARNING_RATE.name: "0 leaves the weights where they start",
+    STAGE3_LEARNING_RATE.name: "0 leaves stage 3 where it starts",
+    LAMBDA_C.name: "0 switches L_C off",
+    LAMBDA_T.name: "0 switches L_T off",
+    LAMBDA_TC.name: "0 switches L_TC off",
+}
+# Flags that must be above 0, with the smallest value that means something.
+AT_LEAST = {
+    IMAGE_SIZE.name: (
+        configs.MIN_IMAGE_SIZE,
+        "a smaller input leaves conv5 no grid at all; the paper's 227 gives 13 x 13",
+    ),
+    BATCH_SIZE.name: (1, "images per step"),
+    EPOCHS.name: (1e-9, "epochs of stages 1 and 2"),
+    STAGE3_EPOCHS.name: (1e-9, "epochs of stage 3"),
 }
 
 
@@ -523,6 +539,10 @@ def build_config(
             continue  # unset: the dataset's (or the schedule's) default
         if flag.name in NON_NEGATIVE and flag.value < 0:
             fail(f"--{flag.name} must be >= 0 ({NON_NEGATIVE[flag.name]}), got {flag.value:g}")
+        if flag.name in AT_LEAST and flag.value < AT_LEAST[flag.name][0]:
+            least, what = AT_LEAST[flag.name]
+            bound = f">= {least}" if least >= 1 else "> 0"
+            fail(f"--{flag.name} must be {bound} ({what}), got {flag.value:g}")
         for section, field in targets:
             fields[section][field] = flag.value
     m, t, s3 = fields["model"], fields["train"], fields["stage3"]

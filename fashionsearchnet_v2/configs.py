@@ -49,6 +49,11 @@ LABELS = {
 }
 
 
+#: The smallest input the backbone takes: conv1 (11 x 11, stride 4) and the two 3 x 3 / 2 max-pools leave
+#: conv5 a 1 x 1 grid at 35 px and none below (`model.backbone.feature_grid_size`).
+MIN_IMAGE_SIZE = 35
+
+
 @dataclasses.dataclass
 class ModelConfig:
     """The network of §3.1–3.3."""

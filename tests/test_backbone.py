@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from fashionsearchnet_v2.configs import ModelConfig
+from fashionsearchnet_v2.configs import MIN_IMAGE_SIZE, ModelConfig
 from fashionsearchnet_v2.model import backbone, network
 
 NUM_VALUES = [3, 2, 4]
@@ -24,6 +24,17 @@ def test_grid_size_matches_the_model():
     # conv5 keeps the paper's grouping: two halves of 16 maps (width 0.125 of 384 is 48 -> config 32).
     assert model.get_layer("conv5_g0").filters == 16 and model.get_layer("conv5_g1").filters == 16
     assert model.get_layer("conv7").filters == 48
+
+
+def test_the_smallest_input_leaves_conv5_one_cell_and_the_whole_network_runs_on_it():
+    """configs.MIN_IMAGE_SIZE, which `--image_size` is checked against, is the backbone's real bound."""
+    assert (
+        backbone.feature_grid_size(MIN_IMAGE_SIZE) == 1 and backbone.feature_grid_size(MIN_IMAGE_SIZE - 1) < 1
+    )
+    cfg = ModelConfig(image_size=MIN_IMAGE_SIZE, width=0.125, conv5_filters=32, conv67_filters=48,
+                      fc_sizes=(8,), fc10_size=4, roi_size=2)  # fmt: skip
+    out = network.build_network(NUM_VALUES, NAMES, cfg, "full")(np.zeros((2, 35, 35, 3), np.float32))
+    assert out["maps"].shape == (2, 3, 1, 1) and np.isfinite(out["fc10"].numpy()).all()
 
 
 def _fake_alexnet(path, conv2_shape=(5, 5, 48, 256)):

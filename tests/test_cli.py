@@ -234,3 +234,19 @@ def test_init_from_is_stage_1s_start_and_excludes_the_imagenet_start(tmp_path):
     both = ["experiments.stage1", "--quick", "--init_from=a", "--alexnet_weights=b.npy"]
     assert_one_error_line(_cli(both, tmp_path), "--alexnet_weights and --init_from both")
     assert not (tmp_path / "work").exists() and not (tmp_path / "data").exists()
+
+
+def test_a_size_count_or_rate_that_means_nothing_is_one_error_line(tmp_path):
+    """Numbers the network or the schedule cannot take are refused naming the flag and the bound,
+    before any data is read or generated (a negative size used to end in Keras's traceback)."""
+    cases = {
+        "--image_size=-5": "--image_size must be >= 35",
+        "--image_size=34": "--image_size must be >= 35",
+        "--batch_size=0": "--batch_size must be >= 1",
+        "--epochs=0": "--epochs must be > 0",
+        "--max_steps=-1": "--max_steps must be >= 0 (0: the epochs decide)",
+        "--learning_rate=-0.01": "--learning_rate must be >= 0",
+    }
+    for flag, message in cases.items():
+        assert_one_error_line(_cli(["experiments.stage1", "--quick", flag], tmp_path), message)
+    assert not (tmp_path / "work").exists() and not (tmp_path / "data").exists()
