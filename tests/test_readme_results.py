@@ -137,3 +137,38 @@ def test_readme_float32_main_job_figures_are_its_run_files():
     full, untrained = (load_row(folder, 0, variant, 20)["avg"] for variant in ("full", "rank_lg_untrained"))
     readme = text("README.md")
     assert f"printed Full {full:.3f} / untrained {untrained:.3f}" in readme
+
+
+#: docs/results.md's `--init_from` table (decision 69): the start of each row -> its docs/runs folder.
+INIT_FROM_ROWS = {
+    "| ImageNet conv1-conv4": "fpi-v2-imagenet",
+    "| v1's stage 2 (`--init_from`) | 3 + 3": "fpi-v2-from-v1",
+    "| v1's stage 2 (`--init_from`) | 1 + 1": "fpi-v2-from-v1-1epoch",
+}
+
+
+@pytest.mark.parametrize("start", sorted(INIT_FROM_ROWS))
+def test_init_from_table_is_what_its_run_files_give(start):
+    """Full, its untrained control, Full's gain and the paired difference against the ImageNet start
+    (seeds 0 and 1) are the numbers of docs/runs/init-from-fpi."""
+    lines = [ln for ln in text("docs", "results.md").splitlines() if ln.startswith(start)]
+    assert len(lines) == 1, f"docs/results.md: expected one row starting {start!r}, found {len(lines)}"
+    runs = os.path.join(ROOT, "docs", "runs", "init-from-fpi")
+
+    def rows(folder, variant):
+        found = [load_row(os.path.join(runs, folder), s, variant, 20) for s in (0, 1)]
+        assert None not in found, f"docs/runs/init-from-fpi/{folder}: a seed's {variant} is missing"
+        return found
+
+    full, untrained = rows(INIT_FROM_ROWS[start], "full"), rows(INIT_FROM_ROWS[start], "rank_lg_untrained")
+    cells = [
+        cell([r["avg"] for r in full]),
+        cell([r["avg"] for r in untrained]),
+        cell([r["gain"] for r in full], "+"),
+    ]
+    if INIT_FROM_ROWS[start] != "fpi-v2-imagenet":
+        base = rows("fpi-v2-imagenet", "full")
+        d = [r["avg"] - b["avg"] for r, b in zip(full, base)]
+        cells.append(f"{d[0]:+.3f} / {d[1]:+.3f} ({cell(d, '+')})")
+    missing = [c for c in cells if c not in lines[0]]
+    assert not missing, f"docs/results.md row {start!r} lacks {missing} (docs/runs/init-from-fpi)"
