@@ -150,13 +150,13 @@ INIT_FROM_ROWS = {
 @pytest.mark.parametrize("start", sorted(INIT_FROM_ROWS))
 def test_init_from_table_is_what_its_run_files_give(start):
     """Full, its untrained control, Full's gain and the paired difference against the ImageNet start
-    (seeds 0 and 1) are the numbers of docs/runs/init-from-fpi."""
+    (seeds 0, 1 and 2) are the numbers of docs/runs/init-from-fpi."""
     lines = [ln for ln in text("docs", "results.md").splitlines() if ln.startswith(start)]
     assert len(lines) == 1, f"docs/results.md: expected one row starting {start!r}, found {len(lines)}"
     runs = os.path.join(ROOT, "docs", "runs", "init-from-fpi")
 
     def rows(folder, variant):
-        found = [load_row(os.path.join(runs, folder), s, variant, 20) for s in (0, 1)]
+        found = [load_row(os.path.join(runs, folder), s, variant, 20) for s in (0, 1, 2)]
         assert None not in found, f"docs/runs/init-from-fpi/{folder}: a seed's {variant} is missing"
         return found
 
@@ -169,6 +169,6 @@ def test_init_from_table_is_what_its_run_files_give(start):
     if INIT_FROM_ROWS[start] != "fpi-v2-imagenet":
         base = rows("fpi-v2-imagenet", "full")
         d = [r["avg"] - b["avg"] for r, b in zip(full, base)]
-        cells.append(f"{d[0]:+.3f} / {d[1]:+.3f} ({cell(d, '+')})")
+        cells.append(" / ".join(f"{x:+.3f}" for x in d) + f" ({cell(d, '+')})")
     missing = [c for c in cells if c not in lines[0]]
     assert not missing, f"docs/results.md row {start!r} lacks {missing} (docs/runs/init-from-fpi)"
