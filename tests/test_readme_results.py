@@ -141,15 +141,16 @@ def test_readme_float32_main_job_figures_are_its_run_files():
 
 #: docs/results.md's `--init_from` table (decision 69): the start of each row -> its docs/runs folder.
 INIT_FROM_ROWS = {
-    "| ImageNet conv1-conv4": "fpi-v2-imagenet",
+    "| ImageNet conv1-conv4 (the recipe": "fpi-v2-imagenet",
     "| v1's stage 2 (`--init_from`) | 3 + 3": "fpi-v2-from-v1",
     "| v1's stage 2 (`--init_from`) | 1 + 1": "fpi-v2-from-v1-1epoch",
+    "| ImageNet conv1-conv4, twice the epochs": "fpi-v2-imagenet-6epochs",
 }
 
 
 @pytest.mark.parametrize("start", sorted(INIT_FROM_ROWS))
 def test_init_from_table_is_what_its_run_files_give(start):
-    """Full, its untrained control, Full's gain and the paired difference against the ImageNet start
+    """Full, its untrained control, Full's gain and both paired differences against the ImageNet start
     (seeds 0, 1 and 2) are the numbers of docs/runs/init-from-fpi."""
     lines = [ln for ln in text("docs", "results.md").splitlines() if ln.startswith(start)]
     assert len(lines) == 1, f"docs/results.md: expected one row starting {start!r}, found {len(lines)}"
@@ -167,8 +168,9 @@ def test_init_from_table_is_what_its_run_files_give(start):
         cell([r["gain"] for r in full], "+"),
     ]
     if INIT_FROM_ROWS[start] != "fpi-v2-imagenet":
-        base = rows("fpi-v2-imagenet", "full")
-        d = [r["avg"] - b["avg"] for r, b in zip(full, base)]
+        d = [r["avg"] - b["avg"] for r, b in zip(full, rows("fpi-v2-imagenet", "full"))]
         cells.append(" / ".join(f"{x:+.3f}" for x in d) + f" ({cell(d, '+')})")
+        d = [r["avg"] - b["avg"] for r, b in zip(untrained, rows("fpi-v2-imagenet", "rank_lg_untrained"))]
+        cells.append(f"| {cell(d, '+')} |")
     missing = [c for c in cells if c not in lines[0]]
     assert not missing, f"docs/results.md row {start!r} lacks {missing} (docs/runs/init-from-fpi)"
