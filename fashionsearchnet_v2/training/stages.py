@@ -33,6 +33,13 @@ BACKBONE_FIELDS = (
 )
 
 
+def backbone_differences(earlier, now, fields=BACKBONE_FIELDS) -> list[tuple[str, object, object]]:
+    """(field, earlier value, this value) for each of `fields` in which two ModelConfigs differ."""
+    return [
+        (f, getattr(earlier, f), getattr(now, f)) for f in fields if getattr(earlier, f) != getattr(now, f)
+    ]
+
+
 def per_attribute_accuracy(logits, labels, num_values):
     """logits [B, C], labels [B, A] -> (correct [A], labelled [A]) counts; unlabelled (-1) ignored."""
     correct, labelled = [], []
@@ -209,18 +216,18 @@ class Stage1Task(_ClassificationTask):
         of an earlier run, through the checked partial restore stage 2 uses: its backbone settings must
         be this run's (the image size may differ: convolutions do not depend on it)."""
         source = self.config.init_from
-        what = f"--init_from={source}"
-        if checkpoints.latest(os.path.join(source, "ckpt")) is None:
+        what, ckpt_dir = f"--init_from={source}", os.path.join(source, "ckpt")
+        if checkpoints.latest(ckpt_dir) is None:
             raise checkpoints.RestoreError(
-                f"{what}: no checkpoint in {os.path.join(source, 'ckpt')}; expected a stage directory of "
+                f"{what}: no checkpoint in {ckpt_dir}; expected a stage directory of "
                 "an earlier run, such as work/<dataset>/seed0/stage1 or .../stage2_rank_l"
             )
         earlier = configs.read_config(source)
         if earlier is not None:
+            fields = [f for f in BACKBONE_FIELDS if f != "image_size"]
             mismatched = [
-                f"{f}: {getattr(earlier.model, f)} there, {getattr(self.config.model, f)} here"
-                for f in BACKBONE_FIELDS
-                if f != "image_size" and getattr(earlier.model, f) != getattr(self.config.model, f)
+                f"{f}: {a} there, {b} here"
+                for f, a, b in backbone_differences(earlier.model, self.config.model, fields)
             ]
             if mismatched:
                 raise checkpoints.RestoreError(
@@ -228,7 +235,7 @@ class Stage1Task(_ClassificationTask):
                     "same --batch_norm/--quick as the earlier run, or start from --alexnet_weights"
                 )
         names = sorted(n for n in checkpoints.layer_dict(model) if n != "attribute_classifier")
-        path = checkpoints.restore_layers(model, os.path.join(source, "ckpt"), names, what)
+        path = checkpoints.restore_layers(model, ckpt_dir, names, what)
         return (
             f"started {len(names)} backbone layers ({', '.join(names)}) from {path} (--init_from); "
             "the attribute classifiers w_a start fresh"
@@ -268,9 +275,8 @@ class Stage2Task(_ClassificationTask):
         self.stage1_dir = stage1_dir
         if stage1_config is not None:
             mismatched = [
-                f"{f}: stage 1 {getattr(stage1_config.model, f)} vs {getattr(config.model, f)}"
-                for f in BACKBONE_FIELDS
-                if getattr(stage1_config.model, f) != getattr(config.model, f)
+                f"{f}: stage 1 {a} vs {b}"
+                for f, a, b in backbone_differences(stage1_config.model, config.model)
             ]
             if mismatched:
                 raise checkpoints.RestoreError(
