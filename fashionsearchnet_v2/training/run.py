@@ -32,12 +32,15 @@ def schedule(train: configs.TrainConfig, info: schema.DatasetInfo) -> tuple[int,
     return total, per_epoch
 
 
-def check_same_model(cfg: ExperimentConfig, workdir: str, info: schema.DatasetInfo | None = None) -> None:
+def check_same_model(
+    cfg: ExperimentConfig, workdir: str, info: schema.DatasetInfo | None = None
+) -> ExperimentConfig | None:
     """Resuming needs the model the checkpoints were made with, trained on this dataset (and a real run
-    does not resume a --quick one); say so instead of failing in restore."""
+    does not resume a --quick one); say so instead of failing in restore. Returns the stage's config.json
+    as its earlier run wrote it (None when it has not run)."""
     old = configs.read_config(workdir)
     if old is None or not os.path.isdir(os.path.join(workdir, "ckpt")):
-        return
+        return old
     if info is not None:
         provenance.check(old, info, workdir, quick=cfg.quick)
     diff = {
@@ -51,6 +54,7 @@ def check_same_model(cfg: ExperimentConfig, workdir: str, info: schema.DatasetIn
             f"{workdir} holds checkpoints of another model ({shown}). Use another --workdir, the same flags "
             "as before, or delete that directory to start over."
         )
+    return old
 
 
 def check_finished(directory: str, stage_cfg: ExperimentConfig, info: schema.DatasetInfo, what: str) -> None:
@@ -89,8 +93,8 @@ def _train(task, cfg: ExperimentConfig, info, workdir: str, strategy, out):
     integrity.check_records(info)
     with stage_lock(workdir, cfg.stage, strategy) as lock:
         _say_taken_over(lock, cfg.stage, out)
-        check_same_model(cfg, workdir, info)
-        cfg = _keep_the_start(cfg, workdir, out)
+        old = check_same_model(cfg, workdir, info)
+        cfg = _keep_the_start(cfg, old, workdir, out)
         cfg = provenance.stamp(cfg, info)
         if distribute.is_chief(strategy):
             cfg.write(workdir)
@@ -103,10 +107,11 @@ def _train(task, cfg: ExperimentConfig, info, workdir: str, strategy, out):
         ).run()  # fmt: skip
 
 
-def _keep_the_start(cfg: ExperimentConfig, workdir: str, out) -> ExperimentConfig:
+def _keep_the_start(
+    cfg: ExperimentConfig, old: ExperimentConfig | None, workdir: str, out
+) -> ExperimentConfig:
     """A resumed stage continues its own checkpoint: config.json keeps the start its first run recorded
-    (--alexnet_weights, --init_from), and a different one given now is said to be unread."""
-    old = configs.read_config(workdir)
+    in `old` (--alexnet_weights, --init_from), and a different one given now is said to be unread."""
     if old is None or checkpoints.latest(os.path.join(workdir, "ckpt")) is None:
         return cfg
     start = {"alexnet_weights": old.alexnet_weights, "init_from": old.init_from}
