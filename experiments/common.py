@@ -485,16 +485,16 @@ NON_NEGATIVE = {
     LAMBDA_T.name: "0 switches L_T off",
     LAMBDA_TC.name: "0 switches L_TC off",
 }
-# Flags that must be above 0, with the smallest value that means something.
+# Counts with the smallest value that means something, and what they count.
 AT_LEAST = {
     IMAGE_SIZE.name: (
         configs.MIN_IMAGE_SIZE,
         "a smaller input leaves conv5 no grid at all; the paper's 227 gives 13 x 13",
     ),
     BATCH_SIZE.name: (1, "images per step"),
-    EPOCHS.name: (1e-9, "epochs of stages 1 and 2"),
-    STAGE3_EPOCHS.name: (1e-9, "epochs of stage 3"),
 }
+# Flags that must be above 0, with what they are.
+POSITIVE = {EPOCHS.name: "epochs of stages 1 and 2", STAGE3_EPOCHS.name: "epochs of stage 3"}
 
 
 def build_config(
@@ -541,8 +541,9 @@ def build_config(
             fail(f"--{flag.name} must be >= 0 ({NON_NEGATIVE[flag.name]}), got {flag.value:g}")
         if flag.name in AT_LEAST and flag.value < AT_LEAST[flag.name][0]:
             least, what = AT_LEAST[flag.name]
-            bound = f">= {least}" if least >= 1 else "> 0"
-            fail(f"--{flag.name} must be {bound} ({what}), got {flag.value:g}")
+            fail(f"--{flag.name} must be >= {least} ({what}), got {flag.value:g}")
+        if flag.name in POSITIVE and flag.value <= 0:
+            fail(f"--{flag.name} must be > 0 ({POSITIVE[flag.name]}), got {flag.value:g}")
         for section, field in targets:
             fields[section][field] = flag.value
     m, t, s3 = fields["model"], fields["train"], fields["stage3"]
