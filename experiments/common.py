@@ -84,7 +84,7 @@ SCHEDULE = flags.DEFINE_enum(
     "schedule",
     "default",
     ["default", "paper"],
-    "'paper': 227 px, 12/12/2 epochs, batch 32, whatever the dataset.",
+    "'paper': 227 px, LRN, SGD 0.01, 12 + 12 epochs (stage 3: decision 62's 6), batch 32, whatever the dataset.",
 )
 BATCH_NORM = flags.DEFINE_bool(
     "batch_norm",
@@ -133,8 +133,9 @@ CLASSIFIER_INIT = flags.DEFINE_enum(
 PAPER_STAGE3 = flags.DEFINE_bool(
     "paper_stage3",
     False,
-    "Stage 3 exactly as the paper writes it (random w_r, raw F, random negatives, SGD 0.01, 2 epochs, the "
-    "last step kept) instead of the settings chosen on the validation split (WORKSPACE.md decision 62).",
+    "Stage 3 as the paper writes it (random w_r, raw F, random negatives, SGD 0.01, 2 epochs, the "
+    "last step kept) instead of the settings chosen on the validation split, on the same training images "
+    "(the validation fifth stays out of M and the triplets; WORKSPACE.md decision 62).",
 )
 OLD_AMNET = flags.DEFINE_bool(
     "old_amnet",
@@ -157,7 +158,8 @@ W_R_INIT = flags.DEFINE_enum(
 NORMALIZE_GLOBAL = flags.DEFINE_bool(
     "normalize_global",
     None,
-    "Stage 3: unit-norm global representation F, so L_G's soft triplet does not saturate (default true).",
+    "Stage 3: unit-norm global representation F (default false: raw F, as Eq. 7 and decision 62; unit F "
+    "is decision 57's, superseded).",
 )
 LAMBDA_C = flags.DEFINE_float("lambda_c", None, "Eq. 9 weight of L_C.")
 LAMBDA_T = flags.DEFINE_float("lambda_t", None, "Eq. 9 weight of L_T (paper: 1.5).")

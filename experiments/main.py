@@ -2,7 +2,7 @@
 
     python -m experiments.main                       # embedded default, minutes on 2 CPU cores
     python -m experiments.main --seeds=0,1,2         # three seeds, mean ± std per cell
-    python -m experiments.main --schedule=paper      # the paper's 227 px, 12/12/2 epochs
+    python -m experiments.main --schedule=paper      # the paper's 227 px, 12 + 12 epochs
 
 Generates the embedded dataset if needed, trains stage 1, stage 2 and stage 3 (Full), evaluates it with
 the paper's protocol beside its baselines, the same searches with the query not manipulated (the

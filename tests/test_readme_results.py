@@ -1,4 +1,4 @@
-"""README's result rows and docs/celeba.md's tables whose run files are kept in docs/runs are the numbers
+"""README's result rows and the tables in docs/ whose run files are kept in docs/runs are the numbers
 those files give.
 
 README's Results table is typed by hand; the main job's and the CelebA rows' evaluations are kept in
@@ -8,6 +8,7 @@ prints) of the seeds the row names, so that a rerun that changes the files, or a
 cannot leave the two apart.
 """
 
+import json
 import os
 import re
 import sys
@@ -174,3 +175,35 @@ def test_init_from_table_is_what_its_run_files_give(start):
         cells.append(f"| {cell(d, '+')} |")
     missing = [c for c in cells if c not in lines[0]]
     assert not missing, f"docs/results.md row {start!r} lacks {missing} (docs/runs/init-from-fpi)"
+
+
+def localization_rows(page):
+    """{attribute: its four numbers} of the table under `page`'s "**Localization on the embedded default**"."""
+    lines = page.split("**Localization on the embedded default**", 1)[1].splitlines()
+    table = lines[next(i for i, ln in enumerate(lines) if ln.startswith("| attribute")) :]
+    rows = {}
+    for ln in table[2:]:
+        if not ln.startswith("| "):
+            break
+        cells = [c.strip() for c in ln.strip().strip("|").split("|")]
+        rows[cells[0].split(" (")[0]] = cells[1:]
+    return rows
+
+
+def test_localization_table_is_the_kept_main_job_run():
+    """docs/results.md's localization table (hit rate, chance, covers, chance) is the `localization`
+    block of the kept main job's seed 0 (docs/runs/main-job), every attribute and the mean."""
+    path = os.path.join(ROOT, "docs", "runs", "main-job", "seed0", "eval", "full", "results.json")
+    with open(path, encoding="utf-8") as f:
+        report = json.load(f)["localization"]
+    keys = ("hit_rate", "chance", "covers", "covers_chance")
+    expected = {name: [f"{r[k]:.3f}" for k in keys] for name, r in report.items()}
+    assert localization_rows(text("docs", "results.md")) == expected
+
+
+def test_a_changed_localization_number_is_caught():
+    """The table reader sees one changed cell (so the test above can fail)."""
+    page = text("docs", "results.md")
+    rows = localization_rows(page)
+    changed = localization_rows(page.replace(f"| {rows['front'][0]} |", "| 0.111 |", 1))
+    assert changed["front"][0] == "0.111" and changed != rows

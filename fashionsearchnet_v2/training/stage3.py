@@ -1,7 +1,7 @@
 """Stage 3 (§3.3, Eq. 7–8): global representation learning with L_G on fixed attribute representations.
 
-The stage-2 network embeds the training split once; a tenth of it (by id hash) is set aside as the
-validation split (`retrieval.validation`). The memory block M starts as the per-value means of the rest
+The stage-2 network embeds the training split once; a fifth of it (by id hash, decision 59) is set aside as
+the validation split (`retrieval.validation`). The memory block M starts as the per-value means of the rest
 (§3.3) and λ, w_r (and M with update_memory, the paper's Full) are trained with the global ranking
 loss. Triplets: the query is a training image with one attribute changed to another value (an epoch walks
 every such manipulation that has a positive, §3.3); the positive has exactly the target attributes
