@@ -219,6 +219,23 @@ def convert(
     missing_marks = {""} | {u.strip() for u in unlabelled}
 
     held, skipped = _rows_with_images(rows, csv_path, root, image_column, image_pattern, filled, id_column)
+    missing = [path for reason, _, path in skipped if reason in ("missing", "empty")]
+    # Most images not found: they were likely looked for under the wrong folder. Said first, since every
+    # count after this (values, split sizes) would only be a symptom of it.
+    not_found = (
+        f"{len(missing)} of {len(rows)} rows' images were not found or empty (e.g. {missing[0]}); paths are "
+        f"read relative to {root} (--image_root to change, or --image_pattern)"
+        if missing and len(missing) >= len(held)
+        else ""
+    )
+    if not held:
+        reasons = ", ".join(
+            f"{n} {r}" for r, n in collections.Counter(r for r, _, _ in skipped).most_common()
+        )
+        raise DatasetError(
+            f"{csv_path}: none of its {len(rows)} rows has a usable image ({reasons or 'no rows'})"
+            + (f"; {not_found}" if not_found else "")
+        )
     skipped = bad + skipped
     cells = {a: [] for a in attributes}  # counted over the images the dataset will hold
     for *_, row in held:
@@ -233,6 +250,7 @@ def convert(
             raise DatasetError(
                 f"attribute {a!r} has {len(values)} value(s) {list(values)} after grouping (--min_count={min_count}):"
                 " nothing to classify or to change; drop it from --attributes or lower --min_count"
+                + (f". But first: {not_found}" if not_found else "")
             )
         attrs.append(Attribute(a, values))
         mappings[a], extra_counts[a] = mapping, counts

@@ -27,7 +27,7 @@ def run(convert, needs_input: bool = True) -> None:
     `error:` line."""
 
     def main(argv):
-        del argv
+        refuse_stray_arguments(argv)
         if needs_input and not INPUT_DIR.value:
             raise app.UsageError("--input_dir is required")
         if not OUTPUT_DIR.value:
@@ -46,6 +46,13 @@ def run(convert, needs_input: bool = True) -> None:
         print(f"report: {info.report}")
 
     app.run(main)
+
+
+def refuse_stray_arguments(argv) -> None:
+    """Words beside the flags (absl's `argv[1:]`) end the process with one `error:` line naming them."""
+    if len(argv) > 1:
+        print(f"error: {errors.stray_arguments(argv[1:], sys.argv)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def one_error_line(fn, *args, **kwargs):

@@ -87,7 +87,7 @@ def subset(
 
 
 def main(argv):
-    del argv
+    common.refuse_stray_arguments(argv)
     for flag in (common.INPUT_DIR, common.OUTPUT_DIR, TRAIN_IMAGES):
         if flag.value is None:
             raise app.UsageError(f"--{flag.name} is required")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import re
 import sys
@@ -199,7 +200,7 @@ def precision_flag() -> str:
 
 
 def seed_list() -> list[int]:
-    """`--seeds` as ints (default: [--seed]); a malformed list is a usage error."""
+    """`--seeds` as ints (default: [--seed]); a malformed list or a negative seed is a usage error."""
     if not SEEDS.value:
         return [SEED.value]
     try:
@@ -208,7 +209,17 @@ def seed_list() -> list[int]:
         fail(f"--seeds must be comma-separated integers, got {','.join(SEEDS.value)!r}")
     if len(set(seeds)) != len(seeds):
         fail(f"--seeds lists a seed twice: {seeds}")
+    if min(seeds) < 0:
+        fail(f"--seeds must be >= 0 (each seeds Python, NumPy and TensorFlow), got {seeds}")
     return seeds
+
+
+def check_variants(names, valid) -> None:
+    """`--variants` against the rows an entry point can produce: an unknown name is a usage error, before
+    any data is read or anything trains."""
+    unknown = [v for v in names if v not in valid]
+    if unknown:
+        fail(f"unknown --variants {unknown}; valid: {', '.join(valid)}")
 
 
 # Entry points that may run on several workers: the stages trained with tf.distribute. Stage 3 trains a few
@@ -232,11 +243,22 @@ def user_error(e: BaseException) -> str | None:
     return errors.user_message(e)
 
 
-def guarded(main):
-    """`main` with the failures of `user_error` turned into one `error:` line and exit status 2."""
+def refuse_stray_arguments(argv) -> None:
+    """Words beside the flags (absl's `argv[1:]`) are a usage error naming them (errors.stray_arguments)."""
+    if len(argv) > 1:
+        from fashionsearchnet_v2 import errors
+
+        fail(errors.stray_arguments(argv[1:], sys.argv))
+
+
+def guarded(main, extra_args: bool = False):
+    """`main` with the failures of `user_error` turned into one `error:` line and exit status 2. Words left
+    after the flags are refused unless `extra_args` (an entry point that reads what follows `--`)."""
 
     @functools.wraps(main)
     def wrapper(argv):
+        if not extra_args:
+            refuse_stray_arguments(argv)
         try:
             use_seed_directory()
             return main(argv)
@@ -251,9 +273,9 @@ def guarded(main):
     return wrapper
 
 
-def run(main) -> None:
+def run(main, extra_args: bool = False) -> None:
     """`absl.app.run(main)` for an entry point, with its failures reported as `guarded` says."""
-    app.run(guarded(main))
+    app.run(guarded(main, extra_args))
 
 
 def seed_workdir(workdir: str, seed: int) -> str:
@@ -422,10 +444,25 @@ def missing_dataset_message(dirs: Dirs, quick: bool, stage1_dir: str | None = No
     """One line: which dataset directory is missing, who expects it there, and how to make or point to it
     (`stage1_dir`: the seed's stage 1, named when it is missing too)."""
     dataset, data_dir = dirs.dataset, dirs.data_dir
-    if not os.path.isdir(data_dir):
+    if os.path.isfile(data_dir):
+        what = "is a file, not a converted dataset's directory"
+    elif not os.path.isdir(data_dir):
         what = "does not exist"
     else:
         what = f"holds {sorted(os.listdir(data_dir))[:5] or 'nothing'} but no {schema.DATASET_JSON}"
+    if dirs.given and (os.path.isfile(data_dir) or (os.path.isdir(data_dir) and os.listdir(data_dir))):
+        # The user's own path, there but not converted (a CSV, raw downloads): converting writes elsewhere.
+        raw = (
+            f"`python -m data_prep.catalog --csv={data_dir} --image_column=COL --attributes=A,B "
+            "--output_dir=data/NAME`"
+            if data_dir.lower().endswith((".csv", ".tsv", ".txt"))
+            else f"`python -m data_prep.<name> --input_dir={data_dir} --output_dir=data/NAME` (or "
+            "`data_prep.catalog --csv=...` for a catalogue of your own)"
+        )
+        return (
+            f"{data_dir} (--data_dir) {what}: --data_dir takes a converted dataset ({schema.DATASET_JSON} "
+            f"and TFRecord shards); convert it with {raw}, then pass --data_dir=data/NAME"
+        )
     if dataset == "synthetic" and quick:
         how = (
             f"`python -m experiments.stage1 --quick --data_dir={data_dir}` generates it again, byte for byte"
@@ -504,7 +541,12 @@ def build_config(
 ) -> tuple[configs.ExperimentConfig, schema.DatasetInfo]:
     """The resolved config of one seed's run (`--seed` unless `seed` is given) and its dataset."""
     logging.set_verbosity(logging.WARNING)  # TensorFlow's per-save INFO lines drown the progress
+    if seed is None and SEEDS.value:
+        fail(f"--seeds is for experiments.main and experiments.ablation (a table over seeds); {stage} runs "
+             f"one seed: pass --seed=N (one command per seed)")  # fmt: skip
     seed = SEED.value if seed is None else seed
+    if seed < 0:
+        fail(f"--seed must be >= 0 (it seeds Python, NumPy and TensorFlow), got {seed}")
     if INIT_FROM.value is not None:
         if stage not in GENERATES_DATASET:
             fail(
@@ -539,6 +581,8 @@ def build_config(
     for flag, targets in FLAG_FIELDS:
         if flag.value is None:
             continue  # unset: the dataset's (or the schedule's) default
+        if isinstance(flag.value, float) and not math.isfinite(flag.value):
+            fail(f"--{flag.name} must be a finite number, got {flag.value}")
         if flag.name in NON_NEGATIVE and flag.value < 0:
             fail(f"--{flag.name} must be >= 0 ({NON_NEGATIVE[flag.name]}), got {flag.value:g}")
         if flag.name in AT_LEAST and flag.value < AT_LEAST[flag.name][0]:

@@ -66,6 +66,8 @@ def main(argv):
             "give exactly one of --split (a dataset split), --images (a folder) or --embeddings (the output "
             "of experiments.embed_beam)"
         )
+    if BATCH.value < 1:
+        common.fail(f"--embed_batch must be >= 1, got {BATCH.value}")
     if REUSE.value is not None and EMBEDDINGS.value is not None:
         common.fail(
             "--reuse takes the vectors of an earlier index for --images or --split; --embeddings embeds nothing"

@@ -18,6 +18,7 @@ import os
 from absl import flags
 
 from experiments import common
+from fashionsearchnet_v2 import configs
 
 VARIANTS = flags.DEFINE_list(
     "variants",
@@ -29,6 +30,7 @@ VARIANTS = flags.DEFINE_list(
 
 def main(argv):
     del argv
+    common.check_variants(VARIANTS.value, configs.VARIANTS)
     cfgs, info = common.build_configs("main", variant="rank_l")
     from fashionsearchnet_v2.training import ablation
 

@@ -13,6 +13,8 @@ index: the files; a split index: the dataset's records; --data_dir when the data
 and request formats: fashionsearchnet_v2/serving/service.py and docs/serving.md.
 """
 
+import math
+import socket
 import sys
 
 from absl import app, flags
@@ -91,15 +93,45 @@ def build_searcher() -> service.Searcher:
         common.fail(str(e))
 
 
+def check_limits() -> None:
+    """The service's numbers, before anything loads: a limit of 0 would refuse every request."""
+    for flag in (MAX_UPLOAD_BYTES, MAX_PIXELS, MAX_TOP_K, MAX_BATCH):
+        if flag.value < 1:
+            common.fail(f"--{flag.name} must be >= 1, got {flag.value}")
+    if not (GATHER_MS.value >= 0 and math.isfinite(GATHER_MS.value)):
+        common.fail(f"--gather_ms must be a finite number >= 0, got {GATHER_MS.value}")
+    if BLAS_THREADS.value < 0:
+        common.fail(f"--blas_threads must be >= 0, got {BLAS_THREADS.value}")
+    if not 0 <= PORT.value <= 65535:
+        common.fail(f"--port must be in 0..65535, got {PORT.value}")
+
+
+def check_port_free() -> None:
+    """Binds --host:--port once and lets go, so a port in use is one error line before the model loads
+    (uvicorn would log it after minutes of loading and exit 3)."""
+    try:
+        infos = socket.getaddrinfo(HOST.value, PORT.value, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        common.fail(f"--host={HOST.value}: not an address of this machine ({e})")
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as e:
+            common.fail(f"--host={HOST.value} --port={PORT.value}: cannot listen there ({e.strerror}); "
+                        "another service may hold it: pick another --port")  # fmt: skip
+
+
 def main(argv):
-    del argv
+    common.refuse_stray_arguments(argv)
     try:
         import threadpoolctl
         import uvicorn
     except ImportError:
         common.fail("the service needs FastAPI, uvicorn and threadpoolctl: pip install -e .[web]")
-    if BLAS_THREADS.value < 0:
-        common.fail(f"--blas_threads must be >= 0, got {BLAS_THREADS.value}")
+    check_limits()
+    check_port_free()
     if BLAS_THREADS.value:
         # For the whole process: its BLAS products are the ranking's, small beside the model. Two BLAS
         # threads spinning after each ranking took a core from the next `embed` (8 ms of a 20-ms search).

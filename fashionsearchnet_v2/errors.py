@@ -36,6 +36,10 @@ def user_message(e: BaseException) -> str | None:
     from fashionsearchnet_v2.training.guard import DivergenceError
 
     known = (DatasetError, RestoreError, DivergenceError, LockError)
+    if "fashionsearchnet_v2.model.backbone" in sys.modules:  # --alexnet_weights refused (missing, malformed)
+        from fashionsearchnet_v2.model import backbone
+
+        known += (backbone.WeightsError,)
     if "fashionsearchnet_v2.serving.export" in sys.modules:
         from fashionsearchnet_v2.serving import export
 
@@ -68,3 +72,23 @@ def user_message(e: BaseException) -> str | None:
         if isinstance(e, tf.errors.InvalidArgumentError) and _SIGNATURE_MESSAGE.search(message):
             return message
     return None
+
+
+_BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0", "t", "f")
+
+
+def stray_arguments(stray, command_line) -> str:
+    """The message for words an entry point got beside its flags (`stray`: what absl left after parsing
+    `command_line`, sys.argv). A value after a bool flag (`--update_memory false`) is the likely slip: absl
+    reads the flag as given, true, and leaves the value over, so that case names the flag to write."""
+    words = " ".join(repr(w) for w in stray)
+    line = list(command_line)
+    for word in stray:
+        at = line.index(word) if word in line else -1
+        before = line[at - 1] if at > 0 else ""
+        if word.lower() in _BOOL_WORDS and re.fullmatch(r"--\w+", before):
+            name = before[2:]
+            return (f"unexpected argument {word!r} after {before}: a bool flag takes no separate value; "
+                    f"write {before}={word} (or --{name} / --no{name})")  # fmt: skip
+    return (f"unexpected argument(s) {words}: every option is a flag, --name=value "
+            f"(a bool flag: --name or --noname); --helpfull lists them")  # fmt: skip

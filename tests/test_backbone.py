@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from fashionsearchnet_v2.configs import MIN_IMAGE_SIZE, ModelConfig
 from fashionsearchnet_v2.model import backbone, network
@@ -111,5 +112,8 @@ def test_loaded_network_computes_the_imagenet_function_at_either_input_scale(tmp
         probe = keras.Model(model.input, model.get_layer("conv1").output)
         outs.append(probe(pixels).numpy())
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-3)
-    w = data["conv1"][0]
-    assert np.abs(outs[0]).max() > 0 and w.shape == (11, 11, 3, 96)
+    # ... and that is the ImageNet file's conv1 itself: ReLU(pixels * W + b), stride 4, no padding.
+    w, b = data["conv1"]
+    want = tf.nn.relu(tf.nn.conv2d(pixels, w, strides=4, padding="VALID") + b).numpy()
+    assert want.shape == outs[0].shape and (want > 0).mean() > 0.2
+    np.testing.assert_allclose(outs[0], want, rtol=1e-4, atol=1e-2)

@@ -225,3 +225,27 @@ def test_catalog_skips_and_lists_malformed_rows_when_asked(tmp_path):
     report = (tmp_path / "out" / "conversion_report.txt").read_text()
     assert "malformed\t\t" in report and "products.csv:9: malformed line: expected 4 fields" in report
     assert "(6 fields)" in report
+
+
+def test_images_looked_for_in_the_wrong_folder_are_named_before_any_count(tmp_path):
+    """Paths read against the wrong root: the error says the images were not found, where they were
+    looked for and which flag moves it, not the value or split counts that follow from it."""
+    rows = [[f"P{i}", f"p{i}.jpg", ["red", "blue"][i % 2], "long"] for i in range(8)]
+    elsewhere = tmp_path / "pictures"
+    os.makedirs(elsewhere)
+    for i in range(8):
+        cv2.imwrite(str(elsewhere / f"p{i}.jpg"), np.full((16, 16, 3), 30 * i, np.uint8))
+    path = _write(tmp_path, rows, images=False)
+    root = os.path.dirname(os.path.abspath(path))
+    expected = rf"none of its 8 rows has a usable image \(8 missing\); 8 of 8 rows' images were not found or empty \(e\.g\. {root}/p0\.jpg\); paths are read relative to {root} \(--image_root"
+    with pytest.raises(DatasetError, match=expected):
+        catalog.convert(path, str(tmp_path / "o"), image_column="image", attributes=["colour"], **SMALL)
+    # Two of eight found: the value count fails first, and says what to look at before it.
+    for i in (0, 1):
+        cv2.imwrite(str(tmp_path / f"p{i}.jpg"), np.full((16, 16, 3), 30 * i, np.uint8))
+    with pytest.raises(
+        DatasetError, match=r"'colour' has 1 value.*But first: 6 of 8 rows' images were not found"
+    ):
+        catalog.convert(path, str(tmp_path / "o"), image_column="image", attributes=["colour"], min_count=2,
+                        **SMALL)  # fmt: skip
+    assert not os.path.exists(tmp_path / "o")

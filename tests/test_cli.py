@@ -69,7 +69,7 @@ def test_readme_stage_sequence_with_quick(tmp_path):
     assert_one_error_line(real, "data/synthetic-quick was written by a --quick smoke check")
 
 
-def test_divergence_is_one_error_line_and_leaves_a_finite_checkpoint(data_dir, tmp_path):
+def test_divergence_is_one_error_line_and_keeps_only_finite_checkpoints(data_dir, tmp_path):
     """The issue's probe: stage 1 with --learning_rate=1e4 (SGD with momentum, as it was run) used to exit 0
     with inf BatchNorm variances."""
     result = _cli(["experiments.stage1", "--quick", f"--data_dir={data_dir}", "--workdir=w", "--learning_rate=1e4",
@@ -83,6 +83,8 @@ def test_divergence_is_one_error_line_and_leaves_a_finite_checkpoint(data_dir, t
         for name in reader.get_variable_to_shape_map():
             value = reader.get_tensor(name)
             assert not hasattr(value, "dtype") or value.dtype.kind != "f" or (abs(value) < float("inf")).all()
+    else:  # diverged before the first save (step 2 here): nothing of it is kept, and the line says so
+        assert "no checkpoint was written" in line
 
 
 def test_a_finite_explosion_is_one_error_line(data_dir, tmp_path):
@@ -246,7 +248,86 @@ def test_a_size_count_or_rate_that_means_nothing_is_one_error_line(tmp_path):
         "--epochs=0": "--epochs must be > 0",
         "--max_steps=-1": "--max_steps must be >= 0 (0: the epochs decide)",
         "--learning_rate=-0.01": "--learning_rate must be >= 0",
+        "--epochs=nan": "--epochs must be a finite number, got nan",
+        "--learning_rate=inf": "--learning_rate must be a finite number, got inf",
+        "--seed=-1": "--seed must be >= 0",
     }
     for flag, message in cases.items():
         assert_one_error_line(_cli(["experiments.stage1", "--quick", flag], tmp_path), message)
+    seeds = _cli(["experiments.main", "--quick", "--seeds=0,-2"], tmp_path)
+    assert_one_error_line(
+        seeds, "--seeds must be >= 0 (each seeds Python, NumPy and TensorFlow), got [0, -2]"
+    )
+    # --seeds makes a table over seeds; a single stage used to train --seed's alone and say nothing.
+    one = _cli(["experiments.stage1", "--quick", "--seeds=0,1"], tmp_path)
+    assert_one_error_line(one, "--seeds is for experiments.main and experiments.ablation", "pass --seed=N")
     assert not (tmp_path / "work").exists() and not (tmp_path / "data").exists()
+
+
+def test_a_word_beside_the_flags_is_one_error_line(tmp_path):
+    """absl reads `--update_memory false` as --update_memory (true) plus a stray word, which every entry
+    point used to drop: stage 3 would train Full where Rank-LG was asked. Now the stray word is refused,
+    naming the bool flag's spellings, in the experiments, the converters and the service alike."""
+    bool_value = _cli(["experiments.stage3", "--quick", "--update_memory", "false"], tmp_path)
+    assert_one_error_line(bool_value, "unexpected argument 'false' after --update_memory",
+                          "--update_memory=false (or --update_memory / --noupdate_memory)")  # fmt: skip
+    stray = _cli(["experiments.evaluate", "--quick", "data/shop"], tmp_path)
+    assert_one_error_line(stray, "unexpected argument(s) 'data/shop'", "--name=value")
+    converter = _cli(["data_prep.synthetic", "--output_dir=d", "--overwrite", "no"], tmp_path)
+    assert_one_error_line(converter, "unexpected argument 'no' after --overwrite")
+    serve = _cli(["experiments.serve", "--export_dir=e", "--index=i.npz", "extra"], tmp_path)
+    assert_one_error_line(serve, "unexpected argument(s) 'extra'")
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_main_refuses_an_unknown_variant_before_anything_else(tmp_path):
+    """`experiments.main --variants=ful` used to end in a KeyError after the data was generated (and, with
+    `full,ful`, after Full had trained)."""
+    result = _cli(["experiments.main", "--quick", "--variants=full,ful"], tmp_path)
+    assert_one_error_line(result, "unknown --variants ['ful']; valid:", "rank_lg_untrained")
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_missing_imagenet_weights_are_one_error_line(data_dir, tmp_path):
+    """A `--alexnet_weights` file that is not there ended in WeightsError's traceback (exit 1)."""
+    result = _cli(["experiments.stage1", "--quick", f"--data_dir={data_dir}", "--workdir=w",
+                   "--alexnet_weights=nope/bvlc_alexnet.npy"], tmp_path)  # fmt: skip
+    assert_one_error_line(result, "--alexnet_weights: nope/bvlc_alexnet.npy does not exist")
+
+
+def test_a_file_or_a_raw_folder_as_data_dir_says_to_convert_it_elsewhere(tmp_path):
+    """--data_dir pointing at a CSV or at raw downloads used to be called missing, with a suggestion to
+    generate the embedded dataset into that very path."""
+    (tmp_path / "products.csv").write_text("sku,image\n")
+    csv_file = _cli(["experiments.evaluate", "--data_dir=products.csv"], tmp_path)
+    assert_one_error_line(csv_file, "products.csv (--data_dir) is a file, not a converted dataset's directory",
+                          "data_prep.catalog --csv=products.csv")  # fmt: skip
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "list_attr_celeba.txt").write_text("")
+    raw = _cli(["experiments.evaluate", "--data_dir=raw"], tmp_path)
+    assert_one_error_line(raw, "raw (--data_dir) holds ['list_attr_celeba.txt'] but no dataset.json",
+                          "data_prep.<name> --input_dir=raw --output_dir=data/NAME")  # fmt: skip
+    assert sorted(os.listdir(tmp_path)) == ["products.csv", "raw"]
+
+
+def test_service_limits_and_a_busy_port_are_one_error_line_before_the_model_loads(tmp_path):
+    """A limit of 0 refused every request after start-up; a port in use was uvicorn's log line and exit
+    3 after the model had loaded. Both are now one error line, before anything is read (the export and
+    index named here do not exist)."""
+    base = ["experiments.serve", "--export_dir=nope", "--index=nope.npz"]
+    assert_one_error_line(_cli([*base, "--max_top_k=0"], tmp_path), "--max_top_k must be >= 1, got 0")
+    assert_one_error_line(_cli([*base, "--gather_ms=nan"], tmp_path), "--gather_ms must be a finite number")
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = _cli([*base, f"--port={port}"], tmp_path)
+    assert_one_error_line(result, f"--port={port}: cannot listen there", "pick another --port")
+
+
+def test_index_refuses_an_embedding_batch_of_zero(tmp_path):
+    result = _cli(["experiments.index", "--export_dir=nope", "--index=i.npz", "--images=.", "--embed_batch=0"],
+                  tmp_path)  # fmt: skip
+    assert_one_error_line(result, "--embed_batch must be >= 1, got 0")

@@ -80,9 +80,18 @@ def test_split_index_keeps_ids_labels_and_checks_the_vocabulary(model, tmp_path)
     assert list(index.ids) == list(want) and index.labels.tolist() == list(want.values())
     assert index.metadata["source"] == {"kind": "split", "data_dir": info.data_dir, "split": "gallery",
                                         "dataset": "t"}  # fmt: skip
-    row = int(np.flatnonzero(index.labels[:, 1] == -1)[0]) if (index.labels[:, 1] == -1).any() else 0
+    unlabelled = np.flatnonzero(index.labels[:, 1] == -1)
+    assert unlabelled.size, "the tiny dataset leaves every fourth sleeve_length unlabelled"
+    row = int(unlabelled[0])
     attrs = index.attributes(row)
     assert attrs["color"] == {"value": VOCAB.attributes[0].values[index.labels[row, 0]], "source": "label"}
+    # An unlabelled attribute reports the model's prediction, with its probability.
+    predicted = int(index.predicted_values[row, 1])
+    assert attrs["sleeve_length"] == {
+        "value": VOCAB.attributes[1].values[predicted],
+        "source": "predicted",
+        "probability": round(float(index.predicted_probabilities[row, 1]), 4),
+    }
     path = index.save(str(tmp_path / "g.npz"))
     images = search_figure.result_images(index_lib.SearchIndex.load(path), [2, 0])
     one = search_figure.result_images(index_lib.SearchIndex.load(path), [2])[0]
@@ -221,10 +230,9 @@ def test_faiss_matches_exact_where_it_scans_everything(tmp_path, model):
         index_lib.SearchIndex.load(path).search(queries, 10)
 
 
-def test_where_keeps_the_rows_with_those_values_in_exact_search_and_in_faiss():
+def test_where_keeps_the_rows_with_those_values_in_exact_search():
     """`where_mask`: an item's label where known, else its prediction; one attribute's values are
-    alternatives, several attributes all hold. Exact search with the mask is brute force over those rows;
-    FAISS (its own ID selector) returns only allowed rows, all of them found where it scans everything."""
+    alternatives, several attributes all hold. Exact search with the mask is brute force over those rows."""
     labels = np.array([[0, 1], [2, -1], [-1, 0], [1, 1], [2, 0]])
     predicted = np.array([[1, 0], [2, 1], [2, 1], [0, 0], [0, 1]])
     known = np.where(labels >= 0, labels, predicted)  # [[0, 1], [2, 1], [2, 0], [1, 1], [2, 0]]
@@ -233,22 +241,34 @@ def test_where_keeps_the_rows_with_those_values_in_exact_search_and_in_faiss():
     np.testing.assert_array_equal(index_lib.where_mask(known, {0: (2, 1), 1: (1,)}), [0, 1, 0, 1, 0])
     np.testing.assert_array_equal(index_lib.where_mask(known, {}), [1, 1, 1, 1, 1])
 
+    vectors, queries, index, allowed = _where_case()
+    rows, dist = index.search(queries, 10, allowed=allowed)
+    sub_rows, sub_dist = _brute_force(vectors[allowed], queries, 10)
+    np.testing.assert_array_equal(rows, np.flatnonzero(allowed)[sub_rows])
+    np.testing.assert_allclose(dist, sub_dist, rtol=1e-4, atol=1e-3)
+
+
+def _where_case():
+    """800 clustered vectors with random known values, 20 queries, and the rows `where` allows."""
+    n = 800
     rng = np.random.default_rng(1)
     centers = rng.normal(size=(8, 32)).astype(np.float32) * 4
-    vectors = (centers[rng.integers(0, 8, 800)] + rng.normal(size=(800, 32))).astype(np.float32)
+    vectors = (centers[rng.integers(0, 8, n)] + rng.normal(size=(n, 32))).astype(np.float32)
     queries = (centers[rng.integers(0, 8, 20)] + rng.normal(size=(20, 32))).astype(np.float32)
-    n = 800
     known = rng.integers(0, 3, (n, 2))
     index = index_lib.SearchIndex(vectors, np.arange(n).astype(str), np.full(n, ""), known, known,
                                   np.zeros((n, 2)), {"vocabulary": VOCAB.to_json(), "source": {"kind": "folder"}})  # fmt: skip
     allowed = index.where_mask({0: (1,), 1: (0, 2)})
     assert 100 < allowed.sum() < 300
+    return vectors, queries, index, allowed
+
+
+def test_where_in_faiss_returns_only_allowed_rows():
+    """FAISS (its own ID selector) returns only allowed rows, all of them found where it scans everything."""
+    require(FAISS_AVAILABLE, f"faiss is not installed: {FAISS_INSTALL}")
+    vectors, queries, index, allowed = _where_case()
+    n = len(vectors)
     rows, dist = index.search(queries, 10, allowed=allowed)
-    sub_rows, sub_dist = _brute_force(vectors[allowed], queries, 10)
-    np.testing.assert_array_equal(rows, np.flatnonzero(allowed)[sub_rows])
-    np.testing.assert_allclose(dist, sub_dist, rtol=1e-4, atol=1e-3)
-    if not FAISS_AVAILABLE:
-        return
     ivf = index_lib.build_faiss(vectors, "ivf_flat", nlist=8)
     got, got_dist = index_lib.faiss_search(ivf, queries, 10, nprobe=8, allowed=allowed)  # every cell: exact
     np.testing.assert_array_equal(np.sort(got, 1), np.sort(rows, 1))
@@ -403,3 +423,28 @@ def test_index_and_search_commands(export_dir, model, folder, tmp_path):
     assert (
         code == 2 and "filter 'color' is not ATTRIBUTE=VALUE; valid attributes: color, sleeve_length" in err
     )
+
+
+def test_a_damaged_index_file_is_refused_naming_it(tmp_path):
+    """Empty, cut in half, a plain .npy, or metadata that is not JSON: IndexFileError naming the file (one
+    `error:` line in the commands), not numpy's EOFError, BadZipFile or TypeError."""
+    _, _, index, _ = _where_case()
+    path = index.save(str(tmp_path / "good.npz"))
+    assert index_lib.SearchIndex.load(path).vectors.shape == (800, 32)
+    data = open(path, "rb").read()
+    cases = {"empty.npz": b"", "half.npz": data[: len(data) // 2]}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+    np.save(tmp_path / "plain.npy", np.zeros(3))
+    arrays = dict(np.load(path, allow_pickle=False))
+    arrays["metadata"] = np.array("{not json")
+    np.savez(tmp_path / "meta.npz", **arrays)
+    expected = {
+        "empty.npz": r"empty.npz: not a readable index file \(EOFError",
+        "half.npz": r"half.npz: not a readable index file \(BadZipFile",
+        "plain.npy": r"plain.npy: not a readable index file \(ValueError: a single float64 array \(3,\)",
+        "meta.npz": r"meta.npz: its metadata is not JSON",
+    }
+    for name, message in expected.items():
+        with pytest.raises(index_lib.IndexFileError, match=message):
+            index_lib.SearchIndex.load(str(tmp_path / name))

@@ -3,6 +3,7 @@ and the conversion engine's split protocol, skip report, refusal to overwrite an
 
 import json
 import os
+import re
 
 import cv2
 import numpy as np
@@ -114,6 +115,30 @@ def test_refuses_overwrite_and_keeps_old_output_on_failure(tmp_path):
     convert.write_dataset(_images(tmp_path, 12), ATTRS, output_dir=out, name="second", source="f",
                           num_query=1, num_gallery=1, overwrite=True, progress=False)  # fmt: skip
     assert json.load(open(os.path.join(out, "dataset.json")))["name"] == "second"
+
+
+def test_a_split_of_mostly_missing_images_says_why_they_were_skipped(tmp_path):
+    """Every listed image missing (a converter pointed at the wrong folder): the error leads with the
+    skip reason, its count and one path looked for, instead of asking for smaller splits."""
+    examples = _images(tmp_path, 12)
+    for ex in examples:
+        ex.path = ex.path.replace(".png", ".jpg")  # none of these exists
+    gone = examples[0].path
+    with pytest.raises(
+        schema.DatasetError,
+        match=rf"0 usable images of 12 listed; skipped: 12 missing \(e\.g\. {re.escape(gone)}\)",
+    ):
+        convert.write_dataset(examples, ATTRS, output_dir=str(tmp_path / "o"), name="t", source="f",
+                              num_query=1, num_gallery=1, progress=False)  # fmt: skip
+    # A few skipped among many usable: the split sizes are the advice, as before.
+    few = _images(tmp_path, 3)
+    few[0].path += ".gone"
+    with pytest.raises(
+        schema.DatasetError, match=r"2 usable images, but the split asks.*Set smaller --num_query"
+    ):
+        convert.write_dataset(few, ATTRS, output_dir=str(tmp_path / "p"), name="t", source="f",
+                              num_query=1, num_gallery=1, progress=False)  # fmt: skip
+    assert not os.path.exists(tmp_path / "o") and not os.path.exists(tmp_path / "p")
 
 
 def test_missing_dataset_json_says_what_to_run(tmp_path):

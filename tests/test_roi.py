@@ -202,5 +202,11 @@ def test_max_pooling_of_a_region_is_the_max_of_its_cells():
     box = np.array([[[2 / 12, 1 / 12, 5 / 12, 4 / 12]]], np.float32)
     out = RoiPooling((2, 2), 4)([feats, box]).numpy()[0, 0, :, :, 0]
     assert abs(out[1, 1] - feats[0, 5, 4, 0]) < 1e-3
-    assert out[0, 0] < out[0, 1] < out[1, 1] and out[0, 0] < out[1, 0]
     assert abs(out.max() - feats[0, 2:6, 1:5].max()) < 1e-3
+    # Every bin: the box is sampled at 8 x 8 evenly spaced points from its first cell to its last
+    # (rows 2 + 3i/7, cols 1 + 3j/7), where bilinear sampling of the linear ramp is exact (100 r + 10 x),
+    # and bin (r, c) is the max of samples i in 4r..4r+3, j in 4c..4c+3: its last sample's value.
+    rows, cols = 2 + 3 * np.arange(8) / 7, 1 + 3 * np.arange(8) / 7
+    samples = 100 * rows[:, None] + 10 * cols[None, :]
+    want = samples.reshape(2, 4, 2, 4).max(axis=(1, 3))
+    np.testing.assert_allclose(out, want, atol=1e-3)

@@ -116,14 +116,31 @@ def commit_output_dir(tmp: str, output_dir: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def check_split_sizes(available: int, num_query: int, num_gallery: int, what: str) -> None:
+def check_split_sizes(available: int, num_query: int, num_gallery: int, what: str, skips=()) -> None:
+    """Refuses a split that asks for more images than are usable. `skips`, (reason, image_id, detail) of
+    the rows dropped: when they are as many as the usable ones, the images were likely looked for in the
+    wrong place, and the message leads with why they were dropped and one path looked for."""
     need = num_query + num_gallery + 1
-    if available < need:
+    if available >= need:
+        return
+    sizes = (
+        f"the split asks for {num_query} query + {num_gallery} gallery + at least 1 training image = {need}"
+    )
+    skips = list(skips)
+    if skips and len(skips) >= available:
+        reasons = collections.Counter(r for r, _, _ in skips)
+        first = {}
+        for reason, image_id, detail in skips:
+            first.setdefault(reason, detail or image_id)
+        why = ", ".join(f"{n} {r} (e.g. {first[r]})" for r, n in reasons.most_common())
         raise DatasetError(
-            f"{what}: {available} usable images, but the split asks for {num_query} query + "
-            f"{num_gallery} gallery + at least 1 training image = {need}. Set smaller "
-            f"--num_query and --num_gallery (the paper's protocol is 2000 and 18000)."
+            f"{what}: {available} usable images of {available + len(skips)} listed; skipped: {why}. Check "
+            f"where the images are (--input_dir's layout, or --image_root for a catalogue); {sizes}."
         )
+    raise DatasetError(
+        f"{what}: {available} usable images, but {sizes}. Set smaller "
+        f"--num_query and --num_gallery (the paper's protocol is 2000 and 18000)."
+    )
 
 
 def write_dataset(
@@ -167,7 +184,7 @@ def write_dataset(
                     skips.append(("empty", ex.image_id, ex.path))
                     continue
             candidates.append(ex)
-        check_split_sizes(len(candidates), num_query, num_gallery, f"{name} ({source})")
+        check_split_sizes(len(candidates), num_query, num_gallery, f"{name} ({source})", skips)
 
         order = np.random.default_rng(seed).permutation(len(candidates))
         quota = {"query": num_query, "gallery": num_gallery}
@@ -192,7 +209,7 @@ def write_dataset(
 
         counts = {s: w.count for s, w in writers.items()}
         if counts["query"] < num_query or counts["gallery"] < num_gallery or counts["train"] < 1:
-            check_split_sizes(sum(counts.values()), num_query, num_gallery, f"{name} after skipping")
+            check_split_sizes(sum(counts.values()), num_query, num_gallery, f"{name} after skipping", skips)
         shards = {s: w.finish() for s, w in writers.items()}
 
         reasons = collections.Counter(r for r, _, _ in skips)

@@ -32,6 +32,7 @@ import os
 import re
 import tempfile
 import uuid
+import zipfile
 from collections.abc import Collection, Mapping
 
 import numpy as np
@@ -309,15 +310,23 @@ class SearchIndex:
     @classmethod
     def load(cls, path: str) -> SearchIndex:
         try:
-            with np.load(path, allow_pickle=False) as f:
+            loaded = np.load(path, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):  # a plain .npy: one array, not several
+                raise ValueError(f"a single {loaded.dtype} array {loaded.shape}, not an .npz of arrays")
+            with loaded as f:
                 arrays = {k: f[k] for k in f.files}
-        except (OSError, ValueError) as e:
-            raise IndexFileError(f"{path}: not a readable index file ({e})") from e
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # empty, truncated, damaged
+            raise IndexFileError(f"{path}: not a readable index file ({type(e).__name__}: {e})") from e
         missing = {*_ARRAYS, "metadata"} - set(arrays)
         if missing:
             raise IndexFileError(f"{path}: not an index file (missing {sorted(missing)})")
         content = arrays.pop("content", None)  # optional: absent in files written before it
-        meta = json.loads(str(arrays.pop("metadata")))
+        try:
+            meta = json.loads(str(arrays.pop("metadata")))
+        except ValueError as e:
+            raise IndexFileError(
+                f"{path}: its metadata is not JSON ({e}); rebuild it with experiments.index"
+            ) from e
         if meta.get("format_version") != FORMAT_VERSION:
             raise IndexFileError(
                 f"{path}: index format {meta.get('format_version')}, expected {FORMAT_VERSION}"
