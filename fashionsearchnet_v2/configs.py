@@ -414,10 +414,22 @@ def quick(config: ExperimentConfig) -> ExperimentConfig:
     return config
 
 
+class ConfigError(ValueError):
+    """A stage's config.json this code cannot read: damaged, edited, or written by another version."""
+
+
 def read_config(directory: str) -> ExperimentConfig | None:
-    """The config a stage wrote into `directory`, or None when it has not run."""
+    """The config a stage wrote into `directory`, or None when it has not run. A file this code cannot
+    read (not JSON, a field it does not know, a value it refuses) is a ConfigError naming the file."""
     path = os.path.join(directory, "config.json")
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return ExperimentConfig.from_json(json.load(f))
+    try:
+        with open(path, encoding="utf-8") as f:
+            return ExperimentConfig.from_json(json.load(f))
+    except (ValueError, TypeError, AttributeError) as e:  # bad JSON; unknown field; not an object
+        raise ConfigError(
+            f"{path}: not a stage config this code reads ({e}); it was edited, damaged or written by another "
+            "version of fashionsearchnet_v2: use the code that wrote it, or train this stage again into "
+            "another --workdir"
+        ) from e

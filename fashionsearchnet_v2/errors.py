@@ -30,12 +30,13 @@ def _plain_tf_message(message: str) -> str:
 
 def user_message(e: BaseException) -> str | None:
     """The one-line message for a failure the user can meet, or None for a bug (keeps its traceback)."""
+    from fashionsearchnet_v2.configs import ConfigError
     from fashionsearchnet_v2.data.schema import DatasetError
     from fashionsearchnet_v2.locks import LockError
     from fashionsearchnet_v2.trained.checkpoints import RestoreError
     from fashionsearchnet_v2.training.guard import DivergenceError
 
-    known = (DatasetError, RestoreError, DivergenceError, LockError)
+    known = (ConfigError, DatasetError, RestoreError, DivergenceError, LockError)
     if "fashionsearchnet_v2.model.backbone" in sys.modules:  # --alexnet_weights refused (missing, malformed)
         from fashionsearchnet_v2.model import backbone
 

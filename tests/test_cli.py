@@ -331,3 +331,17 @@ def test_index_refuses_an_embedding_batch_of_zero(tmp_path):
     result = _cli(["experiments.index", "--export_dir=nope", "--index=i.npz", "--images=.", "--embed_batch=0"],
                   tmp_path)  # fmt: skip
     assert_one_error_line(result, "--embed_batch must be >= 1, got 0")
+
+
+def test_a_stage_config_this_code_cannot_read_is_one_error_line(data_dir, tmp_path):
+    """A config.json from another version (a field this code does not know) or a damaged one ended in a
+    TypeError or JSONDecodeError traceback in every later stage; now one line naming the file."""
+    stage1 = tmp_path / "w" / "seed0" / "stage1"
+    stage1.mkdir(parents=True)
+    (stage1 / "config.json").write_text(json.dumps({"dataset": "synthetic", "field_of_a_newer_version": 1}))
+    newer = _cli(["experiments.stage2", "--quick", f"--data_dir={data_dir}", "--workdir=w"], tmp_path)
+    assert_one_error_line(newer, "w/seed0/stage1/config.json: not a stage config this code reads",
+                          "field_of_a_newer_version", "another --workdir")  # fmt: skip
+    (stage1 / "config.json").write_text('{"dataset": "synth')
+    damaged = _cli(["experiments.stage2", "--quick", f"--data_dir={data_dir}", "--workdir=w"], tmp_path)
+    assert_one_error_line(damaged, "w/seed0/stage1/config.json: not a stage config this code reads")

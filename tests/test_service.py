@@ -115,6 +115,9 @@ def test_search_is_the_library_search(client, searcher, trained):
     body = {"image_base64": base64.b64encode(encoded).decode(), "set": {"color": new_name}, "top_k": 8}
     as_json = client.post("/search", json=body).json()
     assert [r["id"] for r in as_json["results"]] == ids and as_json["query"]["item"] is None
+    # ... and as a browser's data URL (FileReader.readAsDataURL), prefix and all
+    body["image_base64"] = "data:image/jpeg;base64," + body["image_base64"]
+    assert [r["id"] for r in client.post("/search", json=body).json()["results"]] == ids
     # no change: embed's global representation, the query item excluded
     plain = client.post("/search", json={"item": item_id, "top_k": 3}).json()
     rows, _ = index.search(emb["global_representation"], 4)

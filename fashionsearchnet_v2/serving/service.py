@@ -185,8 +185,11 @@ def create_app(
                 raise RequestError(400, f"unknown fields {sorted(unknown)}", valid=fields)
             image = None
             if obj.get("image_base64") is not None:
+                text = str(obj["image_base64"])
+                if text.startswith("data:") and ";base64," in text[:100]:  # a browser's data URL
+                    text = text.split(",", 1)[1]
                 try:
-                    image = base64.b64decode(str(obj["image_base64"]), validate=True)
+                    image = base64.b64decode(text, validate=True)
                 except (binascii.Error, ValueError):
                     raise RequestError(400, "image_base64 is not valid base64") from None
             item = obj.get("item")
