@@ -76,9 +76,9 @@ def main(argv):
         index = index_lib.SearchIndex.load(INDEX.value)
         indexing.check_compatible(index, vocabulary.to_json(), index.vectors.shape[1])  # before the slow load
         model = export.ExportedModel(EXPORT_DIR.value)
-        indexing.check_compatible(
-            index, vocabulary.to_json(), int(model.metadata.get("global_dim", 0)), model.fingerprint
-        )
+        # An export without export.json records no dimension: the index's is taken, as the service does.
+        global_dim = int(model.metadata.get("global_dim") or index.vectors.shape[1])
+        indexing.check_compatible(index, vocabulary.to_json(), global_dim, model.fingerprint)
         emb = model.embed([image])
         attributes, values = export.manipulation_arrays([manipulations])
         query = model.manipulate(emb["attribute_representations"], attributes, values)

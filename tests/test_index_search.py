@@ -370,6 +370,11 @@ def test_index_and_search_commands(export_dir, model, folder, tmp_path):
         [*base, f"--image={query}", "--where=color=black", "--top_k=9"],
         [*base, f"--image={query}", "--where=color"],
     ]  # fmt: skip
+    # An export without its export.json (it records the global dimension): searched as the index says.
+    bare = str(tmp_path / "bare_export")
+    shutil.copytree(export_dir, bare)
+    os.remove(os.path.join(bare, "export.json"))
+    cases.append([f"--export_dir={bare}", f"--index={path}", f"--image={query}", "--top_k=3"])
     done = commands.run([sys.executable, "-c", SEARCH_DRIVER, json.dumps(cases), str(tmp_path / "runs.json")],
                         cwd=REPO, env=env, timeout=180)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -415,6 +420,8 @@ def test_index_and_search_commands(export_dir, model, folder, tmp_path):
         str(index.ids[i]) for i in np.flatnonzero(allowed)[sub_rows[0]]
     ]
     assert {r["attributes"]["color"]["value"] for r in result["results"]} <= {"red", "black"}
+    code, out, err = runs[-1]
+    assert code == 0 and out.splitlines()[3:] == runs[1][1].splitlines()[3:], err
     code, out, err = runs[7]
     black = index.where_mask({0: (2,)}).sum()
     assert code == 0 and f"only items with color = black: {black} of 9" in out, (out, err)
