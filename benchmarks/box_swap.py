@@ -135,7 +135,7 @@ def main(argv=None):
             rows.append({"row": label, "boxes": "swapped − own", "topk": diff, "gain": None, "diff": True})
         # The AAM boxes are the copy's when it was swapped to them, else the original's (not cached there).
         model, _, cfg = loading.load_stage2(args.out_dir if loc else args.workdir, info, s2)
-        area = box_area(features.extract(model, info, "query", cfg.model.image_size, progress=False)["boxes"])
+        area = box_area(features.extract(model, info, "query", cfg.model.image_size, progress=True)["boxes"])
         rows.append({"row": label, "boxes": "AAM boxes' mean share of the image (query)",
                      "topk": dict(zip(names, area.tolist()), avg=float(area.mean())), "gain": None})  # fmt: skip
     text = markdown(rows, names, f"{info.name}, {args.workdir} (swapped copies in {args.out_dir})")

@@ -41,6 +41,7 @@ from absl import flags
 from data_prep import _parsing, common
 from fashionsearchnet_v2.data import convert as engine
 from fashionsearchnet_v2.data.schema import UNLABELLED, Attribute, DatasetError, DatasetInfo
+from fashionsearchnet_v2.progress import Progress
 
 #: What a row with another number of fields than the header does: stop the conversion naming its line
 #: (the default), or be skipped and listed in the report as `malformed`.
@@ -218,7 +219,8 @@ def convert(
     root = image_root or os.path.dirname(os.path.abspath(csv_path))
     missing_marks = {""} | {u.strip() for u in unlabelled}
 
-    held, skipped = _rows_with_images(rows, csv_path, root, image_column, image_pattern, filled, id_column)
+    held, skipped = _rows_with_images(rows, csv_path, root, image_column, image_pattern, filled, id_column,
+                                      protocol.get("progress", True))  # fmt: skip
     missing = [path for reason, _, path in skipped if reason in ("missing", "empty")]
     # Most images not found: they were likely looked for under the wrong folder. Said first, since every
     # count after this (values, split sizes) would only be a symptom of it.
@@ -280,13 +282,16 @@ def convert(
 
 
 def _rows_with_images(rows, csv_path: str, root: str, column: str | None, pattern: str | None,
-                      filled: Sequence[str], id_column: str | None) -> tuple[list, list[tuple[str, str, str]]]:  # fmt: skip
+                      filled: Sequence[str], id_column: str | None,
+                      progress: bool = False) -> tuple[list, list[tuple[str, str, str]]]:  # fmt: skip
     """The rows whose image the dataset will hold, [(id, path, "file:line", row)], as far as a file
     tells (an image that fails to decode is found when it is written), and the others as the converters'
     skips (reason, id, detail): no image path or id, an id seen before, a missing or empty file. Values
     are counted over the first list, so that --min_count counts images, not rows."""
     held, skipped, seen = [], [], {}
-    for lineno, row in rows:
+    meter = Progress(len(rows), f"finding the images of {csv_path}", "rows", enabled=progress)
+    for done, (lineno, row) in enumerate(rows, 1):
+        meter.update(done)
         where = f"{csv_path}:{lineno}"
         rel = _image_path(row, column, pattern, filled)
         image_id = row[id_column].strip() if id_column else rel
@@ -304,6 +309,7 @@ def _rows_with_images(rows, csv_path: str, root: str, column: str | None, patter
             skipped.append(("empty", image_id, path))
         else:
             held.append((image_id, path, where, row))
+    meter.finish(len(rows))
     return held, skipped
 
 

@@ -19,6 +19,7 @@ from absl import app, flags
 
 from data_prep import common
 from fashionsearchnet_v2.data import convert, records, schema
+from fashionsearchnet_v2.progress import Progress
 
 # --input_dir (here a converted dataset), --output_dir and --overwrite are the converters' flags.
 TRAIN_IMAGES = flags.DEFINE_integer("train_images", None, "Training images to keep.")
@@ -37,9 +38,10 @@ def _rank(image_id: bytes) -> bytes:
 
 
 def subset(
-    input_dir: str, output_dir: str, train_images: int, *, overwrite: bool = False
+    input_dir: str, output_dir: str, train_images: int, *, overwrite: bool = False, progress: bool = False
 ) -> schema.DatasetInfo:
-    """Writes `input_dir` with only `train_images` of its training images into `output_dir`."""
+    """Writes `input_dir` with only `train_images` of its training images into `output_dir` (`progress`:
+    a meter per pass on stderr)."""
     import tensorflow as tf
 
     info = schema.load_dataset_info(input_dir)
@@ -52,13 +54,22 @@ def subset(
         for split in schema.SPLITS:
             paths = info.shard_paths(split) if info.shards.get(split) else []
             keep = None
+            total = info.splits.get(split, 0)
             if split == "train":  # two passes: ids first, so that only the kept records are held
-                ids = [_id(r.numpy()) for r in tf.data.TFRecordDataset(paths)]
+                meter = Progress(total, "reading the training ids", "records", enabled=progress)
+                ids = []
+                for r in tf.data.TFRecordDataset(paths):
+                    ids.append(_id(r.numpy()))
+                    meter.update(len(ids))
+                meter.finish(len(ids))
                 keep = set(sorted(range(len(ids)), key=lambda i: _rank(ids[i]))[:train_images])
             writer = records.ShardWriter(tmp, split)
+            meter = Progress(total, f"copying {split}", "records", enabled=progress)
             for i, row in enumerate(tf.data.TFRecordDataset(paths) if paths else []):
                 if keep is None or i in keep:  # the source's order among those kept
                     writer.write(row.numpy())
+                meter.update(i + 1)
+            meter.finish(total)
             shards[split] = writer.finish()
         splits = {s: info.splits.get(s, 0) for s in schema.SPLITS}
         splits["train"] = train_images
@@ -73,7 +84,7 @@ def subset(
             has_boxes=info.has_boxes,
             localized=dict(info.localized),
             extra={**info.extra, "subset_of": info.fingerprint, "train_images_of": have},
-            fingerprint=schema.content_fingerprint(tmp, info.attributes, shards),
+            fingerprint=schema.content_fingerprint(tmp, info.attributes, shards, progress),
             quick=info.quick,
         )
         with open(os.path.join(tmp, schema.DATASET_JSON), "w", encoding="utf-8") as f:
@@ -97,6 +108,7 @@ def main(argv):
         common.OUTPUT_DIR.value,
         TRAIN_IMAGES.value,
         overwrite=common.OVERWRITE.value,
+        progress=True,
     )
     print(f"wrote {info.data_dir}: splits {info.splits}")
 

@@ -28,6 +28,7 @@ import sys
 from absl import flags
 
 from experiments import common
+from fashionsearchnet_v2 import progress
 from fashionsearchnet_v2.data import schema
 from fashionsearchnet_v2.serving import export, indexing
 from fashionsearchnet_v2.serving import index as index_lib
@@ -110,11 +111,13 @@ def main(argv):
                 params["nprobe"] = min(NPROBE.value, params["nlist"])
             else:
                 params["hnsw_m"], params["ef_search"] = HNSW_M.value, EF_SEARCH.value
-            faiss_index = index_lib.build_faiss(
-                index.vectors, FAISS_KIND.value, nlist=params.get("nlist"), hnsw_m=HNSW_M.value
-            )
+            with progress.phase(f"building the FAISS {FAISS_KIND.value} index of {len(index)} vectors"):
+                faiss_index = index_lib.build_faiss(
+                    index.vectors, FAISS_KIND.value, nlist=params.get("nlist"), hnsw_m=HNSW_M.value
+                )
             index.metadata["faiss"] = params
-        path = index.save(INDEX.value, OVERWRITE.value, faiss_index)
+        with progress.phase(f"writing {INDEX.value}", enabled=len(index) >= 100_000):
+            path = index.save(INDEX.value, OVERWRITE.value, faiss_index)
     except (export.ExportError, index_lib.IndexFileError, schema.DatasetError) as e:
         common.fail(str(e))
     if "reused" in index.metadata:

@@ -20,6 +20,7 @@ import sys
 from absl import app, flags
 
 from experiments import common
+from fashionsearchnet_v2 import progress
 from fashionsearchnet_v2.serving import export, items, service
 from fashionsearchnet_v2.serving import index as index_lib
 
@@ -71,23 +72,27 @@ def build_searcher() -> service.Searcher:
     from fashionsearchnet_v2.serving import remote
 
     try:
-        index = index_lib.SearchIndex.load(INDEX.value)
-        if MODEL_URL.value:
-            model = remote.RemoteModel(MODEL_URL.value, EXPORT_DIR.value, timeout=MODEL_TIMEOUT.value)
-        else:
-            model = export.ExportedModel(EXPORT_DIR.value, precision=common.precision_flag())
-        images = items.ItemImages(index, common.DATA_DIR.value)
-        return service.Searcher(
-            model,
-            index,
-            images,
-            BACKEND.value,
-            NPROBE.value,
-            EF_SEARCH.value,
-            MAX_TOP_K.value,
-            MAX_BATCH.value,
-            GATHER_MS.value,
-        )
+        with progress.phase(f"loading the index {INDEX.value}"):
+            index = index_lib.SearchIndex.load(INDEX.value)
+        with progress.phase(f"loading the model {MODEL_URL.value or EXPORT_DIR.value}"):
+            if MODEL_URL.value:
+                model = remote.RemoteModel(MODEL_URL.value, EXPORT_DIR.value, timeout=MODEL_TIMEOUT.value)
+            else:
+                model = export.ExportedModel(EXPORT_DIR.value, precision=common.precision_flag())
+        with progress.phase(f"finding the images of {len(index)} items"):
+            images = items.ItemImages(index, common.DATA_DIR.value)
+        with progress.phase(f"preparing {BACKEND.value} search"):
+            return service.Searcher(
+                model,
+                index,
+                images,
+                BACKEND.value,
+                NPROBE.value,
+                EF_SEARCH.value,
+                MAX_TOP_K.value,
+                MAX_BATCH.value,
+                GATHER_MS.value,
+            )
     except (export.ExportError, index_lib.IndexFileError, index_lib.FaissUnavailable, items.ItemImageError,
             remote.RemoteModelError, ValueError) as e:  # fmt: skip
         common.fail(str(e))

@@ -7,7 +7,7 @@
       trained
       data   model
       configs
-      precision   locks   losses   startup      (leaves)
+      precision   locks   losses   startup   progress      (leaves)
 
 A module may import its own package and any package in a lower row; nothing under
 `fashionsearchnet_v2/` imports an entry point or absl's flags.
@@ -26,6 +26,7 @@ RANK = {
     "locks": 0,
     "losses": 0,
     "startup": 0,
+    "progress": 0,
     "configs": 1,
     "data": 2,
     "model": 2,

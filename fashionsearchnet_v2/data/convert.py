@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from collections.abc import Callable, Sequence
 
 import cv2
@@ -31,6 +30,7 @@ import numpy as np
 from fashionsearchnet_v2 import locks
 from fashionsearchnet_v2.data import images, records, schema
 from fashionsearchnet_v2.data.schema import DatasetError
+from fashionsearchnet_v2.progress import Progress
 
 
 @dataclasses.dataclass
@@ -61,28 +61,6 @@ def check_image(data: bytes) -> tuple[bytes | None, str]:
         ok, png = cv2.imencode(".png", decoded)
         return (png.tobytes(), "") if ok else (None, "undecodable")
     return data, ""
-
-
-class Progress:
-    """Prints `done/total`, rate and ETA to stderr at most every `every` seconds."""
-
-    def __init__(self, total: int, what: str, unit: str = "images", every: float = 2.0, enabled=True):
-        self.total, self.what, self.unit, self.every, self.enabled = total, what, unit, every, enabled
-        self.start = self.last = time.time()
-
-    def update(self, done: int, extra: str = "", force: bool = False) -> None:
-        now = time.time()
-        if not self.enabled or (now - self.last < self.every and not force):
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        print(
-            f"\r{self.what}: {done}/{self.total} {self.unit} ({rate:.0f}/s, ETA {eta:.0f}s) {extra}",
-            end="" if not force else "\n",
-            file=sys.stderr,
-            flush=True,
-        )
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool) -> str:
@@ -174,7 +152,11 @@ def write_dataset(
     try:
         skips = list(skipped)
         candidates = []
-        for ex in examples:
+        # Labels and files are checked before anything is written: a stat per image, minutes for a
+        # million images on network storage, so it reports as the conversion does.
+        meter = Progress(len(examples), "checking labels and files", "rows", enabled=progress)
+        for done, ex in enumerate(examples, 1):
+            meter.update(done)
             ex.labels = schema.validate_labels(ex.labels, attributes, ex.where or ex.image_id)
             if ex.load is None:
                 if ex.path is None or not os.path.isfile(ex.path):
@@ -184,6 +166,7 @@ def write_dataset(
                     skips.append(("empty", ex.image_id, ex.path))
                     continue
             candidates.append(ex)
+        meter.finish(len(examples))
         check_split_sizes(len(candidates), num_query, num_gallery, f"{name} ({source})", skips)
 
         order = np.random.default_rng(seed).permutation(len(candidates))
@@ -235,7 +218,7 @@ def write_dataset(
             has_boxes=has_boxes,
             localized=dict(localized or {}),
             extra=dict(extra or {}),
-            fingerprint=schema.content_fingerprint(tmp, attributes, shards),
+            fingerprint=schema.content_fingerprint(tmp, attributes, shards, progress),
             quick=quick,
         )
         with open(os.path.join(tmp, schema.DATASET_JSON), "w", encoding="utf-8") as f:

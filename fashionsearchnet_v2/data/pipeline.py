@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from fashionsearchnet_v2.data import records, schema
+from fashionsearchnet_v2.progress import Progress
 
 
 def make_dataset(
@@ -128,7 +129,9 @@ class DecodedSplit:
         return int(self.ends[-1]) if len(self.ends) else 0
 
 
-def decode_split(info: schema.DatasetInfo, split: str, max_bytes: int) -> DecodedSplit | None:
+def decode_split(
+    info: schema.DatasetInfo, split: str, max_bytes: int, progress: bool = False
+) -> DecodedSplit | None:
     """`split`'s records decoded in file order, or None when its pixels would take more than `max_bytes`
     or its images differ in size (the stream then decodes as it reads). The first image's size and the
     split's count bound the memory before anything else is decoded."""
@@ -150,6 +153,7 @@ def decode_split(info: schema.DatasetInfo, split: str, max_bytes: int) -> Decode
     images = np.empty((count, *shape), np.uint8)
     labels = np.empty((count, info.num_attributes), np.int32)
     ids, counts, n = [], [], 0
+    meter = Progress(count, f"decoding the {split} split into memory", enabled=progress)
     for path in files:
         start = n
         ds = tf.data.TFRecordDataset(path).map(
@@ -163,7 +167,9 @@ def decode_split(info: schema.DatasetInfo, split: str, max_bytes: int) -> Decode
             images[n], labels[n] = image, label
             ids.append(image_id)
             n += 1
+            meter.update(n)
         counts.append(n - start)
+    meter.finish(n)
     if n != count:
         return None
     return DecodedSplit(images, labels, np.asarray(ids), counts)
@@ -172,12 +178,14 @@ def decode_split(info: schema.DatasetInfo, split: str, max_bytes: int) -> Decode
 _DECODED: dict = {}
 
 
-def decoded_split_cached(info: schema.DatasetInfo, split: str, max_bytes: int) -> DecodedSplit | None:
+def decoded_split_cached(
+    info: schema.DatasetInfo, split: str, max_bytes: int, progress: bool = False
+) -> DecodedSplit | None:
     """`decode_split`, kept for the process (the main job's stages 1 and 2 decode the split once)."""
     key = (info.data_dir, info.fingerprint, split, max_bytes)
     if key not in _DECODED:
         _DECODED.clear()  # one split held at a time
-        _DECODED[key] = decode_split(info, split, max_bytes)
+        _DECODED[key] = decode_split(info, split, max_bytes, progress)
     return _DECODED[key]
 
 

@@ -22,6 +22,8 @@ import json
 import os
 from collections.abc import Sequence
 
+from fashionsearchnet_v2.progress import Progress
+
 DATASET_JSON = "dataset.json"
 REPORT_TXT = "conversion_report.txt"
 SPLITS = ("train", "query", "gallery")
@@ -200,22 +202,34 @@ def load_dataset_info(data_dir: str) -> DatasetInfo:
     return info
 
 
-def content_fingerprint(directory: str, attributes: Sequence[Attribute], shards: dict[str, list[str]]) -> str:
+def content_fingerprint(
+    directory: str, attributes: Sequence[Attribute], shards: dict[str, list[str]], progress: bool = False
+) -> str:
     """ "sha256:<hex>" over the attribute vocabulary and every shard's name and bytes, split by split.
 
     Hashing the files (not the records) makes it checkable with standard tools and costs one read of
-    what was just written (about 0.2 s per 100 MB). The vocabulary is included because the records
-    store labels as numbers: the same bytes under other value names are another dataset.
+    what was just written (about 0.2 s per 100 MB; minutes for a catalogue of a million images, so
+    `progress` reports MB/s and the ETA). The vocabulary is included because the records store labels
+    as numbers: the same bytes under other value names are another dataset.
     """
     h = hashlib.sha256()
     vocabulary = [{"name": a.name, "values": list(a.values)} for a in attributes]
     h.update(json.dumps(vocabulary, sort_keys=True).encode("utf-8"))
-    for split in sorted(shards):
-        for name in shards[split]:
-            h.update(f"\n{split}/{name}\n".encode())
-            with open(os.path.join(directory, name), "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
+    paths = [
+        (split, name, os.path.join(directory, name)) for split in sorted(shards) for name in shards[split]
+    ]
+    meter = Progress(
+        sum(os.path.getsize(p) for *_, p in paths) >> 20, "fingerprinting", "MB", enabled=progress
+    )
+    done = 0
+    for split, name, path in paths:
+        h.update(f"\n{split}/{name}\n".encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+                done += len(block)
+                meter.update(done >> 20)
+    meter.finish(done >> 20)
     return "sha256:" + h.hexdigest()
 
 

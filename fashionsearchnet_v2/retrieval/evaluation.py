@@ -213,7 +213,7 @@ def evaluate_variant(
     results = search.evaluate(
         query_vectors, gallery_vectors, g["labels"], manips, info.attribute_names, ks,
         ndcg_k=min(30, len(g["labels"])), unmanipulated_vectors_fn=unmanipulated_vectors,
-        gallery_filter_values=predicted_values(g["logits"], info.num_values),
+        gallery_filter_values=predicted_values(g["logits"], info.num_values), progress=progress,
     )  # fmt: skip
     results.update(
         dataset=info.name, variant=variant, label=LABELS[variant], checkpoint=os.path.relpath(searcher.checkpoint, workdir), num_query=len(q["labels"]), num_gallery=len(g["labels"]),

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from fashionsearchnet_v2.progress import Progress
 from fashionsearchnet_v2.retrieval import figures, metrics
 from fashionsearchnet_v2.retrieval.metrics import DEFAULT_KS, Manipulations
 
@@ -47,6 +48,7 @@ def run_searches(
     k: int,
     chunk_size: int = 1024,
     gallery_filter_values=None,
+    progress: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rank the gallery for every search, chunk by chunk, and mark the relevant results.
 
@@ -59,6 +61,7 @@ def run_searches(
         chunk_size: searches embedded and ranked at once; memory is O(chunk_size * G).
         gallery_filter_values: [G, A] int, optional: search s ranks only the gallery rows whose value of
             `manipulations.attribute[s]` here is `manipulations.value[s]` (e.g. predicted values).
+        progress: when given, the name of a meter on stderr (searches/s, ETA) updated per chunk.
     Returns:
         indices [S, k] int64 gallery rows, nearest first, -1 past the rows a filter leaves; hits [S, k]
         bool (False at -1).
@@ -76,6 +79,7 @@ def run_searches(
     k = min(k, len(gallery_vectors))
     indices = np.empty((s, k), np.int64)
     hits = np.empty((s, k), bool)
+    meter = Progress(s, progress or "", "searches", enabled=progress is not None)
     for start in range(0, s, chunk_size):
         chunk = np.arange(start, min(start + chunk_size, s))
         queries = np.asarray(query_vectors_fn(chunk), np.float32)
@@ -97,6 +101,8 @@ def run_searches(
         hits[chunk] = metrics.target_hits(np.maximum(idx, 0), manipulations.target[chunk], gallery_labels) & (
             idx >= 0
         )
+        meter.update(chunk[-1] + 1)
+    meter.finish(s)
     return indices, hits
 
 
@@ -158,6 +164,7 @@ def evaluate(
     ndcg_k: int = 30,
     unmanipulated_vectors_fn: QueryVectorsFn | None = None,
     gallery_filter_values=None,
+    progress: bool = False,
 ) -> dict:
     """Top-K accuracy and NDCG@k of attribute-manipulation search (Table 1 / Figure 5 numbers).
 
@@ -176,6 +183,7 @@ def evaluate(
         gallery_filter_values: [G, A] int, e.g. the gallery's predicted values: when given, the same
             searches are ranked again among the gallery rows whose value of the changed attribute here is
             the target value, manipulated and (with `unmanipulated_vectors_fn`) unmanipulated ("filtered").
+        progress: a meter on stderr for each ranking that takes more than a few seconds.
     Returns:
         the results dict of the module docstring.
     """
@@ -188,16 +196,17 @@ def evaluate(
         raise ValueError(f"cannot rank {k} results in a gallery of {len(gallery_vectors)}")
     num_relevant = metrics.count_matches(manipulations.target, gallery_labels)
 
-    def score(fn, filter_values=None):
+    def score(fn, filter_values=None, what="manipulated"):
+        meter = f"ranking the gallery ({what})" if progress else None
         _, hits = run_searches(
-            fn, gallery_vectors, gallery_labels, manipulations, k, chunk_size, filter_values
+            fn, gallery_vectors, gallery_labels, manipulations, k, chunk_size, filter_values, meter
         )
         return summarize(hits, num_relevant, manipulations.attribute, attribute_names, ks, ndcg_k)
 
     scores = ("topk", f"ndcg@{ndcg_k}")
     results = score(query_vectors_fn)
     if unmanipulated_vectors_fn is not None:
-        base = score(unmanipulated_vectors_fn)
+        base = score(unmanipulated_vectors_fn, what="not manipulated")
         results["unmanipulated"] = {key: base[key] for key in scores}
         results["gain"] = {key: difference(results[key], base[key]) for key in scores}
     if gallery_filter_values is not None:
@@ -205,7 +214,7 @@ def evaluate(
         results["filtered"] = {}
         for name, fn in fns.items():
             if fn is not None:
-                filtered = score(fn, gallery_filter_values)
+                filtered = score(fn, gallery_filter_values, f"{name}, filtered")
                 results["filtered"][name] = {key: filtered[key] for key in scores}
     return results
 

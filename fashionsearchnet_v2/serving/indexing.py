@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from fashionsearchnet_v2.data import integrity, records, schema
-from fashionsearchnet_v2.data.convert import Progress
+from fashionsearchnet_v2.progress import Progress
 from fashionsearchnet_v2.serving import embeddings
 from fashionsearchnet_v2.serving.index import (
     ImageReadError,

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from fashionsearchnet_v2.data import integrity, pipeline, schema
-from fashionsearchnet_v2.data.convert import Progress
+from fashionsearchnet_v2.progress import Progress
 from fashionsearchnet_v2.trained.checkpoints import NonFiniteError
 
 KEYS = ("fc10", "labels", "ids", "boxes", "maps", "logits", "true_boxes", "gap")

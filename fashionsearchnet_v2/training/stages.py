@@ -103,7 +103,7 @@ class _ClassificationTask:
         )
         # One worker: the split decoded once, when it fits (issue 26; the same batches either way).
         decoded = (
-            pipeline.decoded_split_cached(self.info, "train", t.cache_decoded_mib * 2**20)
+            pipeline.decoded_split_cached(self.info, "train", t.cache_decoded_mib * 2**20, progress=True)
             if workers == 1 and t.cache_decoded_mib > 0
             else None
         )
