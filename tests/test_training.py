@@ -52,6 +52,23 @@ def test_stage1_writes_checkpoints_and_tensorboard_and_resumes(info, tmp_path):
     assert "already trained" in log.getvalue()
 
 
+def test_a_resumed_stream_says_it_reads_past_the_steps_done(info, tmp_path):
+    """Streaming (no decoded cache), a resumed stage reads past the records of its steps before its first
+    step, which takes minutes on a large split: the log says so, and a decoded split needs no such pass."""
+    log = io.StringIO()
+    run.run_stage1(_config(tmp_path, max_steps=2, cache_decoded_mib=0), info, out=log)
+    assert "resuming the input stream" not in log.getvalue()
+    log = io.StringIO()
+    run.run_stage1(_config(tmp_path, max_steps=4, cache_decoded_mib=0), info, out=log)
+    assert "resuming the input stream: reading past the 16 records of the 2 steps done" in log.getvalue()
+    log = io.StringIO()
+    run.run_stage1(_config(tmp_path / "decoded", max_steps=2), info, out=log)
+    run.run_stage1(_config(tmp_path / "decoded", max_steps=4), info, out=log)
+    assert (
+        "training split decoded once" in log.getvalue() and "resuming the input stream" not in log.getvalue()
+    )
+
+
 def test_stage2_restores_stage1_layers_and_trains_all_losses(info, tmp_path):
     cfg = _config(tmp_path, max_steps=2)
     with pytest.raises(checkpoints.RestoreError, match="run stage 1 first"):

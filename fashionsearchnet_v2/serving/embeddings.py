@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from fashionsearchnet_v2.data import records
+from fashionsearchnet_v2.progress import Progress
 
 MANIFEST = "embeddings.json"
 VECTORS_PREFIX = "vectors"
@@ -189,7 +190,7 @@ def read_skipped(directory: str, contents: dict) -> list[dict]:
     return sorted(entries, key=lambda e: (e.get("shard", 0), e.get("record", 0), e["id"]))
 
 
-def read(directory: str, batch_size: int = 1024) -> tuple[dict, dict[str, np.ndarray]]:
+def read(directory: str, batch_size: int = 1024, progress: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
     """(manifest, rows) of a directory of embeddings, the rows in `experiments.index`'s order.
 
     rows: ids str [N], paths str [N], labels int32 [N, A], global_representation float32 [N, r],
@@ -205,6 +206,8 @@ def read(directory: str, batch_size: int = 1024) -> tuple[dict, dict[str, np.nda
     num_attributes = len(contents["vocabulary"]["attributes"])
     parse = _parser(contents["dim"], num_attributes)
     parts: dict[str, list[np.ndarray]] = {}
+    meter = Progress(int(contents.get("count", 0)), f"reading {directory}", "vectors", enabled=progress)
+    done = 0
     try:
         for batch in (
             tf.data.TFRecordDataset(shards)
@@ -213,6 +216,9 @@ def read(directory: str, batch_size: int = 1024) -> tuple[dict, dict[str, np.nda
         ):
             for key, value in batch.items():
                 parts.setdefault(key, []).append(value.numpy())
+            done += len(parts["id"][-1])
+            meter.update(done)
+        meter.finish(done)
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
         raise EmbeddingsError(
             f"{directory}: a vectors shard is damaged or of another format ({e.message})"

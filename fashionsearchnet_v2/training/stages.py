@@ -112,6 +112,11 @@ class _ClassificationTask:
                 f"training split decoded once: {len(decoded)} images, {decoded.nbytes / 2**20:.0f} MiB "
                 "in memory (--cache_decoded_mib=0: decode as read)"
             )
+        elif skip_steps:  # a resumed stream reads past what was trained on before its first step
+            self.input_note = (
+                f"resuming the input stream: reading past the {skip_steps * per_step} records of the "
+                f"{skip_steps} steps done before the first step (no progress line until then)"
+            )
         ds = pipeline.make_dataset(
             self.info,
             "train",
