@@ -416,7 +416,7 @@ def load_dataset(dirs: Dirs, quick: bool, stage: str, seed: int) -> schema.Datas
         if dataset == "synthetic" and stage in GENERATES_DATASET and (dirs.given or at_default) and empty:
             from fashionsearchnet_v2.data import synthetic
 
-            kwargs = dict(num_images=400, num_query=40, num_gallery=120, quick=True) if quick else {}
+            kwargs = dict(configs.QUICK_DATASET, quick=True) if quick else {}
             print(f"generating the embedded default dataset into {data_dir} ...", flush=True)
             return synthetic.write_synthetic(data_dir, **kwargs)
         fail(missing_dataset_message(dirs, quick, os.path.join(seed_workdir(dirs.workdir, seed), "stage1")))

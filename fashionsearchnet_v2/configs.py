@@ -119,10 +119,11 @@ class TrainConfig:
     # Stage 1's fresh GAP classifiers w_a: "glorot" (the frameworks' default) or "zeros" (a first loss of
     # exactly chance, but a backbone without gradient until w_a grows). Decision 64.
     classifier_init: str = "glorot"
-    lambda_c: float = 1.0  # Eq. 9 weights (§3.4, stage 2)
+    # Eq. 9 weights (§3.4): stage 1 trains L_C alone (λ_C), stage 2 the joint loss; L_G is stage 3's only
+    # loss (weight 1), so stages 1-2 have λ_G = 0 and no field for it.
+    lambda_c: float = 1.0
     lambda_t: float = 1.5
     lambda_tc: float = 1.0
-    lambda_g: float = 1.0
     squared_triplet: bool = False  # Eq. 6 uses d+; True gives (d+)^2 of Hoffer & Ailon
     max_steps: int | None = None  # overrides epochs when set (quick runs)
     log_every_steps: int = 20
@@ -318,7 +319,9 @@ class ExperimentConfig:
     def from_json(cls, obj: dict) -> ExperimentConfig:
         obj = dict(obj)
         obj["model"] = ModelConfig(**obj.get("model", {}))
-        obj["train"] = TrainConfig(**obj.get("train", {}))
+        train = dict(obj.get("train", {}))
+        train.pop("lambda_g", None)  # written by earlier versions, never read: stage 2's λ_G is 0
+        obj["train"] = TrainConfig(**train)
         obj["stage3"] = Stage3Config(**obj.get("stage3", {}))
         # A config written before issue 24 has no "amnet": its AMNet was `old_amnet`'s.
         obj["amnet"] = AmnetConfig(**obj["amnet"]) if "amnet" in obj else old_amnet(AmnetConfig())
@@ -384,8 +387,12 @@ def dataset_defaults(dataset: str) -> tuple[ModelConfig, TrainConfig, Stage3Conf
     return ModelConfig(), TrainConfig(), Stage3Config()
 
 
+#: The embedded dataset a `--quick` run generates (`data/synthetic-quick`): with `quick`'s config, seconds.
+QUICK_DATASET = {"num_images": 400, "num_query": 40, "num_gallery": 120}
+
+
 def quick(config: ExperimentConfig) -> ExperimentConfig:
-    """Shrinks everything to a run of seconds (smoke checks; `--quick`)."""
+    """Shrinks everything to a run of seconds (smoke checks; `--quick`; its dataset: QUICK_DATASET)."""
     config.quick = True
     config.model = dataclasses.replace(
         config.model,

@@ -18,9 +18,6 @@ import tensorflow as tf
 
 __all__ = [
     "LOSS_NAMES",
-    "STAGE1_WEIGHTS",
-    "STAGE2_WEIGHTS",
-    "STAGE3_WEIGHTS",
     "classification_loss",
     "soft_triplet",
     "mine_triplets",
@@ -29,12 +26,10 @@ __all__ = [
     "joint_loss",
 ]
 
+#: Eq. 9's terms. Their weights per stage (§3.4) are the config's (`configs.TrainConfig.lambda_*`): stage 1
+#: trains the AAM classifiers with L_C only; stage 2 the joint loss, λ_C = 1, λ_T = 1.5, λ_TC = 1, λ_G = 0;
+#: stage 3 learns the global representation with L_G alone.
 LOSS_NAMES = ("L_C", "L_T", "L_TC", "L_G")
-#: Eq. 9 weights per training stage (§3.4): stage 1 trains the AAM classifiers only; stage 2 is the joint
-#: loss with λ_C = 1, λ_T = 1.5, λ_TC = 1, λ_G = 0; stage 3 learns the global representation with L_G.
-STAGE1_WEIGHTS = {"L_C": 1.0}
-STAGE2_WEIGHTS = {"L_C": 1.0, "L_T": 1.5, "L_TC": 1.0, "L_G": 0.0}
-STAGE3_WEIGHTS = {"L_G": 1.0}
 
 # Added under the square root so its gradient stays finite when two embeddings coincide
 # (d/dx sqrt(x) = 1 / (2 sqrt(x)) is infinite at 0, and 0 * inf = NaN in the chain rule).

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fashionsearchnet_v2 import losses
+from fashionsearchnet_v2 import configs, losses
 
 # ---------------------------------------------------------------------------------------------------
 # classification_loss (Eq. 2)
@@ -206,7 +206,9 @@ def test_joint_loss_stage2_weights():
         "L_TC": tf.constant([5.0, 6.0]),
         "L_G": tf.constant([np.nan, np.nan]),  # weight 0: left out, so NaN cannot leak in
     }
-    total, logged = losses.joint_loss(parts, losses.STAGE2_WEIGHTS)
+    t = configs.TrainConfig()  # the paper's stage-2 weights are the config's defaults; L_G is stage 3's
+    weights = {"L_C": t.lambda_c, "L_T": t.lambda_t, "L_TC": t.lambda_tc, "L_G": 0.0}
+    total, logged = losses.joint_loss(parts, weights)
     # 1*1 + 1.5*3 + 1*5 = 10.5;  1*2 + 1.5*4 + 1*6 = 14
     np.testing.assert_allclose(total.numpy(), [10.5, 14.0])
     assert set(logged) == set(parts)

@@ -207,3 +207,18 @@ def test_a_changed_localization_number_is_caught():
     rows = localization_rows(page)
     changed = localization_rows(page.replace(f"| {rows['front'][0]} |", "| 0.111 |", 1))
     assert changed["front"][0] == "0.111" and changed != rows
+
+
+def test_every_kept_stage_config_is_read_by_this_code():
+    """The config.json files kept in docs/runs were written by earlier versions (some with a `lambda_g`
+    that stages 1-2 never read): this code still reads each, so their runs can be resumed or evaluated."""
+    from fashionsearchnet_v2 import configs
+
+    found = 0
+    for folder, _, files in os.walk(os.path.join(ROOT, "docs", "runs")):
+        if "config.json" in files:
+            cfg = configs.read_config(folder)
+            with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+                assert cfg.train.lambda_t == json.load(f)["train"]["lambda_t"]
+            found += 1
+    assert found >= 100, found

@@ -184,7 +184,7 @@ class AmnetTask(trainer.FixedFeatureTask):
             l_rank, l_attr = self.batch_losses(model, batch, True)
             total = l_rank + self.am.lambda_attr * l_attr
             loss = tf.nn.compute_average_loss(total, global_batch_size=self.global_batch)
-        variables = model.trainable_variables
+        variables = self.trainable_variables(model)
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         avg = lambda x: tf.nn.compute_average_loss(x, global_batch_size=self.global_batch)  # noqa: E731
         active = tf.cast(l_rank > 0, tf.float32)

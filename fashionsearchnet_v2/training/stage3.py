@@ -312,7 +312,7 @@ class Stage3Task(trainer.FixedFeatureTask):
             f_n = self._global(model, batch["negative"], zeros, True)
             l_g = losses.global_ranking_loss(f_q, f_p, f_n, squared=self.s3.squared_triplet)
             loss = tf.nn.compute_average_loss(l_g, global_batch_size=self.global_batch)
-        variables = model.trainable_variables
+        variables = self.trainable_variables(model)
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         active = losses.active_triplets(f_q, f_p, f_n)
         return {

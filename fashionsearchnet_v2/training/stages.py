@@ -251,9 +251,9 @@ class Stage1Task(_ClassificationTask):
         with tf.GradientTape() as tape:
             out = model(batch["image"], training=True)
             l_c = losses.classification_loss(network.split_logits(out["logits"], self.num_values), labels)
-            total = self.config.train.lambda_c * l_c
+            total, _ = losses.joint_loss({"L_C": l_c}, {"L_C": self.config.train.lambda_c})
             loss = tf.nn.compute_average_loss(total, global_batch_size=self.global_batch)
-        variables = model.trainable_variables
+        variables = self.trainable_variables(model)
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         correct, labelled = per_attribute_accuracy(out["logits"], labels, self.num_values)
         return {
@@ -321,7 +321,7 @@ class Stage2Task(_ClassificationTask):
                 {"L_C": t.lambda_c, "L_T": t.lambda_t, "L_TC": t.lambda_tc},
             )
             loss = tf.nn.compute_average_loss(total, global_batch_size=self.global_batch)
-        variables = model.trainable_variables
+        variables = self.trainable_variables(model)
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         correct, labelled = per_attribute_accuracy(out["logits"], labels, self.num_values)
         fc10_correct, fc10_labelled = per_attribute_accuracy(out["fc10_logits"], labels, self.num_values)
