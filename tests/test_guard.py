@@ -20,8 +20,8 @@ from fashionsearchnet_v2.trained import checkpoints, loading
 from fashionsearchnet_v2.training import guard, run, stages, trainer
 
 
-class ToyTask:
-    """A linear regression task; at step `fault_step` it makes the loss NaN, or (fault="statistic") sets a
+class ToyTask(trainer.Task):
+    """A linear regression task (the Trainer's `trainer.Task` interface); at step `fault_step` it makes the loss NaN, or (fault="statistic") sets a
     non-trainable statistic to inf while the loss stays finite, like an overflowing BatchNorm variance, or
     (fault="explode") multiplies the loss by 1e4 from that step on: finite, but exploded."""
 
@@ -37,12 +37,6 @@ class ToyTask:
 
     def build_optimizer(self, total_steps=None):
         return keras.optimizers.SGD(0.01)
-
-    def trainable_variables(self, model):
-        return model.trainable_variables
-
-    def extra_checkpoint(self):
-        return {}
 
     def initialize(self, model):
         return "toy"
@@ -76,9 +70,6 @@ class ToyTask:
 
     def evaluate(self, model, step=None):
         return {}
-
-    def summary_images(self, model):
-        return None
 
 
 def _toy_run(tmp_path, task, total=6, **bounds):

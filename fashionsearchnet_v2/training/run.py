@@ -192,7 +192,7 @@ def run_stage3(
     """
     s3_variant = "full" if cfg.stage3.update_memory else "lg"
     task, cfg, workdir = _stage3_task(cfg, info, s3_variant, stage3_dir)
-    return _train_on_features(task, cfg, workdir, len(task.labels), out)
+    return _train_on_features(task, cfg, workdir, out)
 
 
 def run_stage3_untrained(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout):
@@ -232,13 +232,11 @@ def _save_untrained(task, cfg: ExperimentConfig, info, workdir: str, seed: int, 
         return model
 
 
-def _train_on_features(task, cfg: ExperimentConfig, workdir: str, num_examples: int, out):
+def _train_on_features(task, cfg: ExperimentConfig, workdir: str, out):
     """Stage 3 and AMNet: small models on fixed features, one device; the schedule is the task's `s3`
     (stage 3's Stage3Config, AMNet's AmnetConfig)."""
     s3 = task.s3
-    per_epoch = (
-        task.steps_per_epoch() if hasattr(task, "steps_per_epoch") else max(1, num_examples // s3.batch_size)
-    )
+    per_epoch = task.steps_per_epoch()
     total = s3.max_steps if s3.max_steps else max(1, math.ceil(s3.epochs * per_epoch))
     with stage_lock(workdir, cfg.stage) as lock:
         _say_taken_over(lock, cfg.stage, out)
@@ -275,7 +273,7 @@ def run_amnet(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout, a
     validation sweep trains its candidates side by side), with `cfg.amnet`'s schedule (WORKSPACE.md A9).
     """
     task, cfg, workdir = _amnet_task(cfg, info, amnet_dir, out)
-    return _train_on_features(task, cfg, workdir, len(task.labels), out)
+    return _train_on_features(task, cfg, workdir, out)
 
 
 def run_amnet_untrained(cfg: ExperimentConfig, info: schema.DatasetInfo, out=sys.stdout):

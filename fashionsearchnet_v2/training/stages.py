@@ -52,7 +52,7 @@ def per_attribute_accuracy(logits, labels, num_values):
     return tf.stack(correct), tf.stack(labelled)
 
 
-class _ClassificationTask:
+class _ClassificationTask(trainer.Task):
     """What stages 1 and 2 share: data, optimizer, held-out accuracy and AAM pictures."""
 
     name = "stage"
@@ -84,12 +84,6 @@ class _ClassificationTask:
             t.optimizer, t.learning_rate, t.momentum, t.lr_schedule, total_steps, t.warmup_steps,
             fused=t.fused_update,
         )  # fmt: skip
-
-    def trainable_variables(self, model):
-        return model.trainable_variables
-
-    def extra_checkpoint(self) -> dict:
-        return {}
 
     def build_inputs(self, seed: int, skip_steps: int = 0) -> tf.data.Dataset:
         """The training stream of `seed`, from step `skip_steps` on (a resume continues it exactly)."""

@@ -160,7 +160,37 @@ def steps_function(task, strategy, model, optimizer, step, guarded: bool = True)
     return distributed_steps
 
 
-class FixedFeatureTask:
+class Task:
+    """What the Trainer runs, one object per stage (stages 1 and 2, stage 3, AMNet) with the same method
+    names, so the stages read alike and differ where the paper does. A stage defines `name`,
+    `build_model`, `build_optimizer`, `initialize`, `build_inputs`, `train_step`, `scalars` and
+    `evaluate`; the defaults below are what a stage without the rest does (a misspelt override then
+    fails at its call, instead of being skipped by a `hasattr`)."""
+
+    name = "stage"
+    #: The dataset the stage reads from shards (a damaged shard is then named), or None.
+    info = None
+    #: One line on how the input is read, logged when training starts ("" for none).
+    input_note = ""
+
+    def trainable_variables(self, model) -> list:
+        """The weights the optimizer is built for and every step updates."""
+        return model.trainable_variables
+
+    def extra_checkpoint(self) -> dict:
+        """More trackables to save beside the model and the optimizer (e.g. a random-number state)."""
+        return {}
+
+    def summary_images(self, model):
+        """[N, H, W, 3] images for TensorBoard at each epoch's end, or None."""
+        return None
+
+    def epoch_message(self, scores: dict) -> str | None:
+        """The line logged at an epoch's end from `evaluate`'s scores; None: the held-out means."""
+        return None
+
+
+class FixedFeatureTask(Task):
     """What the tasks on fixed features (stage 3, AMNet) share: stage 3's optimiser settings
     (`self.s3`, a Stage3Config), every weight of their small model trained, no pictures."""
 
@@ -173,15 +203,6 @@ class FixedFeatureTask:
         return make_optimizer(
             s3.optimizer, s3.learning_rate, s3.momentum, s3.lr_schedule, total_steps, fused=False
         )
-
-    def trainable_variables(self, model):
-        return model.trainable_variables
-
-    def extra_checkpoint(self) -> dict:
-        return {}
-
-    def summary_images(self, model):
-        return None
 
     # --- data: an epoch of the enumeration (decision 60) or one manipulation per image -------------
     def steps_per_epoch(self) -> int:
@@ -312,10 +333,9 @@ class Trainer:
         try:
             return self._run(save_dir, tb_dir)
         except tf.errors.DataLossError as e:
-            info = getattr(self.task, "info", None)
-            if info is None:
+            if self.task.info is None:
                 raise
-            raise integrity.corrupt_shard_error(info, e) from e
+            raise integrity.corrupt_shard_error(self.task.info, e) from e
         finally:
             distribute.remove_temp(tmp)
 
@@ -356,7 +376,7 @@ class Trainer:
         # not decoded): with the restored weights, optimizer and random state it repeats the run that never
         # stopped (tests/test_training.py).
         dataset = self.task.build_inputs(self.seed, skip_steps=start)
-        if getattr(self.task, "input_note", ""):
+        if self.task.input_note:
             self.log(f"[{self.task.name}] {self.task.input_note}")
         iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
 
@@ -447,8 +467,9 @@ class Trainer:
                 tf.summary.scalar(k, v)
             if images is not None:
                 tf.summary.image("aam_boxes/heldout", images, step=done, max_outputs=len(images))
-        if heldout and hasattr(self.task, "epoch_message"):
-            self.log(f"[{self.task.name}] {self.task.epoch_message(heldout)}")
+        message = self.task.epoch_message(heldout) if heldout else None
+        if message is not None:
+            self.log(f"[{self.task.name}] {message}")
         elif heldout:
             groups: dict[str, list[float]] = {}
             for k, v in heldout.items():
