@@ -234,7 +234,7 @@ class AmnetConfig:
 
     The defaults are the choices made on the validation split (A9, `docs/amnet_selection.md`);
     `old_amnet` gives AMNet as it was measured before issue 24 (the 227 px table still cites it).
-    The schedule's fields carry Stage3Config's names: both train through `trainer.FixedFeatureTask`.
+    The schedule's fields carry Stage3Config's names: both are a `trainer.FixedFeatureTask`'s `schedule`.
     """
 
     memory_dim: int = 256  # the memory's width with memory_init="random"; "prototypes": the feature's

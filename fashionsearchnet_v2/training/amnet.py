@@ -49,7 +49,7 @@ class AmnetTask(trainer.FixedFeatureTask):
 
     def __init__(self, config, info, train_features: dict, workdir: str | None = None):
         self.config, self.info, self.workdir = config, info, workdir
-        self.am = self.s3 = config.amnet  # the schedule fields FixedFeatureTask reads
+        self.am = self.schedule = config.amnet
         self.num_values, self.names = info.num_values, info.attribute_names
         self.global_batch = self.am.batch_size
         self.precision = precision.resolve(config.train.precision).precision  # resolved by training.run

@@ -233,9 +233,9 @@ def _save_untrained(task, cfg: ExperimentConfig, info, workdir: str, seed: int, 
 
 
 def _train_on_features(task, cfg: ExperimentConfig, workdir: str, out):
-    """Stage 3 and AMNet: small models on fixed features, one device; the schedule is the task's `s3`
+    """Stage 3 and AMNet: small models on fixed features, one device; the schedule is the task's
     (stage 3's Stage3Config, AMNet's AmnetConfig)."""
-    s3 = task.s3
+    s3 = task.schedule
     per_epoch = task.steps_per_epoch()
     total = s3.max_steps if s3.max_steps else max(1, math.ceil(s3.epochs * per_epoch))
     with stage_lock(workdir, cfg.stage) as lock:

@@ -185,7 +185,7 @@ class Stage3Task(trainer.FixedFeatureTask):
 
     def __init__(self, config, info, train_features: dict, workdir: str | None = None):
         self.config, self.info, self.workdir = config, info, workdir
-        self.s3 = config.stage3
+        self.s3 = self.schedule = config.stage3
         self.num_values = info.num_values
         self.names = info.attribute_names
         self.global_batch = self.s3.batch_size

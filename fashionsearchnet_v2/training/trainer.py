@@ -191,14 +191,15 @@ class Task:
 
 
 class FixedFeatureTask(Task):
-    """What the tasks on fixed features (stage 3, AMNet) share: stage 3's optimiser settings
-    (`self.s3`, a Stage3Config), every weight of their small model trained, no pictures."""
+    """What the tasks on fixed features (stage 3, AMNet) share: their schedule (`self.schedule`: stage 3's
+    Stage3Config or AMNet's AmnetConfig, which name their optimiser, epoch and validation fields alike),
+    every weight of their small model trained, no pictures."""
 
-    s3 = None
+    schedule = None
     workdir: str | None = None
 
     def build_optimizer(self, total_steps: int):
-        s3 = self.s3
+        s3 = self.schedule
         # Keras' own update: these models are small, a fused kernel would save nothing (issue 26).
         return make_optimizer(
             s3.optimizer, s3.learning_rate, s3.momentum, s3.lr_schedule, total_steps, fused=False
@@ -207,7 +208,7 @@ class FixedFeatureTask(Task):
     # --- data: an epoch of the enumeration (decision 60) or one manipulation per image -------------
     def steps_per_epoch(self) -> int:
         n = len(self.enumerator) if self.enumerator is not None else len(self.labels)
-        return max(1, n // self.s3.batch_size)
+        return max(1, n // self.schedule.batch_size)
 
     def describe_data(self) -> str:
         what = (
@@ -216,7 +217,7 @@ class FixedFeatureTask(Task):
             else f"one manipulation per training image, {len(self.labels)} per epoch"
         )
         val = self.validation.describe() if self.validation else self._no_validation
-        return f"{what} = {self.steps_per_epoch()} steps of {self.s3.batch_size}; {self.s3.negatives} negatives; {val}"
+        return f"{what} = {self.steps_per_epoch()} steps of {self.schedule.batch_size}; {self.schedule.negatives} negatives; {val}"
 
     def set_up_validation(self, features, labels, ids, held, manipulation=None) -> None:
         """Decision 59's validation searches over the `held` training images (their `features`), or None
@@ -228,7 +229,7 @@ class FixedFeatureTask(Task):
             return
         searches = validation.ValidationSearches(
             features[held], labels[held], ids[held], self.num_values, self.names,
-            self.s3.validation_query_share, (self._validation_k(ids[held]),), manipulation=manipulation,
+            self.schedule.validation_query_share, (self._validation_k(ids[held]),), manipulation=manipulation,
         )  # fmt: skip
         self.validation = searches if len(searches) else None
         self._no_validation = (
@@ -239,9 +240,9 @@ class FixedFeatureTask(Task):
     def _validation_k(self, held_ids) -> int:
         """Config's validation_k, or Top-20's share of the test gallery applied to the validation gallery
         (decision 59: the same K for stage 3 and AMNet)."""
-        if self.s3.validation_k:
-            return int(self.s3.validation_k)
-        n = int((~validation.query_mask(held_ids, self.s3.validation_query_share)).sum())
+        if self.schedule.validation_k:
+            return int(self.schedule.validation_k)
+        n = int((~validation.query_mask(held_ids, self.schedule.validation_query_share)).sum())
         return validation.top20_share(n, self.info.splits.get("gallery", 0))
 
     # --- what was validated: every scored epoch, and the best one kept (decisions 61, A8) ----------
@@ -258,11 +259,11 @@ class FixedFeatureTask(Task):
             self.history, self.selected = saved.get("history", []), saved.get("selected")
 
     def keep(self, record: dict, key: str, weights: dict, step: int) -> None:
-        """Adds a validated state's `record` to the history; with `s3.select_on_validation` a record
+        """Adds a validated state's `record` to the history; with `schedule.select_on_validation` a record
         whose `key` beats the selected one's becomes selected and `weights` ({name: trackable}) are saved
         in `<workdir>/selected`. Writes `selection.json` either way."""
         self.history.append(record)
-        select = self.s3.select_on_validation
+        select = self.schedule.select_on_validation
         if select and (self.selected is None or record[key] > self.selected[key]):
             self.selected = record
             if self.workdir:
