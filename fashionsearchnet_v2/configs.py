@@ -237,7 +237,7 @@ class AmnetConfig:
     The schedule's fields carry Stage3Config's names: both are a `trainer.FixedFeatureTask`'s `schedule`.
     """
 
-    memory_dim: int = 256  # the memory's width with memory_init="random"; "prototypes": the feature's
+    memory_dim: int = 256  # the memory's width with memory_init="random" ("prototypes": the feature's width)
     embedding_dim: int = 256  # the fusion layer's output, ranked by the triplet loss and searched
     # "prototypes": each value's row starts at the mean stage-1 feature of the training images with that
     # value ("prototype attribute representations", AMNet's abstract), so the read t·M starts as the
