@@ -9,19 +9,23 @@ Embeds the image (`embed`), replaces the named attributes' representations with 
 attributes: its dataset label where known, else the model's prediction (marked `*` in the table).
 --where keeps the results to items with those values (the same known values; an attribute named twice
 accepts either value, several attributes must all hold).
---grid writes a PNG: query, manipulation, results (framed green where every requested value holds), and
-the query's attribute activation maps with their boxes. Exit code 2 for an unknown attribute or value
+--format=json prints what the search service answers to POST /search (docs/serving.md: the query's
+predicted values, target, AAM maps and boxes, the changes, each result's matches), plus the image's
+path: the command runs the service's own search. --grid writes a PNG: query, manipulation, results
+(framed green where every requested value holds), and the query's attribute activation maps with their
+boxes. Exit code 2 for an unknown attribute or value
 (the message lists the valid names), an unreadable image (path and reason) or an unusable index.
 """
 
 import json
 import sys
 
+import numpy as np
 from absl import flags
 
 from experiments import common
 from fashionsearchnet_v2.data import schema
-from fashionsearchnet_v2.serving import export, indexing, search_figure
+from fashionsearchnet_v2.serving import export, indexing, items, search_figure, searcher
 from fashionsearchnet_v2.serving import index as index_lib
 
 EXPORT_DIR = flags.DEFINE_string("export_dir", None, "SavedModel written by experiments.export.")
@@ -44,16 +48,6 @@ EF_SEARCH = flags.DEFINE_integer("ef_search", None, "FAISS HNSW candidates per q
 flags.mark_flags_as_required(["export_dir", "index", "image"])
 
 
-def manipulation_text(vocabulary, manipulations, predicted) -> str:
-    """ "color: blue → black, ..." with the query's predicted value before each arrow."""
-    if not manipulations:
-        return "no manipulation"
-    values = [attr.values for attr in vocabulary.attributes]
-    return ", ".join(
-        f"{vocabulary.names[a]}: {values[a][predicted[a]]} → {values[a][v]}" for a, v in manipulations
-    )
-
-
 def table(results, names) -> str:
     header = ["rank", "id", "distance"] + list(names)
     rows = [[str(r["rank"]), r["id"], f"{r['distance']:.4f}"]
@@ -69,74 +63,58 @@ def main(argv):
     if TOP_K.value < 1:
         common.fail(f"--top_k must be >= 1, got {TOP_K.value}")
     try:
+        # Names, image and index are checked before the slow load of the model.
         vocabulary = export.Vocabulary.load(EXPORT_DIR.value)
         manipulations = vocabulary.parse_manipulations(SET.value)
         conditions = vocabulary.parse_where(WHERE.value)
         image = index_lib.read_image(IMAGE.value)
         index = index_lib.SearchIndex.load(INDEX.value)
-        indexing.check_compatible(index, vocabulary.to_json(), index.vectors.shape[1])  # before the slow load
+        indexing.check_compatible(index, vocabulary.to_json(), index.vectors.shape[1])
         model = export.ExportedModel(EXPORT_DIR.value)
-        # An export without export.json records no dimension: the index's is taken, as the service does.
-        global_dim = int(model.metadata.get("global_dim") or index.vectors.shape[1])
-        indexing.check_compatible(index, vocabulary.to_json(), global_dim, model.fingerprint)
-        emb = model.embed([image])
-        attributes, values = export.manipulation_arrays([manipulations])
-        query = model.manipulate(emb["attribute_representations"], attributes, values)
-        allowed = index.where_mask(conditions) if conditions else None
-        rows, distances = index.search(
-            query, TOP_K.value, BACKEND.value, nprobe=NPROBE.value, ef_search=EF_SEARCH.value, allowed=allowed
+        # The service's search itself (POST /search): the same ranking, target and matches, one code path.
+        # No item image is shown here (--grid reads its own), so none is looked up.
+        engine = searcher.Searcher(
+            model, index, items.ItemImages(index, with_images=False), BACKEND.value, NPROBE.value,
+            EF_SEARCH.value, max_top_k=TOP_K.value, max_batch=1, gather_ms=0,
+        )  # fmt: skip
+        names, values = vocabulary.names, [attr.values for attr in vocabulary.attributes]
+        answer = engine.search(
+            image=image,
+            changes=[(names[a], values[a][v]) for a, v in manipulations],
+            top_k=TOP_K.value,
+            where=[(names[a], values[a][v]) for a, vs in conditions.items() for v in vs],
         )
     except (export.VocabularyError, export.ExportError, index_lib.ImageReadError, index_lib.IndexFileError,
             index_lib.FaissUnavailable) as e:  # fmt: skip
         common.fail(str(e))
-    keep = rows[0] >= 0  # FAISS pads with -1 when it finds fewer than k
-    rows, distances = rows[0][keep], distances[0][keep]
-    results = [
-        {"rank": i + 1, "id": str(index.ids[r]), "distance": float(d), "attributes": index.attributes(int(r))}
-        for i, (r, d) in enumerate(zip(rows, distances))
-    ]
-    query_pred = {
-        name: {"value": vocabulary.attributes[a].values[int(emb["predicted_values"][0, a])],
-               "probability": round(float(emb["predicted_probabilities"][0, a]), 4)}
-        for a, name in enumerate(vocabulary.names)
-    }  # fmt: skip
-    text = manipulation_text(vocabulary, manipulations, emb["predicted_values"][0])
-    where = {
-        vocabulary.names[a]: [vocabulary.attributes[a].values[v] for v in vs] for a, vs in conditions.items()
-    }
-    candidates = len(index) if allowed is None else int(allowed.sum())
+    except searcher.RequestError as e:
+        common.fail(e.message)
+    answer["query"] = {"image": IMAGE.value, **answer["query"]}
+    changes = answer["changes"]
+    text = ", ".join(f"{c['attribute']}: {c['from']} → {c['to']}" for c in changes) or "no manipulation"
     if FORMAT.value == "json":
-        out = {
-            "query": {"image": IMAGE.value, "predicted": query_pred},
-            "manipulations": [
-                {"attribute": vocabulary.names[a], "value": vocabulary.attributes[a].values[v]}
-                for a, v in manipulations
-            ],  # fmt: skip
-            "where": where,
-            "candidates": candidates,
-            "backend": BACKEND.value or index.backend,
-            "results": results,
-        }
-        print(json.dumps(out, indent=2, ensure_ascii=False))
+        print(json.dumps(answer, indent=2, ensure_ascii=False))
     else:
-        shown = ", ".join(f"{n}={p['value']}" for n, p in query_pred.items())
+        shown = ", ".join(f"{n}={p['value']}" for n, p in answer["query"]["predicted"].items())
         print(f"query {IMAGE.value} (predicted: {shown})\nmanipulation: {text}")
-        if where:
-            shown = "; ".join(f"{n} = {' or '.join(vs)}" for n, vs in where.items())
-            print(f"only items with {shown}: {candidates} of {len(index)}")
+        if answer["where"]:
+            shown = "; ".join(f"{n} = {' or '.join(vs)}" for n, vs in answer["where"].items())
+            print(f"only items with {shown}: {answer['candidates']} of {len(index)}")
         print()
-        print(table(results, vocabulary.names))
+        print(table(answer["results"], names))
         print("\n* predicted by the model (no dataset label)")
     if GRID.value:
-        shown_rows = rows[: min(GRID_K.value, len(rows))]
-        known = index.known_values()
-        matched = [all(known[r, a] == v for a, v in manipulations) for r in shown_rows]
+        shown_results = answer["results"][: min(GRID_K.value, len(answer["results"]))]
+        rows = [engine.row_of(r["id"]) for r in shown_results]
+        matched = [r["changes_match"] for r in shown_results]
         try:
-            images = search_figure.result_images(index, shown_rows, common.DATA_DIR.value)
+            images = search_figure.result_images(index, rows, common.DATA_DIR.value)
         except (index_lib.ImageReadError, index_lib.IndexFileError, schema.DatasetError) as e:
             common.fail(f"cannot draw --grid: {e}")
-        search_figure.search_figure(image, text, images, matched, GRID.value, emb["maps"][0], emb["boxes"][0],
-                                vocabulary.names)  # fmt: skip
+        query = answer["query"]
+        maps = np.array([query["maps"][n] for n in names], np.float32)
+        boxes = np.array([query["boxes"][n] for n in names], np.float32)
+        search_figure.search_figure(image, text, images, matched, GRID.value, maps, boxes, names)
         print(f"wrote {GRID.value}", file=sys.stderr)
 
 

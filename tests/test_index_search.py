@@ -384,7 +384,13 @@ def test_index_and_search_commands(export_dir, model, folder, tmp_path):
     code, out, err = runs[0]
     assert code == 0, err
     result = json.loads(out)
-    assert [m["attribute"] for m in result["manipulations"]] == ["color", "sleeve_length"]
+    # The service's answer (one search code path): the changes from the predicted values, the target.
+    assert [(c["attribute"], c["to"]) for c in result["changes"]] == [
+        ("color", "black"),
+        ("sleeve_length", "long"),
+    ]
+    assert result["query"]["image"] == query and result["query"]["item"] is None
+    assert {c["attribute"]: c["to"] for c in result["changes"]}.items() <= result["query"]["target"].items()
     emb = model.embed([index_lib.read_image(query)])
     q = model.manipulate(emb["attribute_representations"], [[0, 1]], [[2, 1]])
     index = index_lib.SearchIndex.load(path)

@@ -59,9 +59,11 @@ class ItemImages:
     machine: pass its directory), or holds another number of records than the index.
     """
 
-    def __init__(self, index, data_dir: str | None = None):
+    def __init__(self, index, data_dir: str | None = None, with_images: bool = True):
+        """`with_images=False`: the items as bare vectors, nothing looked up (a command that shows no item
+        image; a split's records are otherwise located one by one here)."""
         source = index.metadata.get("source", {})
-        self.kind = source.get("kind")
+        self.kind = source.get("kind") if with_images else None
         self.ids = index.ids
         self.paths = index.paths
         self._records: list[tuple[str, int, int]] = []
