@@ -111,9 +111,14 @@ def check_split_sizes(available: int, num_query: int, num_gallery: int, what: st
         for reason, image_id, detail in skips:
             first.setdefault(reason, detail or image_id)
         why = ", ".join(f"{n} {r} (e.g. {first[r]})" for r, n in reasons.most_common())
+        hint = (
+            " Check where the images are (--input_dir's layout, or --image_root for a catalogue)."
+            if {"missing", "empty"} & set(reasons)
+            else ""
+        )
         raise DatasetError(
-            f"{what}: {available} usable images of {available + len(skips)} listed; skipped: {why}. Check "
-            f"where the images are (--input_dir's layout, or --image_root for a catalogue); {sizes}."
+            f"{what}: {available} usable images of {available + len(skips)} listed; skipped: {why}.{hint} "
+            f"{sizes[0].upper()}{sizes[1:]}."
         )
     raise DatasetError(
         f"{what}: {available} usable images, but {sizes}. Set smaller "
