@@ -42,7 +42,7 @@ def main(argv):
         destination.check_destination(EXPORT_DIR.value, OVERWRITE.value)
     except destination.ExportError as e:
         common.fail(str(e))
-    from fashionsearchnet_v2 import precision
+    from fashionsearchnet_v2 import precision, progress
 
     choice = precision.resolve(common.precision_flag())
     dirs = common.resolve_dirs()
@@ -64,7 +64,8 @@ def main(argv):
     module = export.ServingModule(net, layer, vocabulary, model_cfg.image_size, model_bfloat16=fast)
     metadata["data_dir"] = os.path.abspath(dirs.data_dir)
     try:
-        out = export.save(module, vocabulary, EXPORT_DIR.value, OVERWRITE.value, metadata)
+        with progress.phase(f"tracing and writing the SavedModel into {EXPORT_DIR.value}"):
+            out = export.save(module, vocabulary, EXPORT_DIR.value, OVERWRITE.value, metadata)
     except export.ExportError as e:
         common.fail(str(e))
     a, d, r = len(vocabulary.names), layer.dim, layer.output_dim
