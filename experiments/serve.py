@@ -81,7 +81,7 @@ def build_searcher() -> service.Searcher:
                 model = export.ExportedModel(EXPORT_DIR.value, precision=common.precision_flag())
         with progress.phase(f"finding the images of {len(index)} items"):
             images = items.ItemImages(index, common.DATA_DIR.value)
-        with progress.phase(f"preparing {BACKEND.value} search"):
+        with progress.phase(f"preparing {BACKEND.value or index.backend} search"):
             return service.Searcher(
                 model,
                 index,
