@@ -124,6 +124,13 @@ CACHE_DECODED_MIB = flags.DEFINE_integer(
     "Stages 1 and 2 decode the training split once and hold it in memory when its pixels fit in this many "
     "MiB and share one size (default 1024; the same batches as decoding every epoch); 0: decode as read.",
 )
+EXCLUDE_VALIDATION = flags.DEFINE_bool(
+    "exclude_validation",
+    None,
+    "Stages 1 and 2 leave decision 59's validation carve (a fifth of the training split, by id hash) out "
+    "of their training, so a choice of theirs can be scored on images they never saw (decision 72). "
+    "Default false: the whole training split, as the paper and every table.",
+)
 CLASSIFIER_INIT = flags.DEFINE_enum(
     "classifier_init",
     None,
@@ -499,6 +506,7 @@ FLAG_FIELDS = (
     (WARMUP_STEPS, (("train", "warmup_steps"),)),
     (FUSED_UPDATE, (("train", "fused_update"),)),
     (CACHE_DECODED_MIB, (("train", "cache_decoded_mib"),)),
+    (EXCLUDE_VALIDATION, (("train", "exclude_validation"),)),
     (CLASSIFIER_INIT, (("train", "classifier_init"),)),
     (LAMBDA_C, (("train", "lambda_c"),)),
     (LAMBDA_T, (("train", "lambda_t"),)),

@@ -129,6 +129,11 @@ class TrainConfig:
     log_every_steps: int = 20
     checkpoint_every_steps: int = 200
     heldout_images: int = 256  # gallery images used for held-out accuracy each epoch
+    # Decision 72 (not in the paper): stages 1-2 leave decision 59's validation carve of the training split
+    # (Stage3Config.validation_fraction, by id hash) out of their training, so that a choice of stages 1-2
+    # can be scored on images they never saw (`evaluation.validate_stage2`). False, the default and every
+    # table's: stages 1-2 train on the whole training split, as the paper.
+    exclude_validation: bool = False
     summary_images: int = 4  # held-out images whose AAMs and boxes go to TensorBoard
     shuffle_buffer: int = 4096
     seed: int = 0

@@ -299,9 +299,53 @@ def test_a_run_shorter_than_an_epoch_says_which_fraction_of_one_it_ran(info, tmp
     """`--max_steps` below an epoch keeps the epoch's length (72 training images in batches of 8: 9
     steps), so the progress line of step 4 says epoch 0.44, not 1.00."""
     cfg = configs.quick(configs.ExperimentConfig(dataset="synthetic", workdir=str(tmp_path)))
-    assert info.splits["train"] == 72 and run.schedule(cfg.train, info) == (4, 9)
-    long = dataclasses.replace(cfg.train, max_steps=None, epochs=2.0)
+    assert info.splits["train"] == 72 and run.schedule(cfg, info) == (4, 9)
+    long = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=None, epochs=2.0))
     assert run.schedule(long, info) == (18, 9)
     log = io.StringIO()
     run.run_stage1(cfg, info, out=log)
     assert "step 4/4 (100%) epoch 0.44 " in log.getvalue(), log.getvalue()[-1500:]
+
+
+def test_stages_1_and_2_can_leave_the_validation_carve_out(info, tmp_path):
+    """Decision 72: with exclude_validation the training stream never yields an image of decision 59's
+    carve, decoded or streamed alike (the same elements), an epoch is the rest, and `skip` still counts
+    what is yielded (a resume lines up); without it, nothing changes."""
+    from fashionsearchnet_v2.data import pipeline
+    from fashionsearchnet_v2.retrieval import validation
+
+    cfg = configs.quick(configs.ExperimentConfig(dataset="synthetic", workdir=str(tmp_path)))
+    assert stages.left_out_ids(cfg, info) == []
+    held_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, exclude_validation=True))
+    ids = pipeline.split_ids(info, "train")
+    carved = {i for i, h in zip(ids, validation.carve(ids, cfg.stage3.validation_fraction)) if h}
+    left_out = stages.left_out_ids(held_cfg, info)
+    assert set(left_out) == carved and 0 < len(carved) < len(ids)
+
+    def stream(decoded=None, skip=0, leave_out=left_out, batches=12):
+        ds = pipeline.make_dataset(info, "train", 64, 8, training=True, seed=3, skip=skip, decoded=decoded,
+                                   leave_out=leave_out)  # fmt: skip
+        return [x.decode() for batch in ds.take(batches) for x in batch["id"].numpy()]
+
+    streamed = stream()
+    decoded = pipeline.decode_split(info, "train", 1 << 30)
+    assert stream(decoded) == streamed and not carved & set(streamed)
+    assert len(set(streamed)) == len(ids) - len(carved)  # 96 draws over one epoch and more: every kept image
+    assert stream(skip=8) == stream(batches=13)[8:104]
+    assert carved & set(stream(leave_out=()))  # without it the carve is trained on, as before
+    kept = len(ids) - len(carved)
+    assert run.schedule(held_cfg, info)[1] == kept // cfg.train.batch_size
+
+
+def test_the_carve_is_left_out_by_both_stages_or_neither(info, tmp_path):
+    """A stage 2 that trains on the carve stage 1 left out (or the reverse), or a stage resumed with the
+    other setting, would not hold the carve out: each is refused, naming the flag."""
+    cfg = _config(tmp_path, max_steps=2, exclude_validation=True)
+    log = io.StringIO()
+    run.run_stage1(cfg, info, out=log)
+    assert "training images left out for validation (--exclude_validation, decision 72)" in log.getvalue()
+    with pytest.raises(checkpoints.RestoreError, match="left out the validation carve.*--exclude_validation"):
+        run.run_stage2(_config(tmp_path, max_steps=2), info, out=io.StringIO())
+    with pytest.raises(checkpoints.RestoreError, match=r"exclude_validation: True there vs False now"):
+        run.run_stage1(_config(tmp_path, max_steps=4), info, out=io.StringIO())
+    run.run_stage2(cfg, info, out=io.StringIO())  # the same setting: trains

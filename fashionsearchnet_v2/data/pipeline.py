@@ -37,6 +37,7 @@ def make_dataset(
     skip: int = 0,
     decoded: DecodedSplit | None = None,
     autotune: bool = False,
+    leave_out: Sequence[str] = (),
 ) -> tf.data.Dataset:
     """Batches of {"image": float32 [B, S, S, 3], "labels": int32 [B, A], "id": string [B]
     (, "boxes": [B, A, 4])}. Training data is shuffled and repeated forever; evaluation data is read
@@ -50,17 +51,30 @@ def make_dataset(
     `decoded` (training only): `split` decoded once (`decode_split`); the batches are the same, element
     for element, as without it.
 
+    `leave_out` (training only): ids whose records the stream never yields, dropped before the shuffle
+    (so `skip` counts what is yielded and a resume still lines up; decoded or not, the same elements).
+
     `autotune` (decision P7: off): tf.data's autotuner, which on 2 cores left a model fed by the
     stream at half its speed on about half of the iterators (the model's and the tuner's threads on the
     same cores); off, `AUTOTUNE` parallelism is the number of cores and the prefetch buffer fixed. The
     batches are the same either way."""
     if decoded is not None and (not training or take is not None or with_boxes):
         raise ValueError("a DecodedSplit feeds training streams only (no take, no boxes)")
+    if len(leave_out) and not training:
+        raise ValueError("leave_out applies to training streams only")
+    left_out = _id_set(leave_out) if len(leave_out) else None
     if decoded is not None:
         # The same order over record indices, then the held pixels through the same preprocessing.
         sources = tf.data.Dataset.from_tensor_slices((decoded.starts, decoded.ends))
-        ds = _record_order(sources, len(decoded.starts), tf.data.Dataset.range, training, seed, shuffle_buffer,
-                           take, skip)  # fmt: skip
+        open_range = tf.data.Dataset.range
+        if left_out is not None:
+            kept = tf.logical_not(left_out.lookup(decoded.ids) > 0)  # [N] bool, by record index
+
+            def open_range(start, end):
+                return tf.data.Dataset.range(start, end).filter(lambda i: tf.gather(kept, i))
+
+        ds = _record_order(sources, len(decoded.starts), open_range, training, seed, shuffle_buffer, take,
+                           skip)  # fmt: skip
         images, labels, ids = decoded.images, decoded.labels, decoded.ids
 
         def element(i):
@@ -71,7 +85,18 @@ def make_dataset(
         num_attributes = info.num_attributes
         with_boxes = with_boxes and info.has_boxes
         sources = tf.data.Dataset.from_tensor_slices(files)
-        ds = _record_order(sources, len(files), tf.data.TFRecordDataset, training, seed, shuffle_buffer, take,
+        open_file = tf.data.TFRecordDataset
+        if left_out is not None:
+            id_spec = {records.FEATURE_ID: tf.io.FixedLenFeature([], tf.string)}
+
+            def kept_record(serialized):
+                image_id = tf.io.parse_single_example(serialized, id_spec)[records.FEATURE_ID]
+                return tf.logical_not(left_out.lookup(image_id) > 0)
+
+            def open_file(path):
+                return tf.data.TFRecordDataset(path).filter(kept_record)
+
+        ds = _record_order(sources, len(files), open_file, training, seed, shuffle_buffer, take,
                            skip)  # fmt: skip
 
         def element(serialized):
@@ -189,8 +214,27 @@ def decoded_split_cached(
     return _DECODED[key]
 
 
-def steps_per_epoch(info: schema.DatasetInfo, batch_size: int, split: str = "train") -> int:
-    return max(1, info.splits[split] // batch_size)
+def steps_per_epoch(
+    info: schema.DatasetInfo, batch_size: int, split: str = "train", left_out: int = 0
+) -> int:
+    """Full batches in an epoch of `split`, less `left_out` of its images (`make_dataset(leave_out=...)`)."""
+    return max(1, (info.splits[split] - left_out) // batch_size)
+
+
+def _id_set(ids: Sequence[str]) -> tf.lookup.StaticHashTable:
+    """A graph-side set of image ids: lookup gives 1 for a member, 0 otherwise."""
+    keys = tf.constant([i.decode() if isinstance(i, bytes) else str(i) for i in ids], tf.string)
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int32)), 0
+    )
+
+
+def split_ids(info: schema.DatasetInfo, split: str) -> list[str]:
+    """The ids of `split`'s records in file order (only the id is parsed)."""
+    spec = {records.FEATURE_ID: tf.io.FixedLenFeature([], tf.string)}
+    ds = tf.data.TFRecordDataset(info.shard_paths(split)).batch(1024)
+    ds = ds.map(tf.autograph.experimental.do_not_convert(lambda s: tf.io.parse_example(s, spec)))
+    return [x.decode() for batch in ds.as_numpy_iterator() for x in batch[records.FEATURE_ID]]
 
 
 def read_split_images(info: schema.DatasetInfo, split: str, ids: Sequence[str]) -> dict[str, np.ndarray]:

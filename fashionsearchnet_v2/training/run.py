@@ -24,10 +24,12 @@ from fashionsearchnet_v2.trained import checkpoints, loading, provenance
 from fashionsearchnet_v2.training import distribute, stages, trainer
 
 
-def schedule(train: configs.TrainConfig, info: schema.DatasetInfo) -> tuple[int, int]:
-    """(total steps, steps per epoch) of a stage. A `max_steps` shorter than an epoch leaves the epoch as
-    it is: the progress lines say which fraction of one ran (the last step ends the run's epoch anyway)."""
-    per_epoch = pipeline.steps_per_epoch(info, train.batch_size)
+def schedule(cfg: ExperimentConfig, info: schema.DatasetInfo) -> tuple[int, int]:
+    """(total steps, steps per epoch) of stage 1 or 2 (an epoch: the training images it reads, decision
+    72's carve left out when asked). A `max_steps` shorter than an epoch leaves the epoch as it is: the
+    progress lines say which fraction of one ran (the last step ends the run's epoch anyway)."""
+    train = cfg.train
+    per_epoch = pipeline.steps_per_epoch(info, train.batch_size, left_out=len(stages.left_out_ids(cfg, info)))
     total = train.max_steps if train.max_steps else max(1, math.ceil(train.epochs * per_epoch))
     return total, per_epoch
 
@@ -48,6 +50,8 @@ def check_same_model(
         for f in dataclasses.fields(cfg.model)
         if getattr(old.model, f.name) != getattr(cfg.model, f.name)
     }
+    if old.train.exclude_validation != cfg.train.exclude_validation:  # another stream of images (decision 72)
+        diff["exclude_validation"] = (old.train.exclude_validation, cfg.train.exclude_validation)
     if diff:
         shown = "; ".join(f"{k}: {a} there vs {b} now" for k, a, b in ((k, *v) for k, v in diff.items()))
         raise checkpoints.RestoreError(
@@ -62,7 +66,7 @@ def check_finished(directory: str, stage_cfg: ExperimentConfig, info: schema.Dat
     path = checkpoints.latest(os.path.join(directory, "ckpt"))
     if path is None:
         return  # the restore says "run ... first"
-    total, _ = schedule(stage_cfg.train, info)
+    total, _ = schedule(stage_cfg, info)
     try:
         done = int(tf.train.load_variable(path, "step/.ATTRIBUTES/VARIABLE_VALUE"))
     except (tf.errors.OpError, ValueError):
@@ -89,7 +93,7 @@ def _say_taken_over(lock, stage: str, out) -> None:
 
 
 def _train(task, cfg: ExperimentConfig, info, workdir: str, strategy, out):
-    total, per_epoch = schedule(cfg.train, info)
+    total, per_epoch = schedule(cfg, info)
     integrity.check_records(info)
     with stage_lock(workdir, cfg.stage, strategy) as lock:
         _say_taken_over(lock, cfg.stage, out)
@@ -157,6 +161,13 @@ def run_stage2(cfg: ExperimentConfig, info: schema.DatasetInfo, strategy=None, o
         )
     provenance.check(stage1_cfg, info, stage1_dir, quick=cfg.quick)
     check_finished(stage1_dir, stage1_cfg, info, "stage 1")
+    if stage1_cfg.train.exclude_validation != cfg.train.exclude_validation:  # decision 72: both or neither
+        said = "left out" if stage1_cfg.train.exclude_validation else "trained on"
+        raise checkpoints.RestoreError(
+            f"{stage1_dir} {said} the validation carve (--exclude_validation="
+            f"{str(stage1_cfg.train.exclude_validation).lower()}); stage 2 must do the same, or the carve "
+            "is not held out: pass the same --exclude_validation"
+        )
     cfg = resolve_precision(cfg, out)
     task = stages.Stage2Task(cfg, info, workdir, strategy, stage1_dir, stage1_cfg)
     return _train(task, cfg, info, workdir, strategy, out)

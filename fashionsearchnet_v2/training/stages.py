@@ -18,6 +18,7 @@ from fashionsearchnet_v2 import configs, losses, precision
 from fashionsearchnet_v2.configs import ExperimentConfig
 from fashionsearchnet_v2.data import pipeline, records, schema
 from fashionsearchnet_v2.model import aam, backbone, network
+from fashionsearchnet_v2.retrieval import validation
 from fashionsearchnet_v2.trained import checkpoints
 from fashionsearchnet_v2.training import distribute, trainer
 
@@ -31,6 +32,23 @@ BACKBONE_FIELDS = (
     "batch_norm",
     "input_scale",
 )
+
+
+_LEFT_OUT: dict = {}
+
+
+def left_out_ids(config: ExperimentConfig, info: schema.DatasetInfo) -> list[str]:
+    """The training images stages 1-2 leave out (decision 72: decision 59's validation carve, with
+    `TrainConfig.exclude_validation`; none without it), kept for the process (one pass over the ids)."""
+    if not config.train.exclude_validation:
+        return []
+    key = (info.data_dir, info.fingerprint, config.stage3.validation_fraction)
+    if key not in _LEFT_OUT:
+        ids = pipeline.split_ids(info, "train")
+        held = validation.carve(ids, config.stage3.validation_fraction)
+        _LEFT_OUT.clear()
+        _LEFT_OUT[key] = [i for i, h in zip(ids, held) if h]
+    return _LEFT_OUT[key]
 
 
 def backbone_differences(earlier, now, fields=BACKBONE_FIELDS) -> list[tuple[str, object, object]]:
@@ -121,7 +139,14 @@ class _ClassificationTask(trainer.Task):
             shuffle_buffer=t.shuffle_buffer,
             skip=skip_steps * per_step,
             decoded=decoded,
+            leave_out=left_out_ids(self.config, self.info),
         )
+        if self.config.train.exclude_validation:
+            self.input_note = (
+                (self.input_note + "; " if self.input_note else "")
+                + f"{len(left_out_ids(self.config, self.info))} training images left out for validation "
+                "(--exclude_validation, decision 72)"
+            )
         if workers > 1:  # every worker builds the same pipeline; tf.distribute gives each its part
             options = tf.data.Options()
             options.experimental_distribute.auto_shard_policy = policy
