@@ -222,3 +222,22 @@ def test_every_kept_stage_config_is_read_by_this_code():
                 assert cfg.train.lambda_t == json.load(f)["train"]["lambda_t"]
             found += 1
     assert found >= 100, found
+
+
+def test_the_schedule_study_in_results_is_what_its_run_files_print():
+    """docs/results.md's table of the embedded default's epochs on the validation split (decisions 12 and
+    72) is what benchmarks/stage12_validation.py prints from the scores kept in docs/runs, row for row,
+    with each arm's paired difference."""
+    import stage12_validation as sv
+
+    folder = os.path.join(ROOT, "docs", "runs", "schedule-validation")
+    arms = ["epochs4", "epochs3", "epochs6"]
+    scored = sv.scored_runs(folder, arms)
+    assert len(scored) >= 4, sorted(scored)
+    first = next(iter(scored.values()))
+    names = [n for n in first["topk"][str(first["k"])] if n not in ("avg", "all")]
+    printed = sv.table(scored, arms, names)
+    rows = [ln for ln in printed.splitlines() if ln.startswith("| epochs") or " − epochs4" in ln]
+    page = text("docs", "results.md")
+    missing = [row for row in rows if row not in page]
+    assert not missing, f"docs/results.md lacks these lines of the study's table: {missing}"
