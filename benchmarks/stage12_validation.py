@@ -24,11 +24,13 @@ import shlex
 import subprocess
 import sys
 
-import numpy as np
 from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+import paired  # noqa: E402
 
 SCORES = "validation_rank_l.json"
 DATA_DIR = flags.DEFINE_string("data_dir", None, "Converted dataset.")
@@ -83,17 +85,12 @@ def table(scored: dict, arms: list[str], names: list[str]) -> str:
         cells = ["–" if top.get(n) is None else f"{top[n]:.3f}" for n in names]
         cells += [f"{top['avg']:.3f}", f"{base['avg']:.3f}", f"{r['gain']['topk'][k]['avg']:+.3f}"]
         lines.append(f"| {arm} | {seed} | " + " | ".join(cells) + " |")
+    seeds = sorted({s for _, s in scored})
     for arm in arms[1:]:
-        diffs = []
-        for seed in sorted({s for _, s in scored}):
-            a, b = scored.get((arms[0], seed)), scored.get((arm, seed))
-            if a and b:
-                k = str(a["k"])
-                diffs.append(b["topk"][k]["avg"] - a["topk"][k]["avg"])
-        if diffs:
-            std = f" ± {np.std(diffs, ddof=1):.3f}" if len(diffs) > 1 else " (one seed: no spread)"
-            lines.append(f"\n{arm} − {arms[0]}, validation Top-K avg, paired over {len(diffs)} seed(s): "
-                         f"{np.mean(diffs):+.3f}{std} ({', '.join(f'{d:+.3f}' for d in diffs)})")  # fmt: skip
+        pairs = [(scored.get((arms[0], seed)), scored.get((arm, seed))) for seed in seeds]
+        summary = paired.paired_summary(pairs, " (one seed: no spread)")
+        if summary:
+            lines.append(f"\n{arm} − {arms[0]}, validation Top-K avg, {summary}")
     return "\n".join(lines)
 
 

@@ -23,11 +23,13 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+import paired  # noqa: E402  (the paired summary both studies print)
 
 RECIPES = {
     "adam_bn": ["--batch_norm", "--optimizer=adam", "--learning_rate=0.001"],
@@ -91,16 +93,14 @@ def table(scored: dict, names: list[str]) -> str:
         warmups = sorted({w for r, w, _ in scored if r == recipe})
         seeds = sorted({s for r, _, s in scored if r == recipe})
         for warmup in warmups[1:]:
-            diffs = []
-            for seed in seeds:
-                a, b = scored.get((recipe, warmups[0], seed)), scored.get((recipe, warmup, seed))
-                if a and b:
-                    k = str(a["k"])
-                    diffs.append(b["topk"][k]["avg"] - a["topk"][k]["avg"])
-            if diffs:
-                std = f" ± {np.std(diffs, ddof=1):.3f}" if len(diffs) > 1 else ""
-                lines.append(f"\n{recipe}: warm-up {warmup} − warm-up {warmups[0]}, validation Top-K avg, paired over "
-                             f"{len(diffs)} seed(s): {np.mean(diffs):+.3f}{std} ({', '.join(f'{d:+.3f}' for d in diffs)})")  # fmt: skip
+            pairs = [
+                (scored.get((recipe, warmups[0], seed)), scored.get((recipe, warmup, seed))) for seed in seeds
+            ]
+            summary = paired.paired_summary(pairs)
+            if summary:
+                lines.append(
+                    f"\n{recipe}: warm-up {warmup} − warm-up {warmups[0]}, validation Top-K avg, {summary}"
+                )
     return "\n".join(lines)
 
 
