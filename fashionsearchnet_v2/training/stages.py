@@ -127,7 +127,12 @@ class _ClassificationTask(trainer.Task):
         elif skip_steps:  # a resumed stream reads past what was trained on before its first step
             self.input_note = (
                 f"resuming the input stream: reading past the {skip_steps * per_step} records of the "
-                f"{skip_steps} steps done before the first step (no progress line until then)"
+                f"{skip_steps} steps done before the first step (no progress line until then"
+                + (
+                    "; the carve's records among them are read and dropped too)"
+                    if t.exclude_validation
+                    else ")"
+                )
             )
         ds = pipeline.make_dataset(
             self.info,
