@@ -1,6 +1,6 @@
 """One progress meter for long loops: done/total, rate and ETA on stderr, at most every few seconds.
 
-Used by the converters, the feature extraction, indexing, fingerprinting and the evaluation's rankings,
+Used by the converters, the feature extraction, indexing (and the folder walk before it), fingerprinting and the evaluation's rankings,
 so every long phase a user waits through reports the same way.
 """
 
@@ -12,9 +12,10 @@ import time
 
 
 class Progress:
-    """Prints `done/total`, rate and ETA to stderr at most every `every` seconds."""
+    """Prints `done/total`, rate and ETA to stderr at most every `every` seconds; with `total=None` (a
+    walk whose size is not known until it ends, such as listing a folder) `done` and the rate alone."""
 
-    def __init__(self, total: int, what: str, unit: str = "images", every: float = 2.0, enabled=True):
+    def __init__(self, total: int | None, what: str, unit: str = "images", every: float = 2.0, enabled=True):
         self.total, self.what, self.unit, self.every, self.enabled = total, what, unit, every, enabled
         self.start = self.last = time.time()
         self.printed = False
@@ -25,9 +26,13 @@ class Progress:
             return
         self.last, self.printed = now, True
         rate = done / max(now - self.start, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        if self.total is None:
+            count = f"{done} {self.unit} ({rate:.0f}/s)"
+        else:
+            eta = (self.total - done) / rate if rate > 0 else float("inf")
+            count = f"{done}/{self.total} {self.unit} ({rate:.0f}/s, ETA {eta:.0f}s)"
         print(
-            f"\r{self.what}: {done}/{self.total} {self.unit} ({rate:.0f}/s, ETA {eta:.0f}s) {extra}",
+            f"\r{self.what}: {count} {extra}",
             end="" if not force else "\n",
             file=sys.stderr,
             flush=True,

@@ -73,3 +73,19 @@ def test_fingerprinting_reports_megabytes_and_hashes_the_same(tmp_path, capsys, 
     reported = schema.content_fingerprint(str(tmp_path), attrs, shards, progress=True)
     err = capsys.readouterr().err
     assert reported == plain and "fingerprinting: 2/2 MB" in err and err.endswith("\n")
+
+
+def test_listing_a_folder_counts_what_it_found_and_lists_the_same(tmp_path, capsys, slow_clock):
+    from fashionsearchnet_v2.serving import index as index_lib
+
+    for i, sub in enumerate(["a", "b", "b/c"]):
+        (tmp_path / sub).mkdir(parents=True, exist_ok=True)
+        (tmp_path / sub / f"{i}.jpg").write_bytes(b"x")
+        (tmp_path / sub / f"{i}.txt").write_bytes(b"x")  # not an image: not counted
+    quiet = index_lib.list_images(str(tmp_path))
+    assert capsys.readouterr().err == ""
+    loud = index_lib.list_images(str(tmp_path), progress=True)
+    err = capsys.readouterr().err
+    assert loud == quiet == ["a/0.jpg", "b/1.jpg", "b/c/2.jpg"]
+    # No total is known while walking: the count and its rate, no ETA; the last line ends the walk.
+    assert f"listing {tmp_path}: 3 images (" in err and "ETA" not in err and err.endswith("\n")

@@ -395,7 +395,11 @@ def run(export_dir: str, output: str, *, options: PipelineOptions | None = None,
     export_info = export.ExportInfo(export_dir)
     output = export.absolute(output)
     embeddings.prepare_directory(output, overwrite)
-    total = len(index_lib.list_images(folder)) if folder is not None and "://" not in folder else None
+    total = (
+        len(index_lib.list_images(folder, progress=True))
+        if folder is not None and "://" not in folder
+        else None
+    )
     if info is not None:
         total = info.size_of(split)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"

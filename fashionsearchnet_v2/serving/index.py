@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from fashionsearchnet_v2.data import records
+from fashionsearchnet_v2.progress import Progress
 from fashionsearchnet_v2.retrieval import metrics
 
 FORMAT_VERSION = 1
@@ -118,16 +119,23 @@ def content_digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).hexdigest().encode()
 
 
-def list_images(folder: str) -> list[str]:
-    """Image files under `folder` (recursively, by extension), as sorted paths relative to it."""
+def list_images(folder: str, progress: bool = False) -> list[str]:
+    """Image files under `folder` (recursively, by extension), as sorted paths relative to it.
+
+    With `progress`, a walk that takes seconds (a catalogue of millions of files, a network disk) prints
+    the count found so far and its rate on stderr, so the wait before embedding begins is not silent.
+    """
     if not os.path.isdir(folder):
         raise IndexFileError(f"{folder} is not a directory")
     found = []
+    meter = Progress(None, f"listing {folder}", enabled=progress)
     for root, dirs, files in os.walk(folder):
         dirs.sort()
         for name in files:
             if name.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(os.path.relpath(os.path.join(root, name), folder))
+        meter.update(len(found))
+    meter.finish(len(found))
     return sorted(found)
 
 

@@ -123,7 +123,7 @@ def index_folder(model, folder: str, batch_size: int = 32, chunk: int = 256, pro
     there instead of being embedded again (`experiments.index --reuse`).
     """
     folder = os.path.abspath(folder)
-    names = list_images(folder)
+    names = list_images(folder, progress=progress)
     reuse = _Reuse(model, previous)
     meter = Progress(len(names), f"embedding {folder}", enabled=progress)
     ids, paths, digests, taken, skipped, parts = [], [], [], [], [], []
