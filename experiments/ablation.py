@@ -20,7 +20,7 @@ OUT_DIR = flags.DEFINE_string("out_dir", None, "Output directory (default <workd
 
 def main(argv):
     del argv
-    common.check_variants(VARIANTS.value, configs.VARIANTS)
+    common.check_names("--variants", VARIANTS.value, configs.VARIANTS)
     cfgs, info = common.build_configs("ablation", variant="rank_l")
     from fashionsearchnet_v2.training import ablation
 

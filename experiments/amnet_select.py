@@ -22,13 +22,11 @@ OUT_DIR = flags.DEFINE_string("out_dir", None, "Default <workdir>/seed<N>/amnet_
 
 def main(argv):
     del argv
-    cfg, info = common.build_config("amnet", variant="amnet")
     from fashionsearchnet_v2.training import amnet_selection
 
     names = CANDIDATES.value or list(amnet_selection.CANDIDATES)
-    unknown = [n for n in names if n not in amnet_selection.CANDIDATES]
-    if unknown:
-        common.fail(f"unknown --candidates {unknown}; valid: {', '.join(amnet_selection.CANDIDATES)}")
+    common.check_names("--candidates", names, list(amnet_selection.CANDIDATES))  # before any data is read
+    cfg, info = common.build_config("amnet", variant="amnet")
     out_dir = OUT_DIR.value or os.path.join(cfg.workdir, "amnet_selection")
     amnet_selection.run_selection(cfg, info, names, out_dir, EPOCHS.value)
 

@@ -221,12 +221,12 @@ def seed_list() -> list[int]:
     return seeds
 
 
-def check_variants(names, valid) -> None:
-    """`--variants` against the rows an entry point can produce: an unknown name is a usage error, before
-    any data is read or anything trains."""
+def check_names(flag: str, names, valid) -> None:
+    """A list flag's names (`--variants`, `--candidates`) against what the entry point knows: an unknown
+    name is a usage error, before any data is read or anything trains."""
     unknown = [v for v in names if v not in valid]
     if unknown:
-        fail(f"unknown --variants {unknown}; valid: {', '.join(valid)}")
+        fail(f"unknown {flag} {unknown}; valid: {', '.join(valid)}")
 
 
 # Entry points that may run on several workers: the stages trained with tf.distribute. Stage 3 trains a few

@@ -30,7 +30,7 @@ VARIANTS = flags.DEFINE_list(
 
 def main(argv):
     del argv
-    common.check_variants(VARIANTS.value, configs.VARIANTS)
+    common.check_names("--variants", VARIANTS.value, configs.VARIANTS)
     cfgs, info = common.build_configs("main", variant="rank_l")
     from fashionsearchnet_v2.training import ablation
 

@@ -23,13 +23,11 @@ OUT_DIR = flags.DEFINE_string("out_dir", None, "Default <workdir>/seed<N>/stage3
 
 def main(argv):
     del argv
-    cfg, info = common.build_config("stage3", variant="rank_l")
     from fashionsearchnet_v2.training import stage3_selection
 
     names = CANDIDATES.value or list(stage3_selection.CANDIDATES)
-    unknown = [n for n in names if n not in stage3_selection.CANDIDATES]
-    if unknown:
-        common.fail(f"unknown --candidates {unknown}; valid: {', '.join(stage3_selection.CANDIDATES)}")
+    common.check_names("--candidates", names, list(stage3_selection.CANDIDATES))  # before any data is read
+    cfg, info = common.build_config("stage3", variant="rank_l")
     suffix = "_full" if UPDATE_MEMORY.value else ""
     out_dir = OUT_DIR.value or os.path.join(cfg.workdir, f"stage3_selection{suffix}")
     stage3_selection.run_selection(cfg, info, names, out_dir, EPOCHS.value, UPDATE_MEMORY.value)

@@ -217,9 +217,15 @@ class Stage3Config:
     def __post_init__(self):
         choices = {"sampling": ("enumerate", "images"), "negatives": ("random", "near"),
                    "w_r_init": ("glorot", "identity"), "optimizer": ("sgd", "adam")}  # fmt: skip
-        for field, valid in choices.items():
-            if getattr(self, field) not in valid:
-                raise ValueError(f"stage 3 {field} must be one of {valid}, got {getattr(self, field)!r}")
+        _check_choices(self, "stage 3", choices)
+
+
+def _check_choices(config, kind: str, choices: dict) -> None:
+    """ValueError naming the field, what it may be and what it is, for each string field of `config`
+    outside its choices (`kind` names the config in the message)."""
+    for field, valid in choices.items():
+        if getattr(config, field) not in valid:
+            raise ValueError(f"{kind} {field} must be one of {valid}, got {getattr(config, field)!r}")
 
 
 def paper_stage3(base: Stage3Config) -> Stage3Config:
@@ -277,9 +283,7 @@ class AmnetConfig:
     def __post_init__(self):
         choices = {"sampling": ("enumerate", "images"), "negatives": ("random", "near"),
                    "memory_init": ("prototypes", "random"), "optimizer": ("sgd", "adam")}  # fmt: skip
-        for field, valid in choices.items():
-            if getattr(self, field) not in valid:
-                raise ValueError(f"AMNet {field} must be one of {valid}, got {getattr(self, field)!r}")
+        _check_choices(self, "AMNet", choices)
 
 
 def old_amnet(base: AmnetConfig) -> AmnetConfig:

@@ -285,6 +285,9 @@ def test_main_refuses_an_unknown_variant_before_anything_else(tmp_path):
     `full,ful`, after Full had trained)."""
     result = _cli(["experiments.main", "--quick", "--variants=full,ful"], tmp_path)
     assert_one_error_line(result, "unknown --variants ['ful']; valid:", "rank_lg_untrained")
+    for command in ("experiments.stage3_select", "experiments.amnet_select"):
+        result = _cli([command, "--quick", "--candidates=nope"], tmp_path)
+        assert_one_error_line(result, "unknown --candidates ['nope']; valid:")
     assert sorted(os.listdir(tmp_path)) == []
 
 
