@@ -336,3 +336,66 @@ def test_a_sweep_trains_each_candidate_into_its_folder_and_keeps_one_row_each(tm
     with pytest.raises(ValueError, match=r"unknown test candidates \['c'\]; valid: a, b"):
         stage3_selection.sweep("test", candidates, ["a", "c"], train, str, str(tmp_path / "x"), out)
     assert trained == ["b", "a"]  # the unknown name stopped the sweep before "a" trained again
+
+
+def _selection(directory):
+    with open(os.path.join(directory, "selection.json"), encoding="utf-8") as f:
+        sel = json.load(f)
+    return [r["step"] for r in sel["history"]], sel["selected"]["step"]
+
+
+def _kept_weights(directory):
+    cfg = configs.ExperimentConfig(stage="stage3")
+    cfg.stage3 = dataclasses.replace(cfg.stage3, r=8, sampling="images", learning_rate=3e-2)
+    cfg.write(str(directory))  # what the loader reads to build the model
+    model, path = loading.load_global_model(str(directory), NUM_VALUES, 4)
+    return [w.numpy() for w in model.get_layer("global_representation").weights], path
+
+
+@pytest.mark.parametrize("killed_at", ["evaluate 22", "evaluate 50", "keep 22"])
+def test_a_stage3_killed_around_an_epochs_validation_keeps_what_an_uninterrupted_one_keeps(
+    tmp_path, monkeypatch, killed_at
+):
+    """A kill after an epoch's checkpoint and before its validation (`evaluate`), or between the selected
+    checkpoint and `selection.json` (`keep`), used to lose that epoch from the selection (the resume went on
+    from the saved step, or said "already trained") or to leave `selected/` holding another step than
+    the one `selection.json` and the tables name. Resumed, the run keeps exactly what one that never
+    stopped keeps (50 steps, 22 an epoch: epochs end at 22, 44 and 50)."""
+    feats = _fake_features()
+    s3 = dict(sampling="images", learning_rate=3e-2)
+    _train(tmp_path / "whole", feats, 50, **s3)
+    where, at = killed_at.split()
+    owner = trainer.FixedFeatureTask if where == "keep" else stage3.Stage3Task
+    real = getattr(owner, where)
+
+    def killed(self, *args, **kwargs):
+        step = kwargs.get("step", args[-1] if args else None)
+        if int(step) == int(at):
+            if where == "keep":  # the selected checkpoint is written, selection.json is not
+                monkeypatch.setattr(trainer.os, "replace", _raise_interrupt)
+            else:
+                raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, where, killed)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "killed", feats, 50, **s3)
+    monkeypatch.undo()
+    if where == "keep":  # what a kill leaves: selection.json and the checkpoint it names agree
+        assert _kept_weights(tmp_path / "killed")[1].endswith(f"ckpt-{_selection(tmp_path / 'killed')[1]}")
+    log = io.StringIO()
+    _train(tmp_path / "killed", feats, 50, out=log, **s3)
+    whole, resumed = _selection(tmp_path / "whole"), _selection(tmp_path / "killed")
+    assert whole[0] == [0, 22, 44, 50] and resumed == whole
+    assert f"step {at} was saved but not evaluated (interrupted): evaluating it" in log.getvalue()
+    (w_whole, p_whole), (w_resumed, p_resumed) = (
+        _kept_weights(tmp_path / "whole"),
+        _kept_weights(tmp_path / "killed"),
+    )
+    assert os.path.basename(p_whole) == os.path.basename(p_resumed) == f"ckpt-{whole[1]}"
+    for a, b in zip(w_whole, w_resumed):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def _raise_interrupt(*args, **kwargs):
+    raise KeyboardInterrupt

@@ -7,6 +7,7 @@ them was found with matching shapes instead of hoping names line up.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 
@@ -56,13 +57,40 @@ def latest(directory: str) -> str | None:
     return tf.train.latest_checkpoint(directory) if os.path.isdir(directory) else None
 
 
-def restore_layers(model: keras.Model, checkpoint_dir: str, names: Iterable[str], what: str) -> str:
-    """Restores the layers `names` of `model` from the newest checkpoint in `checkpoint_dir`.
+def selected_checkpoint(directory: str) -> str | None:
+    """The checkpoint a stage that selects on validation (stage 3, AMNet) kept: `<directory>/selected/
+    ckpt-<step>` of the step its `selection.json` names (the newest in `selected/` for a directory written
+    before the file named it reliably). None when nothing was selected there."""
+    selected_dir = os.path.join(directory, "selected")
+    path = os.path.join(directory, "selection.json")
+    if not os.path.isfile(path):
+        return latest(selected_dir)
+    try:
+        with open(path, encoding="utf-8") as f:
+            chosen = json.load(f).get("selected")
+    except (OSError, ValueError, AttributeError) as e:
+        raise RestoreError(f"{path}: not a readable selection file ({e}); train that stage again") from e
+    if not chosen:
+        return None
+    named = os.path.join(selected_dir, f"ckpt-{int(chosen['step'])}")
+    if not tf.io.gfile.exists(named + ".index"):
+        raise RestoreError(
+            f"{path} names step {chosen['step']}, but {selected_dir} has no ckpt-{chosen['step']}: the "
+            "directory was changed by hand; train that stage again"
+        )
+    return named
+
+
+def restore_layers(
+    model: keras.Model, checkpoint_dir: str, names: Iterable[str], what: str, checkpoint: str | None = None
+) -> str:
+    """Restores the layers `names` of `model` from the newest checkpoint in `checkpoint_dir` (or from
+    `checkpoint`, a checkpoint path, when given).
 
     Raises RestoreError when there is no checkpoint or when any of the named layers (or any of their
     variables) is missing from it; shape mismatches raise as well. Returns the checkpoint path.
     """
-    path = latest(checkpoint_dir)
+    path = checkpoint or latest(checkpoint_dir)
     if path is None:
         raise RestoreError(f"no checkpoint in {checkpoint_dir}: run {what} first")
     names = list(names)

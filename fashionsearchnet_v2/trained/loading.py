@@ -64,13 +64,11 @@ def load_global_model(directory: str, num_values, dim: int):
     model = memory_block.build_global_model(
         num_values, dim, s3.r, s3.update_memory, normalize=s3.normalize, train_w_r=s3.train_w_r
     )
-    selected = os.path.join(directory, "selected")
-    source = (
-        selected
-        if s3.select_on_validation and checkpoints.latest(selected)
-        else os.path.join(directory, "ckpt")
+    chosen = checkpoints.selected_checkpoint(directory) if s3.select_on_validation else None
+    ckpt_dir = os.path.join(directory, "ckpt")
+    path = checkpoints.restore_layers(
+        model, ckpt_dir, ["global_representation"], "stage 3", checkpoint=chosen
     )
-    path = checkpoints.restore_layers(model, source, ["global_representation"], "stage 3")
     return model, path
 
 
@@ -85,13 +83,11 @@ def load_amnet(directory: str, info: schema.DatasetInfo, feature_dim: int):
     am = cfg.amnet
     memory_dim = feature_dim if am.memory_init == "prototypes" else am.memory_dim
     model = amnet.build_amnet(info.num_values, feature_dim, memory_dim, am.embedding_dim)
-    selected = os.path.join(directory, "selected")
-    source = (
-        selected
-        if am.select_on_validation and checkpoints.latest(selected)
-        else os.path.join(directory, "ckpt")
+    chosen = checkpoints.selected_checkpoint(directory) if am.select_on_validation else None
+    ckpt_dir = os.path.join(directory, "ckpt")
+    path = checkpoints.restore_layers(
+        model, ckpt_dir, sorted(checkpoints.layer_dict(model)), "the AMNet stage", checkpoint=chosen
     )
-    path = checkpoints.restore_layers(model, source, sorted(checkpoints.layer_dict(model)), "the AMNet stage")
     return model, path
 
 

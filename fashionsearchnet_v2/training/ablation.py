@@ -69,7 +69,7 @@ def _current_checkpoint(workdir: str, variant: str) -> str | None:
     directory = loading.stage3_dir(workdir, s2, s3) if s3 else loading.stage_dir(workdir, "stage2", s2)
     if variant in ("amnet", "amnet_untrained"):
         directory = os.path.join(workdir, variant)
-    selected = checkpoints.latest(os.path.join(directory, "selected")) if s3 else None
+    selected = checkpoints.selected_checkpoint(directory) if s3 else None
     return f"{checkpoints.latest(os.path.join(directory, 'ckpt'))} {selected}"
 
 

@@ -189,6 +189,12 @@ class Task:
         """The line logged at an epoch's end from `evaluate`'s scores; None: the held-out means."""
         return None
 
+    def missed_epoch_end(self, step: int) -> bool:
+        """Whether the epoch that ends at `step` (saved) was never evaluated: a kill between the epoch's
+        checkpoint and its `evaluate`. A stage whose evaluation chooses what it keeps says True, and the
+        resumed run evaluates that step first; stages 1-2 (held-out accuracy for TensorBoard) say False."""
+        return False
+
 
 class FixedFeatureTask(Task):
     """What the tasks on fixed features (stage 3, AMNet) share: their schedule (`self.schedule`: stage 3's
@@ -250,6 +256,9 @@ class FixedFeatureTask(Task):
     def selection_path(self) -> str:
         return os.path.join(self.workdir or ".", "selection.json")
 
+    def missed_epoch_end(self, step: int) -> bool:
+        return self.validation is not None and all(r.get("step") != step for r in self.history)
+
     def load_selection(self) -> None:
         """`history` and `selected` as `selection.json` left them (a resumed run), else empty."""
         self.history, self.selected = [], None
@@ -261,14 +270,17 @@ class FixedFeatureTask(Task):
     def keep(self, record: dict, key: str, weights: dict, step: int) -> None:
         """Adds a validated state's `record` to the history; with `schedule.select_on_validation` a record
         whose `key` beats the selected one's becomes selected and `weights` ({name: trackable}) are saved
-        in `<workdir>/selected`. Writes `selection.json` either way."""
+        in `<workdir>/selected` as `ckpt-<step>`. Writes `selection.json` either way, after the save: the
+        file names the selected step, and the previous selected checkpoint is kept beside the new one, so
+        a kill between the two writes leaves `selection.json` naming a checkpoint that is there
+        (`checkpoints.selected_checkpoint` reads the one it names)."""
         self.history.append(record)
         select = self.schedule.select_on_validation
         if select and (self.selected is None or record[key] > self.selected[key]):
             self.selected = record
             if self.workdir:
                 manager = tf.train.CheckpointManager(
-                    tf.train.Checkpoint(**weights), os.path.join(self.workdir, "selected"), max_to_keep=1
+                    tf.train.Checkpoint(**weights), os.path.join(self.workdir, "selected"), max_to_keep=2
                 )
                 manager.save(checkpoint_number=step)
         if not self.workdir:
@@ -369,10 +381,22 @@ class Trainer:
         else:
             self.log(f"[{self.task.name}] {self.task.initialize(model)}")
         start = int(step.numpy())
+        writer = None
+        at_epoch_end = start % self.steps_per_epoch == 0 or start == self.total_steps
+        if latest and start > 0 and at_epoch_end and tb_dir and self.task.missed_epoch_end(start):
+            # Killed after the epoch's checkpoint, before its evaluation: without this, a stage that keeps
+            # its best validated epoch would never see that one.
+            self.log(
+                f"[{self.task.name}] step {start} was saved but not evaluated (interrupted): evaluating it"
+            )
+            writer = tf.summary.create_file_writer(tb_dir)
+            self._epoch_end(model, writer, start)
+            writer.flush()
         if start >= self.total_steps:
             self.log(f"[{self.task.name}] already trained ({start}/{self.total_steps} steps): nothing to do")
             return model
-        writer = tf.summary.create_file_writer(tb_dir) if tb_dir else tf.summary.create_noop_writer()
+        if writer is None:
+            writer = tf.summary.create_file_writer(tb_dir) if tb_dir else tf.summary.create_noop_writer()
         # A resumed run continues the same input stream where it stopped (the skipped examples are read,
         # not decoded): with the restored weights, optimizer and random state it repeats the run that never
         # stopped (tests/test_training.py).
