@@ -320,6 +320,13 @@ class ExperimentConfig:
     # is resumed or built upon: the dataset's content fingerprint and its attributes (name -> values).
     dataset_fingerprint: str = ""
     attributes: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Also recorded by training.run: the steps the stage trains to (a later stage, the evaluation and the
+    # export refuse one whose newest checkpoint is short of it: interrupted or diverged), and for a stage
+    # on fixed features (stage 3, AMNet, their controls) the checkpoint of the stage below it read them
+    # from, relative to the seed's work directory (`stage2_rank_l/ckpt/ckpt-1668`): one trained further
+    # since then no longer matches it. None in configs written before they were recorded.
+    total_steps: int | None = None
+    built_on: str | None = None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

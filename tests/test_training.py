@@ -349,3 +349,64 @@ def test_the_carve_is_left_out_by_both_stages_or_neither(info, tmp_path):
     with pytest.raises(checkpoints.RestoreError, match=r"exclude_validation: True there vs False now"):
         run.run_stage1(_config(tmp_path, max_steps=4), info, out=io.StringIO())
     run.run_stage2(cfg, info, out=io.StringIO())  # the same setting: trains
+
+
+def _config_json(directory):
+    with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+        return f.read()
+
+
+def test_a_resume_with_another_recipe_is_refused_naming_the_flag(info, tmp_path):
+    """A stage resumed with another --batch_size (or optimiser, rate, λ) used to go on silently: the input
+    stream skipped the new batch size's records and config.json named only the new recipe. Longer
+    training and the speed switches stay free; a cosine rate refuses another length (it would jump)."""
+    run.run_stage1(_config(tmp_path, max_steps=2), info, out=io.StringIO())
+    before = _config_json(tmp_path / "stage1")
+    for change, flag in [({"batch_size": 16}, "--batch_size: 8 there vs 16 now"),
+                         ({"optimizer": "adam"}, "--optimizer: sgd there vs adam now"),
+                         ({"lambda_c": 2.0}, "--lambda_c: 1.0 there vs 2.0 now")]:  # fmt: skip
+        with pytest.raises(checkpoints.RestoreError, match="another recipe") as e:
+            run.run_stage1(_config(tmp_path, max_steps=4, **change), info, out=io.StringIO())
+        assert flag in str(e.value), str(e.value)
+        assert _config_json(tmp_path / "stage1") == before  # nothing rewritten
+    log = io.StringIO()
+    run.run_stage1(_config(tmp_path, max_steps=3, log_every_steps=1, precision="float32"), info, out=log)
+    assert "resumed from" in log.getvalue() and "at step 2" in log.getvalue()
+    cosine = tmp_path / "cosine"
+    run.run_stage1(_config(cosine, max_steps=2, lr_schedule="cosine"), info, out=io.StringIO())
+    with pytest.raises(checkpoints.RestoreError, match=r"the cosine's length, in steps\): 2 there vs 4 now"):
+        run.run_stage1(_config(cosine, max_steps=4, lr_schedule="cosine"), info, out=io.StringIO())
+
+
+def test_what_is_built_on_a_stage_refuses_it_unfinished_or_moved_on(info, tmp_path, monkeypatch):
+    """The evaluation and the export loaded a stage 2 killed half-way (its newest checkpoint) as if it were
+    finished; stage 3 and its cached evaluation went on using a stage 3 fitted to the features of a stage
+    2 that has since trained further. Both are refused now, naming the step or the checkpoint."""
+    from fashionsearchnet_v2.trained import loading
+
+    run.run_stage1(_config(tmp_path, max_steps=2), info, out=io.StringIO())
+    run.run_stage2(_config(tmp_path, max_steps=2), info, out=io.StringIO())
+    s3 = dataclasses.replace(configs.ExperimentConfig().stage3, max_steps=2, validation_fraction=0.0)
+    cfg = dataclasses.replace(_config(tmp_path, max_steps=2), stage3=s3)
+    run.run_stage3(cfg, info, out=io.StringIO())
+    assert loading.load_variant(str(tmp_path), info, "rank_lg", progress=False).stage3_checkpoint
+    with open(os.path.join(tmp_path, "stage3_rank_l_lg", "config.json"), encoding="utf-8") as f:
+        assert '"built_on": "stage2_rank_l/ckpt/ckpt-2"' in f.read()
+    # Stage 2 asked for 4 steps now, killed after step 3: its newest checkpoint is the first run's 2.
+    longer = _config(tmp_path, max_steps=4)
+    restore = _kill_at(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run.run_stage2(longer, info, out=io.StringIO())
+    restore()
+    with pytest.raises(checkpoints.RestoreError, match=r"stage 2 \(rank_l\) in .* stopped at step 2 of 4"):
+        loading.load_variant(str(tmp_path), info, "rank_l", progress=False)
+    with pytest.raises(checkpoints.RestoreError, match="stopped at step 2 of 4"):
+        run.run_stage3(cfg, info, out=io.StringIO())
+    run.run_stage2(longer, info, out=io.StringIO())  # finished: 4 of 4
+    moved = r"trained on the features of stage2_rank_l/ckpt/ckpt-2, but stage2_rank_l/ckpt/ckpt-4 is there"
+    with pytest.raises(checkpoints.RestoreError, match=moved):
+        loading.load_variant(str(tmp_path), info, "rank_lg", progress=False)
+    with pytest.raises(checkpoints.RestoreError, match=moved):
+        run.run_stage3(
+            dataclasses.replace(cfg, stage3=dataclasses.replace(s3, max_steps=4)), info, out=io.StringIO()
+        )

@@ -115,8 +115,9 @@ def build_searcher(
             for s in ("train", "query", "gallery")
         }
         am, am_ckpt = loading.load_amnet(
-            os.path.join(workdir, variant), info, feats["train"]["gap"].shape[-1]
-        )
+            os.path.join(workdir, variant), info, feats["train"]["gap"].shape[-1],
+            below=loading.built_on(workdir, ckpt),
+        )  # fmt: skip
         fn = tf.function(
             lambda f, t: am({"features": f, "manipulation": t})["embedding"],
             reduce_retracing=True,

@@ -58,11 +58,46 @@ def check_same_model(
             f"{workdir} holds checkpoints of another model ({shown}). Use another --workdir, the same flags "
             "as before, or delete that directory to start over."
         )
+    check_same_recipe(workdir, old.train, cfg.train, old.total_steps, cfg.total_steps)
     return old
+
+
+#: What a resumed stage may change: how long it trains, how it reports and saves, and the speed-only
+#: switches (precision by design: tests/test_precision.py). Every other field of its TrainConfig,
+#: Stage3Config or AmnetConfig changes what the steps compute or which examples they read, so a resume
+#: with another value would mix two recipes in one run (and config.json would name only the second).
+FREE_ON_RESUME = frozenset({
+    "epochs", "max_steps", "log_every_steps", "checkpoint_every_steps", "heldout_images", "summary_images",
+    "precision", "fused_update", "cache_decoded_mib", "deterministic_ops", "loss_upper_bound",
+    "loss_growth_limit", "steps_per_call",
+})  # fmt: skip
+
+
+def check_same_recipe(workdir: str, old, new, old_total: int | None = None, new_total: int | None = None):
+    """Refuses a resume whose training config (`old` as config.json recorded it, `new` now: TrainConfig,
+    Stage3Config or AmnetConfig) differs outside `FREE_ON_RESUME`, naming each flag; and a decaying
+    learning rate (lr_schedule=cosine) asked to run another number of steps, which would jump the rate."""
+    diff = {
+        f.name: (getattr(old, f.name), getattr(new, f.name))
+        for f in dataclasses.fields(new)
+        if f.name not in FREE_ON_RESUME and getattr(old, f.name) != getattr(new, f.name)
+    }
+    if new.lr_schedule == "cosine" and None not in (old_total, new_total) and old_total != new_total:
+        diff["epochs / max_steps (the cosine's length, in steps)"] = (old_total, new_total)
+    if diff:
+        shown = "; ".join(f"--{k}: {a} there vs {b} now" for k, (a, b) in diff.items())
+        raise checkpoints.RestoreError(
+            f"{workdir} was trained so far with another recipe ({shown}): resuming would mix the two. Give "
+            "the flags it was started with (its config.json), use another --workdir, or delete that "
+            "directory to start over."
+        )
 
 
 def check_finished(directory: str, stage_cfg: ExperimentConfig, info: schema.DatasetInfo, what: str) -> None:
     """A stage builds on a finished previous one: refuses one that stopped early (killed, diverged)."""
+    if stage_cfg.total_steps is not None:  # recorded when it trained: no schedule to recompute
+        loading.check_finished(directory, stage_cfg, what)
+        return
     path = checkpoints.latest(os.path.join(directory, "ckpt"))
     if path is None:
         return  # the restore says "run ... first"
@@ -94,6 +129,7 @@ def _say_taken_over(lock, stage: str, out) -> None:
 
 def _train(task, cfg: ExperimentConfig, info, workdir: str, strategy, out):
     total, per_epoch = schedule(cfg, info)
+    cfg = dataclasses.replace(cfg, total_steps=total)
     integrity.check_records(info)
     with stage_lock(workdir, cfg.stage, strategy) as lock:
         _say_taken_over(lock, cfg.stage, out)
@@ -187,7 +223,9 @@ def _stage3_task(
     s3 = cfg.stage3
     if s3.w_r_init == "identity":  # w_r = s·I: the representation keeps the concatenation's A·D dimensions
         s3 = dataclasses.replace(s3, r=info.num_attributes * s2_cfg.model.fc10_size)
-    cfg = dataclasses.replace(cfg, stage="stage3", model=s2_cfg.model, stage3=s3)
+    cfg = dataclasses.replace(
+        cfg, stage="stage3", model=s2_cfg.model, stage3=s3, built_on=loading.built_on(cfg.workdir, ckpt)
+    )
     workdir = workdir or loading.stage3_dir(cfg.workdir, cfg.variant, s3_variant)
     return stage3.Stage3Task(cfg, info, feats, workdir), cfg, workdir
 
@@ -229,9 +267,10 @@ def _save_untrained(task, cfg: ExperimentConfig, info, workdir: str, seed: int, 
         old = configs.read_config(workdir)
         if old is not None and checkpoints.latest(ckpt_dir):
             provenance.check(old, info, workdir, quick=cfg.quick)
+            loading.check_built_on(workdir, old, cfg.built_on)
             print(f"[{cfg.stage}] untrained control already saved in {workdir}", file=out)
             return load()
-        cfg = provenance.stamp(cfg, info)
+        cfg = provenance.stamp(dataclasses.replace(cfg, total_steps=0), info)
         cfg.write(workdir)
         import keras
 
@@ -249,11 +288,15 @@ def _train_on_features(task, cfg: ExperimentConfig, workdir: str, out):
     s3 = task.schedule
     per_epoch = task.steps_per_epoch()
     total = s3.max_steps if s3.max_steps else max(1, math.ceil(s3.epochs * per_epoch))
+    cfg = dataclasses.replace(cfg, total_steps=total)
     with stage_lock(workdir, cfg.stage) as lock:
         _say_taken_over(lock, cfg.stage, out)
         old = configs.read_config(workdir)
-        if old is not None and os.path.isdir(os.path.join(workdir, "ckpt")):
+        if old is not None and checkpoints.latest(os.path.join(workdir, "ckpt")):
             provenance.check(old, task.info, workdir, quick=cfg.quick)
+            loading.check_built_on(workdir, old, cfg.built_on)
+            field = "amnet" if cfg.stage == "amnet" else "stage3"
+            check_same_recipe(workdir, getattr(old, field), s3, old.total_steps, total)
         cfg = provenance.stamp(cfg, task.info)
         cfg.write(workdir)
         return trainer.Trainer(
@@ -273,7 +316,9 @@ def _amnet_task(cfg: ExperimentConfig, info: schema.DatasetInfo, workdir: str | 
     s1_dir = loading.stage_dir(cfg.workdir, "stage1")
     check_finished(s1_dir, s1_cfg, info, "stage 1")
     feats = loading.split_features(model, ckpt, info, "train", s1_cfg.model.image_size, s1_dir)
-    cfg = dataclasses.replace(cfg, stage="amnet", variant="amnet", model=s1_cfg.model)
+    cfg = dataclasses.replace(
+        cfg, stage="amnet", variant="amnet", model=s1_cfg.model, built_on=loading.built_on(cfg.workdir, ckpt)
+    )
     cfg = resolve_precision(cfg, out)
     workdir = workdir or os.path.join(cfg.workdir, "amnet")
     return amnet.AmnetTask(cfg, info, feats, workdir), cfg, workdir
