@@ -390,6 +390,11 @@ def test_what_is_built_on_a_stage_refuses_it_unfinished_or_moved_on(info, tmp_pa
     cfg = dataclasses.replace(_config(tmp_path, max_steps=2), stage3=s3)
     run.run_stage3(cfg, info, out=io.StringIO())
     assert loading.load_variant(str(tmp_path), info, "rank_lg", progress=False).stage3_checkpoint
+    from fashionsearchnet_v2.training import ablation
+
+    cached = str(tmp_path / "eval_rank_lg")
+    os.makedirs(cached)
+    ablation.evaluate_cached(str(tmp_path), info, "rank_lg", cached, out=io.StringIO())
     with open(os.path.join(tmp_path, "stage3_rank_l_lg", "config.json"), encoding="utf-8") as f:
         assert '"built_on": "stage2_rank_l/ckpt/ckpt-2"' in f.read()
     # Stage 2 asked for 4 steps now, killed after step 3: its newest checkpoint is the first run's 2.
@@ -406,6 +411,8 @@ def test_what_is_built_on_a_stage_refuses_it_unfinished_or_moved_on(info, tmp_pa
     moved = r"trained on the features of stage2_rank_l/ckpt/ckpt-2, but stage2_rank_l/ckpt/ckpt-4 is there"
     with pytest.raises(checkpoints.RestoreError, match=moved):
         loading.load_variant(str(tmp_path), info, "rank_lg", progress=False)
+    with pytest.raises(checkpoints.RestoreError, match=moved):  # not "reusing" the old results
+        ablation.evaluate_cached(str(tmp_path), info, "rank_lg", cached, out=io.StringIO())
     with pytest.raises(checkpoints.RestoreError, match=moved):
         run.run_stage3(
             dataclasses.replace(cfg, stage3=dataclasses.replace(s3, max_steps=4)), info, out=io.StringIO()

@@ -70,7 +70,15 @@ def _current_checkpoint(workdir: str, variant: str) -> str | None:
     if variant in ("amnet", "amnet_untrained"):
         directory = os.path.join(workdir, variant)
     selected = checkpoints.selected_checkpoint(directory) if s3 else None
-    return f"{checkpoints.latest(os.path.join(directory, 'ckpt'))} {selected}"
+    # What the row's features come from: stage 2 below stage 3, stage 1 below AMNet. One trained further
+    # makes the cached results stale (the evaluation then refuses the row: `loading.check_built_on`).
+    below = None
+    if variant in ("amnet", "amnet_untrained"):
+        below = checkpoints.latest(os.path.join(loading.stage_dir(workdir, "stage1"), "ckpt"))
+    elif s3:
+        below = checkpoints.latest(os.path.join(loading.stage_dir(workdir, "stage2", s2), "ckpt"))
+    stamp = f"{checkpoints.latest(os.path.join(directory, 'ckpt'))} {selected}"
+    return stamp if below is None else f"{stamp} {below}"
 
 
 def evaluate_cached(workdir: str, info, variant: str, out_dir: str, out=sys.stdout) -> dict:
