@@ -10,6 +10,7 @@ import concurrent.futures
 import itertools
 import json
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -501,3 +502,46 @@ def test_folder_index_items_are_served_from_their_files(trained, tmp_path):
     answer = client.post("/search", data={"item": "sub/p2.png", "set": "color=red", "top_k": "10"}).json()
     assert sorted(r["id"] for r in answer["results"]) == ["p0.png", "sub/p1.png", "sub/p3.png"]
     assert all(r["attributes"]["color"]["source"] == "predicted" for r in answer["results"])
+
+
+def _gif(screen=(1, 1), frame=(1, 1), frames=1) -> bytes:
+    """A GIF whose every frame is one pixel of LZW data, whatever size its descriptor claims."""
+    out = bytearray(
+        b"GIF89a" + struct.pack("<HH", *screen) + bytes([0x80, 0, 0]) + b"\x00\x00\x00\xff\xff\xff"
+    )
+    for _ in range(frames):
+        out += b"\x2c" + struct.pack("<HHHH", 0, 0, *frame) + b"\x00"
+        out += b"\x02\x02" + struct.pack("<H", 4 | (5 << 6)) + b"\x00"  # clear, index 0, end (3-bit codes)
+    return bytes(out + b"\x3b")
+
+
+def test_gif_frames_and_formats_without_a_size_check_are_refused_undecoded(client, monkeypatch):
+    """The audit of 2026-12-05: a 48 KB GIF with a 1 x 1 screen and an 8000 x 8000 frame decoded to 378 MB
+    before its 413 (TensorFlow sizes a GIF from its frames), and a 6 KB lossless WebP of 16383 x 10000 used
+    957 MB (no header check: decode_image reads WebP). Both are now refused before any decoding."""
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(index_lib, "decode_image", no_decoding)
+    monkeypatch.setattr(pipeline.records, "decode_image", no_decoding)
+    bomb = _gif(frame=(8000, 8000))
+    assert images.dimensions(bomb) == (8000, 8000) and images.gif_layout(bomb) == (8000, 8000, 1)
+    r = client.post("/search", files={"image": ("g.gif", bomb, "image/gif")})
+    assert r.status_code == 413 and "8000 x 8000 pixels" in r.json()["error"], r.text
+    many = _gif(screen=(200, 200), frame=(200, 200), frames=30)  # 30 x 40,000 pixels, all decoded
+    r = client.post("/search", files={"image": ("g.gif", many, "image/gif")})
+    assert r.status_code == 413 and "the GIF has 30 frames of 200 x 200 pixels" in r.json()["error"], r.text
+    webp = cv2.imencode(".webp", np.zeros((8, 8, 3), np.uint8), [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes()
+    assert webp[8:12] == b"WEBP"
+    r = client.post("/search", files={"image": ("w.webp", webp, "image/webp")})
+    assert r.status_code == 400 and r.json()["error"].startswith(
+        "the uploaded image is not a decodable JPEG/PNG/BMP/GIF image (its first bytes"
+    ), r.text
+
+
+def test_a_gif_within_the_limit_still_decodes(trained):
+    two = _gif(frames=2)  # 2 frames of 1 x 1: 2 pixels decoded
+    assert service.decode_upload(two, max_pixels=2).shape == (1, 1, 3)
+    with pytest.raises(service.RequestError, match="the GIF has 2 frames of 1 x 1 pixels"):
+        service.decode_upload(two, max_pixels=1)

@@ -129,10 +129,24 @@ def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     pixels, checked from the header before decoding)."""
     if not data:
         raise RequestError(400, "the uploaded image is empty")
+    if images.image_format(data) is None:
+        # TensorFlow also decodes WebP and other formats whose size is not checked here: refused undecoded.
+        raise RequestError(
+            400,
+            "the uploaded image is not a decodable JPEG/PNG/BMP/GIF image (its first bytes are none of these "
+            "formats'; send one of them)",
+        )
     size = images.dimensions(data)
     if size is not None and size[0] * size[1] > max_pixels:
         raise RequestError(
             413, f"the image has {size[0]} x {size[1]} pixels, more than the limit of {max_pixels:,}"
+        )
+    layout = images.gif_layout(data)
+    if layout is not None and layout[0] * layout[1] * layout[2] > max_pixels:  # every frame is decoded
+        raise RequestError(
+            413,
+            f"the GIF has {layout[2]} frames of {layout[0]} x {layout[1]} pixels, more than the limit of "
+            f"{max_pixels:,} pixels in all",
         )
     if images.truncated_jpeg(data):
         raise RequestError(
