@@ -545,3 +545,25 @@ def test_a_gif_within_the_limit_still_decodes(trained):
     assert service.decode_upload(two, max_pixels=2).shape == (1, 1, 3)
     with pytest.raises(service.RequestError, match="the GIF has 2 frames of 1 x 1 pixels"):
         service.decode_upload(two, max_pixels=1)
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_the_rest_served(trained, tmp_path):
+    """b'caf\\xe9.png' became the id 'caf\\udce9.png', which made /items and every search ranking it 500
+    (UnicodeEncodeError in quote()); index_folder now lists it as skipped."""
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    png = cv2.imencode(".png", np.full((30, 30, 3), 90, np.uint8))[1].tobytes()
+    (folder / "ok.png").write_bytes(png)
+    try:
+        with open(os.fsencode(folder) + b"/caf\xe9.png", "wb") as f:
+            f.write(png)
+    except OSError as e:
+        pytest.skip(f"this file system refuses a name that is not UTF-8 ({e})")
+    index, skipped = indexing.index_folder(trained.model, str(folder), progress=False)
+    assert list(index.ids) == ["ok.png"]
+    assert skipped == [("caf\\xe9.png", "its name is not UTF-8 text: rename the file to index it")]
+    assert index.metadata["skipped"] == [{"path": "caf\\xe9.png", "reason": skipped[0][1]}]
+    client = TestClient(service.create_app(service.Searcher(trained.model, index)))
+    r = client.get("/items")
+    assert r.status_code == 200 and [i["id"] for i in r.json()["items"]] == ["ok.png"]
+    assert client.post("/search", json={"image_base64": base64.b64encode(png).decode()}).status_code == 200
