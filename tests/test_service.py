@@ -567,3 +567,50 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_the_rest_served(trained, tm
     r = client.get("/items")
     assert r.status_code == 200 and [i["id"] for i in r.json()["items"]] == ["ok.png"]
     assert client.post("/search", json={"image_base64": base64.b64encode(png).decode()}).status_code == 200
+
+
+def test_item_images_changed_or_gone_since_indexing_are_refused_without_server_paths(trained, tmp_path):
+    """/images served whatever the path held now (symlinks followed) though the index stores each image's
+    digest; errors named the absolute path and numpy's repr (np.str_('sp ace.png'))."""
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    for i, name in enumerate(["a.png", "sp ace.png", "c.png"]):
+        cv2.imwrite(str(folder / name), np.full((30, 30, 3), 70 * i, np.uint8))
+    other = tmp_path / "elsewhere.png"
+    cv2.imwrite(str(other), np.full((30, 30, 3), 200, np.uint8))
+    os.symlink(folder / "c.png", folder / "link.png")
+    index, _ = indexing.index_folder(trained.model, str(folder), progress=False)
+    client = TestClient(service.create_app(service.Searcher(trained.model, index)))
+    assert (
+        client.get("/images/a.png").status_code == 200 and client.get("/images/link.png").status_code == 200
+    )
+    cv2.imwrite(str(folder / "a.png"), np.full((30, 30, 3), 255, np.uint8))  # replaced since indexing
+    os.remove(folder / "link.png")
+    os.symlink(other, folder / "link.png")  # pointed elsewhere
+    os.remove(folder / "sp ace.png")
+    for item_id in ("a.png", "link.png"):
+        r = client.get(f"/images/{item_id}")
+        assert r.status_code == 500 and r.json() == {
+            "error": f"the image of item '{item_id}' changed since the index was built; it is not served until "
+            "the index is rebuilt"
+        }
+        r = client.post("/search", json={"item": item_id})
+        assert r.status_code == 500 and "changed since the index was built" in r.json()["error"]
+    r = client.get("/images/sp%20ace.png")
+    assert r.status_code == 500 and r.json() == {
+        "error": "the image of item 'sp ace.png' cannot be read (No such file or directory)"
+    }
+    assert str(tmp_path) not in client.post("/search", json={"item": "sp ace.png"}).text
+    assert client.get("/images/c.png").status_code == 200  # unchanged: served
+
+
+def test_an_unexpected_error_is_json_without_the_servers_state(searcher, monkeypatch):
+    app = service.create_app(searcher)
+
+    def broken(*args, **kwargs):
+        raise KeyError("/srv/secret/path")
+
+    monkeypatch.setattr(searcher, "list_items", broken)
+    r = TestClient(app, raise_server_exceptions=False).get("/items")
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert r.json() == {"error": "internal error (KeyError); the server's log has the details"}

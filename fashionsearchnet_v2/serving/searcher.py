@@ -5,6 +5,7 @@ tests and other front ends call `Searcher` directly. docs/serving.md has the req
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import urllib.parse
@@ -17,6 +18,8 @@ from fashionsearchnet_v2.data import images
 from fashionsearchnet_v2.retrieval import metrics
 from fashionsearchnet_v2.serving import export, indexing, items
 from fashionsearchnet_v2.serving import index as index_lib
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20  # a phone photo is 2-8 MB
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: larger images are refused before they are decoded
@@ -163,6 +166,13 @@ def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     return image
 
 
+def _item_error(e: items.ItemImageError) -> RequestError:
+    """500 for an item image the server cannot serve: the client gets the reason without the server's
+    paths, the log gets the full message."""
+    log.error("%s", e)
+    return RequestError(500, e.public)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The core
 
@@ -270,7 +280,7 @@ class Searcher:
         try:
             data = self.item_images.read(row)
         except items.ItemImageError as e:
-            raise RequestError(500, str(e)) from None
+            raise _item_error(e) from None
         return data, images.media_type(data)
 
     # -- search
@@ -376,7 +386,9 @@ class Searcher:
                 raise RequestError(404, "this index holds vectors only: its items cannot be queries")
             try:
                 image = self.item_images.decode(row)
-            except (items.ItemImageError, index_lib.ImageReadError) as e:
+            except items.ItemImageError as e:
+                raise _item_error(e) from None
+            except index_lib.ImageReadError as e:  # names the item, not its path
                 raise RequestError(500, str(e)) from None
         where_key = tuple(sorted((a, tuple(sorted(v))) for a, v in conditions.items()))
         allowed = index_lib.where_mask(self._known, conditions) if conditions else None

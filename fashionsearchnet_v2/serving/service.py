@@ -131,6 +131,15 @@ def create_app(
     async def _remote_error(request, exc: remote.RemoteModelError):
         return JSONResponse({"error": str(exc)}, status_code=503 if exc.unreachable else 502)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request, exc: Exception):
+        # A bug, not a bad request: JSON like every other error, nothing of the server's state (paths,
+        # values) in it. Starlette raises the exception on after this answer, so uvicorn logs its traceback.
+        return JSONResponse(
+            {"error": f"internal error ({type(exc).__name__}); the server's log has the details"},
+            status_code=500,
+        )
+
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
