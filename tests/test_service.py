@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import commands
@@ -614,3 +615,43 @@ def test_an_unexpected_error_is_json_without_the_servers_state(searcher, monkeyp
     r = TestClient(app, raise_server_exceptions=False).get("/items")
     assert r.status_code == 500 and r.headers["content-type"] == "application/json"
     assert r.json() == {"error": "internal error (KeyError); the server's log has the details"}
+
+
+def test_health_answers_while_every_worker_thread_waits_for_the_batcher(searcher, trained):
+    """/healthz took 2.2 s with 48 uploads in flight: a plain `def` handler waited for one of anyio's 40
+    worker threads, all held by searches queued in the batcher. Now on the event loop."""
+    held = service.Searcher(trained.model, searcher.index, searcher.item_images)
+    gate, waiting = threading.Event(), []
+
+    def blocked(job):
+        waiting.append(job)
+        gate.wait(60)
+        raise service.RequestError(503, "released")
+
+    held._batches = blocked
+    app = service.create_app(held)
+    with live_server(app) as url:
+
+        def ask(_):
+            body = json.dumps({"item": str(searcher.index.ids[0])}).encode()
+            request = urllib.request.Request(url + "/search", body, {"Content-Type": "application/json"})
+            try:
+                urllib.request.urlopen(request, timeout=90).read()
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        with concurrent.futures.ThreadPoolExecutor(48) as pool:
+            futures = [pool.submit(ask, i) for i in range(48)]
+            try:
+                deadline = time.time() + 60
+                while len(waiting) < 40 and time.time() < deadline:  # every worker thread is held
+                    time.sleep(0.05)
+                assert len(waiting) == 40
+                for path in ("/healthz", "/vocabulary"):
+                    start = time.perf_counter()
+                    with urllib.request.urlopen(url + path, timeout=30) as r:
+                        assert r.status == 200
+                    assert time.perf_counter() - start < 1.0, path
+            finally:
+                gate.set()
+            assert {f.result() for f in futures} == {503}

@@ -210,12 +210,14 @@ def create_app(
             f"send multipart/form-data (image upload) or application/json, not {ctype or 'no content type'!r}",
         )
 
+    # On the event loop (async): neither blocks, and a plain `def` would wait for a worker thread behind
+    # the searches that hold them all while they queue for the batcher (a busy service looked dead).
     @app.get("/healthz")
-    def healthz():
+    async def healthz():
         return searcher.health()
 
     @app.get("/vocabulary")
-    def vocabulary():
+    async def vocabulary():
         return searcher.vocabulary.to_json()
 
     @app.get("/items")
