@@ -215,6 +215,12 @@ def test_where_keeps_the_results_to_the_items_with_those_values(client, searcher
         (dict(data={"item": "ID", "where": "color"}), 400, "filter 'color' is not ATTRIBUTE=VALUE"),
         (dict(json={"item": "ID", "where": {"color": []}}), 400, "must be a value or a non-empty list"),
         (dict(json={"item": "ID", "where": 3}), 400, "'where' must be an object"),
+        (dict(data={"item": "ID", "top_k": "²"}), 400, "top_k must be an integer"),  # isdigit, no int
+        (
+            dict(content=b"[" * 200_000, headers={"content-type": "application/json"}),
+            400,
+            "nested too deeply",
+        ),
     ],
 )
 def test_bad_search_requests_get_a_status_and_a_reason(client, searcher, kwargs, status, reason):

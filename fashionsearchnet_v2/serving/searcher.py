@@ -6,6 +6,7 @@ tests and other front ends call `Searcher` directly. docs/serving.md has the req
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import urllib.parse
@@ -320,7 +321,7 @@ class Searcher:
 
     def check_top_k(self, top_k) -> int:
         """top_k as sent (an int, or digits in a form field) -> int in 1..max_top_k; 400 otherwise."""
-        if isinstance(top_k, str) and top_k.strip().isdigit():
+        if isinstance(top_k, str) and re.fullmatch(r"[0-9]+", top_k.strip()):  # not "²": isdigit, no int
             top_k = int(top_k)
         if not isinstance(top_k, int) or isinstance(top_k, bool):
             raise RequestError(400, f"top_k must be an integer, got {top_k!r}")

@@ -186,6 +186,10 @@ def create_app(
                 obj = json.loads(body)
             except ValueError as e:
                 raise RequestError(400, f"the body is not JSON ({e})") from None
+            except RecursionError:  # the standard library's parser recurses per nesting level
+                raise RequestError(
+                    400, "the JSON body is nested too deeply; a search is an object of flat fields"
+                ) from None
             if not isinstance(obj, dict):
                 raise RequestError(400, "the JSON body must be an object")
             fields = ["item", "image_base64", "set", "where", "top_k"]
