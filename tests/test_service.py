@@ -221,6 +221,29 @@ def test_where_keeps_the_results_to_the_items_with_those_values(client, searcher
             400,
             "nested too deeply",
         ),
+        # Lists are bounded by the vocabulary before they are read (the audit of 2026-12-05).
+        (
+            dict(json={"item": "ID", "where": {"color": ["red"] * 50}}),
+            400,
+            "'where' lists 50 values for 'color', more than its",
+        ),
+        (dict(json={"item": "ID", "where": {"colour": ["red"] * 5000}}), 400, "more than any attribute has"),
+        (
+            dict(json={"item": "ID", "where": ["color=red"] * 5000}),
+            400,
+            "'where' lists 5,000 filters, more than",
+        ),
+        (
+            dict(json={"item": "ID", "where": {f"a{i}": "x" for i in range(50)}}),
+            400,
+            "'where' names 50 attributes",
+        ),
+        (dict(json={"item": "ID", "set": ["color=red"] * 5000}), 400, "'set' lists 5,000 changes, more than"),
+        (
+            dict(json={"item": "ID", "set": {f"a{i}": "x" for i in range(50)}}),
+            400,
+            "'set' changes 50 attributes",
+        ),
     ],
 )
 def test_bad_search_requests_get_a_status_and_a_reason(client, searcher, kwargs, status, reason):
@@ -661,3 +684,16 @@ def test_health_answers_while_every_worker_thread_waits_for_the_batcher(searcher
             finally:
                 gate.set()
             assert {f.result() for f in futures} == {503}
+
+
+def test_an_attribute_name_holding_an_equals_sign_is_split_after_it():
+    """The page sends `set=NAME=VALUE` and the service split at the first "=": an attribute "fit=cut" could
+    not be changed from the page."""
+    vocabulary = {"fit=cut": ("slim", "wide=loose"), "fit": ("a=b",), "color": ("red",)}
+    assert service.parse_set(["fit=cut=wide=loose", " fit=cut = slim", "color=red"], vocabulary) == [
+        ("fit=cut", "wide=loose"),
+        ("fit=cut", " slim"),
+        ("color", "red"),
+    ]
+    assert service.parse_where("fit=a=b", vocabulary) == [("fit", "a=b")]
+    assert service.parse_set(["color=red"]) == [("color", "red")]  # without a vocabulary: the first "="
