@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import io
 import itertools
 import json
 import os
@@ -503,6 +504,24 @@ def test_tf_serving_path_gives_the_in_process_answers(searcher, trained):
     assert r.status_code == 503 and "unreachable" in r.json()["error"]
     with pytest.raises(ValueError, match="must look like"):
         remote.RemoteModel("localhost:8501", trained.export_dir, check=False)
+
+
+def test_tf_serving_requests_are_compact_json(trained, monkeypatch):
+    """An image goes to TensorFlow Serving as nested lists (its JSON takes "b64" only for string tensors,
+    and resizing on the client would change the model's input): without the spaces json.dumps puts after
+    every number, a 4 MP image's body is 42 MB less a fifth; the numbers are the same."""
+    sent = []
+
+    def urlopen(request, timeout):
+        sent.append(request.data)
+        return io.BytesIO(json.dumps({"outputs": {"global_representation": [[0.5]]}}).encode())
+
+    monkeypatch.setattr(remote.urllib.request, "urlopen", urlopen)
+    model = remote.RemoteModel("http://localhost:1/v1/models/fsn", trained.export_dir, check=False)
+    batch = np.random.default_rng(0).integers(0, 256, (1, 20, 30, 3), dtype=np.uint8)
+    assert model.predict("embed", {"images": batch})["global_representation"].tolist() == [[0.5]]
+    assert b" " not in sent[0] and json.loads(sent[0]) == export.rest_request("embed", {"images": batch})
+    assert len(sent[0]) < 0.85 * len(json.dumps(export.rest_request("embed", {"images": batch})))
 
 
 def test_searcher_refuses_an_index_of_another_export(trained, tmp_path):
