@@ -99,10 +99,14 @@ def build_searcher() -> service.Searcher:
 
 
 def check_limits() -> None:
-    """The service's numbers, before anything loads: a limit of 0 would refuse every request."""
+    """The service's numbers, before anything loads: a limit of 0 would refuse every request, a
+    --model_timeout of 0 or less every TensorFlow Serving call."""
     for flag in (MAX_UPLOAD_BYTES, MAX_PIXELS, MAX_TOP_K, MAX_BATCH):
         if flag.value < 1:
             common.fail(f"--{flag.name} must be >= 1, got {flag.value}")
+    if not (MODEL_TIMEOUT.value > 0 and math.isfinite(MODEL_TIMEOUT.value)):
+        # urllib takes <= 0 as "no wait at all": every TensorFlow Serving call failed as "not JSON"
+        common.fail(f"--model_timeout must be a finite number of seconds > 0, got {MODEL_TIMEOUT.value}")
     if not (GATHER_MS.value >= 0 and math.isfinite(GATHER_MS.value)):
         common.fail(f"--gather_ms must be a finite number >= 0, got {GATHER_MS.value}")
     if BLAS_THREADS.value < 0:

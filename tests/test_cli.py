@@ -320,6 +320,7 @@ def test_service_limits_and_a_busy_port_are_one_error_line_before_the_model_load
     base = ["experiments.serve", "--export_dir=nope", "--index=nope.npz"]
     assert_one_error_line(_cli([*base, "--max_top_k=0"], tmp_path), "--max_top_k must be >= 1, got 0")
     assert_one_error_line(_cli([*base, "--gather_ms=nan"], tmp_path), "--gather_ms must be a finite number")
+    assert_one_error_line(_cli([*base, "--model_timeout=-1"], tmp_path), "--model_timeout must be a finite number of seconds > 0, got -1.0")  # fmt: skip
     import socket
 
     with socket.socket() as busy:

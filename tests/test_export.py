@@ -280,3 +280,27 @@ def test_embed_bfloat16_beside_an_unchanged_embed_and_chosen_by_the_rule(
     assert export.ExportedModel(both_dir, precision="auto").embed_precision == "float32"
     with pytest.raises(export.ExportError, match="no embed_bfloat16 signature"):
         export.ExportedModel(plain_dir, precision="bfloat16")
+
+
+def test_embed_resizes_the_uint8_images_before_any_float32_copy(exported):
+    """A 40 MP upload cost ~820 MB in embed when the batch was cast to float32 before the resize (the audit
+    of 2026-12-05); the uint8 batch is now resized itself, and the model sees the same numbers, bit for bit,
+    on photo-sized and real images."""
+    _, module, _, out_dir = exported
+    graph = tf.saved_model.load(out_dir).signatures["embed"].graph
+    graph_def = graph.as_graph_def()
+    resizes = [n for f in graph_def.library.function for n in f.node_def if n.op == "ResizeBilinear"]
+    resizes += [n for n in graph_def.node if n.op == "ResizeBilinear"]
+    assert resizes and all(n.attr["T"].type == tf.uint8.as_datatype_enum for n in resizes), resizes
+    rng = np.random.default_rng(0)
+    photo = tf.io.decode_jpeg(tf.io.read_file(os.path.join(os.path.dirname(__file__), "..", "docs",
+                                                           "fpi_227_results_grid.jpg"))).numpy()  # fmt: skip
+    for image in (rng.integers(0, 256, (3000, 4000, 3), dtype=np.uint8), photo, _images(1)[0]):
+        batch = tf.constant(image[None])
+        for size in (64, 227):
+            want = records.preprocess_image(batch, size).numpy()
+            np.testing.assert_array_equal(
+                export.preprocess_uint8(batch, size, records.IMAGENET_MEAN_BGR), want
+            )
+            traced = tf.function(lambda b, s=size: export.preprocess_uint8(b, s, records.IMAGENET_MEAN_BGR))
+            np.testing.assert_array_equal(traced(batch), want)

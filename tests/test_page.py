@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import urllib.request
 
 import cv2
+import pytest
 from optional import require
 from service_fixture import live_server
 
@@ -153,3 +155,37 @@ def test_pick_an_item_change_its_colour_and_see_the_results_change(trained, tmp_
         finally:
             driver.quit()
             shutil.rmtree(profile, ignore_errors=True)
+
+
+PAGE_KEYS = """
+const vm = require("vm"), fs = require("fs");
+const el = new Proxy({}, {get: (t, k) => k === "classList" ? {toggle() {}, add() {}, remove() {}} : () => {},
+                          set: () => true});
+const context = {document: {getElementById: () => el, body: {dataset: {}}, querySelectorAll: () => []},
+                 fetch: () => new Promise(() => {}), console};
+vm.createContext(context);
+vm.runInContext(fs.readFileSync(process.argv[1], "utf8"), context);
+console.log(vm.runInContext(`
+  const fresh = ["constructor", "toString", "__proto__"].map((n) => n in state.changes);
+  state.changes["constructor"] = "red";
+  state.changes["__proto__"] = "long";
+  JSON.stringify({fresh, changed: ["constructor", "__proto__", "toString"].map(isChanged),
+                  sent: Object.entries(state.changes)});`, context));
+"""
+
+
+def test_attribute_names_like_constructor_are_plain_keys_of_the_pages_changes():
+    """The page kept its changes in `{}` and asked `name in state.changes`: an attribute called
+    "constructor" showed as changed, and one called "__proto__" was never sent. Run in Node (the page's
+    script with a stub document), without a browser."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (apt-get install -y nodejs)")
+    script = os.path.join(os.path.dirname(service.__file__), "static", "app.js")
+    done = subprocess.run([node, "-e", PAGE_KEYS, script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "fresh": [False, False, False],
+        "changed": [True, True, False],
+        "sent": [["constructor", "red"], ["__proto__", "long"]],
+    }

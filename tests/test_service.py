@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import io
 import itertools
 import json
 import os
+import struct
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import commands
@@ -213,6 +216,35 @@ def test_where_keeps_the_results_to_the_items_with_those_values(client, searcher
         (dict(data={"item": "ID", "where": "color"}), 400, "filter 'color' is not ATTRIBUTE=VALUE"),
         (dict(json={"item": "ID", "where": {"color": []}}), 400, "must be a value or a non-empty list"),
         (dict(json={"item": "ID", "where": 3}), 400, "'where' must be an object"),
+        (dict(data={"item": "ID", "top_k": "²"}), 400, "top_k must be an integer"),  # isdigit, no int
+        (
+            dict(content=b"[" * 200_000, headers={"content-type": "application/json"}),
+            400,
+            "nested too deeply",
+        ),
+        # Lists are bounded by the vocabulary before they are read (the audit of 2026-12-05).
+        (
+            dict(json={"item": "ID", "where": {"color": ["red"] * 50}}),
+            400,
+            "'where' lists 50 values for 'color', more than its",
+        ),
+        (dict(json={"item": "ID", "where": {"colour": ["red"] * 5000}}), 400, "more than any attribute has"),
+        (
+            dict(json={"item": "ID", "where": ["color=red"] * 5000}),
+            400,
+            "'where' lists 5,000 filters, more than",
+        ),
+        (
+            dict(json={"item": "ID", "where": {f"a{i}": "x" for i in range(50)}}),
+            400,
+            "'where' names 50 attributes",
+        ),
+        (dict(json={"item": "ID", "set": ["color=red"] * 5000}), 400, "'set' lists 5,000 changes, more than"),
+        (
+            dict(json={"item": "ID", "set": {f"a{i}": "x" for i in range(50)}}),
+            400,
+            "'set' changes 50 attributes",
+        ),
     ],
 )
 def test_bad_search_requests_get_a_status_and_a_reason(client, searcher, kwargs, status, reason):
@@ -474,6 +506,24 @@ def test_tf_serving_path_gives_the_in_process_answers(searcher, trained):
         remote.RemoteModel("localhost:8501", trained.export_dir, check=False)
 
 
+def test_tf_serving_requests_are_compact_json(trained, monkeypatch):
+    """An image goes to TensorFlow Serving as nested lists (its JSON takes "b64" only for string tensors,
+    and resizing on the client would change the model's input): without the spaces json.dumps puts after
+    every number, a 4 MP image's body is 42 MB less a fifth; the numbers are the same."""
+    sent = []
+
+    def urlopen(request, timeout):
+        sent.append(request.data)
+        return io.BytesIO(json.dumps({"outputs": {"global_representation": [[0.5]]}}).encode())
+
+    monkeypatch.setattr(remote.urllib.request, "urlopen", urlopen)
+    model = remote.RemoteModel("http://localhost:1/v1/models/fsn", trained.export_dir, check=False)
+    batch = np.random.default_rng(0).integers(0, 256, (1, 20, 30, 3), dtype=np.uint8)
+    assert model.predict("embed", {"images": batch})["global_representation"].tolist() == [[0.5]]
+    assert b" " not in sent[0] and json.loads(sent[0]) == export.rest_request("embed", {"images": batch})
+    assert len(sent[0]) < 0.85 * len(json.dumps(export.rest_request("embed", {"images": batch})))
+
+
 def test_searcher_refuses_an_index_of_another_export(trained, tmp_path):
     index = index_lib.SearchIndex.load(trained.index_path)
     index.metadata["export_fingerprint"] = "another"
@@ -501,3 +551,168 @@ def test_folder_index_items_are_served_from_their_files(trained, tmp_path):
     answer = client.post("/search", data={"item": "sub/p2.png", "set": "color=red", "top_k": "10"}).json()
     assert sorted(r["id"] for r in answer["results"]) == ["p0.png", "sub/p1.png", "sub/p3.png"]
     assert all(r["attributes"]["color"]["source"] == "predicted" for r in answer["results"])
+
+
+def _gif(screen=(1, 1), frame=(1, 1), frames=1) -> bytes:
+    """A GIF whose every frame is one pixel of LZW data, whatever size its descriptor claims."""
+    out = bytearray(
+        b"GIF89a" + struct.pack("<HH", *screen) + bytes([0x80, 0, 0]) + b"\x00\x00\x00\xff\xff\xff"
+    )
+    for _ in range(frames):
+        out += b"\x2c" + struct.pack("<HHHH", 0, 0, *frame) + b"\x00"
+        out += b"\x02\x02" + struct.pack("<H", 4 | (5 << 6)) + b"\x00"  # clear, index 0, end (3-bit codes)
+    return bytes(out + b"\x3b")
+
+
+def test_gif_frames_and_formats_without_a_size_check_are_refused_undecoded(client, monkeypatch):
+    """The audit of 2026-12-05: a 48 KB GIF with a 1 x 1 screen and an 8000 x 8000 frame decoded to 378 MB
+    before its 413 (TensorFlow sizes a GIF from its frames), and a 6 KB lossless WebP of 16383 x 10000 used
+    957 MB (no header check: decode_image reads WebP). Both are now refused before any decoding."""
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(index_lib, "decode_image", no_decoding)
+    monkeypatch.setattr(pipeline.records, "decode_image", no_decoding)
+    bomb = _gif(frame=(8000, 8000))
+    assert images.dimensions(bomb) == (8000, 8000) and images.gif_layout(bomb) == (8000, 8000, 1)
+    r = client.post("/search", files={"image": ("g.gif", bomb, "image/gif")})
+    assert r.status_code == 413 and "8000 x 8000 pixels" in r.json()["error"], r.text
+    many = _gif(screen=(200, 200), frame=(200, 200), frames=30)  # 30 x 40,000 pixels, all decoded
+    r = client.post("/search", files={"image": ("g.gif", many, "image/gif")})
+    assert r.status_code == 413 and "the GIF has 30 frames of 200 x 200 pixels" in r.json()["error"], r.text
+    webp = cv2.imencode(".webp", np.zeros((8, 8, 3), np.uint8), [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes()
+    assert webp[8:12] == b"WEBP"
+    r = client.post("/search", files={"image": ("w.webp", webp, "image/webp")})
+    assert r.status_code == 400 and r.json()["error"].startswith(
+        "the uploaded image is not a decodable JPEG/PNG/BMP/GIF image (its first bytes"
+    ), r.text
+
+
+def test_a_gif_within_the_limit_still_decodes(trained):
+    two = _gif(frames=2)  # 2 frames of 1 x 1: 2 pixels decoded
+    assert service.decode_upload(two, max_pixels=2).shape == (1, 1, 3)
+    with pytest.raises(service.RequestError, match="the GIF has 2 frames of 1 x 1 pixels"):
+        service.decode_upload(two, max_pixels=1)
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_the_rest_served(trained, tmp_path):
+    """b'caf\\xe9.png' became the id 'caf\\udce9.png', which made /items and every search ranking it 500
+    (UnicodeEncodeError in quote()); index_folder now lists it as skipped."""
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    png = cv2.imencode(".png", np.full((30, 30, 3), 90, np.uint8))[1].tobytes()
+    (folder / "ok.png").write_bytes(png)
+    try:
+        with open(os.fsencode(folder) + b"/caf\xe9.png", "wb") as f:
+            f.write(png)
+    except OSError as e:
+        pytest.skip(f"this file system refuses a name that is not UTF-8 ({e})")
+    index, skipped = indexing.index_folder(trained.model, str(folder), progress=False)
+    assert list(index.ids) == ["ok.png"]
+    assert skipped == [("caf\\xe9.png", "its name is not UTF-8 text: rename the file to index it")]
+    assert index.metadata["skipped"] == [{"path": "caf\\xe9.png", "reason": skipped[0][1]}]
+    client = TestClient(service.create_app(service.Searcher(trained.model, index)))
+    r = client.get("/items")
+    assert r.status_code == 200 and [i["id"] for i in r.json()["items"]] == ["ok.png"]
+    assert client.post("/search", json={"image_base64": base64.b64encode(png).decode()}).status_code == 200
+
+
+def test_item_images_changed_or_gone_since_indexing_are_refused_without_server_paths(trained, tmp_path):
+    """/images served whatever the path held now (symlinks followed) though the index stores each image's
+    digest; errors named the absolute path and numpy's repr (np.str_('sp ace.png'))."""
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    for i, name in enumerate(["a.png", "sp ace.png", "c.png"]):
+        cv2.imwrite(str(folder / name), np.full((30, 30, 3), 70 * i, np.uint8))
+    other = tmp_path / "elsewhere.png"
+    cv2.imwrite(str(other), np.full((30, 30, 3), 200, np.uint8))
+    os.symlink(folder / "c.png", folder / "link.png")
+    index, _ = indexing.index_folder(trained.model, str(folder), progress=False)
+    client = TestClient(service.create_app(service.Searcher(trained.model, index)))
+    assert (
+        client.get("/images/a.png").status_code == 200 and client.get("/images/link.png").status_code == 200
+    )
+    cv2.imwrite(str(folder / "a.png"), np.full((30, 30, 3), 255, np.uint8))  # replaced since indexing
+    os.remove(folder / "link.png")
+    os.symlink(other, folder / "link.png")  # pointed elsewhere
+    os.remove(folder / "sp ace.png")
+    for item_id in ("a.png", "link.png"):
+        r = client.get(f"/images/{item_id}")
+        assert r.status_code == 500 and r.json() == {
+            "error": f"the image of item '{item_id}' changed since the index was built; it is not served until "
+            "the index is rebuilt"
+        }
+        r = client.post("/search", json={"item": item_id})
+        assert r.status_code == 500 and "changed since the index was built" in r.json()["error"]
+    r = client.get("/images/sp%20ace.png")
+    assert r.status_code == 500 and r.json() == {
+        "error": "the image of item 'sp ace.png' cannot be read (No such file or directory)"
+    }
+    assert str(tmp_path) not in client.post("/search", json={"item": "sp ace.png"}).text
+    assert client.get("/images/c.png").status_code == 200  # unchanged: served
+
+
+def test_an_unexpected_error_is_json_without_the_servers_state(searcher, monkeypatch):
+    app = service.create_app(searcher)
+
+    def broken(*args, **kwargs):
+        raise KeyError("/srv/secret/path")
+
+    monkeypatch.setattr(searcher, "list_items", broken)
+    r = TestClient(app, raise_server_exceptions=False).get("/items")
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert r.json() == {"error": "internal error (KeyError); the server's log has the details"}
+
+
+def test_health_answers_while_every_worker_thread_waits_for_the_batcher(searcher, trained):
+    """/healthz took 2.2 s with 48 uploads in flight: a plain `def` handler waited for one of anyio's 40
+    worker threads, all held by searches queued in the batcher. Now on the event loop."""
+    held = service.Searcher(trained.model, searcher.index, searcher.item_images)
+    gate, waiting = threading.Event(), []
+
+    def blocked(job):
+        waiting.append(job)
+        gate.wait(60)
+        raise service.RequestError(503, "released")
+
+    held._batches = blocked
+    app = service.create_app(held)
+    with live_server(app) as url:
+
+        def ask(_):
+            body = json.dumps({"item": str(searcher.index.ids[0])}).encode()
+            request = urllib.request.Request(url + "/search", body, {"Content-Type": "application/json"})
+            try:
+                urllib.request.urlopen(request, timeout=90).read()
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        with concurrent.futures.ThreadPoolExecutor(48) as pool:
+            futures = [pool.submit(ask, i) for i in range(48)]
+            try:
+                deadline = time.time() + 60
+                while len(waiting) < 40 and time.time() < deadline:  # every worker thread is held
+                    time.sleep(0.05)
+                assert len(waiting) == 40
+                for path in ("/healthz", "/vocabulary"):
+                    start = time.perf_counter()
+                    with urllib.request.urlopen(url + path, timeout=30) as r:
+                        assert r.status == 200
+                    assert time.perf_counter() - start < 1.0, path
+            finally:
+                gate.set()
+            assert {f.result() for f in futures} == {503}
+
+
+def test_an_attribute_name_holding_an_equals_sign_is_split_after_it():
+    """The page sends `set=NAME=VALUE` and the service split at the first "=": an attribute "fit=cut" could
+    not be changed from the page."""
+    vocabulary = {"fit=cut": ("slim", "wide=loose"), "fit": ("a=b",), "color": ("red",)}
+    assert service.parse_set(["fit=cut=wide=loose", " fit=cut = slim", "color=red"], vocabulary) == [
+        ("fit=cut", "wide=loose"),
+        ("fit=cut", " slim"),
+        ("color", "red"),
+    ]
+    assert service.parse_where("fit=a=b", vocabulary) == [("fit", "a=b")]
+    assert service.parse_set(["color=red"]) == [("color", "red")]  # without a vocabulary: the first "="

@@ -22,7 +22,8 @@ the model holds a non-finite weight (a diverged training).
 
 `embed` preprocesses inside the graph exactly as training did (`records.preprocess_image`: bilinear
 squash to S x S, RGB -> BGR, minus the ImageNet mean), so a client sends decoded RGB pixels and nothing
-else. Predictions come from the stage-2 attribute classifiers cls_a on fc10_a (`fc10_logits`), not from
+else; it resizes the uint8 batch itself, not a float32 copy of it (`preprocess_uint8`: the same numbers,
+bit for bit, without 4 bytes per pixel channel of the full-size images: 480 MB for a 40 MP upload). Predictions come from the stage-2 attribute classifiers cls_a on fc10_a (`fc10_logits`), not from
 the stage-1 GAP classifiers: cls_a sees exactly the localized representation that the search uses, and
 was trained last (L_TC), so its value is the one a result's representation stands for.
 
@@ -304,7 +305,7 @@ class ServingModule(tf.Module):
             images = tf.identity(images)
         # One call of preprocess_image on the batch equals calling it image by image: resize, channel
         # reversal and mean subtraction are all per image.
-        x = records.preprocess_image(images, self.image_size, self.mean_bgr)
+        x = preprocess_uint8(images, self.image_size, self.mean_bgr)
         out = model(x, training=False)
         fc10 = tf.cast(out["fc10"], tf.float32)
         t = tf.zeros([tf.shape(fc10)[0], sum(self.num_values)], tf.float32)
@@ -363,6 +364,18 @@ class ServingModule(tf.Module):
             return _finite(
                 {"global_representation": self._global(attribute_representations, t)}, "manipulate"
             )
+
+
+def preprocess_uint8(images, image_size: int, mean_bgr) -> tf.Tensor:
+    """`records.preprocess_image` of a uint8 batch, bit for bit, resized before any float32 copy.
+
+    The bilinear kernel reads uint8 pixels as float32 and returns float32, so resizing first gives the
+    numbers that casting first gives (tests/test_export.py compares them on photo-sized images), while a
+    float32 copy of the full-size batch (4 bytes per pixel channel) is never made. The training pipeline
+    keeps `records.preprocess_image`."""
+    x = tf.image.resize(images, [image_size, image_size], method="bilinear")
+    x = tf.reverse(x, axis=[-1])  # RGB -> BGR
+    return x - tf.constant(mean_bgr, tf.float32)
 
 
 def _finite(outputs: dict, signature: str) -> dict:
@@ -606,7 +619,11 @@ def embed_in_batches(
     for positions in groups.values():
         for start in range(0, len(positions), batch_size):
             chunk = positions[start : start + batch_size]
-            for key, value in run(np.stack([np.asarray(images[i], np.uint8) for i in chunk])).items():
+            if len(chunk) == 1:  # a view, not a copy, of a lone image (an upload of up to --max_pixels)
+                batch = np.asarray(images[chunk[0]], np.uint8)[None]
+            else:
+                batch = np.stack([np.asarray(images[i], np.uint8) for i in chunk])
+            for key, value in run(batch).items():
                 if key not in out:
                     out[key] = np.zeros((len(images),) + value.shape[1:], value.dtype)
                 out[key][chunk] = value

@@ -117,8 +117,9 @@ def index_folder(model, folder: str, batch_size: int = 32, chunk: int = 256, pro
                  previous: SearchIndex | None = None):  # fmt: skip
     """Embeds every image under `folder` through `model` (an `export.ExportedModel`).
 
-    Returns (SearchIndex, skipped) where skipped lists (relative path, reason) of unreadable files:
-    one bad file in a catalogue is reported, not fatal. Labels are all -1 (a folder has none). With
+    Returns (SearchIndex, skipped) where skipped lists (relative path, reason) of unreadable files and of
+    names that are not UTF-8 (an id must be text: the service puts it in URLs and JSON; such a name is
+    listed with its undecodable bytes as \\xNN): one bad file in a catalogue is reported, not fatal. Labels are all -1 (a folder has none). With
     `previous` (an index of the same export), an image whose path and bytes are in it takes its row
     there instead of being embedded again (`experiments.index --reuse`).
     """
@@ -131,6 +132,12 @@ def index_folder(model, folder: str, batch_size: int = 32, chunk: int = 256, pro
         images = []
         for name in names[start : start + chunk]:
             path = os.path.join(folder, name)
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:  # os.walk keeps undecodable bytes as lone surrogates
+                shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+                skipped.append((shown, "its name is not UTF-8 text: rename the file to index it"))
+                continue
             try:
                 data = read_bytes(path)
                 digest = content_digest(data)

@@ -23,7 +23,13 @@ from fashionsearchnet_v2.data import integrity, records, schema
 
 
 class ItemImageError(RuntimeError):
-    """An item's image cannot be served (its source is missing or changed); the message says why."""
+    """An item's image cannot be served (its source is missing or changed); the message says why.
+
+    `public` says it without the server's paths, for a client (the service logs the message itself)."""
+
+    def __init__(self, message: str, public: str | None = None):
+        super().__init__(message)
+        self.public = public or message
 
 
 def record_offsets(path: str) -> list[tuple[int, int]]:
@@ -66,6 +72,7 @@ class ItemImages:
         self.kind = source.get("kind") if with_images else None
         self.ids = index.ids
         self.paths = index.paths
+        self.content = index.content  # digests of the indexed images' bytes; None in older index files
         self._records: list[tuple[str, int, int]] = []
         if self.kind == "split":
             directory = data_dir or source.get("data_dir", "")
@@ -103,15 +110,23 @@ class ItemImages:
         return self.kind in ("split", "folder")
 
     def read(self, row: int) -> bytes:
-        """The encoded bytes of index row `row`; ItemImageError when they cannot be read."""
+        """The encoded bytes of index row `row`; ItemImageError when they cannot be read, or when they are
+        not the bytes the index embedded (its content digest, where the index has digests): a file
+        replaced since indexing (or a symlink pointed elsewhere) is refused, not served as the item."""
         row = int(row)
+        item = str(self.ids[row])
         if self.kind == "folder":
             path = str(self.paths[row])
             try:
                 with open(path, "rb") as f:
-                    return f.read()
+                    data = f.read()
             except OSError as e:
-                raise ItemImageError(f"image of item {self.ids[row]!r} at {path}: {e.strerror or e}") from e
+                raise ItemImageError(
+                    f"image of item {item!r} at {path}: {e.strerror or e}",
+                    f"the image of item {item!r} cannot be read ({e.strerror or type(e).__name__})",
+                ) from e
+            self._check_digest(row, data, path)
+            return data
         if self.kind == "split":
             shard, offset, length = self._records[row]
             try:
@@ -120,17 +135,36 @@ class ItemImages:
                     data = f.read(length)
                 image_id, encoded = parse_record(data)
             except (OSError, ValueError, IndexError, DecodeError) as e:
-                raise ItemImageError(f"record of item {self.ids[row]!r} in {shard}: {e}") from e
-            if image_id != str(self.ids[row]):
                 raise ItemImageError(
-                    f"{shard} holds {image_id!r} where the index has {self.ids[row]!r}: the dataset changed "
-                    "since the index was built; rebuild the index"
+                    f"record of item {item!r} in {shard}: {e}", f"the record of item {item!r} cannot be read"
+                ) from e
+            if image_id != item:
+                raise ItemImageError(
+                    f"{shard} holds {image_id!r} where the index has {item!r}: the dataset changed "
+                    "since the index was built; rebuild the index",
+                    f"the dataset holds another record where the index has item {item!r}: it changed since "
+                    "the index was built",
                 )
+            self._check_digest(row, encoded, shard)
             return encoded
         raise ItemImageError("this index holds vectors only: its items have no images")
+
+    def _check_digest(self, row: int, data: bytes, where: str) -> None:
+        if self.content is None:
+            return
+        from fashionsearchnet_v2.serving.index import content_digest
+
+        if content_digest(data) != bytes(self.content[row]):
+            item = str(self.ids[row])
+            raise ItemImageError(
+                f"image of item {item!r} at {where} is not the image the index embedded (its bytes changed "
+                "since indexing): rebuild the index (experiments.index, --reuse keeps the unchanged items)",
+                f"the image of item {item!r} changed since the index was built; it is not served until the "
+                "index is rebuilt",
+            )
 
     def decode(self, row: int) -> np.ndarray:
         """uint8 RGB [H, W, 3] of index row `row`."""
         from fashionsearchnet_v2.serving import index as index_lib
 
-        return index_lib.decode_image(self.read(row), f"item {self.ids[row]!r}")
+        return index_lib.decode_image(self.read(row), f"item {str(self.ids[row])!r}")

@@ -86,7 +86,9 @@ class RemoteModel:
         return f"RemoteModel({self.model_url!r})"
 
     def _http(self, url: str, body: dict | None = None) -> dict:
-        data = None if body is None else json.dumps(body).encode("utf-8")
+        # Compact: an image goes as nested lists of numbers (a uint8 tensor takes no "b64" in TensorFlow
+        # Serving's JSON), and ", " after each of them made a 4 MP image's body a fifth larger.
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode("utf-8")
         request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
         if data is not None:
             request.add_header("Content-Type", "application/json")

@@ -5,6 +5,8 @@ tests and other front ends call `Searcher` directly. docs/serving.md has the req
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 import urllib.parse
@@ -17,6 +19,8 @@ from fashionsearchnet_v2.data import images
 from fashionsearchnet_v2.retrieval import metrics
 from fashionsearchnet_v2.serving import export, indexing, items
 from fashionsearchnet_v2.serving import index as index_lib
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20  # a phone photo is 2-8 MB
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: larger images are refused before they are decoded
@@ -129,10 +133,24 @@ def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     pixels, checked from the header before decoding)."""
     if not data:
         raise RequestError(400, "the uploaded image is empty")
+    if images.image_format(data) is None:
+        # TensorFlow also decodes WebP and other formats whose size is not checked here: refused undecoded.
+        raise RequestError(
+            400,
+            "the uploaded image is not a decodable JPEG/PNG/BMP/GIF image (its first bytes are none of these "
+            "formats'; send one of them)",
+        )
     size = images.dimensions(data)
     if size is not None and size[0] * size[1] > max_pixels:
         raise RequestError(
             413, f"the image has {size[0]} x {size[1]} pixels, more than the limit of {max_pixels:,}"
+        )
+    layout = images.gif_layout(data)
+    if layout is not None and layout[0] * layout[1] * layout[2] > max_pixels:  # every frame is decoded
+        raise RequestError(
+            413,
+            f"the GIF has {layout[2]} frames of {layout[0]} x {layout[1]} pixels, more than the limit of "
+            f"{max_pixels:,} pixels in all",
         )
     if images.truncated_jpeg(data):
         raise RequestError(
@@ -147,6 +165,13 @@ def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
             413, f"the image has {image.shape[1]} x {image.shape[0]} pixels, more than {max_pixels:,}"
         )
     return image
+
+
+def _item_error(e: items.ItemImageError) -> RequestError:
+    """500 for an item image the server cannot serve: the client gets the reason without the server's
+    paths, the log gets the full message."""
+    log.error("%s", e)
+    return RequestError(500, e.public)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -256,7 +281,7 @@ class Searcher:
         try:
             data = self.item_images.read(row)
         except items.ItemImageError as e:
-            raise RequestError(500, str(e)) from None
+            raise _item_error(e) from None
         return data, images.media_type(data)
 
     # -- search
@@ -296,7 +321,7 @@ class Searcher:
 
     def check_top_k(self, top_k) -> int:
         """top_k as sent (an int, or digits in a form field) -> int in 1..max_top_k; 400 otherwise."""
-        if isinstance(top_k, str) and top_k.strip().isdigit():
+        if isinstance(top_k, str) and re.fullmatch(r"[0-9]+", top_k.strip()):  # not "²": isdigit, no int
             top_k = int(top_k)
         if not isinstance(top_k, int) or isinstance(top_k, bool):
             raise RequestError(400, f"top_k must be an integer, got {top_k!r}")
@@ -362,7 +387,9 @@ class Searcher:
                 raise RequestError(404, "this index holds vectors only: its items cannot be queries")
             try:
                 image = self.item_images.decode(row)
-            except (items.ItemImageError, index_lib.ImageReadError) as e:
+            except items.ItemImageError as e:
+                raise _item_error(e) from None
+            except index_lib.ImageReadError as e:  # names the item, not its path
                 raise RequestError(500, str(e)) from None
         where_key = tuple(sorted((a, tuple(sorted(v))) for a, v in conditions.items()))
         allowed = index_lib.where_mask(self._known, conditions) if conditions else None

@@ -34,58 +34,97 @@ STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 # Request parsing
 
 
-def _pairs(values, field: str, what: str) -> list[tuple[str, str]]:
-    """The list forms of `field` -> [(attribute, value)]: "a=v" strings or {"attribute", "value"} objects."""
+def split_pair(text: str, vocabulary: dict | None = None) -> tuple[str, str, str]:
+    """ "attribute=value" -> (attribute, "=", value), or ("", "", "") without an "=".
+
+    At the first "=", unless the text starts with a known attribute name that holds "=" itself (with
+    `vocabulary`, {name: values}): then after that name, so every attribute can be set by name (the page
+    sends `set=NAME=VALUE`). The longest such name wins."""
+    for name in sorted((n for n in vocabulary or () if "=" in n), key=len, reverse=True):
+        rest = text.lstrip()
+        if rest.startswith(name) and rest[len(name) :].lstrip().startswith("="):
+            return name, "=", rest[len(name) :].lstrip()[1:]
+    name, sep, value = text.partition("=")
+    return (name, sep, value) if sep else ("", "", "")
+
+
+def _pairs(values, field: str, what: str, vocabulary: dict | None, most: int | None, why: str):
+    """The list forms of `field` -> [(attribute, value)]: "a=v" strings or {"attribute", "value"} objects;
+    at most `most` of them (400 naming `why` beyond that, before any is read)."""
     if isinstance(values, str):
         values = [values]
     if not isinstance(values, list):
         raise RequestError(
             400, f"'{field}' must be an object {{attribute: value}} or a list of 'attribute=value'"
         )
+    if most is not None and len(values) > most:
+        raise RequestError(400, f"'{field}' lists {len(values):,} {what}s, more than {most} ({why})")
     out = []
     for v in values:
         if isinstance(v, dict) and "attribute" in v and "value" in v:
             out.append((str(v["attribute"]), str(v["value"])))
             continue
-        name, sep, value = str(v).partition("=")
+        name, sep, value = split_pair(str(v), vocabulary)
         if not sep or not name.strip() or not value.strip():
             raise RequestError(400, f"{what} {v!r} is not ATTRIBUTE=VALUE")
         out.append((name, value))
     return out
 
 
-def parse_set(values) -> list[tuple[str, str]]:
+def parse_set(values, vocabulary: dict | None = None) -> list[tuple[str, str]]:
     """Changes as a request gives them -> [(attribute, value)].
 
     Accepted: {"color": "black"}; ["color=black", ...]; [{"attribute": "color", "value": "black"}, ...];
-    and form fields `set=color=black` (repeated).
+    and form fields `set=color=black` (repeated). With `vocabulary` ({attribute name: values}), more
+    changes than attributes are refused before any is read, and a name holding "=" splits right
+    (`split_pair`).
     """
     if values is None:
         return []
+    most = None if vocabulary is None else len(vocabulary)
+    why = f"the vocabulary has {most} attributes, each changed at most once"
     if isinstance(values, dict):
+        if most is not None and len(values) > most:
+            raise RequestError(400, f"'set' changes {len(values):,} attributes, more than {most} ({why})")
         return [(str(k), str(v)) for k, v in values.items()]
-    return _pairs(values, "set", "change")
+    return _pairs(values, "set", "change", vocabulary, most, why)
 
 
-def parse_where(values) -> list[tuple[str, str]]:
+def parse_where(values, vocabulary: dict | None = None) -> list[tuple[str, str]]:
     """Result filters as a request gives them -> [(attribute, value)], one pair per accepted value.
 
     Accepted: {"category": "dress"}; {"category": ["dress", "skirt"]} (any of them); the list forms of
-    `parse_set`; and form fields `where=category=dress` (repeated).
+    `parse_set`; and form fields `where=category=dress` (repeated). With `vocabulary` ({attribute name:
+    values}), a list longer than the attribute's values (or than all values, for the list forms) is
+    refused before any is read.
     """
     if values is None:
         return []
     if isinstance(values, dict):
+        if vocabulary is not None and len(values) > len(vocabulary):
+            raise RequestError(
+                400, f"'where' names {len(values):,} attributes, more than the vocabulary's {len(vocabulary)}"
+            )
         out = []
         for k, v in values.items():
             listed = v if isinstance(v, list) else [v]
+            if vocabulary is not None:
+                known = vocabulary.get(str(k).strip())
+                most = len(known) if known is not None else max(map(len, vocabulary.values()), default=0)
+                if len(listed) > most:
+                    raise RequestError(
+                        400,
+                        f"'where' lists {len(listed):,} values for {str(k)!r}, more than "
+                        + (f"its {most} values" if known is not None else f"any attribute has ({most})"),
+                    )
             if not listed or any(x is None or isinstance(x, (dict, list)) for x in listed):
                 raise RequestError(
                     400, f"'where' {k!r} must be a value or a non-empty list of values, got {v!r}"
                 )
             out.extend((str(k), str(x)) for x in listed)
         return out
-    return _pairs(values, "where", "filter")
+    most = None if vocabulary is None else sum(map(len, vocabulary.values()))
+    return _pairs(values, "where", "filter", vocabulary, most, "the attributes have that many values in all")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -108,6 +147,9 @@ def create_app(
 
     from fashionsearchnet_v2.serving import remote
 
+    # {attribute: values}: bounds the lists of a request's `set` and `where` before they are read, and
+    # splits an attribute name that holds "=" right.
+    names = {a.name: a.values for a in searcher.vocabulary.attributes}
     app = FastAPI(
         title="FashionSearchNet-v2 search",
         description="Image retrieval with attribute manipulation: this item, but ...",
@@ -130,6 +172,15 @@ def create_app(
     @app.exception_handler(remote.RemoteModelError)
     async def _remote_error(request, exc: remote.RemoteModelError):
         return JSONResponse({"error": str(exc)}, status_code=503 if exc.unreachable else 502)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, exc: Exception):
+        # A bug, not a bad request: JSON like every other error, nothing of the server's state (paths,
+        # values) in it. Starlette raises the exception on after this answer, so uvicorn logs its traceback.
+        return JSONResponse(
+            {"error": f"internal error ({type(exc).__name__}); the server's log has the details"},
+            status_code=500,
+        )
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -170,13 +221,18 @@ def create_app(
             item = form.get("item")
             if item is not None and not isinstance(item, str):
                 raise RequestError(400, "'item' must be a text field (an item id), not a file")
-            return {"image": image, "item": item or None, "changes": parse_set(form.getlist("set")),
-                    "where": parse_where(form.getlist("where")), "top_k": form.get("top_k", DEFAULT_TOP_K)}  # fmt: skip
+            return {"image": image, "item": item or None, "changes": parse_set(form.getlist("set"), names),
+                    "where": parse_where(form.getlist("where"), names),
+                    "top_k": form.get("top_k", DEFAULT_TOP_K)}  # fmt: skip
         if ctype == "application/json":
             try:
                 obj = json.loads(body)
             except ValueError as e:
                 raise RequestError(400, f"the body is not JSON ({e})") from None
+            except RecursionError:  # the standard library's parser recurses per nesting level
+                raise RequestError(
+                    400, "the JSON body is nested too deeply; a search is an object of flat fields"
+                ) from None
             if not isinstance(obj, dict):
                 raise RequestError(400, "the JSON body must be an object")
             fields = ["item", "image_base64", "set", "where", "top_k"]
@@ -194,19 +250,21 @@ def create_app(
                     raise RequestError(400, "image_base64 is not valid base64") from None
             item = obj.get("item")
             return {"image": image, "item": None if item is None else str(item),
-                    "changes": parse_set(obj.get("set")), "where": parse_where(obj.get("where")),
+                    "changes": parse_set(obj.get("set"), names), "where": parse_where(obj.get("where"), names),
                     "top_k": obj.get("top_k", DEFAULT_TOP_K)}  # fmt: skip
         raise RequestError(
             415,
             f"send multipart/form-data (image upload) or application/json, not {ctype or 'no content type'!r}",
         )
 
+    # On the event loop (async): neither blocks, and a plain `def` would wait for a worker thread behind
+    # the searches that hold them all while they queue for the batcher (a busy service looked dead).
     @app.get("/healthz")
-    def healthz():
+    async def healthz():
         return searcher.health()
 
     @app.get("/vocabulary")
-    def vocabulary():
+    async def vocabulary():
         return searcher.vocabulary.to_json()
 
     @app.get("/items")

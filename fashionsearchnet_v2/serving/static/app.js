@@ -7,13 +7,18 @@ const state = {
   vocabulary: null,  // {attributes: [{name, values}]}
   query: null,       // {item: id} or {file: File}
   queryUrl: null,    // what the <img> shows
-  changes: {},       // attribute -> value asked for
+  changes: noChanges(),  // attribute -> value asked for
   current: {},       // attribute -> the query's own value (label or prediction)
   sequence: 0,       // answers to older requests are dropped
   offset: 0,
 };
 
 const $ = (id) => document.getElementById(id);
+
+// Attribute names are the vocabulary's, any text: "constructor" or "__proto__" must be a plain key, not
+// an Object.prototype member ("constructor" in {} is true; {}["__proto__"] = v sets the prototype).
+function noChanges() { return Object.create(null); }
+function isChanged(name) { return Object.hasOwn(state.changes, name); }
 
 function setStatus(text, isError = false) {
   const el = $("status");
@@ -70,7 +75,7 @@ function chooseItem(item) {
   if (button) button.classList.add("selected");
   state.query = {item: item.id};
   state.queryUrl = item.image_url;
-  state.changes = {};
+  state.changes = noChanges();
   search();
 }
 
@@ -80,7 +85,7 @@ function chooseUpload(file) {
   if (state.queryUrl && state.queryUrl.startsWith("blob:")) URL.revokeObjectURL(state.queryUrl);
   state.query = {file};
   state.queryUrl = URL.createObjectURL(file);
-  state.changes = {};
+  state.changes = noChanges();
   search();
 }
 
@@ -159,7 +164,7 @@ function renderAttributes(query, img) {
     if (label !== null && label !== predicted.value) {
       predictedCell.append(element("div", {className: "probability", text: `label: ${label}`}));
     }
-    const row = element("tr", {className: name in state.changes ? "changed" : "", dataset: {attribute: name}}, [
+    const row = element("tr", {className: isChanged(name) ? "changed" : "", dataset: {attribute: name}}, [
       element("td", {text: name}), predictedCell, element("td", {}, [canvas]), element("td", {}, [select]),
     ]);
     body.append(row);
@@ -250,5 +255,5 @@ $("upload").addEventListener("change", (event) => chooseUpload(event.target.file
 $("more").addEventListener("click", () => loadCatalogue().catch((e) => setStatus(e.message, true)));
 $("top-k").addEventListener("change", search);
 $("only-changed").addEventListener("change", search);
-$("reset").addEventListener("click", () => { state.changes = {}; search(); });
+$("reset").addEventListener("click", () => { state.changes = noChanges(); search(); });
 start();
