@@ -417,3 +417,29 @@ def test_what_is_built_on_a_stage_refuses_it_unfinished_or_moved_on(info, tmp_pa
         run.run_stage3(
             dataclasses.replace(cfg, stage3=dataclasses.replace(s3, max_steps=4)), info, out=io.StringIO()
         )
+
+
+def test_a_resumed_stage_logs_each_step_to_tensorboard_once(info, tmp_path, monkeypatch):
+    """Killed after step 8 (logged up to 7, last checkpoint at 6), the resumed stage trains 7 and 8 again:
+    they used to be logged a second time into a new event file, so TensorBoard drew two points per step."""
+    steps = dict(
+        max_steps=12, log_every_steps=1, checkpoint_every_steps=3, heldout_images=8, summary_images=0
+    )
+    restore = _kill_at(monkeypatch, 8)
+    with pytest.raises(KeyboardInterrupt):
+        run.run_stage1(_config(tmp_path, **steps), info, out=io.StringIO())
+    restore()
+    import gc
+
+    gc.collect()  # the killed run's writer flushes what it holds, as a process ends
+    log = io.StringIO()
+    run.run_stage1(_config(tmp_path, **steps), info, out=log)
+    assert "TensorBoard holds steps up to 7 from before the kill" in log.getvalue()
+    tb = os.path.join(tmp_path, "stage1", "tb")
+    per_step = {}
+    for path in glob.glob(os.path.join(tb, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            if any(v.tag == "L_C" for v in event.summary.value):
+                per_step[event.step] = per_step.get(event.step, 0) + 1
+    assert len(glob.glob(os.path.join(tb, "events.out.tfevents.*"))) == 2
+    assert per_step == {s: 1 for s in range(1, 13)}

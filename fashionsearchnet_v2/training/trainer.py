@@ -294,6 +294,25 @@ class FixedFeatureTask(Task):
         os.replace(tmp, self.selection_path)
 
 
+def last_logged_step(tb_dir: str) -> int:
+    """The highest step with a summary in `tb_dir`'s event files, -1 for none. A resumed stage trains the
+    steps between its checkpoint and the kill again; it does not log those twice (TensorBoard would draw
+    each of them from two files, its readers disagreeing on which to keep). A file cut by the kill
+    counts up to its last whole record."""
+    from tensorflow.core.util import event_pb2
+
+    last = -1
+    for path in tf.io.gfile.glob(os.path.join(tb_dir, "events.out.tfevents.*")):
+        try:
+            for record in tf.data.TFRecordDataset(path):
+                event = event_pb2.Event.FromString(record.numpy())
+                if event.HasField("summary") and event.step > last:
+                    last = int(event.step)
+        except tf.errors.DataLossError:
+            pass
+    return last
+
+
 def format_seconds(s: float) -> str:
     if not math.isfinite(s):
         return "?"
@@ -397,6 +416,11 @@ class Trainer:
             return model
         if writer is None:
             writer = tf.summary.create_file_writer(tb_dir) if tb_dir else tf.summary.create_noop_writer()
+        logged = last_logged_step(tb_dir) if latest and tb_dir else -1
+        if logged > start:
+            self.log(f"[{self.task.name}] TensorBoard holds steps up to {logged} from before the kill: they "
+                     "train again and are not logged twice")  # fmt: skip
+        quiet = tf.summary.create_noop_writer()
         # A resumed run continues the same input stream where it stopped (the skipped examples are read,
         # not decoded): with the restored weights, optimizer and random state it repeats the run that never
         # stopped (tests/test_training.py).
@@ -426,7 +450,7 @@ class Trainer:
                 n = max(1, window_images // self.batch_size)
                 scalars = self.task.scalars(sums, n)
                 eta = (self.total_steps - done) * self.batch_size / max(ips, 1e-9)
-                with writer.as_default(step=done):
+                with (writer if done > logged else quiet).as_default(step=done):
                     for k, v in scalars.items():
                         tf.summary.scalar(k, v)
                     tf.summary.scalar("images_per_second", ips)
@@ -441,7 +465,7 @@ class Trainer:
             if end_of_epoch or self._periodic_save(done):
                 manager.save(checkpoint_number=done)
             if end_of_epoch and tb_dir:  # held-out accuracy and pictures: the chief's
-                self._epoch_end(model, writer, done)
+                self._epoch_end(model, writer if done > logged else quiet, done)
         writer.flush()
         self.log(
             f"[{self.task.name}] done: {self.total_steps - start} steps in {format_seconds(time.time() - t0)}"
