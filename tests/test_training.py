@@ -4,6 +4,7 @@ the config guard between stages, and MirroredStrategy over two logical CPUs agai
 import dataclasses
 import glob
 import io
+import json
 import os
 
 import keras
@@ -443,3 +444,31 @@ def test_a_resumed_stage_logs_each_step_to_tensorboard_once(info, tmp_path, monk
                 per_step[event.step] = per_step.get(event.step, 0) + 1
     assert len(glob.glob(os.path.join(tb, "events.out.tfevents.*"))) == 2
     assert per_step == {s: 1 for s in range(1, 13)}
+
+
+def test_a_resumed_stage_measures_loss_growth_from_the_stages_first_loss(info, tmp_path, monkeypatch):
+    """The growth limit (guard.LossBound) was measured from the first loss the resumed process saw, often
+    a tenth of the stage's first: a resume could stop as diverged where the run that never stopped goes
+    on. The first run's first loss is kept in loss_reference.json and the resume measures from it."""
+    from fashionsearchnet_v2.training import guard
+
+    seen = []
+
+    class Recorded(guard.LossBound):
+        def exceeded(self, loss):
+            seen.append((self.first, float(loss)))
+            return super().exceeded(loss)
+
+    monkeypatch.setattr(guard, "LossBound", Recorded)
+    steps = dict(max_steps=8, checkpoint_every_steps=3, heldout_images=8, summary_images=0)
+    restore = _kill_at(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        run.run_stage1(_config(tmp_path, **steps), info, out=io.StringIO())
+    restore()
+    first_loss = seen[0][1]
+    with open(tmp_path / "stage1" / "loss_reference.json", encoding="utf-8") as f:
+        assert json.load(f) == {"first_loss": first_loss, "step": 1}
+    seen.clear()
+    run.run_stage1(_config(tmp_path, **steps), info, out=io.StringIO())  # resumes at step 6
+    assert len(seen) == 2 and all(first == first_loss for first, _ in seen)
+    assert seen[0][1] != first_loss  # the resumed process's own first loss is another

@@ -79,8 +79,9 @@ GROWTH_FLOOR = 1.0
 
 class LossBound:
     """The running loss (mean of the last `window` steps' "loss") against `upper_bound` and against
-    `growth_limit` times max(the first step's loss seen by this process, GROWTH_FLOOR) (0 switches a check
-    off)."""
+    `growth_limit` times max(the stage's first loss, GROWTH_FLOOR) (0 switches a check off). `first` is
+    the first loss this object sees unless set before (the Trainer sets it on resume from
+    `loss_reference.json`, the first run's)."""
 
     def __init__(self, upper_bound: float, growth_limit: float, window: int = LOSS_WINDOW):
         self.upper_bound, self.growth_limit = float(upper_bound), float(growth_limit)

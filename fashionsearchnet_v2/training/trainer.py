@@ -288,10 +288,14 @@ class FixedFeatureTask(Task):
         os.makedirs(self.workdir, exist_ok=True)
         obj = {"validation": self.validation.describe(), "k": self.validation.ks[0],
                "select_on_validation": select, "selected": self.selected, "history": self.history}  # fmt: skip
-        tmp = f"{self.selection_path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, self.selection_path)
+        _write_json(self.selection_path, obj)
+
+
+def _write_json(path: str, obj: dict) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
 
 
 def last_logged_step(tb_dir: str) -> int:
@@ -432,6 +436,14 @@ class Trainer:
         make = steps_function if self.steps_per_call > 1 else step_function
         run_steps = make(self.task, self.strategy, model, optimizer, step)
         bound = guard.LossBound(self.loss_upper_bound, self.loss_growth_limit)
+        # The growth limit is measured from the stage's first loss, which a resumed run did not see: it is
+        # kept beside the checkpoints (else a resume would measure from a loss 10x lower, and stop where
+        # the run that never stopped goes on).
+        reference = os.path.join(self.workdir, "loss_reference.json")
+        if latest and os.path.isfile(reference):
+            with open(reference, encoding="utf-8") as f:
+                bound.first = float(json.load(f)["first_loss"])
+        keep_reference = bound.first is None and tb_dir is not None  # the chief writes it
 
         t0 = time.time()
         window_start, window_images = time.time(), 0
@@ -439,6 +451,9 @@ class Trainer:
         for s, values, finite in self._steps(start, iterator, run_steps):
             guard.check_step(self.task.name, s + 1, values, finite, model=model, optimizer=optimizer,
                              last_checkpoint=lambda: checkpoints.latest(self.ckpt_dir), bound=bound)  # fmt: skip
+            if keep_reference and bound.first is not None:
+                _write_json(reference, {"first_loss": bound.first, "step": s + 1})
+                keep_reference = False
             window_images += self.batch_size
             for k, v in values.items():
                 sums[k] = sums.get(k, 0) + v
