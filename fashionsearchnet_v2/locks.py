@@ -16,6 +16,7 @@ This module sits below `data/`, `trained/` and `serving/` (all three use it), so
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import glob
 import json
@@ -223,5 +224,20 @@ def remove_orphans(parent: str, patterns, legacy_age_s: float = 24 * 3600) -> li
                         dead = False
             if dead:
                 shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+def remove_orphan_files(directory: str, suffix: str) -> list[str]:
+    """Deletes the files `<name>.tmp-<pid><suffix>` in `directory` whose writer (a process of this host)
+    is dead: what a kill during an atomic write leaves (a features cache can be hundreds of MB). Returns
+    the removed paths."""
+    pattern = re.compile(r"\.tmp-(\d+)" + re.escape(suffix) + "$")
+    removed = []
+    for path in sorted(glob.glob(os.path.join(glob.escape(directory), f"*.tmp-*{suffix}"))):
+        m = pattern.search(os.path.basename(path))
+        if m and os.path.isfile(path) and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                os.remove(path)
                 removed.append(path)
     return removed

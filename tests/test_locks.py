@@ -118,3 +118,23 @@ def test_orphaned_export_temporaries_are_removed(tmp_path, live_pid, dead_pid):
     assert not os.path.exists(dead) and not os.path.exists(old) and os.path.exists(alive)
     assert locks.OWNER_FILE not in os.listdir(out)
     assert sorted(os.listdir(parent)) == sorted(["1", os.path.basename(alive)])
+
+
+def test_a_killed_features_cache_write_is_removed_by_the_next_one(tmp_path, live_pid, dead_pid, monkeypatch):
+    """`cached_extract` writes `<split>.npz.tmp-<pid>.npz` then renames it: a kill in between left the
+    temporary (hundreds of MB for a large training split) for good. The next write removes those of dead
+    writers and keeps a live one's (two evaluations of one stage may cache at once)."""
+    from fashionsearchnet_v2.trained import features
+
+    cache = tmp_path / "features"
+    os.makedirs(cache)
+    dead = cache / f"train.npz.tmp-{dead_pid}.npz"
+    alive = cache / f"train.npz.tmp-{live_pid}.npz"
+    other = cache / "gallery.npz"
+    for path in (dead, alive, other):
+        path.write_bytes(b"x")
+    monkeypatch.setattr(features, "cache_key", lambda checkpoint, info: "key")
+    monkeypatch.setattr(features, "extract", lambda *a, **k: {"labels": np.zeros((2, 1), np.int32)})
+    info = schema.DatasetInfo(name="x", attributes=[], splits={}, seed=0, source="test")
+    features.cached_extract(None, info, "train", 64, str(cache), "ckpt-1", progress=False)
+    assert sorted(os.listdir(cache)) == sorted(["gallery.npz", "train.npz", alive.name])

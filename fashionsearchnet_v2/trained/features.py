@@ -17,6 +17,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from fashionsearchnet_v2 import locks
 from fashionsearchnet_v2.data import integrity, pipeline, schema
 from fashionsearchnet_v2.progress import Progress
 from fashionsearchnet_v2.trained.checkpoints import NonFiniteError
@@ -113,6 +114,7 @@ def cached_extract(model, info, split, image_size, cache_dir, checkpoint_path, b
     if progress:
         print(f"embedded {len(feats['labels'])} {split} images in {time.time() - t0:.1f}s", file=sys.stderr)
     os.makedirs(cache_dir, exist_ok=True)
+    locks.remove_orphan_files(cache_dir, ".npz")  # a killed write's leftover, owner dead
     tmp = f"{path}.tmp-{os.getpid()}.npz"  # two evaluations of one stage may cache at once
     np.savez(tmp, key=key, checkpoint=str(checkpoint_path), data_dir=str(info.data_dir), **feats)
     os.replace(tmp, path)
