@@ -113,20 +113,51 @@ def test_two_workers_train_like_one_process(info, data_dir, tmp_path):
         np.testing.assert_allclose(multi[name], one[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
 
+class _Cluster:
+    """What MultiWorkerMirroredStrategy exposes of its cluster: TF_CONFIG, read by its resolver."""
+
+    def __init__(self):
+        self.cluster_resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+
+
 def test_chief_and_sharding_rules(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    assert distribute.is_chief() and distribute.num_workers() == 1
+    assert distribute.is_chief(_Cluster()) and distribute.num_workers(_Cluster()) == 1
     cluster = {"worker": ["a:1", "b:2", "c:3"]}
     for index, chief in ((0, True), (2, False)):
         monkeypatch.setenv(
             "TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         )
-        assert distribute.is_chief() is chief and distribute.num_workers() == 3
+        assert distribute.is_chief(_Cluster()) is chief and distribute.num_workers(_Cluster()) == 3
     with_chief = {"chief": ["a:1"], "worker": ["b:2"]}
     monkeypatch.setenv(
         "TF_CONFIG", json.dumps({"cluster": with_chief, "task": {"type": "worker", "index": 0}})
     )
-    assert not distribute.is_chief() and distribute.num_workers() == 2
-    assert distribute.worker_temp_dir("w").endswith(os.path.join("w", ".worker0-tmp"))
+    assert not distribute.is_chief(_Cluster()) and distribute.num_workers(_Cluster()) == 2
+    assert distribute.worker_temp_dir("w", _Cluster()).endswith(os.path.join("w", ".worker0-tmp"))
+    # A TF_CONFIG left in the shell makes no one-process stage a worker (it saved into a temporary
+    # directory removed at the end: stage 3 "finished" without a checkpoint).
+    for one_process in (None, tf.distribute.get_strategy(), tf.distribute.MirroredStrategy(["/cpu:0"])):
+        assert distribute.is_chief(one_process) and distribute.num_workers(one_process) == 1
+        assert distribute.write_dirs("w", "w/ckpt", "w/tb", one_process) == ("w/ckpt", "w/tb", None)
+
+
+def test_file_sharding_only_where_the_shards_split_evenly(tmp_path):
+    """FILE sharding hands worker i the shards i, i + W, ... and every worker the same share of a batch: a
+    worker holding fewer records repeats them more often (3 shards on 2 workers drew one shard twice as
+    often as the others). It is chosen only when the workers' bytes agree within FILE_BALANCE."""
     policy = tf.data.experimental.AutoShardPolicy
-    assert distribute.shard_policy(1, 2) == policy.DATA and distribute.shard_policy(4, 2) == policy.FILE
+
+    def shards(*sizes):
+        paths = []
+        for size in sizes:
+            path = tmp_path / f"train-{len(list(tmp_path.iterdir())):05d}.tfrecord"
+            path.write_bytes(b"x" * size)
+            paths.append(str(path))
+        return paths
+
+    assert distribute.shard_policy(shards(100), 2) == policy.DATA  # fewer shards than workers
+    assert distribute.shard_policy(shards(100, 100, 100, 100), 2) == policy.FILE
+    assert distribute.shard_policy(shards(100, 100, 100), 2) == policy.DATA  # 200 bytes against 100
+    assert distribute.shard_policy(shards(2048, 2048, 2048, 356), 2) == policy.DATA  # a short last shard
+    assert distribute.shard_policy(shards(2048, 2048, 2048, 2040), 2) == policy.FILE  # within 2%

@@ -9,7 +9,6 @@ With one process (the default strategy, MirroredStrategy) the process is the chi
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 
@@ -17,21 +16,19 @@ import tensorflow as tf
 
 
 def _task(strategy=None) -> tuple[str | None, int, dict]:
-    """(task type, task id, cluster spec) from the strategy's resolver, else from TF_CONFIG."""
+    """(task type, task id, cluster spec) from the strategy's cluster resolver (MultiWorkerMirroredStrategy
+    reads TF_CONFIG into it); (None, 0, {}) for any other strategy or none: a process of its own. A
+    TF_CONFIG left in the shell of worker 1 made stage 3, AMNet and `--strategy=default` stages save into
+    a worker's temporary directory, removed at the end, and skip their TensorBoard and lock."""
     resolver = getattr(strategy, "cluster_resolver", None) if strategy is not None else None
     if resolver is not None and resolver.task_type:
         return resolver.task_type, int(resolver.task_id or 0), resolver.cluster_spec().as_dict()
-    try:
-        tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    except ValueError:
-        tf_config = {}
-    task = tf_config.get("task") or {}
-    return task.get("type"), int(task.get("index", 0)), tf_config.get("cluster") or {}
+    return None, 0, {}
 
 
 def is_chief(strategy=None) -> bool:
     """The chief is the worker of type `chief`, or worker 0 when the cluster has no chief; a process
-    outside any cluster is its own chief. Without `strategy`, TF_CONFIG decides."""
+    outside any cluster (any strategy but MultiWorkerMirroredStrategy, or none) is its own chief."""
     task_type, task_id, cluster = _task(strategy)
     if task_type is None:
         return True
@@ -73,8 +70,23 @@ def multi_worker_strategy() -> tf.distribute.Strategy:
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
-def shard_policy(num_files: int, workers: int) -> tf.data.experimental.AutoShardPolicy:
-    """FILE sharding when every worker gets at least one file, else DATA (each worker reads everything
-    and keeps its part of each batch): FILE with fewer files than workers fails at start."""
+#: FILE sharding's largest per-worker share of the training bytes may exceed the smallest by this much.
+FILE_BALANCE = 0.02
+
+
+def shard_policy(shard_paths, workers: int) -> tf.data.experimental.AutoShardPolicy:
+    """FILE sharding when the training shards split evenly over the workers, else DATA (each worker reads
+    everything and keeps its part of each batch).
+
+    FILE gives worker i the shards i, i + W, ... and every worker the same share of each batch, so a worker
+    with fewer records repeats them more often: 3 shards on 2 workers drew the lone shard of worker 1
+    twice as often as the others, and the converters' short last shard (records come in shards of 2,048)
+    skews it likewise. The shares are compared by bytes (records of one dataset are of a size), within
+    `FILE_BALANCE`; with fewer shards than workers FILE would fail at start.
+    """
     policy = tf.data.experimental.AutoShardPolicy
-    return policy.FILE if num_files >= workers else policy.DATA
+    paths = list(shard_paths)
+    if len(paths) < workers:
+        return policy.DATA
+    shares = [sum(tf.io.gfile.stat(p).length for p in paths[w::workers]) for w in range(workers)]
+    return policy.FILE if max(shares) <= (1 + FILE_BALANCE) * min(shares) else policy.DATA

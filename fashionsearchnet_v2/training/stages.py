@@ -107,7 +107,7 @@ class _ClassificationTask(trainer.Task):
         """The training stream of `seed`, from step `skip_steps` on (a resume continues it exactly)."""
         t = self.config.train
         workers = distribute.num_workers(self.strategy)
-        policy = distribute.shard_policy(len(self.info.shards["train"]), workers) if workers > 1 else None
+        policy = distribute.shard_policy(self.info.shard_paths("train"), workers) if workers > 1 else None
         # Each pipeline's stream advances by what it feeds per step: the global batch, or with FILE
         # sharding its worker's share of it (its own files, rebatched by tf.distribute).
         per_step = (
