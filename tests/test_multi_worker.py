@@ -100,7 +100,7 @@ def test_two_workers_train_like_one_process(info, data_dir, tmp_path):
 
     stage = tmp_path / "multi" / "seed0" / "stage1"
     # One checkpoint series (the chief's), one config, one TensorBoard run; nothing left by worker 1.
-    assert sorted(os.listdir(stage)) == ["ckpt", "config.json", "tb"]
+    assert sorted(os.listdir(stage)) == ["ckpt", "config.json", "loss_reference.json", "tb"]
     assert sorted(f for f in os.listdir(stage / "ckpt") if f.endswith(".index")) == [
         "ckpt-2.index",
         "ckpt-3.index",

@@ -181,12 +181,17 @@ def test_shard_cut_in_half_names_file_and_record(tmp_path):
 def test_stage2_refuses_an_unfinished_stage1(tmp_path):
     info = _write(tmp_path / "data")
     run.run_stage1(_config(tmp_path / "work", max_steps=2), info, out=io.StringIO())
-    # As if a run of 4 steps had been killed after its checkpoint at step 2.
+    # As if a run of 4 steps had been killed after its checkpoint at step 2: its config.json records the
+    # 4 steps it trains to; one written before total_steps was recorded has only its schedule (max_steps).
     stage1 = loading.stage_dir(str(tmp_path / "work"), "stage1")
     cfg = configs.read_config(stage1)
-    dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=4)).write(stage1)
-    with pytest.raises(checkpoints.RestoreError, match=r"stage 1 in .* stopped at step 2 of 4"):
-        run.run_stage2(_config(tmp_path / "work", max_steps=4), info, out=io.StringIO())
+    assert cfg.total_steps == 2
+    for total in (4, None):
+        dataclasses.replace(cfg, total_steps=total, train=dataclasses.replace(cfg.train, max_steps=4)).write(
+            stage1
+        )
+        with pytest.raises(checkpoints.RestoreError, match=r"stage 1 in .* stopped at step 2 of 4"):
+            run.run_stage2(_config(tmp_path / "work", max_steps=4), info, out=io.StringIO())
 
 
 def test_a_real_run_refuses_a_quick_stage(tmp_path):
