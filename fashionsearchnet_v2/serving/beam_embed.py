@@ -3,7 +3,10 @@ spread over as many workers as the runner has, written as embedding shards (`ser
 which `experiments.index` builds the index the service serves.
 
     images   a folder: Beam's fileio (MatchFiles + ReadMatches), any file system Beam has (local, gs://,
-             s3://, hdfs://); a converted dataset split: its TFRecord shards through Beam's TFRecord source
+             s3:// and hdfs:// with Beam's extras); a converted dataset split: its TFRecord shards through
+             Beam's TFRecord source. The export and the output are read and written by TensorFlow
+             (`tf.io.gfile`: local paths, gs://; no s3:// or hdfs:// without tensorflow-io), so they go
+             on gs:// or a shared file system; `run` refuses another scheme before the pipeline starts.
       -> decode     TensorFlow's decoder, as `experiments.index` (same pixels); an image that cannot be read
                     or decoded goes to the side output skipped.jsonl with its reason, and is counted
       -> RunInference(KeyedModelHandler(EmbedHandler))   Beam's inference transform: it batches the

@@ -54,7 +54,7 @@ import tensorflow as tf
 from fashionsearchnet_v2 import configs, locks
 from fashionsearchnet_v2.data import records, schema
 from fashionsearchnet_v2.model import memory_block, network
-from fashionsearchnet_v2.serving.destination import ExportError, check_destination
+from fashionsearchnet_v2.serving.destination import ExportError, check_destination, file_system_problem
 from fashionsearchnet_v2.trained import checkpoints
 
 VOCABULARY_JSON = "vocabulary.json"
@@ -517,10 +517,14 @@ def absolute(path: str) -> str:
 class ExportInfo:
     """What an export says about itself, read without loading its graph: directory, vocabulary,
     `export.json` and the SavedModel's fingerprint. The directory may be local or any URI TensorFlow's
-    file system reads (gs://...), as batch embedding on other machines needs."""
+    file system reads (gs://...), as batch embedding on other machines needs; another (s3:// without
+    tensorflow-io) is an ExportError naming the schemes it reads."""
 
     def __init__(self, export_dir: str):
         self.export_dir = absolute(export_dir)
+        problem = file_system_problem(self.export_dir)
+        if problem:  # s3:// without tensorflow-io: "holds no saved_model.pb" would be untrue
+            raise ExportError(problem)
         if not tf.io.gfile.exists(os.path.join(self.export_dir, "saved_model.pb")):
             raise ExportError(
                 f"{self.export_dir} holds no saved_model.pb; write one with `python -m experiments.export`"
