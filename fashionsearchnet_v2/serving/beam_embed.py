@@ -251,11 +251,16 @@ class EmbedHandler(ModelHandler):
 
 class Serialize(beam.DoFn):
     """(Item, outputs) -> a vectors record. Prints each worker's progress (images/s since its first
-    image, ETA) to stderr, and notes when each image was done in a Beam distribution (`embedded_at_ms`),
-    whose minimum and maximum over all workers give the pipeline's rate once started (`run`)."""
+    image, ETA) to stderr, and notes when each image was done in a Beam distribution (`embedded_at_ms`:
+    milliseconds since `started`, the pipeline's construction, by default), whose minimum and maximum over
+    all workers give the pipeline's rate once started (`run`). Offsets, not the time of day: a
+    distribution also sums its values in an int64, which absolute milliseconds (1.8e12) overflowed after
+    5.1 million images in one bundle."""
 
-    def __init__(self, total: int | None = None, workers: int | None = None, every: float = 10.0):
+    def __init__(self, total: int | None = None, workers: int | None = None, every: float = 10.0,
+                 started: float | None = None):  # fmt: skip
         self._total, self._workers, self._every = total, workers, every
+        self._started = time.time() if started is None else started  # pickled to the workers
         self._embedded = beam.metrics.Metrics.counter(NAMESPACE, "images_embedded")
         self._clock = beam.metrics.Metrics.distribution(NAMESPACE, "embedded_at_ms")
 
@@ -266,7 +271,7 @@ class Serialize(beam.DoFn):
         item, outputs = element
         now = time.time()
         self._embedded.inc()
-        self._clock.update(int(now * 1000))
+        self._clock.update(round((now - self._started) * 1000))
         self._count += 1
         if self._first is None:
             self._first = self._last = now
@@ -425,8 +430,8 @@ def run(export_dir: str, output: str, *, options: PipelineOptions | None = None,
 
 def _rate_once_started(result, batch_size: int) -> dict:
     """{"seconds", "images_per_second"} from the first image embedded to the last, over every worker
-    (Beam's `embedded_at_ms` distribution); the images of the first batch, done at its first instant,
-    are not counted. Empty where the runner reports no distribution."""
+    (Beam's `embedded_at_ms` distribution: its maximum less its minimum, offsets from one start); the
+    images of the first batch, done at its first instant, are not counted. Empty where the runner reports no distribution."""
     query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE).with_name("embedded_at_ms"))
     for found in query.get("distributions", []):
         clock = found.committed if found.committed is not None else found.attempted
