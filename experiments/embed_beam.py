@@ -12,10 +12,11 @@ Without pipeline options it runs on Beam's DirectRunner on this machine, in --di
 processes. Everything after `--` is handed to Beam as pipeline options: the same pipeline runs on
 Dataflow, Flink or Spark (`-- --runner=DataflowRunner --project=... --temp_location=gs://...`; README,
 "Catalogues of millions"; docs/serving.md); the export, the images and --output must then be where every
-worker reads them. An image that cannot be read or decoded is listed with its reason in <output>/skipped.jsonl and
-counted; the pipeline goes on. --split takes several splits (query,gallery) or all, as experiments.index
-does. A split's dataset is --data_dir (or --dataset) when given, else the one
-the export was made from.
+worker reads them: the export and --output on gs:// or a shared file system (TensorFlow reads and writes
+them; it has no s3:// or hdfs:// here), the images anywhere Beam reads. An image that cannot be read or
+decoded is listed with its reason in <output>/skipped.jsonl and counted; the pipeline goes on. --split
+takes several splits (query,gallery) or all, as experiments.index does. A split's dataset is --data_dir
+(or --dataset) when given, else the one the export was made from.
 """
 
 import atexit
@@ -30,7 +31,7 @@ from absl import flags, logging
 
 from experiments import common
 from fashionsearchnet_v2.data import integrity, schema
-from fashionsearchnet_v2.serving import embeddings, export
+from fashionsearchnet_v2.serving import destination, embeddings, export
 from fashionsearchnet_v2.serving import index as index_lib
 
 EXPORT_DIR = flags.DEFINE_string("export_dir", None, "SavedModel written by experiments.export.")
@@ -89,6 +90,10 @@ def main(argv):
         common.fail(f"unknown Beam pipeline options after --: {' '.join(unknown)}")
     if IMAGES.value is not None and "://" not in IMAGES.value and not os.path.isdir(IMAGES.value):
         common.fail(f"--images={IMAGES.value} is not a directory")
+    for flag in (EXPORT_DIR, OUTPUT):  # read and written through tf.io.gfile (s3:// needs tensorflow-io)
+        problem = destination.file_system_problem(flag.value)
+        if problem:
+            common.fail(f"--{flag.name}={problem}")
     _private_temp_dir()
     start = time.time()
     try:

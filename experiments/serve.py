@@ -8,7 +8,8 @@
 
 The model is the export loaded in this process, or, with --model_url, a TensorFlow Serving deployment
 of that export called over its REST API (the export directory then only provides the vocabulary and
-the fingerprint the index is checked against). Items' images come from where the index says (a folder
+the fingerprint the index is checked against, and its name the version asked for: exports/shop/1 is
+version 1, which must be AVAILABLE there). Items' images come from where the index says (a folder
 index: the files; a split index: the dataset's records; --data_dir when the dataset moved). Endpoints
 and request formats: fashionsearchnet_v2/serving/service.py and docs/serving.md.
 """
@@ -31,7 +32,8 @@ PORT = flags.DEFINE_integer("port", 8000, "Port to listen on.")
 MODEL_URL = flags.DEFINE_string(
     "model_url",
     None,
-    "TensorFlow Serving REST model URL (http://HOST:8501/v1/models/NAME) instead of in-process.",
+    "TensorFlow Serving REST model URL (http://HOST:8501/v1/models/NAME) instead of in-process; requests "
+    "go to the version --export_dir is (its name, .../N), which must be AVAILABLE there.",
 )
 MODEL_TIMEOUT = flags.DEFINE_float("model_timeout", 30.0, "Seconds per TensorFlow Serving call.")
 MAX_UPLOAD_BYTES = flags.DEFINE_integer(

@@ -152,3 +152,87 @@ def test_a_damaged_shard_stops_the_pipeline_naming_shard_and_record(export_dir, 
         str(e.value)
     )
     assert not os.path.exists(tmp_path / "out" / embeddings.MANIFEST)
+
+
+def test_an_export_or_output_on_a_file_system_tensorflow_lacks_is_one_error_line(
+    export_dir, folder, tmp_path
+):
+    """The export and the output go through tf.io.gfile, which in TensorFlow 2.21 without tensorflow-io has
+    no s3:// or hdfs://: the output was an UnimplementedError traceback from inside prepare_directory, an
+    export "holds no saved_model.pb". Both are refused, naming the path and the schemes there are, before
+    the pipeline starts (the documentation said S3 and HDFS worked)."""
+    schemes = tf.io.gfile.get_registered_schemes()
+    if "s3" in schemes or "hdfs" in schemes:
+        pytest.skip("this TensorFlow has s3:// or hdfs:// (tensorflow-io)")
+    options = beam_embed.pipeline_options([], direct_running_mode="in_memory")
+    with pytest.raises(embeddings.EmbeddingsError) as e:
+        beam_embed.run(export_dir, "s3://bucket/x", folder=folder, options=options)
+    assert str(e.value).startswith("s3://bucket/x: TensorFlow here has no file system for s3:// (")
+    assert "gs://" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(
+        export.ExportError, match=r"^hdfs://nn/exports/shop/1: TensorFlow here has no file system"
+    ):
+        beam_embed.run("hdfs://nn/exports/shop/1", str(tmp_path / "out"), folder=folder, options=options)
+    assert not os.path.exists(tmp_path / "out")
+    with pytest.raises(
+        embeddings.EmbeddingsError, match=r"^s3://bucket/x: TensorFlow here has no file system"
+    ):
+        embeddings.load_manifest("s3://bucket/x")
+
+    from test_cli import _cli, assert_one_error_line
+
+    result = _cli(["experiments.embed_beam", f"--export_dir={export_dir}", f"--images={folder}",
+                   "--output=s3://bucket/x"], tmp_path)  # fmt: skip
+    assert_one_error_line(
+        result, "--output=s3://bucket/x: TensorFlow here has no file system for s3://", "gs://"
+    )
+
+
+class _Recorded:
+    """A Beam metric's stand-in that keeps what it is given."""
+
+    def __init__(self):
+        self.values = []
+
+    def update(self, value):
+        self.values.append(value)
+
+    def inc(self, n=1):
+        self.values.append(n)
+
+
+def test_the_embedding_clock_records_offsets_from_the_start_and_reports_the_same_rate(monkeypatch):
+    """`embedded_at_ms` held absolute milliseconds (1.8e12): Beam sums a distribution's values in an
+    int64, which wrapped after 5.1 million images in one bundle. It now holds milliseconds since the
+    pipeline was built, and the rate `run` reports from its minimum and maximum is the same."""
+    t0 = 1_800_000_000.0  # seconds since 1970, in 2027
+    now = [t0]
+    monkeypatch.setattr(beam_embed, "time", type("Clock", (), {"time": staticmethod(lambda: now[0])}))
+    fn = beam_embed.Serialize(every=1e9)  # built now: the start
+    fn._clock, fn._embedded = _Recorded(), _Recorded()
+    fn.setup()
+    outputs = {"global_representation": np.zeros(4, np.float32), "predicted_values": np.zeros(2, np.int64),
+               "predicted_probabilities": np.ones(2, np.float32)}  # fmt: skip
+    for seconds in (0.25, 2.0, 2.0, 5.5):
+        now[0] = t0 + seconds
+        item = beam_embed.Item("a.png", "/a.png", (0, 0), (0, 1))
+        assert len(list(fn.process((item, outputs)))) == 1
+    assert fn._clock.values == [250, 2000, 2000, 5500]
+
+    from apache_beam.metrics.cells import DistributionData, DistributionResult
+    from apache_beam.metrics.execution import MetricResult
+
+    values = fn._clock.values
+    clock = DistributionResult(DistributionData(sum(values), len(values), min(values), max(values)))
+
+    class Result:
+        def metrics(self):
+            return self
+
+        def query(self, _filter):
+            return {"distributions": [MetricResult(None, clock, clock)]}
+
+    assert beam_embed._rate_once_started(Result(), batch_size=1) == {
+        "seconds": 5.25,
+        "images_per_second": 3 / 5.25,
+    }

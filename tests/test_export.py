@@ -185,6 +185,44 @@ def test_vocabulary_parses_manipulations_and_lists_valid_names():
         VOCAB.parse_manipulations(["color=red", "color=blue"])
 
 
+def test_tf_serving_rest_body_is_todays_compact_json_written_without_python_lists(monkeypatch):
+    """`rest_request_body` writes images (uint8) with NumPy instead of `.tolist()` and `json.dumps`
+    (a 4 MP image: 3.4 s and 0.5 GB before): the bytes are those of the compact `json.dumps` of
+    `rest_request`, for every value 0-255, any shape (empty, one number, several images), an image
+    written in pieces, and `manipulate`'s float and int inputs."""
+
+    def today(signature, inputs):
+        return json.dumps(export.rest_request(signature, inputs), separators=(",", ":")).encode()
+
+    rng = np.random.default_rng(0)
+    arrays = [np.arange(256, dtype=np.uint8).reshape(1, 4, 64, 1), np.zeros((1, 1, 1, 3), np.uint8),
+              np.uint8(7), np.zeros((0,), np.uint8), np.zeros((2, 0, 3, 3), np.uint8)]  # fmt: skip
+    arrays += [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(3,), (2, 5, 7, 3), (1, 9, 300, 3)]]
+    for chunk in (1 << 16, 7):  # 7: every image larger than a piece, written row by row
+        monkeypatch.setattr(export, "_UINT8_JSON_CHUNK", chunk)
+        for a in arrays:
+            assert export.rest_request_body("embed", {"images": a}) == today("embed", {"images": a}), a.shape
+    manipulate = {"attribute_representations": rng.normal(size=(2, 3, 4)).astype(np.float32),
+                  "attributes": np.array([[0, 1], [-1, -1]], np.int32), "values": [[2, 0], [-1, -1]]}  # fmt: skip
+    assert export.rest_request_body("manipulate", manipulate) == today("manipulate", manipulate)
+    # no Python list of an image's numbers is made
+    image = rng.integers(0, 256, (1, 20, 30, 3), dtype=np.uint8)
+    want = today("embed", {"images": image})
+    monkeypatch.setattr(export, "rest_request", None)
+    monkeypatch.setattr(export.np, "asarray", lambda a, *args, **kw: _NoList(np.array(a, *args, **kw)))
+    assert export.rest_request_body("embed", {"images": image}) == want
+
+
+class _NoList(np.ndarray):
+    """An array whose `tolist` fails, nested views included."""
+
+    def __new__(cls, a: np.ndarray):
+        return a.view(cls)
+
+    def tolist(self):
+        raise AssertionError("an image went through a Python list")
+
+
 def test_tf_serving_rest_body_feeds_the_signatures(exported):
     _, module, _, out_dir = exported
     loaded = tf.saved_model.load(out_dir)

@@ -5,8 +5,11 @@ TensorFlow Serving does (https://www.tensorflow.org/tfx/serving/api_rest):
     POST /v1/models/NAME[/versions/N]:predict    {"signature_name", "inputs": {...}} -> {"outputs": {...}}
                                                  {"signature_name", "instances": [...]} -> {"predictions": [...]}
 
-As in TensorFlow Serving, a signature with one output answers with the value itself (`"outputs": value`,
-or one value per instance), inputs are converted to the signature's dtypes, and a failed call is 400
+It serves one export as version 1, or several versions (`versions={1: dir, 2: other_dir}`, each in the
+state `states` gives, AVAILABLE by default). As in TensorFlow Serving, the status without a version lists
+every version, a URL without a version is answered by the newest AVAILABLE one, and a version that is not
+AVAILABLE is 404. A signature with one output answers with the value itself (`"outputs": value`, or one
+value per instance), inputs are converted to the signature's dtypes, and a failed call is 400
 `{"error": "..."}`; an unknown model is 404. Only what the service uses is mimicked.
 """
 
@@ -52,8 +55,18 @@ class _Handler(BaseHTTPRequestHandler):
         if m["predict"]:
             self._answer(405, {"error": "predict needs POST"})
             return
+        versions = sorted(self.server.states)
+        if m["version"] is not None:
+            if int(m["version"]) not in self.server.states:
+                self._answer(
+                    404, {"error": f"Servable not found for request: Specific({m['name']}, {m['version']})"}
+                )
+                return
+            versions = [int(m["version"])]
         self._answer(200, {"model_version_status": [
-            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            {"version": str(v), "state": self.server.states[v],
+             "status": {"error_code": "OK", "error_message": ""}}
+            for v in versions
         ]})  # fmt: skip
 
     def do_POST(self):
@@ -63,38 +76,57 @@ class _Handler(BaseHTTPRequestHandler):
         if not m["predict"]:
             self._answer(404, {"error": "Unsupported method; use :predict"})
             return
+        available = [v for v, state in self.server.states.items() if state == "AVAILABLE"]
+        version = int(m["version"]) if m["version"] is not None else max(available, default=None)
+        if version not in available:
+            self._answer(
+                404, {"error": f"Servable not found for request: {m['version'] or 'Latest'}({m['name']})"}
+            )
+            return
         self.server.calls.append(self.path)
         try:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            self._answer(200, self.server.predict(body))
+            self.server.bodies.append(body)
+            self._answer(200, self.server.predict(body, version))
         except Exception as e:  # TensorFlow Serving answers every failure as 400 with its message
             self._answer(400, {"error": f"{type(e).__name__}: {e}"})
 
 
 class TFServingStub(ThreadingHTTPServer):
-    """Serves `export_dir` as model `model_name` on 127.0.0.1:`port` (0: a free one)."""
+    """Serves `export_dir` as version 1 of model `model_name` on 127.0.0.1:`port` (0: a free one), or
+    `versions` ({version: export directory}), each in the state `states` names (default AVAILABLE)."""
 
     daemon_threads = True
 
-    def __init__(self, export_dir: str, model_name: str = "fsn", port: int = 0):
+    def __init__(self, export_dir: str | None = None, model_name: str = "fsn", port: int = 0,
+                 versions: dict[int, str] | None = None, states: dict[int, str] | None = None):  # fmt: skip
         super().__init__(("127.0.0.1", port), _Handler)
         self.model_name = model_name
-        self.loaded = tf.saved_model.load(export_dir)
+        versions = versions if versions is not None else {1: export_dir}
+        self.loaded_versions = {v: tf.saved_model.load(d) for v, d in versions.items()}
+        self.states = {v: (states or {}).get(v, "AVAILABLE") for v in versions}
         self.calls: list[str] = []
+        self.bodies: list[dict] = []
         self.fail_next = None  # set to a message to make the next predict fail
 
     @property
     def model_url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/v1/models/{self.model_name}"
 
-    def predict(self, body: dict) -> dict:
+    @property
+    def loaded(self):
+        """The newest version's SavedModel."""
+        return self.loaded_versions[max(self.loaded_versions)]
+
+    def predict(self, body: dict, version: int | None = None) -> dict:
         if self.fail_next:
             message, self.fail_next = self.fail_next, None
             raise ValueError(message)
+        loaded = self.loaded if version is None else self.loaded_versions[version]
         name = body.get("signature_name", "serving_default")
-        if name not in self.loaded.signatures:
+        if name not in loaded.signatures:
             raise ValueError(f'Serving signature name: "{name}" not found in signature def')
-        fn = self.loaded.signatures[name]
+        fn = loaded.signatures[name]
         specs = fn.structured_input_signature[1]
         if "inputs" in body:
             raw, columnar = body["inputs"], True
@@ -124,8 +156,8 @@ class TFServingStub(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def running_stub(export_dir: str, model_name: str = "fsn"):
-    stub = TFServingStub(export_dir, model_name)
+def running_stub(export_dir: str | None = None, model_name: str = "fsn", versions=None, states=None):
+    stub = TFServingStub(export_dir, model_name, versions=versions, states=states)
     thread = threading.Thread(target=stub.serve_forever, daemon=True)
     thread.start()
     try:

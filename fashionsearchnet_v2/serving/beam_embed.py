@@ -3,7 +3,10 @@ spread over as many workers as the runner has, written as embedding shards (`ser
 which `experiments.index` builds the index the service serves.
 
     images   a folder: Beam's fileio (MatchFiles + ReadMatches), any file system Beam has (local, gs://,
-             s3://, hdfs://); a converted dataset split: its TFRecord shards through Beam's TFRecord source
+             s3:// and hdfs:// with Beam's extras); a converted dataset split: its TFRecord shards through
+             Beam's TFRecord source. The export and the output are read and written by TensorFlow
+             (`tf.io.gfile`: local paths, gs://; no s3:// or hdfs:// without tensorflow-io), so they go
+             on gs:// or a shared file system; `run` refuses another scheme before the pipeline starts.
       -> decode     TensorFlow's decoder, as `experiments.index` (same pixels); an image that cannot be read
                     or decoded goes to the side output skipped.jsonl with its reason, and is counted
       -> RunInference(KeyedModelHandler(EmbedHandler))   Beam's inference transform: it batches the
@@ -248,11 +251,16 @@ class EmbedHandler(ModelHandler):
 
 class Serialize(beam.DoFn):
     """(Item, outputs) -> a vectors record. Prints each worker's progress (images/s since its first
-    image, ETA) to stderr, and notes when each image was done in a Beam distribution (`embedded_at_ms`),
-    whose minimum and maximum over all workers give the pipeline's rate once started (`run`)."""
+    image, ETA) to stderr, and notes when each image was done in a Beam distribution (`embedded_at_ms`:
+    milliseconds since `started`, the pipeline's construction, by default), whose minimum and maximum over
+    all workers give the pipeline's rate once started (`run`). Offsets, not the time of day: a
+    distribution also sums its values in an int64, which absolute milliseconds (1.8e12) overflowed after
+    5.1 million images in one bundle."""
 
-    def __init__(self, total: int | None = None, workers: int | None = None, every: float = 10.0):
+    def __init__(self, total: int | None = None, workers: int | None = None, every: float = 10.0,
+                 started: float | None = None):  # fmt: skip
         self._total, self._workers, self._every = total, workers, every
+        self._started = time.time() if started is None else started  # pickled to the workers
         self._embedded = beam.metrics.Metrics.counter(NAMESPACE, "images_embedded")
         self._clock = beam.metrics.Metrics.distribution(NAMESPACE, "embedded_at_ms")
 
@@ -263,7 +271,7 @@ class Serialize(beam.DoFn):
         item, outputs = element
         now = time.time()
         self._embedded.inc()
-        self._clock.update(int(now * 1000))
+        self._clock.update(round((now - self._started) * 1000))
         self._count += 1
         if self._first is None:
             self._first = self._last = now
@@ -422,8 +430,8 @@ def run(export_dir: str, output: str, *, options: PipelineOptions | None = None,
 
 def _rate_once_started(result, batch_size: int) -> dict:
     """{"seconds", "images_per_second"} from the first image embedded to the last, over every worker
-    (Beam's `embedded_at_ms` distribution); the images of the first batch, done at its first instant,
-    are not counted. Empty where the runner reports no distribution."""
+    (Beam's `embedded_at_ms` distribution: its maximum less its minimum, offsets from one start); the
+    images of the first batch, done at its first instant, are not counted. Empty where the runner reports no distribution."""
     query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE).with_name("embedded_at_ms"))
     for found in query.get("distributions", []):
         clock = found.committed if found.committed is not None else found.attempted

@@ -39,6 +39,7 @@ import tensorflow as tf
 
 from fashionsearchnet_v2.data import records
 from fashionsearchnet_v2.progress import Progress
+from fashionsearchnet_v2.serving.destination import file_system_problem
 
 MANIFEST = "embeddings.json"
 VECTORS_PREFIX = "vectors"
@@ -132,7 +133,11 @@ def _outputs(directory: str) -> list[str]:
 
 def prepare_directory(directory: str, overwrite: bool) -> None:
     """Creates `directory`; refuses one that holds embeddings unless `overwrite`, then removes them (the
-    manifest first: a directory is never left with a manifest naming shards of another run)."""
+    manifest first: a directory is never left with a manifest naming shards of another run). A URI that
+    TensorFlow's file systems here do not reach (s3:// without tensorflow-io) is an EmbeddingsError."""
+    problem = file_system_problem(directory)
+    if problem:  # before anything: tf.io.gfile.makedirs would raise UnimplementedError
+        raise EmbeddingsError(problem)
     found = _outputs(directory) if tf.io.gfile.isdir(directory) else []
     if found and not overwrite:
         raise EmbeddingsError(f"{directory} already holds embeddings ({len(found)} files); pass --overwrite")
@@ -154,6 +159,9 @@ def write_manifest(directory: str, contents: dict) -> str:
 def load_manifest(directory: str) -> dict:
     """The manifest of a directory of embeddings; EmbeddingsError when it is missing or not one."""
     path = os.path.join(directory, MANIFEST)
+    problem = file_system_problem(directory)
+    if problem:  # not "holds no embeddings.json"
+        raise EmbeddingsError(problem)
     if not tf.io.gfile.exists(path):
         raise EmbeddingsError(
             f"{directory} holds no {MANIFEST}: it is not the output of experiments.embed_beam, or the "

@@ -54,7 +54,7 @@ import tensorflow as tf
 from fashionsearchnet_v2 import configs, locks
 from fashionsearchnet_v2.data import records, schema
 from fashionsearchnet_v2.model import memory_block, network
-from fashionsearchnet_v2.serving.destination import ExportError, check_destination
+from fashionsearchnet_v2.serving.destination import ExportError, check_destination, file_system_problem
 from fashionsearchnet_v2.trained import checkpoints
 
 VOCABULARY_JSON = "vocabulary.json"
@@ -517,10 +517,14 @@ def absolute(path: str) -> str:
 class ExportInfo:
     """What an export says about itself, read without loading its graph: directory, vocabulary,
     `export.json` and the SavedModel's fingerprint. The directory may be local or any URI TensorFlow's
-    file system reads (gs://...), as batch embedding on other machines needs."""
+    file system reads (gs://...), as batch embedding on other machines needs; another (s3:// without
+    tensorflow-io) is an ExportError naming the schemes it reads."""
 
     def __init__(self, export_dir: str):
         self.export_dir = absolute(export_dir)
+        problem = file_system_problem(self.export_dir)
+        if problem:  # s3:// without tensorflow-io: "holds no saved_model.pb" would be untrue
+            raise ExportError(problem)
         if not tf.io.gfile.exists(os.path.join(self.export_dir, "saved_model.pb")):
             raise ExportError(
                 f"{self.export_dir} holds no saved_model.pb; write one with `python -m experiments.export`"
@@ -644,3 +648,55 @@ def rest_request(signature_name: str, inputs: dict, columnar: bool = True) -> di
         raise ValueError(f"row format needs one batch size for every input, got {sorted(n)}")
     instances = [{k: v[i].tolist() for k, v in inputs.items()} for i in range(n.pop())]
     return {"signature_name": signature_name, "instances": instances}
+
+
+def rest_request_body(signature_name: str, inputs: dict) -> bytes:
+    """`rest_request(signature_name, inputs)` (columnar) as compact JSON, byte for byte
+    `json.dumps(..., separators=(",", ":"))`, with uint8 arrays (images) written by NumPy without Python
+    lists: a 4 MP image's 51 MB body took 3.4 s and 0.5 GB through `.tolist()` and `json.dumps`, 0.5 s
+    and 0.15 GB so. Other arrays (`manipulate`'s, small) go through `json.dumps`."""
+    parts = [b'{"signature_name":', json.dumps(signature_name).encode(), b',"inputs":{']
+    for i, (name, value) in enumerate(inputs.items()):
+        value = np.asarray(value)
+        parts += [b"," if i else b"", json.dumps(name).encode(), b":"]
+        if value.dtype == np.uint8:
+            _uint8_json(value, parts)
+        else:
+            parts.append(json.dumps(value.tolist(), separators=(",", ":")).encode())
+    parts.append(b"}}")
+    return b"".join(parts)
+
+
+# The decimal digits of 0-255, left-aligned, NUL-padded (NUL is no JSON character: dropped at the end).
+_UINT8_DIGITS = np.zeros((256, 3), np.uint8)
+for _v in range(256):
+    _UINT8_DIGITS[_v, : len(str(_v))] = np.frombuffer(str(_v).encode(), np.uint8)
+del _v
+_UINT8_JSON_CHUNK = 1 << 16  # numbers written at once: the temporaries stay small (about 0.5 MB)
+
+
+def _uint8_json(a: np.ndarray, parts: list) -> None:
+    """Appends to `parts` the compact JSON of `a.tolist()` (nested lists of 0-255)."""
+    if a.ndim > 1 and a.size > _UINT8_JSON_CHUNK:  # the outer lists here, the inner ones at once
+        parts.append(b"[")
+        for i, sub in enumerate(a):
+            if i:
+                parts.append(b",")
+            _uint8_json(sub, parts)
+        parts.append(b"]")
+        return
+    if a.ndim == 0 or a.size == 0:
+        parts.append(json.dumps(a.tolist(), separators=(",", ":")).encode())
+        return
+    # One cell per number: its digits, then what follows it: "," inside the innermost list, "],[" after
+    # its last number, "]],[[" after the last of the list around that, ...; nothing after the very last.
+    n = a.ndim
+    cells = np.zeros(a.shape + (2 * n + 2,), np.uint8)
+    cells[..., :3] = _UINT8_DIGITS[a]
+    cells[..., 3] = ord(",")
+    for level in range(1, n):
+        between = np.frombuffer(b"]" * level + b"," + b"[" * level, np.uint8)
+        cells[(Ellipsis,) + (-1,) * level + (slice(3, 3 + between.size),)] = between
+    cells[(-1,) * n + (slice(3, None),)] = 0
+    flat = cells.reshape(-1)
+    parts += [b"[" * n, flat[flat != 0].tobytes(), b"]" * n]
