@@ -74,7 +74,7 @@ def export_version(export_dir: str) -> str | None:
     """The version an export directory is in TensorFlow Serving's layout (MODEL/N): its name when that is
     a number ("1" for exports/shop/1), else None."""
     name = os.path.basename(os.path.normpath(export_dir))
-    return str(int(name)) if name.isdigit() else None
+    return str(int(name)) if re.fullmatch(r"[0-9]+", name) else None  # not isdigit(): "²" is a digit
 
 
 def pin_version(model_url: str, export_dir: str) -> tuple[str, str]:
