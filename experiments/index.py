@@ -115,6 +115,12 @@ def main(argv):
                 faiss_index = index_lib.build_faiss(
                     index.vectors, FAISS_KIND.value, nlist=params.get("nlist"), hnsw_m=HNSW_M.value
                 )
+            with progress.phase(f"recall@20 against exact search on 100 of the {len(index)} vectors"):
+                measured = index_lib.faiss_recall(
+                    faiss_index, index.vectors, 20, 100, nprobe=params.get("nprobe"),
+                    ef_search=params.get("ef_search"),
+                )  # fmt: skip
+            params["recall"] = measured
             index.metadata["faiss"] = params
         with progress.phase(f"writing {INDEX.value}", enabled=len(index) >= 100_000):
             path = index.save(INDEX.value, OVERWRITE.value, faiss_index)
@@ -124,6 +130,11 @@ def main(argv):
         reused = index.metadata["reused"]["items"]
         print(f"took {reused} of {len(index)} vectors from {REUSE.value} (the same id and image); embedded "
               f"{len(index) - reused}")  # fmt: skip
+    if faiss_index is not None:
+        r = index.metadata["faiss"]["recall"]
+        print(f"FAISS {FAISS_KIND.value}: recall@{r['k']} {r['recall']:.3f} against exact search, {r['queries']} "
+              "of its own vectors as queries (each one's own row left out); --nprobe / --ef_search trade it "
+              "for speed")  # fmt: skip
     extra = f" + {index.metadata['faiss']['file']}" if faiss_index is not None else ""
     print(f"wrote {path}{extra}: {len(index)} vectors of dimension {index.vectors.shape[1]}, "
           f"backend {index.backend}")  # fmt: skip

@@ -16,6 +16,7 @@ from index_fixture import VOCAB, write_tiny_dataset
 from optional import FAISS_AVAILABLE, FAISS_INSTALL, require
 
 from fashionsearchnet_v2.data import records, schema
+from fashionsearchnet_v2.retrieval import metrics
 from fashionsearchnet_v2.serving import index as index_lib
 from fashionsearchnet_v2.serving import indexing, items, search_figure
 
@@ -193,6 +194,24 @@ def test_reuse_takes_the_unchanged_items_of_an_earlier_index_and_embeds_the_rest
         indexing.index_folder(model, str(shop), progress=False, previous=other)
 
 
+def test_faiss_recall_is_measured_on_the_catalogues_own_vectors():
+    """`experiments.index --backend=faiss` reports recall@k against exact search on the user's vectors
+    (only the synthetic benchmark measured it): 1 where IVF scans every cell, below 1 with one cell of 16,
+    and a query's own row never counts (each vector would find itself)."""
+    require(FAISS_AVAILABLE, f"faiss is not installed: {FAISS_INSTALL}")
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(2000, 16)).astype(np.float32)
+    ivf = index_lib.build_faiss(vectors, "ivf_flat", nlist=16)
+    every = index_lib.faiss_recall(ivf, vectors, k=10, queries=50, nprobe=16)
+    assert every == {"k": 10, "queries": 50, "recall": 1.0}
+    one = index_lib.faiss_recall(ivf, vectors, k=10, queries=50, nprobe=1)
+    assert 0.0 < one["recall"] < 0.9
+    # Own rows left out: recall over the k true neighbours, not k - 1 of them plus the query itself.
+    exact, _ = metrics.ExactIndex(vectors).search(vectors[:3], 11)
+    assert [int(r[0]) for r in exact] == [0, 1, 2]
+    assert index_lib.recall_at_k(np.array([[1, 2, -1]]), np.array([[1, 2, 3]])) == pytest.approx(2 / 3)
+
+
 def test_faiss_matches_exact_where_it_scans_everything(tmp_path, model):
     require(FAISS_AVAILABLE, f"faiss is not installed: {FAISS_INSTALL}")
     rng = np.random.default_rng(0)
@@ -354,6 +373,20 @@ def test_index_and_search_commands(export_dir, model, folder, tmp_path):
     )  # fmt: skip
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"took 9 of 9 vectors from {path}" in again.stdout and "embedded 0" in again.stdout
+    if FAISS_AVAILABLE:  # the catalogue's own recall, said and kept in the index's metadata
+        approx = str(tmp_path / "faiss.npz")
+        built = commands.run(
+            [sys.executable, "-m", "experiments.index", f"--export_dir={export_dir}", f"--images={folder}",
+             f"--index={approx}", f"--reuse={path}", "--backend=faiss", "--faiss_kind=hnsw"], cwd=REPO, env=env,
+            timeout=120,
+        )  # fmt: skip
+        assert built.returncode == 0, built.stderr[-2000:]
+        assert "FAISS hnsw: recall@8 1.000 against exact search, 9 of its own vectors" in built.stdout
+        assert index_lib.SearchIndex.load(approx).metadata["faiss"]["recall"] == {
+            "k": 8,
+            "queries": 9,
+            "recall": 1.0,
+        }
 
     query = os.path.join(folder, "img3.png")
     broken, missing = os.path.join(folder, "broken.png"), str(tmp_path / "nope.jpg")

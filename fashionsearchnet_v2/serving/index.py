@@ -226,6 +226,35 @@ def faiss_search(
     return indices.astype(np.int64), distances
 
 
+def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each row of `exact` ([S, k] indices) that the same row of `approx` holds (-1: none)."""
+    k = exact.shape[1]
+    return float(np.mean([len(set(a[a >= 0].tolist()) & set(e.tolist())) / k for a, e in zip(approx, exact)]))
+
+
+def faiss_recall(
+    index, vectors: np.ndarray, k: int = 20, queries: int = 100, seed: int = 0,
+    nprobe: int | None = None, ef_search: int | None = None,
+) -> dict:  # fmt: skip
+    """Recall@k of the FAISS `index` against exact search over the same `vectors` [N, r], on the user's own
+    data: `queries` of the vectors (seeded sample) as queries, each one's own row left out of both result
+    lists (it would be found trivially). {"k", "queries", "recall"}; what `experiments.index` reports, so a
+    catalogue's own recall is known, not only the synthetic benchmark's (bench_index.py)."""
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    n = len(vectors)
+    k = min(int(k), n - 1)
+    if k < 1:
+        return {"k": 0, "queries": 0, "recall": 1.0}
+    rows = np.sort(np.random.default_rng(seed).choice(n, min(int(queries), n), replace=False))
+    exact, _ = metrics.ExactIndex(vectors).search(vectors[rows], k + 1)
+    approx, _ = faiss_search(index, vectors[rows], k + 1, nprobe, ef_search)
+
+    def without_self(found):
+        return np.stack([r[r != q][:k] if (r == q).any() else r[:k] for r, q in zip(found, rows)])
+
+    return {"k": k, "queries": len(rows), "recall": recall_at_k(without_self(approx), without_self(exact))}
+
+
 # ----------------------------------------------------------------------------------------------------
 # The index file
 
