@@ -161,3 +161,32 @@ def test_file_sharding_only_where_the_shards_split_evenly(tmp_path):
     assert distribute.shard_policy(shards(100, 100, 100), 2) == policy.DATA  # 200 bytes against 100
     assert distribute.shard_policy(shards(2048, 2048, 2048, 356), 2) == policy.DATA  # a short last shard
     assert distribute.shard_policy(shards(2048, 2048, 2048, 2040), 2) == policy.FILE  # within 2%
+
+
+def test_workers_started_with_other_flags_are_refused_before_training(data_dir, tmp_path):
+    """Two workers whose commands differ (here worker 1's --learning_rate) trained together silently, each
+    with its own recipe; now every worker gathers the others' digest before the stage starts and both stop
+    with the same error line, having trained nothing."""
+    args = ["--quick", f"--data_dir={data_dir}", "--max_steps=2", "--batch_size=8", "--strategy=multi_worker",
+            f"--workdir={tmp_path / 'multi'}"]  # fmt: skip
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    workers = [
+        commands.start(
+            [sys.executable, "-m", "experiments.stage1", *args, *(["--learning_rate=0.5"] if i else [])],
+            env=_env({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(2)
+    ]
+    try:
+        logs = [w.communicate(timeout=240)[0] for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+    for i, (w, log) in enumerate(zip(workers, logs)):
+        assert w.returncode == 2, f"worker {i}:\n{log[-3000:]}"
+        assert "error: the 2 workers of this stage1 run differ in their flags or data" in log, log[-2000:]
+    assert not os.path.exists(tmp_path / "multi" / "seed0" / "stage1" / "ckpt")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import sys
@@ -93,6 +95,35 @@ def check_same_recipe(workdir: str, old, new, old_total: int | None = None, new_
         )
 
 
+def check_workers_agree(cfg: ExperimentConfig, info: schema.DatasetInfo, workdir: str, strategy) -> None:
+    """Under several workers, refuses a start where they differ: the recipe and model (every field, the
+    resolved precision and the checkpoint interval included: a save is a collective every worker must
+    join), the steps, the dataset's fingerprint, or the checkpoint they resume from (a --workdir that is
+    not shared). Each worker's digest is gathered to all (a collective, so every worker runs it); without
+    it workers with other flags trained together silently. One process: nothing to compare."""
+    if distribute.num_workers(strategy) < 2:
+        return
+    latest = checkpoints.latest(os.path.join(workdir, "ckpt"))
+    step = (loading.trained_step(latest) or 0) if latest else 0
+    recipe = {"model": dataclasses.asdict(cfg.model), "train": dataclasses.asdict(cfg.train),
+              "total_steps": cfg.total_steps, "data": info.fingerprint, "variant": cfg.variant}  # fmt: skip
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).digest()
+    mine = tf.constant([int.from_bytes(digest[:6], "big"), step], tf.int64)  # 48 bits: exact in any dtype
+    gathered = strategy.gather(strategy.run(lambda: mine), axis=0).numpy().reshape(-1, 2)
+    if len({int(d) for d in gathered[:, 0]}) > 1:
+        raise checkpoints.RestoreError(
+            f"the {len(gathered)} workers of this {cfg.stage} run differ in their flags or data (digests "
+            f"{', '.join(f'{int(d):012x}' for d in gathered[:, 0])}): start every worker with the same "
+            "command, code and converted dataset"
+        )
+    if len({int(s) for s in gathered[:, 1]}) > 1:
+        raise checkpoints.RestoreError(
+            f"the workers of this {cfg.stage} run would start at steps {[int(s) for s in gathered[:, 1]]}: "
+            "their --workdir is not one directory they all see (a shared filesystem), or a checkpoint is "
+            "missing on some"
+        )
+
+
 def check_finished(directory: str, stage_cfg: ExperimentConfig, info: schema.DatasetInfo, what: str) -> None:
     """A stage builds on a finished previous one: refuses one that stopped early (killed, diverged)."""
     if stage_cfg.total_steps is not None:  # recorded when it trained: no schedule to recompute
@@ -130,6 +161,7 @@ def _say_taken_over(lock, stage: str, out) -> None:
 def _train(task, cfg: ExperimentConfig, info, workdir: str, strategy, out):
     total, per_epoch = schedule(cfg, info)
     cfg = dataclasses.replace(cfg, total_steps=total)
+    check_workers_agree(cfg, info, workdir, strategy)  # first: every worker reaches this collective
     integrity.check_records(info)
     with stage_lock(workdir, cfg.stage, strategy) as lock:
         _say_taken_over(lock, cfg.stage, out)
