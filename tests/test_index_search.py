@@ -311,6 +311,29 @@ def test_where_in_faiss_returns_only_allowed_rows():
     assert (np.sort(got, 1)[:, -2:] == [3, 500]).all() and (got[:, 2:] == -1).all()  # fewer than k: -1
 
 
+def test_a_filtered_faiss_search_returns_what_the_exact_one_does_where_faiss_alone_comes_short(monkeypatch):
+    """A `where` filter on a FAISS index returned fewer than k results where few items pass (1% of queries
+    under a 0.5% filter, an audit found): now at most EXACT_BELOW passing items are ranked exactly among
+    them, and a query FAISS still leaves short is ranked exactly, so the answer is the exact backend's."""
+    require(FAISS_AVAILABLE, f"faiss is not installed: {FAISS_INSTALL}")
+    vectors, queries, index, allowed = _where_case()
+    exact_rows, exact_dist = index.search(queries, 10, backend="exact", allowed=allowed)
+    ivf = index_lib.build_faiss(vectors, "ivf_flat", nlist=8)
+    short, _ = index_lib.faiss_search(ivf, queries, 10, nprobe=1, allowed=allowed)
+    assert (short < 0).any()  # what FAISS alone gives with one cell of 8
+    for below in (index_lib.EXACT_BELOW, 10):  # exact among few; FAISS, then exact where it came short
+        monkeypatch.setattr(index_lib, "EXACT_BELOW", below)
+        rows, dist = index_lib.faiss_filtered_search(ivf, vectors, queries, 10, allowed, nprobe=1)
+        assert (rows >= 0).all() and allowed[rows].all()
+        complete = ~(short < 0).any(axis=1) if below == 10 else np.zeros(len(rows), bool)
+        np.testing.assert_array_equal(rows[~complete], exact_rows[~complete])
+        np.testing.assert_allclose(dist[~complete], exact_dist[~complete], rtol=1e-5, atol=1e-5)
+    few = np.zeros(len(vectors), bool)
+    few[[3, 500]] = True  # fewer than k pass: both, as the exact backend answers (k' = 2)
+    rows, _ = index_lib.faiss_filtered_search(ivf, vectors, queries, 10, few, nprobe=1)
+    assert rows.shape == (len(queries), 2) and (np.sort(rows, 1) == [3, 500]).all()
+
+
 def test_missing_faiss_fails_with_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(index_lib.FaissUnavailable, match=r"pip install -e \.\[faiss\].*--backend=exact"):

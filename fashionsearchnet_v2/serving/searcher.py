@@ -333,7 +333,9 @@ class Searcher:
         k = min(k, len(self.index))
         if self.backend == "exact":
             return self._exact.search(queries, k, allowed=allowed)
-        return index_lib.faiss_search(self._faiss, queries, k, allowed=allowed)
+        if allowed is not None:
+            return index_lib.faiss_filtered_search(self._faiss, self.index.vectors, queries, k, allowed)
+        return index_lib.faiss_search(self._faiss, queries, k)
 
     def _run_batch(self, jobs: list[_Job]) -> list:
         """Jobs -> per job ({embed output: [1, ...]}, rows [k'], distances [k']).
