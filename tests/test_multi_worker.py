@@ -41,6 +41,29 @@ def _env(tf_config=None):
     return env
 
 
+def _run_workers(commands_by_worker, timeout=240):
+    """Starts worker i of a localhost cluster with `commands_by_worker[i]` (TF_CONFIG set), waits for all;
+    (the processes, their combined stdout and stderr)."""
+    ports = _free_ports(len(commands_by_worker))
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    workers = [
+        commands.start(
+            command,
+            env=_env({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        for i, command in enumerate(commands_by_worker)
+    ]
+    try:
+        logs = [w.communicate(timeout=timeout)[0] for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+    return workers, logs
+
+
 def _weights(ckpt_dir):
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(ckpt_dir))
     out = {}
@@ -64,30 +87,15 @@ def test_two_workers_train_like_one_process(info, data_dir, tmp_path):
         "--batch_size=8",
         "--precision=float32",
     ]
-    ports = _free_ports(2)
-    cluster = {"worker": [f"localhost:{p}" for p in ports]}
-    workers = [
-        commands.start(
-            [
-                sys.executable,
-                "-c",
-                SEEDED_STAGE1,
-                *args,
-                f"--workdir={tmp_path / 'multi'}",
-                "--strategy=multi_worker",
-            ],
-            env=_env({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for i in range(2)
+    command = [
+        sys.executable,
+        "-c",
+        SEEDED_STAGE1,
+        *args,
+        f"--workdir={tmp_path / 'multi'}",
+        "--strategy=multi_worker",
     ]
-    try:
-        logs = [w.communicate(timeout=240)[0] for w in workers]
-    finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
+    workers, logs = _run_workers([command, command])
     for i, (w, log) in enumerate(zip(workers, logs)):
         assert w.returncode == 0, f"worker {i}:\n{log[-3000:]}"
         assert "step 3/3" in log and "done:" in log, log[-2000:]
@@ -169,23 +177,8 @@ def test_workers_started_with_other_flags_are_refused_before_training(data_dir, 
     with the same error line, having trained nothing."""
     args = ["--quick", f"--data_dir={data_dir}", "--max_steps=2", "--batch_size=8", "--strategy=multi_worker",
             f"--workdir={tmp_path / 'multi'}"]  # fmt: skip
-    ports = _free_ports(2)
-    cluster = {"worker": [f"localhost:{p}" for p in ports]}
-    workers = [
-        commands.start(
-            [sys.executable, "-m", "experiments.stage1", *args, *(["--learning_rate=0.5"] if i else [])],
-            env=_env({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for i in range(2)
-    ]
-    try:
-        logs = [w.communicate(timeout=240)[0] for w in workers]
-    finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
+    command = [sys.executable, "-m", "experiments.stage1", *args]
+    workers, logs = _run_workers([command, [*command, "--learning_rate=0.5"]])
     for i, (w, log) in enumerate(zip(workers, logs)):
         assert w.returncode == 2, f"worker {i}:\n{log[-3000:]}"
         assert "error: the 2 workers of this stage1 run differ in their flags or data" in log, log[-2000:]
