@@ -17,7 +17,6 @@ import tempfile
 import urllib.request
 
 import cv2
-import pytest
 from optional import require
 from service_fixture import live_server
 
@@ -179,8 +178,7 @@ def test_attribute_names_like_constructor_are_plain_keys_of_the_pages_changes():
     "constructor" showed as changed, and one called "__proto__" was never sent. Run in Node (the page's
     script with a stub document), without a browser."""
     node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed (apt-get install -y nodejs)")
+    require(node is not None, "node is not installed (apt-get install -y nodejs; .ci/run installs it)")
     script = os.path.join(os.path.dirname(service.__file__), "static", "app.js")
     done = subprocess.run([node, "-e", PAGE_KEYS, script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
