@@ -295,7 +295,9 @@ def _draw(info, model, q, g, manips, query_vectors, gallery_vectors, size, out_d
 
 
 def write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
+    """`obj` as JSON at `path`, atomically (a per-process temporary, then a rename): a kill leaves the old
+    file or the new one, and two processes never share a temporary."""
+    tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2)
     os.replace(tmp, path)

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from fashionsearchnet_v2.data import integrity
-from fashionsearchnet_v2.retrieval import validation
+from fashionsearchnet_v2.retrieval import evaluation, validation
 from fashionsearchnet_v2.trained import checkpoints
 from fashionsearchnet_v2.training import distribute, guard, optimizers
 
@@ -288,14 +288,7 @@ class FixedFeatureTask(Task):
         os.makedirs(self.workdir, exist_ok=True)
         obj = {"validation": self.validation.describe(), "k": self.validation.ks[0],
                "select_on_validation": select, "selected": self.selected, "history": self.history}  # fmt: skip
-        _write_json(self.selection_path, obj)
-
-
-def _write_json(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+        evaluation.write_json(self.selection_path, obj)
 
 
 def last_logged_step(tb_dir: str) -> int:
@@ -452,7 +445,7 @@ class Trainer:
             guard.check_step(self.task.name, s + 1, values, finite, model=model, optimizer=optimizer,
                              last_checkpoint=lambda: checkpoints.latest(self.ckpt_dir), bound=bound)  # fmt: skip
             if keep_reference and bound.first is not None:
-                _write_json(reference, {"first_loss": bound.first, "step": s + 1})
+                evaluation.write_json(reference, {"first_loss": bound.first, "step": s + 1})
                 keep_reference = False
             window_images += self.batch_size
             for k, v in values.items():
