@@ -159,37 +159,46 @@ def _gather_per_attribute(fc10: tf.Tensor, idx: tf.Tensor) -> tf.Tensor:
 
 
 def attribute_ranking_loss(
-    fc10: tf.Tensor, pos_idx: tf.Tensor, neg_idx: tf.Tensor, valid: tf.Tensor, squared: bool = False
+    fc10: tf.Tensor,
+    pos_idx: tf.Tensor,
+    neg_idx: tf.Tensor,
+    valid: tf.Tensor,
+    squared: bool = False,
+    anchors: tf.Tensor | None = None,
 ) -> tf.Tensor:
-    """L_T (Eq. 6): Σ_a over valid triplets of soft_triplet(fc10[i, a], fc10[pos, a], fc10[neg, a]).
+    """L_T (Eq. 6): Σ_a over valid triplets of soft_triplet(anchor[i, a], fc10[pos, a], fc10[neg, a]).
 
     Args:
       fc10: `[batch, A, dim]` attribute representations f_{c10,a} of the batch's images.
-      pos_idx, neg_idx: int `[batch, A]` batch indices (from `mine_triplets`).
-      valid: bool `[batch, A]`; invalid attributes contribute 0.
+      pos_idx, neg_idx: int `[n, A]` rows of `fc10` (from `mine_triplets`).
+      valid: bool `[n, A]`; invalid attributes contribute 0.
       squared: use (d+)² instead of d+ (see `soft_triplet`).
+      anchors: `[n, A, dim]`, the anchors' representations; default `fc10` itself (n = batch). A worker
+        of a multi-worker run passes its own rows here and the whole gathered batch as `fc10`.
 
     Returns:
-      float32 `[batch]`. Gradients reach the anchor, positive and negative rows alike.
+      float32 `[n]`. Gradients reach the anchor, positive and negative rows alike.
     """
     fc10 = tf.convert_to_tensor(fc10)
+    anchors = fc10 if anchors is None else tf.convert_to_tensor(anchors)
     pos_idx = tf.cast(pos_idx, tf.int32)
     neg_idx = tf.cast(neg_idx, tf.int32)
     loss = soft_triplet(
-        fc10,
+        anchors,
         _gather_per_attribute(fc10, pos_idx),
         _gather_per_attribute(fc10, neg_idx),
         squared=squared,
-    )  # [batch, A]
+    )  # [n, A]
     return tf.reduce_sum(tf.where(valid, loss, 0.0), axis=1)
 
 
-def attribute_triplets_active(fc10, pos_idx, neg_idx, valid) -> tuple[tf.Tensor, tf.Tensor]:
-    """(active, valid) counts of L_T's triplets, int32 scalars (see `active_triplets`); shapes as in
+def attribute_triplets_active(fc10, pos_idx, neg_idx, valid, anchors=None) -> tuple[tf.Tensor, tf.Tensor]:
+    """(active, valid) counts of L_T's triplets, int32 scalars (see `active_triplets`); arguments as in
     `attribute_ranking_loss`."""
     fc10 = tf.convert_to_tensor(fc10)
+    anchors = fc10 if anchors is None else tf.convert_to_tensor(anchors)
     pos, neg = (_gather_per_attribute(fc10, tf.cast(i, tf.int32)) for i in (pos_idx, neg_idx))
-    active = tf.cast(active_triplets(fc10, pos, neg), tf.bool) & valid
+    active = tf.cast(active_triplets(anchors, pos, neg), tf.bool) & valid
     return tf.reduce_sum(tf.cast(active, tf.int32)), tf.reduce_sum(tf.cast(valid, tf.int32))
 
 

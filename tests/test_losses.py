@@ -195,6 +195,29 @@ def test_attribute_ranking_loss_gradient_finite_with_invalid_triplets():
     assert loss.numpy()[3] == 0.0  # unlabelled anchor
 
 
+def test_attribute_ranking_loss_of_some_anchors_is_those_rows_of_the_whole_batch():
+    """A worker's L_T: its own anchors against the gathered batch's positives and negatives equals those
+    rows of the one-process loss, and the gradient reaches positives and negatives in other rows."""
+    rng = np.random.default_rng(7)
+    fc10 = tf.Variable(rng.standard_normal((12, 3, 5)).astype(np.float32))
+    labels = tf.constant(rng.integers(-1, 3, size=(12, 3)))
+    pos, neg, valid = losses.mine_triplets(labels, tf.constant([3, 0]))
+    rows = tf.range(6, 12)
+    whole = losses.attribute_ranking_loss(fc10, pos, neg, valid).numpy()
+    with tf.GradientTape() as tape:
+        part = losses.attribute_ranking_loss(
+            fc10, *(tf.gather(x, rows) for x in (pos, neg, valid)), anchors=tf.gather(fc10, rows)
+        )
+        total = tf.reduce_sum(part)
+    np.testing.assert_allclose(part.numpy(), whole[6:], rtol=1e-6)
+    reached = np.abs(tape.gradient(total, fc10).numpy()).sum(axis=(1, 2)) > 0
+    assert reached[:6].any()  # some triplet of rows 6-11 has its positive or negative in rows 0-5
+    active = losses.attribute_triplets_active(
+        fc10, *(tf.gather(x, rows) for x in (pos, neg, valid)), anchors=tf.gather(fc10, rows)
+    )
+    assert int(active[1]) == int(tf.reduce_sum(tf.cast(valid[6:], tf.int32)))
+
+
 # ---------------------------------------------------------------------------------------------------
 # joint_loss (Eq. 9)
 

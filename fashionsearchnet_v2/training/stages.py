@@ -70,6 +70,35 @@ def per_attribute_accuracy(logits, labels, num_values):
     return tf.stack(correct), tf.stack(labelled)
 
 
+def global_batch_rows(fc10, labels):
+    """The whole global batch, gathered from every replica, and this replica's rows in it.
+
+    Args:
+      fc10: `[n, A, dim]` this replica's attribute representations.
+      labels: int `[n, A]`.
+
+    Returns:
+      (fc10 `[N, A, dim]`, labels `[N, A]`, rows int32 `[n]`), N the global batch; replica 0's rows
+      first. With one replica the inputs themselves and `range(n)`. The gather is differentiable
+      (`ReplicaContext.all_gather`): a loss on this replica's rows reaches every replica's images.
+    """
+    ctx = tf.distribute.get_replica_context()
+    n = tf.shape(labels)[0]
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return fc10, labels, tf.range(n)
+    # The gather sends to its inputs' devices, and ops made in a worker's step may carry none. A worker's
+    # `ctx.devices` fails (its replica id is global): one device per worker, the strategy's.
+    local_devices = ctx.strategy.extended.worker_devices
+    device = local_devices[0] if len(local_devices) == 1 else tf.nest.flatten(ctx.devices)[0]
+    with tf.device(device):
+        local = [tf.identity(x) for x in (fc10, tf.cast(labels, tf.int32), n[None])]
+    # One gather per dtype (a batch of several is concatenated into one buffer).
+    fc10_all = ctx.all_gather(local[0], axis=0)
+    labels_all, sizes = ctx.all_gather(local[1:], axis=0)
+    begin = tf.reduce_sum(sizes[: ctx.replica_id_in_sync_group])
+    return fc10_all, labels_all, tf.range(begin, begin + n)
+
+
 class _ClassificationTask(trainer.Task):
     """What stages 1 and 2 share: data, optimizer, held-out accuracy and AAM pictures."""
 
@@ -330,16 +359,20 @@ class Stage2Task(_ClassificationTask):
     def train_step(self, model, optimizer, batch, step):
         t = self.config.train
         labels = batch["labels"]
-        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-        seed = tf.stack([tf.cast(step, tf.int32) + t.seed * 1000003, tf.cast(replica, tf.int32)])
+        # Every replica mines the same triplets over the whole global batch (one seed per step): a
+        # multi-worker step is the one-process step of the same global batch.
+        seed = tf.stack([tf.cast(step, tf.int32) + t.seed * 1000003, 0])
         with tf.GradientTape() as tape:
             out = model(batch["image"], training=True)
             l_c = losses.classification_loss(network.split_logits(out["logits"], self.num_values), labels)
             l_tc = losses.classification_loss(
                 network.split_logits(out["fc10_logits"], self.num_values), labels
             )
-            pos, neg, valid = losses.mine_triplets(labels, seed)
-            l_t = losses.attribute_ranking_loss(out["fc10"], pos, neg, valid, squared=t.squared_triplet)
+            fc10_all, labels_all, rows = global_batch_rows(out["fc10"], labels)
+            pos, neg, valid = (tf.gather(x, rows) for x in losses.mine_triplets(labels_all, seed))
+            l_t = losses.attribute_ranking_loss(
+                fc10_all, pos, neg, valid, squared=t.squared_triplet, anchors=out["fc10"]
+            )
             total, parts = losses.joint_loss(
                 {"L_C": l_c, "L_T": l_t, "L_TC": l_tc},
                 {"L_C": t.lambda_c, "L_T": t.lambda_t, "L_TC": t.lambda_tc},
@@ -349,7 +382,9 @@ class Stage2Task(_ClassificationTask):
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         correct, labelled = per_attribute_accuracy(out["logits"], labels, self.num_values)
         fc10_correct, fc10_labelled = per_attribute_accuracy(out["fc10_logits"], labels, self.num_values)
-        l_t_active, l_t_triplets = losses.attribute_triplets_active(out["fc10"], pos, neg, valid)
+        l_t_active, l_t_triplets = losses.attribute_triplets_active(
+            fc10_all, pos, neg, valid, anchors=out["fc10"]
+        )
         result = {
             k: tf.nn.compute_average_loss(v, global_batch_size=self.global_batch) for k, v in parts.items()
         }
