@@ -153,7 +153,7 @@ def test_two_workers_train_stage2_like_one_process(info, data_dir, tmp_path):
     stage2 = [*run, "stage2", *args, "--max_steps=3"]
     command = [*stage2, f"--workdir={tmp_path / 'multi'}", "--strategy=multi_worker"]
     workers, logs = _run_workers([command, command])
-    for i, (w, log) in enumerate(zip(workers, logs)):
+    for w, log in zip(workers, logs):
         assert w.returncode == 0, "\n".join(f"worker {j}:\n{lg[-3000:]}" for j, lg in enumerate(logs))
         assert "step 3/3" in log and "done:" in log, log[-2000:]
     one = commands.run([*stage2, f"--workdir={single}"], env=_env(), timeout=240)
