@@ -294,10 +294,15 @@ def _draw(info, model, q, g, manips, query_vectors, gallery_vectors, size, out_d
     figures.write_png(os.path.join(out_dir, "aam_queries.png"), np.concatenate(panels, axis=0))
 
 
-def write_json(path: str, obj) -> None:
-    """`obj` as JSON at `path`, atomically (a per-process temporary, then a rename): a kill leaves the old
-    file or the new one, and two processes never share a temporary."""
+def write_text(path: str, text: str) -> None:
+    """`text` at `path`, atomically (a per-process temporary, then a rename): a kill leaves the old file
+    or the new one, and two processes never share a temporary."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str, obj) -> None:
+    """`obj` as JSON at `path`, atomically (see `write_text`)."""
+    write_text(path, json.dumps(obj, indent=2))

@@ -96,8 +96,7 @@ def evaluate_cached(workdir: str, info, variant: str, out_dir: str, out=sys.stdo
                     return results
     _say(f"evaluate {configs.LABELS[variant]} ({workdir})", out)
     results = evaluation.evaluate_variant(workdir, info, variant, out_dir, log=lambda m: print(m, file=out))
-    with open(path + ".stamp", "w", encoding="utf-8") as f:
-        f.write(str(stamp))
+    evaluation.write_text(path + ".stamp", str(stamp))
     return results
 
 

@@ -18,6 +18,7 @@ import time
 
 from fashionsearchnet_v2 import configs
 from fashionsearchnet_v2.configs import ExperimentConfig
+from fashionsearchnet_v2.retrieval import evaluation
 from fashionsearchnet_v2.training import run
 
 _UNIT = dict(normalize=True)
@@ -116,10 +117,8 @@ def sweep(kind: str, candidates: dict, names, train, table, out_dir: str, out=sy
         rows.append({"name": name, "what": candidates[name][0], "seconds": round(time.time() - t0, 1), **sel})
     markdown = table(rows)
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "selection.md"), "w", encoding="utf-8") as f:
-        f.write(markdown)
-    with open(os.path.join(out_dir, "selection.json"), "w", encoding="utf-8") as f:
-        json.dump(rows, f, indent=2)
+    evaluation.write_text(os.path.join(out_dir, "selection.md"), markdown)
+    evaluation.write_json(os.path.join(out_dir, "selection.json"), rows)
     print(markdown, file=out, flush=True)
     return rows
 
