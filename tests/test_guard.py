@@ -4,6 +4,7 @@ naming the layer or output."""
 
 import dataclasses
 import io
+import json
 import os
 
 import keras
@@ -244,8 +245,16 @@ def test_export_refuses_nonfinite_weights_naming_the_layer(tmp_path):
 def test_embed_and_index_refuse_nonfinite_outputs(tmp_path, monkeypatch):
     """An export whose outputs are not finite (as one written before exports were checked): `embed`
     fails naming the output, and an index built from its vectors is refused before anything is written."""
+    module = _module(poison_global=True, poison_net=True)
+    with pytest.raises(export.ExportError, match="non-finite weights"):
+        export.save(module, VOCAB, str(tmp_path / "e" / "1"))
     monkeypatch.setattr(export, "check_finite_module", lambda module: None)
-    out = export.save(_module(poison_global=True, poison_net=True), VOCAB, str(tmp_path / "e" / "1"))
+    with pytest.raises(export.ExportError, match="embed is not finite on a test image .*output"):
+        export.save(module, VOCAB, str(tmp_path / "e" / "1"))
+    assert not (tmp_path / "e" / "1").exists()
+    monkeypatch.setattr(export, "probe_vector", lambda module: None)  # as written before both checks
+    out = export.save(module, VOCAB, str(tmp_path / "e" / "1"))
+    assert "probe" not in json.loads((tmp_path / "e" / "1" / export.EXPORT_JSON).read_text())
     model = export.ExportedModel(out)
     image = np.zeros((40, 50, 3), np.uint8)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"embed: output \w+ is not finite"):

@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -521,14 +522,14 @@ def test_tf_serving_is_asked_for_the_exports_version(searcher, trained, export_d
         emb = model.embed([image])
         want = trained.model.embed([image])["global_representation"]
         np.testing.assert_allclose(emb["global_representation"], want, atol=1e-5)
-        assert stub.calls == ["/v1/models/fsn/versions/1:predict"]
+        assert set(stub.calls) == {"/v1/models/fsn/versions/1:predict"}  # the start-up probes and embed
         with pytest.raises(ValueError, match=r"names version 2, but --export_dir=.*/1 is version 1"):
             remote.RemoteModel(stub.model_url + "/versions/2", trained.export_dir)
         with pytest.raises(ValueError, match="names the label 'stable'"):
             remote.RemoteModel(stub.model_url + "/labels/stable", trained.export_dir)
         # a local copy not named by its version: the URL must name it
         named = tmp_path / "shop-export"
-        named.symlink_to(trained.export_dir)
+        named.symlink_to(export_dir)
         with pytest.raises(ValueError, match="not named by a version number.*add /versions/N"):
             remote.RemoteModel(stub.model_url, str(named))
         assert remote.RemoteModel(stub.model_url + "/versions/2", str(named)).model_url.endswith(
@@ -543,6 +544,46 @@ def test_tf_serving_is_asked_for_the_exports_version(searcher, trained, export_d
             with pytest.raises(remote.RemoteModelError, match="no AVAILABLE version 1, the version of") as e:
                 remote.RemoteModel(stub.model_url, trained.export_dir)
             assert "2 AVAILABLE" in str(e.value) and stub.calls == []
+
+
+def test_tf_serving_serving_another_model_as_the_exports_version_is_refused(trained, export_dir, tmp_path):
+    """Version 1 on TensorFlow Serving holding another model than --export_dir (a redeploy that went
+    wrong, another training): every check passed (the version is AVAILABLE, the index's fingerprint is the
+    local copy's) and the service answered with other vectors. At start-up the served model now embeds
+    export.json's probe image and must answer the vector recorded at export; an export written before the
+    probe existed is not checked."""
+    assert trained.model.metadata["probe"]["global_representation"]
+    with running_stub(versions={1: export_dir}) as stub:  # the index fixture's tiny random export
+        with pytest.raises(remote.RemoteModelError, match=r"version 1 at .* is not the export in") as e:
+            remote.RemoteModel(stub.model_url, trained.export_dir)
+        assert "its embed answers global representations of" in str(e.value)  # another size
+        assert "deploy that export as version 1" in str(e.value)
+        old = tmp_path / "old" / "1"  # the same export, its export.json without the probe
+        shutil.copytree(trained.export_dir, old)
+        meta = json.loads((old / export.EXPORT_JSON).read_text())
+        del meta["probe"]
+        (old / export.EXPORT_JSON).write_text(json.dumps(meta))
+        assert remote.RemoteModel(stub.model_url, str(old)).check_probe() is None
+    with running_stub(versions={1: trained.export_dir}) as stub:
+        assert remote.RemoteModel(stub.model_url, trained.export_dir).check_probe() < 1e-5
+        # The same size, other values: a recorded probe 10% off is refused, 0.1% off accepted.
+        for scale, refused in ((1.1, True), (1.001, False)):
+            other = tmp_path / f"scaled{scale}" / "1"
+            shutil.copytree(trained.export_dir, other)
+            meta = json.loads((other / export.EXPORT_JSON).read_text())
+            meta["probe"]["global_representation"] = [
+                scale * v for v in meta["probe"]["global_representation"]
+            ]
+            (other / export.EXPORT_JSON).write_text(json.dumps(meta))
+            if refused:
+                with pytest.raises(
+                    remote.RemoteModelError, match=r"probe image differs by 0\.0909 \(relative"
+                ):
+                    remote.RemoteModel(stub.model_url, str(other))
+            else:
+                assert 0.0009 < remote.RemoteModel(stub.model_url, str(other)).check_probe() < 0.0011
+    here = export.probe_image(64)
+    assert here.shape == (64, 64, 3) and here.dtype == np.uint8 and len(np.unique(here)) > 200
 
 
 def test_serve_refuses_a_tf_serving_without_the_exports_version_in_one_line(trained, export_dir, tmp_path):

@@ -388,6 +388,41 @@ def _finite(outputs: dict, signature: str) -> dict:
     }
 
 
+#: The largest relative L2 difference between export.json's probe vector and what a served copy of the
+#: export answers (`probe_difference`): float32 on another CPU, oneDNN or not, differs by about 1e-6, a
+#: GPU's TF32 products by about 1e-3; another model's weights by the vector's own size (about 1).
+PROBE_TOLERANCE = 0.02
+
+
+def probe_image(size: int) -> np.ndarray:
+    """A fixed uint8 RGB `[size, size, 3]` texture, from a formula (no random stream that a NumPy version
+    could change): the image whose `embed` export.json keeps as "probe"."""
+    y, x, c = np.meshgrid(np.arange(size), np.arange(size), np.arange(3), indexing="ij")
+    return ((7 * x + 13 * y + 101 * c + (x * y) % 251) % 256).astype(np.uint8)
+
+
+def probe_difference(expected, got) -> float:
+    """‖got − expected‖ / ‖expected‖ of two global representations (see PROBE_TOLERANCE)."""
+    expected = np.asarray(expected, np.float64).ravel()
+    got = np.asarray(got, np.float64).ravel()
+    if got.shape != expected.shape:
+        return float("inf")
+    return float(np.linalg.norm(got - expected) / max(np.linalg.norm(expected), 1e-12))
+
+
+def probe_vector(module: ServingModule) -> list[float]:
+    """The float32 `embed`'s global representation of `probe_image(image_size)`; ExportError when it
+    is not finite."""
+    try:
+        out = module.embed(images=tf.constant(probe_image(module.image_size)[None]))
+    except tf.errors.InvalidArgumentError as e:
+        raise ExportError(
+            f"the model's embed is not finite on a test image ({e.message.splitlines()[0]}): its training "
+            "diverged; train it again (with a lower learning rate) before exporting"
+        ) from None
+    return [float(v) for v in out["global_representation"][0].numpy()]
+
+
 def check_finite_module(module: ServingModule) -> None:
     """Raises ExportError naming the layers with non-finite weights (a diverged model is not exported)."""
     layers = {layer.name: layer for layer in module.model.layers if layer.weights}
@@ -431,6 +466,7 @@ def save(
         if getattr(module, "model_bfloat16", None) is not None:
             signatures[BFLOAT16_EMBED] = module.embed_bfloat16
         tf.saved_model.save(module, tmp, signatures=signatures)
+        probe = probe_vector(module)
         info = {
             "format_version": 1,
             "signatures": list(signatures),
@@ -441,6 +477,9 @@ def save(
             "attribute_dim": int(module.global_layer.dim),
             "global_dim": int(module.global_layer.output_dim),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            # What `embed` (float32) answers for `probe_image(image_size)`: a copy served elsewhere
+            # (TensorFlow Serving) is checked against it (`remote.RemoteModel`).
+            **({"probe": {"global_representation": probe}} if probe is not None else {}),
             **(metadata or {}),
         }
         with open(os.path.join(tmp, EXPORT_JSON), "w", encoding="utf-8") as f:

@@ -14,7 +14,9 @@ name (or the URL's `/versions/N`, which must agree with it); at start-up that ve
 `manipulate`), so the search service runs unchanged in front of a TensorFlow Serving deployment. The
 vocabulary and the export's metadata are read from the local copy of the export (`vocabulary.json`,
 `export.json`; the SavedModel itself is not loaded here): TensorFlow Serving does not serve asset files,
-and the index file is checked against that export's fingerprint. The served model must be that export.
+and the index file is checked against that export's fingerprint. The served model must be that export: at
+start-up it embeds export.json's probe image and must answer the vector the export recorded (exports
+written before the probe are not checked).
 
 Requests are the columnar form (`{"signature_name": ..., "inputs": {...}}`, written by
 `export.rest_request_body`: `export.rest_request` as compact JSON); TensorFlow Serving answers
@@ -136,6 +138,7 @@ class RemoteModel:
         self.fingerprint = _read_fingerprint(self.export_dir)
         if check:
             self.check_available()
+            self.check_probe()
 
     def __repr__(self) -> str:
         return f"RemoteModel({self.model_url!r})"
@@ -176,6 +179,34 @@ class RemoteModel:
                 f"version {self.version}, or point --export_dir at the local copy of the version it serves"
             )
         return versions
+
+    def check_probe(self) -> float | None:
+        """Whether the served model is the export in `export_dir`: its `embed` of export.json's probe
+        image against the vector export.json keeps (`export.PROBE_TOLERANCE`); the relative difference,
+        or None for an export written before the probe existed (not checked). RemoteModelError when they
+        differ: another model is deployed as this version (the index's fingerprint check reads only the
+        local copy)."""
+        probe = self.metadata.get("probe")
+        if not probe:
+            return None
+        image = export.probe_image(int(self.metadata["image_size"]))
+        got = self.embed([image])["global_representation"][0]
+        expected = probe["global_representation"]
+        difference = export.probe_difference(expected, got)
+        if not difference <= export.PROBE_TOLERANCE:
+            how = (
+                f"its embed of the export's probe image differs by {difference:.3g} (relative; at most "
+                f"{export.PROBE_TOLERANCE} for the same weights)"
+                if np.size(got) == len(expected)
+                else f"its embed answers global representations of {np.size(got)} values, the export's "
+                f"have {len(expected)}"
+            )
+            raise RemoteModelError(
+                f"TensorFlow Serving's version {self.version} at {self.status_url} is not the export in "
+                f"--export_dir={self.export_dir}: {how}: deploy that export as version {self.version}, or "
+                "point --export_dir at the copy it serves"
+            )
+        return difference
 
     def predict(self, signature: str, inputs: dict) -> dict[str, np.ndarray]:
         """One `:predict` call in the columnar form -> {output name: array}."""
