@@ -62,9 +62,12 @@ class LocalResponseNorm(keras.layers.Layer):
 PIXEL_STD = 60.0
 
 
-def _conv(x, name, kernel, filters, stride, groups, padding, batch_norm=False, dtype=None):
+def _conv(
+    x, name, kernel, filters, stride, groups, padding, batch_norm=False, dtype=None, synchronized=False
+):
     """Conv + ReLU, or Conv + BatchNorm + ReLU; grouped convs as split, two convs, concatenate.
-    `dtype`: the layers' Keras dtype policy (None: the global one)."""
+    `dtype`: the layers' Keras dtype policy (None: the global one); `synchronized`: BatchNorm's batch
+    statistics over every replica's part of the batch."""
 
     def layer(n, f):
         return keras.layers.Conv2D(
@@ -85,7 +88,7 @@ def _conv(x, name, kernel, filters, stride, groups, padding, batch_norm=False, d
         outs = [layer(f"{name}_g{g}", filters // groups)(h) for g, h in enumerate(halves)]
         x = keras.layers.Concatenate(axis=-1, name=f"{name}_concat", dtype=dtype)(outs)
     if batch_norm:  # (Keras' BatchNormalization normalises in float32 under a bfloat16 policy)
-        x = keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dtype)(x)
+        x = keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dtype, synchronized=synchronized)(x)
         x = keras.layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)
     return x
 
@@ -103,6 +106,7 @@ def build_backbone(
     batch_norm=False,
     input_scale=1 / PIXEL_STD,
     dtype=None,
+    synchronized_batch_norm=False,
 ):
     """Image tensor [B, S, S, 3] (BGR, mean-subtracted) -> dict of conv5 and conv7 [B, h, w, C].
 
@@ -111,19 +115,22 @@ def build_backbone(
     scratch then converges in the minutes the embedded default has; the paper's network is the default.
     `dtype` is every layer's Keras dtype policy (`precision.layer_policy`; None: the global one); with
     "mixed_bfloat16" conv5 and conv7 come out in bfloat16, the weights stay float32.
+    `synchronized_batch_norm`: BatchNorm normalises with the statistics of the whole global batch,
+    all-reduced over the replicas (a multi-worker step is then the one-process step); the same weights.
     """
     bn = batch_norm
+    sync = synchronized_batch_norm
     x = keras.layers.Rescaling(input_scale, name="input_scale", dtype=dtype)(x)
     for name, kernel, filters, stride, groups, padding in _ALEXNET:
-        x = _conv(x, name, kernel, _scaled(filters, width), stride, groups, padding, bn, dtype)
+        x = _conv(x, name, kernel, _scaled(filters, width), stride, groups, padding, bn, dtype, sync)
         if name in ("conv1", "conv2"):
             if lrn:
                 x = LocalResponseNorm(name=f"norm{name[-1]}", dtype=dtype)(x)
             x = keras.layers.MaxPooling2D(3, 2, name=f"pool{name[-1]}", dtype=dtype)(x)
     # conv5-7 widths come from the config as given (the paper's 384/512), `width` scales AlexNet's part.
-    conv5 = _conv(x, "conv5", 3, _scaled(conv5_filters, 1.0), 1, 2, "same", bn, dtype)
-    x = _conv(conv5, "conv6", 3, _scaled(conv67_filters, 1.0), 1, 1, "same", bn, dtype)
-    conv7 = _conv(x, "conv7", 3, _scaled(conv67_filters, 1.0), 1, 1, "same", bn, dtype)
+    conv5 = _conv(x, "conv5", 3, _scaled(conv5_filters, 1.0), 1, 2, "same", bn, dtype, sync)
+    x = _conv(conv5, "conv6", 3, _scaled(conv67_filters, 1.0), 1, 1, "same", bn, dtype, sync)
+    conv7 = _conv(x, "conv7", 3, _scaled(conv67_filters, 1.0), 1, 1, "same", bn, dtype, sync)
     return {"conv5": conv5, "conv7": conv7}
 
 

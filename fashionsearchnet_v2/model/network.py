@@ -155,6 +155,7 @@ def build_network(
     name: str | None = None,
     precision: str = "float32",
     stored_bfloat16: bool = False,
+    synchronized_batch_norm: bool = False,
 ) -> keras.Model:
     """Builds the stage-1 (`stage="stage1"`) or full network; outputs are a dict of named tensors.
 
@@ -163,6 +164,8 @@ def build_network(
     `precision` ("float32" or "bfloat16", resolved) is the compute dtype of everything but the float32
     islands (module docstring); the variables are float32 either way, except with `stored_bfloat16`
     (inference only: the export's `embed_bfloat16`), where the bfloat16 layers store them in bfloat16.
+    `synchronized_batch_norm` (training on several replicas): BatchNorm's statistics are the global
+    batch's (`backbone.build_backbone`).
     """
     if stage not in ("stage1", "full"):
         raise ValueError(f"stage must be 'stage1' or 'full', got {stage!r}")
@@ -173,7 +176,7 @@ def build_network(
     image = keras.Input((cfg.image_size, cfg.image_size, 3), name=INPUT_NAME)
     feats = backbone.build_backbone(
         image, cfg.width, cfg.conv5_filters, cfg.conv67_filters, cfg.lrn, cfg.batch_norm, cfg.input_scale,
-        dtype=policy,
+        dtype=policy, synchronized_batch_norm=synchronized_batch_norm,
     )  # fmt: skip
     # The float32 islands take conv7 in bfloat16 and cast it up (Keras' autocast of layer inputs).
     logits, maps = AttributeClassifier(

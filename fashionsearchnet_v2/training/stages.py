@@ -123,6 +123,8 @@ class _ClassificationTask(trainer.Task):
             self.network_stage,
             seed=self.config.train.seed,
             precision=self.precision,
+            # Several replicas normalise with the global batch's statistics: the one-process step.
+            synchronized_batch_norm=self.strategy.num_replicas_in_sync > 1,
         )
 
     def build_optimizer(self, total_steps: int):
