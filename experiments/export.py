@@ -71,8 +71,11 @@ def main(argv):
     a, d, r = len(vocabulary.names), layer.dim, layer.output_dim
     print(f"wrote {out}: variant {VARIANT.value}, {model_cfg.image_size} px, A={a} D={d} r={r}, {choice}")
     print(f"  embed(images uint8 [N,H,W,3]) -> {', '.join(export.EMBED_OUTPUTS)}")
+    print(f"  embed{export.RESIZED}(resized float32 [N,{model_cfg.image_size},{model_cfg.image_size},3]) -> the same, "
+          "any sizes in one batch")  # fmt: skip
     if fast is not None:
-        print(f"  {export.BFLOAT16_EMBED}(images) -> the same outputs, weights stored in bfloat16")
+        print(f"  {export.BFLOAT16_EMBED}(images) -> the same outputs, weights stored in bfloat16 (and "
+              f"{export.BFLOAT16_EMBED}{export.RESIZED})")  # fmt: skip
     print("  manipulate(attribute_representations, attributes, values) -> global_representation")
     print(f"  inspect: saved_model_cli show --all --dir {out}")
 

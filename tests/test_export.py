@@ -102,6 +102,8 @@ def test_fresh_process_reproduces_embed_and_manipulate(exported, tmp_path):
     assert json.loads(str(theirs["project_modules"])) == []
     assert json.loads(str(theirs["signatures"])) == {
         "embed": {"inputs": {"images": ["uint8", [None, None, None, 3]]}, "outputs": sorted(export.EMBED_OUTPUTS)},
+        "embed_resized": {"inputs": {"resized": ["float32", [None, 64, 64, 3]]},
+                          "outputs": sorted(export.EMBED_OUTPUTS)},
         "manipulate": {"inputs": {"attribute_representations": ["float32", [None, 3, 16]],
                                   "attributes": ["int32", [None, None]], "values": ["int32", [None, None]]},
                        "outputs": ["global_representation"]},
@@ -287,7 +289,9 @@ def test_embed_bfloat16_beside_an_unchanged_embed_and_chosen_by_the_rule(
     both = export.ServingModule(module.model, layer, VOCAB, 64, model_bfloat16=fast)
     both_dir = export.save(both, VOCAB, str(tmp_path / "both" / "1"))
     with open(os.path.join(both_dir, export.EXPORT_JSON), encoding="utf-8") as f:
-        assert json.load(f)["signatures"] == ["embed", "manipulate", export.BFLOAT16_EMBED]
+        assert json.load(f)["signatures"] == [
+            "embed", "manipulate", export.BFLOAT16_EMBED, "embed_resized", "embed_bfloat16_resized"
+        ]  # fmt: skip
     assert autograph_conversions == []
     loaded = tf.saved_model.load(both_dir)
     assert not hasattr(loaded, "model") and not hasattr(loaded, "model_bfloat16")
@@ -318,6 +322,45 @@ def test_embed_bfloat16_beside_an_unchanged_embed_and_chosen_by_the_rule(
     assert export.ExportedModel(both_dir, precision="auto").embed_precision == "float32"
     with pytest.raises(export.ExportError, match="no embed_bfloat16 signature"):
         export.ExportedModel(plain_dir, precision="bfloat16")
+
+
+def test_images_of_mixed_sizes_share_batches_with_the_same_outputs(exported):
+    """A folder of many sizes ran at batches near 1 (`embed` takes one size per batch); images of mixed
+    sizes are now resized on the client with `embed`'s own resize (bit for bit the graph's, batched) and
+    share batches of `embed_resized`, with the outputs each image gets alone (up to float32 rounding: a
+    batch's shape may change the last bits, as it does in `embed`). One size keeps `embed`; an export
+    without the resized signatures batches by size as before."""
+    _, _, _, out_dir = exported
+    model = export.ExportedModel(out_dir)
+    shapes = [(50, 70), (64, 64), (90, 40), (50, 70), (33, 129), (64, 64), (200, 150)]
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
+    alone = [model.embed([image]) for image in images]
+    calls = {"embed": [], "resized": []}
+    plain, resized = model._embed, model._embed_resized
+    model._embed = lambda images: calls["embed"].append(len(images)) or plain(images=images)
+    model._embed_resized = lambda resized: calls["resized"].append(len(resized)) or resized_fn(resized)
+    resized_fn = lambda r: resized(resized=r)  # noqa: E731
+    got = model.embed(images, batch_size=4)
+    assert calls == {"embed": [], "resized": [4, 3]}  # 2 calls, not 5 (one per size)
+    for key in export.EMBED_OUTPUTS:
+        np.testing.assert_allclose(got[key], np.concatenate([a[key] for a in alone]), 1e-5, 1e-6, err_msg=key)
+    batched_resize = tf.function(lambda b: export.resize_for_embed(b, 64))
+    for image in images:
+        np.testing.assert_array_equal(export.resize_for_embed(image, 64), batched_resize(image[None])[0])
+    calls["resized"].clear()
+    same = model.embed([images[1], images[5]], batch_size=4)
+    assert calls == {"embed": [2], "resized": []}
+    np.testing.assert_allclose(
+        same["global_representation"][1], alone[5]["global_representation"][0], 1e-5, 1e-6
+    )
+    model._embed_resized = None  # an export written before the resized signatures
+    calls["embed"].clear()
+    before = model.embed(images, batch_size=4)
+    assert sorted(calls["embed"]) == [1, 1, 1, 2, 2]
+    np.testing.assert_allclose(before["global_representation"], got["global_representation"], 1e-5, 1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="resized holds NaN"):
+        resized(resized=tf.fill([1, 64, 64, 3], np.nan))
 
 
 def test_embed_resizes_the_uint8_images_before_any_float32_copy(exported):

@@ -1,6 +1,7 @@
 """A trained FashionSearchNet-v2 variant as a self-contained SavedModel for serving, and its client side.
 
-The export is a `tf.Module` saved with two named signatures (shapes: N images or queries, A attributes,
+The export is a `tf.Module` saved with three named signatures (and, exported with a bfloat16 `embed`,
+`embed_bfloat16` and `embed_bfloat16_resized`) (shapes: N images or queries, A attributes,
 D = fc10 size, r = global dimension, C = all values of all attributes, M manipulation slots):
 
     embed(images: uint8 [N, H, W, 3] RGB, any H and W)
@@ -10,6 +11,10 @@ D = fc10 size, r = global dimension, C = all values of all attributes, M manipul
            predicted_probabilities   float32 [N, A]      softmax probability of that value
            boxes                     float32 [N, A, 4]   ROI per attribute (y1, x1, y2, x2), crop_and_resize
            maps                      float32 [N, A, h, w] attribute activation maps (Eq. 3)
+    embed_resized(resized: float32 [N, S, S, 3] RGB, each image through `resize_for_embed`)
+        -> the same outputs: what `embed` gives those images (the resize is the graph's, bit for bit;
+           the network's last bits may change with the batch, as in `embed`); one batch may hold
+           images of every size (`ExportedModel.embed` uses it for mixed sizes)
     manipulate(attribute_representations float32 [N, A, D], attributes int32 [N, M], values int32 [N, M])
         -> global_representation float32 [N, r]         Eq. 7 with fc10_a := memory prototype of value v
                                                          for every slot (a, v); a = -1 marks unused slots
@@ -62,6 +67,9 @@ EXPORT_JSON = "export.json"
 SIGNATURES = ("embed", "manipulate")
 #: The optional third signature: `embed` with the network's weights stored in bfloat16 (issue 26).
 BFLOAT16_EMBED = "embed_bfloat16"
+#: `embed` (and `embed_bfloat16`) of images the client already resized (`resize_for_embed`): one batch may
+#: then mix images of every size. The name of each is its uint8 signature's plus this suffix.
+RESIZED = "_resized"
 EMBED_OUTPUTS = (
     "attribute_representations",
     "global_representation",
@@ -266,12 +274,25 @@ class ServingModule(tf.Module):
         self.embed = tf.function(
             lambda images: self._embed(images, self.model), input_signature=images_spec, autograph=False
         )
+        resized_spec = [
+            tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32, name="resized")
+        ]
+        self.embed_resized = tf.function(
+            lambda resized: self._embed_resized(resized, self.model),
+            input_signature=resized_spec,
+            autograph=False,
+        )
         # Optional: the same network with its weights stored in bfloat16 (issue 26), a second signature;
         # `embed` stays exactly what it was. The service picks one with --precision (auto's rule).
         if model_bfloat16 is not None:
             self.embed_bfloat16 = tf.function(
                 lambda images: self._embed(images, self.model_bfloat16),
                 input_signature=images_spec,
+                autograph=False,
+            )
+            self.embed_bfloat16_resized = tf.function(
+                lambda resized: self._embed_resized(resized, self.model_bfloat16),
+                input_signature=resized_spec,
                 autograph=False,
             )
         self.manipulate = tf.function(
@@ -305,7 +326,15 @@ class ServingModule(tf.Module):
             images = tf.identity(images)
         # One call of preprocess_image on the batch equals calling it image by image: resize, channel
         # reversal and mean subtraction are all per image.
-        x = preprocess_uint8(images, self.image_size, self.mean_bgr)
+        return self._embed_preprocessed(preprocess_uint8(images, self.image_size, self.mean_bgr), model)
+
+    def _embed_resized(self, resized, model):
+        s = self.image_size
+        resized = tf.ensure_shape(resized, [None, s, s, 3], name=f"resized_must_be_N_{s}_{s}_3")
+        resized = tf.debugging.assert_all_finite(resized, "embed_resized: resized holds NaN or inf")
+        return self._embed_preprocessed(normalize_resized(resized, self.mean_bgr), model)
+
+    def _embed_preprocessed(self, x, model):
         out = model(x, training=False)
         fc10 = tf.cast(out["fc10"], tf.float32)
         t = tf.zeros([tf.shape(fc10)[0], sum(self.num_values)], tf.float32)
@@ -373,9 +402,18 @@ def preprocess_uint8(images, image_size: int, mean_bgr) -> tf.Tensor:
     numbers that casting first gives (tests/test_export.py compares them on photo-sized images), while a
     float32 copy of the full-size batch (4 bytes per pixel channel) is never made. The training pipeline
     keeps `records.preprocess_image`."""
-    x = tf.image.resize(images, [image_size, image_size], method="bilinear")
-    x = tf.reverse(x, axis=[-1])  # RGB -> BGR
-    return x - tf.constant(mean_bgr, tf.float32)
+    return normalize_resized(resize_for_embed(images, image_size), mean_bgr)
+
+
+def resize_for_embed(images, image_size: int) -> tf.Tensor:
+    """uint8 RGB `[..., H, W, 3]` -> float32 `[..., S, S, 3]`, `embed`'s own resize (bilinear), image by
+    image: what the `*_resized` signatures take, so that images of any size share one batch."""
+    return tf.image.resize(images, [image_size, image_size], method="bilinear")
+
+
+def normalize_resized(resized, mean_bgr) -> tf.Tensor:
+    """The rest of `preprocess_uint8`: RGB -> BGR, minus the mean."""
+    return tf.reverse(resized, axis=[-1]) - tf.constant(mean_bgr, tf.float32)
 
 
 def _finite(outputs: dict, signature: str) -> dict:
@@ -465,6 +503,9 @@ def save(
         signatures = {"embed": module.embed, "manipulate": module.manipulate}
         if getattr(module, "model_bfloat16", None) is not None:
             signatures[BFLOAT16_EMBED] = module.embed_bfloat16
+        signatures["embed" + RESIZED] = module.embed_resized
+        if getattr(module, "model_bfloat16", None) is not None:
+            signatures[BFLOAT16_EMBED + RESIZED] = module.embed_bfloat16_resized
         tf.saved_model.save(module, tmp, signatures=signatures)
         probe = probe_vector(module)
         info = {
@@ -583,8 +624,11 @@ class ExportInfo:
 class ExportedModel(ExportInfo):
     """A loaded export: its signatures, vocabulary and metadata.
 
-    `embed` accepts images of different sizes: images are batched only with others of the same shape,
-    since one tensor holds one size (resizing on the client would change the pixels the model sees).
+    `embed` accepts images of different sizes. Images of one size go to `embed` in batches; where sizes
+    are mixed (more batches that way than images / batch size) and the export has the `*_resized`
+    signatures, every image is resized here with `embed`'s own resize (`resize_for_embed`, bit for bit the
+    graph's) and they share batches of `embed_resized`: the same outputs up to float32 rounding (a batch's
+    shape may change the network's last bits, as in `embed`), at full batches.
     """
 
     def __init__(self, export_dir: str, precision: str = "float32"):
@@ -601,16 +645,26 @@ class ExportedModel(ExportInfo):
         name = BFLOAT16_EMBED if self.embed_precision == "bfloat16" else "embed"
         self._embed = self.loaded.signatures[name]
         self._manipulate = self.loaded.signatures["manipulate"]
+        # Exports written before the resized signatures batch mixed sizes by size only.
+        has_resized = name + RESIZED in self.loaded.signatures and self.metadata.get("image_size")
+        self._embed_resized = self.loaded.signatures[name + RESIZED] if has_resized else None
 
     def embed(self, images: Sequence[np.ndarray], batch_size: int = 32) -> dict[str, np.ndarray]:
         """uint8 RGB images [H_i, W_i, 3] -> the `embed` outputs stacked in input order, [N, ...].
 
         Raises ExportError for an image that is not [H, W, 3]; the signature raises InvalidArgumentError
         when the model's outputs are not finite."""
+        resized = None
+        if self._embed_resized is not None:
+            resized = (
+                int(self.metadata["image_size"]),
+                lambda batch: {k: v.numpy() for k, v in self._embed_resized(resized=batch).items()},
+            )
         return embed_in_batches(
             images,
             batch_size,
             lambda batch: {k: v.numpy() for k, v in self._embed(images=tf.constant(batch)).items()},
+            resized=resized,
         )
 
     def manipulate(self, attribute_representations, attributes, values) -> np.ndarray:
@@ -646,19 +700,41 @@ def _choose_embed(signatures, precision: str, export_dir: str) -> tuple[str, str
 
 
 def embed_in_batches(
-    images: Sequence[np.ndarray], batch_size: int, run: Callable[[np.ndarray], dict[str, np.ndarray]]
+    images: Sequence[np.ndarray],
+    batch_size: int,
+    run: Callable[[np.ndarray], dict[str, np.ndarray]],
+    resized: tuple[int, Callable[[tf.Tensor], dict[str, np.ndarray]]] | None = None,
 ) -> dict[str, np.ndarray]:
     """The client side of `embed`, for a loaded export and for TensorFlow Serving alike: checks every
     image is uint8-able RGB [H, W, 3] (ExportError naming the first that is not, before anything runs),
     batches images only with others of their size, calls `run(uint8 [n, H, W, 3]) -> {output: [n, ...]}`
-    per batch and returns the outputs stacked in input order, [N, ...]."""
+    per batch and returns the outputs stacked in input order, [N, ...].
+
+    `resized`: (S, `run_resized(float32 [n, S, S, 3]) -> outputs`), an `embed_resized` signature. When
+    batching by size would take more calls than the images need (mixed sizes), every image is resized
+    here (`resize_for_embed`, `embed`'s own resize) and they go in input order, `batch_size` at a time."""
     groups: dict[tuple, list[int]] = {}
     for i, img in enumerate(images):
         shape = np.shape(img)
         if len(shape) != 3 or shape[-1] != 3 or min(shape) < 1:
             raise ExportError(f"image {i} has shape {shape}: embed takes RGB images [height, width, 3]")
         groups.setdefault(shape, []).append(i)
+    calls = sum(-(-len(g) // batch_size) for g in groups.values())
     out: dict[str, np.ndarray] = {}
+
+    def keep(chunk, outputs):
+        for key, value in outputs.items():
+            if key not in out:
+                out[key] = np.zeros((len(images),) + value.shape[1:], value.dtype)
+            out[key][chunk] = value
+
+    if resized is not None and calls > -(-len(images) // batch_size):
+        size, run_resized = resized
+        for start in range(0, len(images), batch_size):
+            chunk = list(range(start, min(start + batch_size, len(images))))
+            batch = tf.stack([resize_for_embed(np.asarray(images[i], np.uint8), size) for i in chunk])
+            keep(chunk, run_resized(batch))
+        return out
     for positions in groups.values():
         for start in range(0, len(positions), batch_size):
             chunk = positions[start : start + batch_size]
@@ -666,10 +742,7 @@ def embed_in_batches(
                 batch = np.asarray(images[chunk[0]], np.uint8)[None]
             else:
                 batch = np.stack([np.asarray(images[i], np.uint8) for i in chunk])
-            for key, value in run(batch).items():
-                if key not in out:
-                    out[key] = np.zeros((len(images),) + value.shape[1:], value.dtype)
-                out[key][chunk] = value
+            keep(chunk, run(batch))
     return out
 
 
