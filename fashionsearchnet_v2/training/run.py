@@ -109,7 +109,9 @@ def check_workers_agree(cfg: ExperimentConfig, info: schema.DatasetInfo, workdir
               "total_steps": cfg.total_steps, "data": info.fingerprint, "variant": cfg.variant}  # fmt: skip
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).digest()
     mine = tf.constant([int.from_bytes(digest[:6], "big"), step], tf.int64)  # 48 bits: exact in any dtype
-    gathered = strategy.gather(strategy.run(lambda: mine), axis=0).numpy().reshape(-1, 2)
+    # In a tf.function: eagerly, MultiWorkerMirroredStrategy warned of "significant overhead" at every start.
+    gather = tf.function(lambda: strategy.gather(strategy.run(lambda: mine), axis=0), autograph=False)
+    gathered = gather().numpy().reshape(-1, 2)
     if len({int(d) for d in gathered[:, 0]}) > 1:
         raise checkpoints.RestoreError(
             f"the {len(gathered)} workers of this {cfg.stage} run differ in their flags or data (digests "
