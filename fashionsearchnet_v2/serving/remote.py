@@ -182,10 +182,10 @@ class RemoteModel:
 
     def check_probe(self) -> float | None:
         """Whether the served model is the export in `export_dir`: its `embed` of export.json's probe
-        image against the vector export.json keeps (`export.PROBE_TOLERANCE`); the relative difference,
-        or None for an export written before the probe existed (not checked). RemoteModelError when they
-        differ: another model is deployed as this version (the index's fingerprint check reads only the
-        local copy)."""
+        image against the vector export.json keeps (`export.PROBE_TOLERANCE` of the export's precision);
+        the relative difference, or None for an export written before the probe existed (not checked).
+        RemoteModelError when they differ: another model is deployed as this version (the index's
+        fingerprint check reads only the local copy)."""
         probe = self.metadata.get("probe")
         if not probe:
             return None
@@ -193,10 +193,13 @@ class RemoteModel:
         got = self.embed([image])["global_representation"][0]
         expected = probe["global_representation"]
         difference = export.probe_difference(expected, got)
-        if not difference <= export.PROBE_TOLERANCE:
+        tolerance = export.PROBE_TOLERANCE.get(
+            self.metadata.get("precision"), export.PROBE_TOLERANCE["bfloat16"]
+        )
+        if not difference <= tolerance:
             how = (
                 f"its embed of the export's probe image differs by {difference:.3g} (relative; at most "
-                f"{export.PROBE_TOLERANCE} for the same weights)"
+                f"{tolerance} for the same weights)"
                 if np.size(got) == len(expected)
                 else f"its embed answers global representations of {np.size(got)} values, the export's "
                 f"have {len(expected)}"
