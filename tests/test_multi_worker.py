@@ -138,6 +138,7 @@ def test_two_workers_train_like_one_process(info, data_dir, tmp_path, batch_norm
         assert w.returncode == 0, f"worker {i}:\n{log[-3000:]}"
         assert "step 3/3" in log and "done:" in log, log[-2000:]
         assert "significant overhead" not in log  # the start-up check ran eagerly and warned so
+        assert "[stage1] 2 replicas, each 4 of the global batch of 8" in log
     single = commands.run(
         [sys.executable, "-c", SEEDED_STAGE1, *args, f"--workdir={tmp_path / 'single'}"],
         env=_env(),
@@ -207,6 +208,7 @@ def test_mirrored_replicas_train_stage2_like_one_process(data_dir, tmp_path):
     two = commands.run([*stage2, f"--workdir={tmp_path / 'two'}", "--strategy=mirrored"],
                        env=dict(_env(), LOGICAL_CPUS="2"), timeout=240)  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
+    assert "[stage2] 2 replicas, each 4 of the global batch of 8" in two.stdout
     single = commands.run([*stage2, f"--workdir={one}"], env=_env(), timeout=240)
     assert single.returncode == 0, single.stderr[-3000:]
     a = _weights(str(tmp_path / "two" / "seed0" / "stage2_rank_l" / "ckpt"))

@@ -397,6 +397,11 @@ class Trainer:
         else:
             self.log(f"[{self.task.name}] {self.task.initialize(model)}")
         start = int(step.numpy())
+        replicas = self.strategy.num_replicas_in_sync
+        if replicas > 1:
+            batch = getattr(self.task, "global_batch", None)
+            share = f", each {batch // replicas} of the global batch of {batch}" if batch else ""
+            self.log(f"[{self.task.name}] {replicas} replicas{share}")
         writer = None
         at_epoch_end = start % self.steps_per_epoch == 0 or start == self.total_steps
         if latest and start > 0 and at_epoch_end and tb_dir and self.task.missed_epoch_end(start):
