@@ -1,5 +1,8 @@
 """One progress meter for long loops: done/total, rate and ETA on stderr, at most every few seconds.
 
+On a terminal the meter rewrites its one line (`\\r`); into a file or pipe (`> run.log 2>&1`, CI, nohup) each
+report is a line of its own, so a log reads line by line instead of as one long run of overwritten reports.
+
 Used by the converters, the feature extraction, indexing (and the folder walk before it), fingerprinting and the evaluation's rankings,
 so every long phase a user waits through reports the same way.
 """
@@ -31,18 +34,24 @@ class Progress:
         else:
             eta = (self.total - done) / rate if rate > 0 else float("inf")
             count = f"{done}/{self.total} {self.unit} ({rate:.0f}/s, ETA {eta:.0f}s)"
-        print(
-            f"\r{self.what}: {count} {extra}",
-            end="" if not force else "\n",
-            file=sys.stderr,
-            flush=True,
-        )
+        line = f"{self.what}: {count} {extra}"
+        if _is_terminal(sys.stderr):
+            print(f"\r{line}", end="" if not force else "\n", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     def finish(self, done: int, extra: str = "") -> None:
         """The closing line, only where a periodic line was printed (a phase that took seconds): a
         quick phase stays silent instead of adding a line to every small run."""
         if self.printed:
             self.update(done, extra, force=True)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 @contextlib.contextmanager
