@@ -4,3 +4,4 @@ without the optional modules Keras probes for at import (`fashionsearchnet_v2.st
 from fashionsearchnet_v2 import startup
 
 startup.skip_keras_optional_imports()
+startup.quiet_tensorflow_start()

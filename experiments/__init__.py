@@ -5,3 +5,4 @@ never uses (`fashionsearchnet_v2.startup`, decision P11): about 1.4 s of every s
 from fashionsearchnet_v2 import startup
 
 startup.skip_keras_optional_imports()
+startup.quiet_tensorflow_start()
