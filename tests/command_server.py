@@ -49,6 +49,7 @@ def preload() -> None:
     from fashionsearchnet_v2 import startup
 
     startup.skip_keras_optional_imports()  # as experiments/__init__.py does, before TensorFlow loads
+    startup.quiet_tensorflow_start()
     for name in PRELOAD:
         try:
             importlib.import_module(name)

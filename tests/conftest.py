@@ -12,7 +12,8 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 from fashionsearchnet_v2 import startup  # noqa: E402
 
-startup.skip_keras_optional_imports()  # as the commands do (decision P11)
+startup.skip_keras_optional_imports()  # as the commands do (decisions P11, P11b)
+startup.quiet_tensorflow_start()
 
 import tensorflow as tf  # noqa: E402
 
