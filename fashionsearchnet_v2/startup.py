@@ -103,28 +103,35 @@ def run_with_start_noise_filtered(fn, has_nvidia_device: bool | None = None):
     less `is_start_noise`'s lines, also when `fn` raises (a failed import keeps its messages)."""
     if has_nvidia_device is None:
         has_nvidia_device = os.path.exists("/dev/nvidiactl")
+    if sys.stderr is None:  # no stderr at all (pythonw): nothing to keep clean
+        return fn()
     try:
-        sys.stderr.flush()
+        _flush_stderr()
         saved = os.dup(2)
-    except (OSError, ValueError):  # no file descriptor 2 to redirect: run as it is
+    except OSError:  # no file descriptor 2 to redirect: run as it is
         return fn()
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
             return fn()
         finally:
-            try:
-                sys.stderr.flush()
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
+            _flush_stderr()
+            os.dup2(saved, 2)
+            os.close(saved)
             captured.seek(0)
             text = captured.read().decode("utf-8", errors="replace")
             kept = [line for line in text.splitlines(keepends=True)
                     if not is_start_noise(line.rstrip("\r\n"), has_nvidia_device)]  # fmt: skip
             if kept:
                 sys.stderr.write("".join(kept))
-                sys.stderr.flush()
+                _flush_stderr()
+
+
+def _flush_stderr() -> None:
+    try:
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without flush, or closed
+        pass
 
 
 class _QuietLoader(importlib.abc.Loader):
