@@ -4,7 +4,7 @@
     python -m experiments.serve --export_dir=exports/synthetic/1 --index=indexes/gallery.npz \\
         [--host=127.0.0.1 --port=8000] [--model_url=http://tf-serving:8501/v1/models/fsn] \\
         [--data_dir=DIR] [--max_upload_bytes=10485760] [--backend=exact|faiss] [--precision=auto] \\
-        [--max_batch=16 --gather_ms=10 --blas_threads=1]
+        [--max_batch=16 --gather_ms=10 --blas_threads=1] [--watch_index_s=10]
 
 The model is the export loaded in this process, or, with --model_url, a TensorFlow Serving deployment
 of that export called over its REST API (the export directory then only provides the vocabulary and
@@ -14,6 +14,7 @@ index: the files; a split index: the dataset's records; --data_dir when the data
 and request formats: fashionsearchnet_v2/serving/service.py and docs/serving.md.
 """
 
+import functools
 import math
 import socket
 import sys
@@ -22,7 +23,7 @@ from absl import app, flags
 
 from experiments import common
 from fashionsearchnet_v2 import progress
-from fashionsearchnet_v2.serving import export, items, service
+from fashionsearchnet_v2.serving import export, items, live, service
 from fashionsearchnet_v2.serving import index as index_lib
 
 EXPORT_DIR = flags.DEFINE_string("export_dir", None, "SavedModel written by experiments.export.")
@@ -63,14 +64,37 @@ BLAS_THREADS = flags.DEFINE_integer(
 BACKEND = flags.DEFINE_enum("backend", None, list(index_lib.BACKENDS), "Override the index's backend.")
 NPROBE = flags.DEFINE_integer("nprobe", None, "FAISS IVF cells scanned per query (default: the index's).")
 EF_SEARCH = flags.DEFINE_integer("ef_search", None, "FAISS HNSW candidates per query (default: the index's).")
+WATCH_INDEX_S = flags.DEFINE_float(
+    "watch_index_s",
+    10.0,
+    "Every this many seconds, look whether --index was rewritten (experiments.index --overwrite) and, if "
+    "so, load it and swap it in without a restart (a file that does not load is logged and the index "
+    "served kept); 0: never.",
+)
 LOG_LEVEL = flags.DEFINE_enum(
     "log_level", "info", ["debug", "info", "warning", "error"], "uvicorn's log level."
 )
 flags.mark_flags_as_required(["export_dir", "index"])
 
 
-def build_searcher() -> service.Searcher:
-    """The Searcher the flags describe; exits with code 2 and the reason when something is unusable."""
+def searcher_over(model, index: index_lib.SearchIndex) -> service.Searcher:
+    """The flags' Searcher over `index` with `model` (at start-up, and for each rewritten index file)."""
+    return service.Searcher(
+        model,
+        index,
+        items.ItemImages(index, common.DATA_DIR.value),
+        BACKEND.value,
+        NPROBE.value,
+        EF_SEARCH.value,
+        MAX_TOP_K.value,
+        MAX_BATCH.value,
+        GATHER_MS.value,
+    )
+
+
+def build_searcher() -> live.LiveIndex:
+    """The Searcher the flags describe, held by a LiveIndex of --index; exits with code 2 and the reason
+    when something is unusable."""
     from fashionsearchnet_v2.serving import remote
 
     try:
@@ -81,23 +105,12 @@ def build_searcher() -> service.Searcher:
                 model = remote.RemoteModel(MODEL_URL.value, EXPORT_DIR.value, timeout=MODEL_TIMEOUT.value)
             else:
                 model = export.ExportedModel(EXPORT_DIR.value, precision=common.precision_flag())
-        with progress.phase(f"finding the images of {len(index)} items"):
-            images = items.ItemImages(index, common.DATA_DIR.value)
-        with progress.phase(f"preparing {BACKEND.value or index.backend} search"):
-            return service.Searcher(
-                model,
-                index,
-                images,
-                BACKEND.value,
-                NPROBE.value,
-                EF_SEARCH.value,
-                MAX_TOP_K.value,
-                MAX_BATCH.value,
-                GATHER_MS.value,
-            )
+        with progress.phase(f"preparing {BACKEND.value or index.backend} search over {len(index)} items"):
+            searcher = searcher_over(model, index)
     except (export.ExportError, index_lib.IndexFileError, index_lib.FaissUnavailable, items.ItemImageError,
             remote.RemoteModelError, ValueError) as e:  # fmt: skip
         common.fail(str(e))
+    return live.LiveIndex(searcher, INDEX.value, functools.partial(searcher_over, model))
 
 
 def check_limits() -> None:
@@ -111,6 +124,8 @@ def check_limits() -> None:
         common.fail(f"--model_timeout must be a finite number of seconds > 0, got {MODEL_TIMEOUT.value}")
     if not (GATHER_MS.value >= 0 and math.isfinite(GATHER_MS.value)):
         common.fail(f"--gather_ms must be a finite number >= 0, got {GATHER_MS.value}")
+    if not (WATCH_INDEX_S.value >= 0 and math.isfinite(WATCH_INDEX_S.value)):
+        common.fail(f"--watch_index_s must be a finite number of seconds >= 0, got {WATCH_INDEX_S.value}")
     if BLAS_THREADS.value < 0:
         common.fail(f"--blas_threads must be >= 0, got {BLAS_THREADS.value}")
     if not 0 <= PORT.value <= 65535:
@@ -147,12 +162,19 @@ def main(argv):
         # For the whole process: its BLAS products are the ranking's, small beside the model. Two BLAS
         # threads spinning after each ranking took a core from the next `embed` (8 ms of a 20-ms search).
         threadpoolctl.threadpool_limits(BLAS_THREADS.value, user_api="blas")
-    searcher = build_searcher()
-    web = service.create_app(searcher, MAX_UPLOAD_BYTES.value, MAX_PIXELS.value)
-    health = searcher.health()
+    live_index = build_searcher()
+    web = service.create_app(live_index, MAX_UPLOAD_BYTES.value, MAX_PIXELS.value)
+    health = live_index.health()
     print(f"serving {health['items']} items ({health['backend']} search, model {health['model']}, "
           f"{health['embed']}) on http://{HOST.value}:{PORT.value}/", file=sys.stderr, flush=True)  # fmt: skip
-    uvicorn.run(web, host=HOST.value, port=PORT.value, log_level=LOG_LEVEL.value)
+    if WATCH_INDEX_S.value:
+        live_index.start(WATCH_INDEX_S.value)
+        print(f"watching {INDEX.value}: rewritten, it is loaded and swapped in without a restart (every "
+              f"{WATCH_INDEX_S.value:g} s; --watch_index_s=0: never)", file=sys.stderr, flush=True)  # fmt: skip
+    try:
+        uvicorn.run(web, host=HOST.value, port=PORT.value, log_level=LOG_LEVEL.value)
+    finally:
+        live_index.stop()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     searcher = Searcher(export.ExportedModel("exports/synthetic/1"), SearchIndex.load("indexes/gallery.npz"))
     app = create_app(searcher, max_upload_bytes=10 * 2**20)   # uvicorn runs it
+    # or over a `live.LiveIndex(searcher, path, rebuild)`: the index is swapped when its file is rewritten
 
 Endpoints: GET / (the page), /healthz, /vocabulary, /items, /items/{id}, /images/{id}; POST /search. Their
 request and answer formats, the batching of concurrent requests and every error status are in
@@ -132,12 +133,14 @@ def parse_where(values, vocabulary: dict | None = None) -> list[tuple[str, str]]
 
 
 def create_app(
-    searcher: Searcher,
+    searcher,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     static_dir: str = STATIC_DIR,
 ):
-    """The FastAPI app over `searcher`; bodies over `max_upload_bytes` get 413."""
+    """The FastAPI app over `searcher` (a `Searcher`, or a `live.LiveIndex` whose `Searcher` is swapped when
+    its index file is rewritten: each request takes the current one once); bodies over `max_upload_bytes`
+    get 413."""
     from fastapi import FastAPI, Request  # the `web` extra: imported only when a service is built
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
@@ -145,11 +148,25 @@ def create_app(
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from fashionsearchnet_v2.serving import remote
+    from fashionsearchnet_v2.serving import live, remote
 
-    # {attribute: values}: bounds the lists of a request's `set` and `where` before they are read, and
+    if isinstance(searcher, live.LiveIndex):
+        live_index = searcher
+
+        def current() -> Searcher:
+            return live_index.current
+
+        health = live_index.health
+    else:
+
+        def current() -> Searcher:
+            return searcher
+
+        health = searcher.health
+
+    # {attribute: values} (the model's: every index it serves, reloaded ones too, was checked against it): bounds the lists of a request's `set` and `where` before they are read, and
     # splits an attribute name that holds "=" right.
-    names = {a.name: a.values for a in searcher.vocabulary.attributes}
+    names = {a.name: a.values for a in current().vocabulary.attributes}
     app = FastAPI(
         title="FashionSearchNet-v2 search",
         description="Image retrieval with attribute manipulation: this item, but ...",
@@ -261,23 +278,24 @@ def create_app(
     # the searches that hold them all while they queue for the batcher (a busy service looked dead).
     @app.get("/healthz")
     async def healthz():
-        return searcher.health()
+        return health()
 
     @app.get("/vocabulary")
     async def vocabulary():
-        return searcher.vocabulary.to_json()
+        return current().vocabulary.to_json()
 
     @app.get("/items")
     def list_items(offset: int = 0, limit: int = 50):
-        return searcher.list_items(offset, limit)
+        return current().list_items(offset, limit)
 
     @app.get("/items/{item_id:path}")
     def get_item(item_id: str):
+        searcher = current()
         return searcher.item(searcher.row_of(item_id))
 
     @app.get("/images/{item_id:path}")
     def get_image(item_id: str):
-        data, media = searcher.item_image(item_id)
+        data, media = current().item_image(item_id)
         return Response(data, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
 
     @app.post("/search")
@@ -285,6 +303,7 @@ def create_app(
         args = await search_arguments(request)
         if (args["image"] is None) == (args["item"] is None):
             raise RequestError(400, "give exactly one query: an uploaded 'image' or an indexed 'item' id")
+        searcher = current()  # one Searcher for the whole request, even if the index is swapped meanwhile
         # Cheap checks first: a bad name or top_k is refused before any decoding or model call.
         searcher.parse_changes(args["changes"])
         searcher.parse_where(args["where"])
