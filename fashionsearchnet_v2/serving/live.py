@@ -51,7 +51,7 @@ class LiveIndex:
 
     def __init__(self, searcher, path: str, rebuild: Callable):
         self.current = searcher
-        self.path = os.path.abspath(path)
+        self.path = str(path)  # as given, like --export_dir in /healthz
         self._rebuild = rebuild
         self._stamp = file_stamp(self.path)
         self._lock = threading.Lock()  # one reload at a time (the thread and a manual check)
