@@ -26,11 +26,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def catalogues(model, folder, tmp_path):
-    """The folder's index, and the index of a smaller catalogue (4 of its images, one of them changed)."""
+    """The folder's index, and the index of a smaller catalogue: 2 of its images, one changed under the
+    same name (img2.jpg), one new."""
     small = tmp_path / "small"
     small.mkdir()
-    for name in ["img0.jpg", "img1.png", "img2.jpg"]:
+    for name in ["img0.jpg", "img1.png"]:
         shutil.copy(os.path.join(folder, name), small / name)
+    shutil.copy(os.path.join(folder, "img6.jpg"), small / "img2.jpg")
     shutil.copy(os.path.join(folder, "img5.png"), small / "new.png")
     full, _ = indexing.index_folder(model, folder, progress=False)
     smaller, _ = indexing.index_folder(model, str(small), progress=False)
@@ -53,7 +55,7 @@ def _ids(client, top_k=20) -> list[str]:
     return [r["id"] for r in answer.json()["results"]]
 
 
-def test_a_rewritten_index_answers_the_next_requests(model, catalogues, tmp_path):
+def test_a_rewritten_index_answers_the_next_requests(model, folder, catalogues, tmp_path):
     full, smaller = catalogues
     path = tmp_path / "shop.npz"
     full.save(str(path))
@@ -62,6 +64,7 @@ def test_a_rewritten_index_answers_the_next_requests(model, catalogues, tmp_path
         lambda index: service.Searcher(model, index),
     )  # fmt: skip
     client = TestClient(service.create_app(live_index))
+    old_urls = {i["id"]: i["image_url"] for i in client.get("/items").json()["items"]}
     before = client.get("/healthz").json()
     assert (
         before["items"] == 9 and before["index"]["reloads"] == 0 and before["index"]["reload_error"] is None
@@ -80,6 +83,11 @@ def test_a_rewritten_index_answers_the_next_requests(model, catalogues, tmp_path
     fresh = TestClient(service.create_app(service.Searcher(model, index_lib.SearchIndex.load(str(path)))))
     assert _ids(client) == _ids(fresh)
     assert client.get("/images/new.png").status_code == 200
+    # An image changed under the same id gets a new URL (a browser's cached picture is not reused); an
+    # unchanged one keeps its URL (and the browser its cache).
+    urls = {i["id"]: i["image_url"] for i in client.get("/items").json()["items"]}
+    assert urls["img2.jpg"] != old_urls["img2.jpg"] and urls["img1.png"] == old_urls["img1.png"]
+    assert client.get(urls["img2.jpg"]).content == open(os.path.join(folder, "img6.jpg"), "rb").read()
 
 
 def test_a_file_that_does_not_load_or_fit_is_refused_and_the_index_kept(model, catalogues, tmp_path):

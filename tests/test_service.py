@@ -65,7 +65,8 @@ def test_health_vocabulary_and_items(client, searcher, trained):
     assert page["total"] == 200 and [i["id"] for i in page["items"]] == [str(x) for x in index.ids[198:]]
     item_id = str(index.ids[3])
     item = client.get(f"/items/{item_id}").json()
-    assert item["attributes"] == index.attributes(3) and item["image_url"] == f"/images/{item_id}"
+    version = bytes(index.content[3])[:12].decode()  # the image's digest: a changed image, a new URL
+    assert item["attributes"] == index.attributes(3) and item["image_url"] == f"/images/{item_id}?v={version}"
     image = client.get(item["image_url"])
     assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
     want = pipeline.read_split_images(trained.info, "gallery", [item_id])[item_id]
@@ -640,7 +641,8 @@ def test_folder_index_items_are_served_from_their_files(trained, tmp_path):
     index, _ = indexing.index_folder(trained.model, str(folder), progress=False)
     client = TestClient(service.create_app(service.Searcher(trained.model, index)))
     item = client.get("/items/sub/p2.png").json()
-    assert item["image_url"] == "/images/sub%2Fp2.png"
+    digest = index_lib.content_digest((folder / "sub" / "p2.png").read_bytes())[:12].decode()
+    assert item["image_url"] == f"/images/sub%2Fp2.png?v={digest}"
     r = client.get(item["image_url"])
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert r.content == (folder / "sub" / "p2.png").read_bytes()

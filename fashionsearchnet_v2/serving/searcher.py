@@ -258,11 +258,17 @@ class Searcher:
         return row
 
     def item(self, row: int) -> dict:
-        """One item's JSON: id, attributes (label where known, else prediction), image URL."""
+        """One item's JSON: id, attributes (label where known, else prediction), image URL.
+
+        Where the index holds the images' digests the URL carries the first 12 hex digits (`?v=...`): an
+        image that changed under the same id (re-indexed, and swapped in by a running service) gets a new
+        URL, so a browser never shows its cached old picture beside results of the new one."""
         item_id = str(self.index.ids[row])
         out = {"id": item_id, "attributes": self.index.attributes(row)}
         if self.item_images.available:
             out["image_url"] = "/images/" + urllib.parse.quote(item_id, safe="")
+            if self.index.content is not None:
+                out["image_url"] += "?v=" + bytes(self.index.content[row])[:12].decode("ascii")
         return out
 
     def list_items(self, offset: int = 0, limit: int = 50) -> dict:
