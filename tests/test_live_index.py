@@ -44,6 +44,13 @@ def _replace(index: index_lib.SearchIndex, path) -> None:
     index.save(str(path), overwrite=True)
 
 
+def _served(model, index: index_lib.SearchIndex, path) -> live.LiveIndex:
+    """`index` written to `path` and served through a LiveIndex of that file."""
+    index.save(str(path))
+    searcher = service.Searcher(model, index_lib.SearchIndex.load(str(path)))
+    return live.LiveIndex(searcher, str(path), lambda new: service.Searcher(model, new))
+
+
 def _ids(client, top_k=20) -> list[str]:
     query = {
         "item": client.get("/items?limit=1").json()["items"][0]["id"],
@@ -58,11 +65,7 @@ def _ids(client, top_k=20) -> list[str]:
 def test_a_rewritten_index_answers_the_next_requests(model, folder, catalogues, tmp_path):
     full, smaller = catalogues
     path = tmp_path / "shop.npz"
-    full.save(str(path))
-    live_index = live.LiveIndex(
-        service.Searcher(model, index_lib.SearchIndex.load(str(path))), str(path),
-        lambda index: service.Searcher(model, index),
-    )  # fmt: skip
+    live_index = _served(model, full, path)
     client = TestClient(service.create_app(live_index))
     old_urls = {i["id"]: i["image_url"] for i in client.get("/items").json()["items"]}
     before = client.get("/healthz").json()
@@ -93,11 +96,7 @@ def test_a_rewritten_index_answers_the_next_requests(model, folder, catalogues, 
 def test_a_file_that_does_not_load_or_fit_is_refused_and_the_index_kept(model, catalogues, tmp_path):
     full, smaller = catalogues
     path = tmp_path / "shop.npz"
-    full.save(str(path))
-    live_index = live.LiveIndex(
-        service.Searcher(model, index_lib.SearchIndex.load(str(path))), str(path),
-        lambda index: service.Searcher(model, index),
-    )  # fmt: skip
+    live_index = _served(model, full, path)
     client = TestClient(service.create_app(live_index))
     served = _ids(client)
 
@@ -136,11 +135,7 @@ def test_a_file_that_does_not_load_or_fit_is_refused_and_the_index_kept(model, c
 def test_the_watch_thread_picks_a_rewritten_file_up(model, catalogues, tmp_path):
     full, smaller = catalogues
     path = tmp_path / "shop.npz"
-    full.save(str(path))
-    live_index = live.LiveIndex(
-        service.Searcher(model, index_lib.SearchIndex.load(str(path))), str(path),
-        lambda index: service.Searcher(model, index),
-    )  # fmt: skip
+    live_index = _served(model, full, path)
     with pytest.raises(ValueError, match="every_s must be > 0"):
         live_index.start(0)
     live_index.start(0.05)
