@@ -35,6 +35,10 @@ def _run(info, tmp_path, name, seed):
     ablation.run_ablation([cfg], info, ["full", "amnet"], str(tmp_path / name / "eval"), out=log)
     # Stage 1 is trained once for both rows, not entered again for AMNet to find it finished.
     assert log.getvalue().count("=== stage 1:") == 1 and "already trained" not in log.getvalue()
+    assert (
+        f"=== Table 1, seed {seed}: 0 of 2 rows evaluated already; to train and evaluate: Full · AMNet"
+        in log.getvalue()
+    )
     with open(os.path.join(cfg.workdir, "eval", "full", "results.json"), encoding="utf-8") as f:
         results = json.load(f)
     results.pop("seconds")
@@ -43,6 +47,11 @@ def _run(info, tmp_path, name, seed):
 
 def test_same_seed_same_checkpoints_and_results(info, tmp_path):
     a_dir, a = _run(info, tmp_path, "a", seed=3)
+    # Run again, as a resumed run of hours is: the plan says both rows are done, and nothing trains.
+    again = io.StringIO()
+    ablation.run_ablation([_cfg(a_dir, 3)], info, ["full", "amnet"], str(tmp_path / "a" / "eval"), out=again)
+    assert "=== Table 1, seed 3: 2 of 2 rows evaluated already (Full · AMNet)\n" in again.getvalue()
+    assert "=== evaluate" not in again.getvalue()
     b_dir, b = _run(info, tmp_path, "b", seed=3)
     assert a == b
     for stage in ("stage1", "stage2_rank_l", "stage3_rank_l_full", "amnet"):

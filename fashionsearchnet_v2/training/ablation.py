@@ -81,19 +81,28 @@ def _current_checkpoint(workdir: str, variant: str) -> str | None:
     return stamp if below is None else f"{stamp} {below}"
 
 
+def _cached_results(workdir: str, variant: str, out_dir: str) -> dict | None:
+    """`out_dir/results.json` if it was evaluated from the row's current checkpoints, else None."""
+    path = os.path.join(out_dir, "results.json")
+    if not (os.path.isfile(path) and os.path.isfile(path + ".stamp")):
+        return None
+    with open(path + ".stamp", encoding="utf-8") as f:
+        if f.read() != str(_current_checkpoint(workdir, variant)):
+            return None
+    with open(path, encoding="utf-8") as g:
+        results = json.load(g)
+    # results of older versions lack the baselines (gain, filter baseline): evaluate again
+    return results if "gain" in results and "filtered" in results else None
+
+
 def evaluate_cached(workdir: str, info, variant: str, out_dir: str, out=sys.stdout) -> dict:
     """evaluate_variant, reusing `out_dir/results.json` when the checkpoints have not changed."""
     path = os.path.join(out_dir, "results.json")
+    results = _cached_results(workdir, variant, out_dir)
+    if results is not None:
+        print(f"[evaluate] {variant}: reusing {path}", file=out)
+        return results
     stamp = _current_checkpoint(workdir, variant)
-    if os.path.isfile(path) and os.path.isfile(path + ".stamp"):
-        with open(path + ".stamp", encoding="utf-8") as f:
-            if f.read() == str(stamp):
-                with open(path, encoding="utf-8") as g:
-                    results = json.load(g)
-                # results of older versions lack the baselines (gain, filter baseline): evaluate again
-                if "gain" in results and "filtered" in results:
-                    print(f"[evaluate] {variant}: reusing {path}", file=out)
-                    return results
     _say(f"evaluate {configs.LABELS[variant]} ({workdir})", out)
     results = evaluation.evaluate_variant(workdir, info, variant, out_dir, log=lambda m: print(m, file=out))
     evaluation.write_text(path + ".stamp", str(stamp))
@@ -256,6 +265,16 @@ def run_ablation(
         seed = cfg.train.seed
         per_seed[seed] = {}
         trained: set[str] = set()
+        # What a resumed run of hours has left, before its first stage says it: rows evaluated from their
+        # current checkpoints are reused; every other row trains what it lacks (a stage already trained
+        # or partly trained says so when reached) and is evaluated. Labels joined by " · ": some hold commas.
+        done = [
+            v for v in variants if _cached_results(cfg.workdir, v, os.path.join(cfg.workdir, eval_name, v))
+        ]
+        left = [configs.LABELS[v] for v in variants if v not in done]
+        _say(f"Table 1, seed {seed}: {len(done)} of {len(variants)} rows evaluated already"
+             + (f" ({' · '.join(configs.LABELS[v] for v in done)})" if done else "")
+             + (f"; to train and evaluate: {' · '.join(left)}" if left else ""), out)  # fmt: skip
         for variant in variants:
             train_variant(cfg, info, variant, out, trained)
             eval_dir = os.path.join(cfg.workdir, eval_name, variant)
